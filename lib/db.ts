@@ -1,0 +1,46 @@
+/**
+ * The small interface every database driver offers the store: parameterised queries with `?`
+ * placeholders, and transactions. SQLite ({@linkcode ./db_sqlite.ts}) and MySQL
+ * ({@linkcode ./db_mysql.ts}) implement it; {@linkcode openDb} picks one from the config.
+ *
+ * @module
+ */
+import type { DatabaseConfig } from "./config.ts";
+
+/** A value bound to a `?` placeholder. */
+export type SqlValue = string | number | bigint | null | Uint8Array;
+
+/** One row, column name to value. */
+export type Row = Record<string, unknown>;
+
+/** A connection (or pool) that runs SQL. */
+export interface Db {
+  /** Which SQL dialect the schema must be written in. */
+  readonly dialect: "sqlite" | "mysql";
+  /** Runs a query and returns its rows. */
+  all<T extends Row = Row>(sql: string, params?: SqlValue[]): Promise<T[]>;
+  /** Runs a statement and returns how many rows it changed. */
+  run(sql: string, params?: SqlValue[]): Promise<{ changes: number }>;
+  /** Runs `work` in one transaction: committed when it resolves, rolled back when it throws. */
+  transaction<T>(work: (tx: Db) => Promise<T>): Promise<T>;
+  /** Releases the connection(s). */
+  close(): Promise<void>;
+}
+
+/** The database cannot be reached right now; the API answers 503 while this lasts. */
+export class DbUnavailableError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "DbUnavailableError";
+  }
+}
+
+/** Opens the database the config names, waiting and retrying as `DATABASE_*` settings say. */
+export async function openDb(config: DatabaseConfig): Promise<Db> {
+  if (config.kind === "sqlite") {
+    const { openSqlite } = await import("./db_sqlite.ts");
+    return openSqlite(config.path, config.logging);
+  }
+  const { openMysql } = await import("./db_mysql.ts");
+  return await openMysql(config);
+}

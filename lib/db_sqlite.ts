@@ -1,0 +1,89 @@
+/**
+ * The embedded database: one SQLite file through `node:sqlite`, in WAL mode so that several
+ * cartd processes on one machine can share it.
+ *
+ * @module
+ */
+import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import type { Db, Row, SqlValue } from "./db.ts";
+import { log } from "./log.ts";
+
+/** Serialises transactions: SQLite has one writer, and node:sqlite is synchronous. */
+class Lock {
+  #tail: Promise<void> = Promise.resolve();
+  run<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(work);
+    this.#tail = result.then(() => {}, () => {});
+    return result;
+  }
+}
+
+class SqliteDb implements Db {
+  readonly dialect = "sqlite" as const;
+  readonly #lock: Lock;
+  readonly #inTransaction: boolean;
+
+  constructor(readonly sqlite: DatabaseSync, readonly logging: boolean, lock?: Lock) {
+    this.#lock = lock ?? new Lock();
+    this.#inTransaction = lock !== undefined;
+  }
+
+  #exec<T>(work: () => T): Promise<T> {
+    // Outside a transaction, wait for any open one so our statement is not swept into it.
+    return this.#inTransaction
+      ? Promise.resolve(work())
+      : this.#lock.run(() => Promise.resolve(work()));
+  }
+
+  all<T extends Row = Row>(sql: string, params: SqlValue[] = []): Promise<T[]> {
+    if (this.logging) log.info("sql", { sql, params: JSON.stringify(params, bigintJson) });
+    return this.#exec(() => this.sqlite.prepare(sql).all(...params as SQLInputValue[]) as T[]);
+  }
+
+  run(sql: string, params: SqlValue[] = []): Promise<{ changes: number }> {
+    if (this.logging) log.info("sql", { sql, params: JSON.stringify(params, bigintJson) });
+    return this.#exec(() => {
+      const r = this.sqlite.prepare(sql).run(...params as SQLInputValue[]);
+      return { changes: Number(r.changes) };
+    });
+  }
+
+  transaction<T>(work: (tx: Db) => Promise<T>): Promise<T> {
+    if (this.#inTransaction) return work(this);
+    return this.#lock.run(async () => {
+      this.sqlite.exec("BEGIN IMMEDIATE");
+      try {
+        const result = await work(new SqliteDb(this.sqlite, this.logging, this.#lock));
+        this.sqlite.exec("COMMIT");
+        return result;
+      } catch (e) {
+        this.sqlite.exec("ROLLBACK");
+        throw e;
+      }
+    });
+  }
+
+  close(): Promise<void> {
+    return this.#lock.run(() => {
+      if (this.sqlite.isOpen) this.sqlite.close();
+      return Promise.resolve();
+    });
+  }
+}
+
+function bigintJson(_key: string, value: unknown): unknown {
+  return typeof value === "bigint" ? value.toString() : value;
+}
+
+/** Opens (creating when needed) the SQLite file at `path`. */
+export function openSqlite(path: string, logging = false): Db {
+  if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+  const sqlite = new DatabaseSync(path);
+  sqlite.exec("PRAGMA busy_timeout = 10000");
+  sqlite.exec("PRAGMA journal_mode = WAL");
+  sqlite.exec("PRAGMA synchronous = NORMAL");
+  sqlite.exec("PRAGMA foreign_keys = ON");
+  return new SqliteDb(sqlite, logging);
+}

@@ -1,0 +1,406 @@
+/**
+ * Brings one archive file to disk, verified (SPEC §2).
+ *
+ * HEAD → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then, give
+ * up after a limit → GET streamed to `dest.part` while computing sha256 + crc32 (+ the
+ * requested hash), size checked against `X-Content-Length`, retried with a growing delay when
+ * short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_STAGE_SETTINGS, stageFile } from "./stage_file.ts";
+ * const staged = await stageFile({
+ *   archiveUrl: "http://127.0.0.1:8080/",
+ *   archiveId: "1234",
+ *   dest: "/volume/cart/1/2/3/foo.txt",
+ *   hashtype: "sha1",
+ *   hashsum: "…",
+ *   label: "fileids[0] (id 1234)",
+ * }, DEFAULT_STAGE_SETTINGS);
+ * console.log(staged.size, staged.sha256);
+ * ```
+ * @module
+ */
+
+import { createHash, type Hash } from "node:crypto";
+import { crc32 } from "node:zlib";
+import { dirname } from "node:path";
+import { ArchiveClient, ArchiveError, type ArchiveStatus } from "./archive_client.ts";
+import { backoffDelays, sleep } from "./backoff.ts";
+
+/** Hash algorithms a cart document may name. */
+export type HashType = "md5" | "sha1" | "sha224" | "sha256" | "sha384" | "sha512";
+
+/** Time limits and retry counts of {@linkcode stageFile}. All times in milliseconds. */
+export interface StageSettings {
+  /** First delay between HEAD polls while a file is on tape (default 500). */
+  pollInitialMs: number;
+  /** Longest delay between HEAD polls (default 30000). */
+  pollMaxMs: number;
+  /** Re-send the stage POST this often while the file stays on tape (default 300000). */
+  restageEveryMs: number;
+  /** Give up on a file that stays on tape this long (default 24 h). */
+  stageTimeoutMs: number;
+  /**
+   * Time limit of each archive HTTP call up to its headers, and also the idle limit of a
+   * download body (no bytes for this long) (default 60000).
+   */
+  requestTimeoutMs: number;
+  /** Attempts per archive call that fails in a way worth retrying: GETs and HEAD/POSTs (default 3). */
+  fetchAttempts: number;
+  /** Delay before the first retry; doubles with each further retry (default 2000). */
+  retryDelayMs: number;
+}
+
+/** Defaults of {@linkcode StageSettings}. */
+export const DEFAULT_STAGE_SETTINGS: StageSettings = Object.freeze({
+  pollInitialMs: 500,
+  pollMaxMs: 30_000,
+  restageEveryMs: 300_000,
+  stageTimeoutMs: 24 * 3600 * 1000,
+  requestTimeoutMs: 60_000,
+  fetchAttempts: 3,
+  retryDelayMs: 2000,
+});
+
+/** One file to stage. */
+export interface StageJob {
+  /** The archive's base URL, ending with "/". */
+  archiveUrl: string;
+  /** The file's id in the archive. */
+  archiveId: string;
+  /** Absolute final path. The bytes go to `${dest}.part` first, renamed when verified. */
+  dest: string;
+  /** Algorithm of `hashsum`; both or neither. */
+  hashtype?: HashType;
+  /** Expected hex digest, compared case-insensitively. */
+  hashsum?: string;
+  /** How messages name the file, e.g. `fileids[3] (id 1234)`. */
+  label: string;
+  /** A HEAD the caller already did; with media `disk` no HEAD is sent before the GET. */
+  status?: ArchiveStatus;
+}
+
+/** What was written to `dest`. */
+export interface StagedFile {
+  /** Bytes written. */
+  size: number;
+  /** Modification time set on the file, seconds since the epoch (from `Last-Modified`). */
+  mtime: number;
+  /** Lowercase hex sha256 of the bytes. */
+  sha256: string;
+  /** CRC-32 of the bytes (as zlib / tar tools compute it), unsigned. */
+  crc32: number;
+}
+
+/** Why staging failed. */
+export type StageErrorCode = "hash" | "archive" | "timeout" | "size" | "nospace" | "io";
+
+/** A file that could not be staged; the message names `job.label` and the cause, for a person. */
+export class StageError extends Error {
+  /** Kind of failure. */
+  readonly code: StageErrorCode;
+  /** Builds the error. */
+  constructor(code: StageErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StageError";
+    this.code = code;
+  }
+}
+
+const WRITE_CHUNK = 1 << 20;
+
+/**
+ * Stages one file: see the module description. Resolves with the verified file at
+ * `job.dest`; rejects with a {@linkcode StageError}, or with the abort reason when `signal`
+ * aborts. Never leaves `${dest}.part` behind.
+ */
+export async function stageFile(
+  job: StageJob,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<StagedFile> {
+  signal?.throwIfAborted();
+  if ((job.hashtype === undefined) !== (job.hashsum === undefined)) {
+    throw new StageError("hash", `${job.label}: hashtype and hashsum must be given together`);
+  }
+  const client = new ArchiveClient(job.archiveUrl, {
+    requestTimeoutMs: settings.requestTimeoutMs,
+  });
+  const status = await waitForDisk(client, job, settings, signal);
+  try {
+    await Deno.mkdir(dirname(job.dest), { recursive: true });
+  } catch (err) {
+    throw fsError(job, err, "could not create the folder of");
+  }
+  const attempts = Math.max(1, settings.fetchAttempts);
+  let last: StageError | undefined;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    if (attempt > 1) await sleep(retryDelay(settings, attempt - 1), signal);
+    try {
+      return await download(client, job, status, settings, signal);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (!(err instanceof AttemptFailure)) throw err;
+      last = err.error;
+    }
+  }
+  throw last!;
+}
+
+/** A download attempt that may be retried; `error` is what to report if it was the last. */
+class AttemptFailure extends Error {
+  constructor(readonly error: StageError) {
+    super(error.message);
+  }
+}
+
+function retryDelay(settings: StageSettings, retry: number): number {
+  return settings.retryDelayMs * 2 ** (retry - 1);
+}
+
+function seconds(ms: number): string {
+  return String(Math.round(ms / 100) / 10);
+}
+
+function archiveFailure(job: StageJob, err: ArchiveError): StageError {
+  return new StageError(err.timedOut ? "timeout" : "archive", `${job.label}: ${err.reason}`, {
+    cause: err,
+  });
+}
+
+/** Runs one archive call, retrying retryable failures with a growing delay. */
+async function withRetries<T>(
+  job: StageJob,
+  settings: StageSettings,
+  signal: AbortSignal | undefined,
+  call: () => Promise<T>,
+): Promise<T> {
+  const attempts = Math.max(1, settings.fetchAttempts);
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (!(err instanceof ArchiveError)) throw err;
+      if (!err.retryable || attempt >= attempts) throw archiveFailure(job, err);
+    }
+    await sleep(retryDelay(settings, attempt), signal);
+  }
+}
+
+/** HEAD, and while on tape: stage, poll with a growing delay, re-stage, time out. */
+async function waitForDisk(
+  client: ArchiveClient,
+  job: StageJob,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<ArchiveStatus> {
+  const head = () => withRetries(job, settings, signal, () => client.status(job.archiveId, signal));
+  let st = job.status ?? await head();
+  const start = performance.now();
+  const delays = backoffDelays({ initialMs: settings.pollInitialMs, maxMs: settings.pollMaxMs });
+  let lastPost: number | undefined;
+  for (;;) {
+    if (st.media === "disk") return st;
+    if (st.media === "error") {
+      throw new StageError(
+        "archive",
+        `${job.label}: the archive reports media "error"${st.message ? `: ${st.message}` : ""}`,
+      );
+    }
+    if (lastPost === undefined || performance.now() - lastPost >= settings.restageEveryMs) {
+      await withRetries(job, settings, signal, () => client.stage(job.archiveId, signal));
+      lastPost = performance.now();
+    }
+    const now = performance.now();
+    const remaining = settings.stageTimeoutMs - (now - start);
+    if (remaining <= 0) {
+      throw new StageError(
+        "timeout",
+        `${job.label}: still on tape after ${seconds(now - start)} s`,
+      );
+    }
+    const untilRestage = lastPost + settings.restageEveryMs - now;
+    await sleep(Math.max(0, Math.min(delays.next().value, remaining, untilRestage)), signal);
+    st = await head();
+  }
+}
+
+/** One GET into `dest.part`; verified and renamed, or `.part` removed. */
+async function download(
+  client: ArchiveClient,
+  job: StageJob,
+  status: ArchiveStatus,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<StagedFile> {
+  const part = `${job.dest}.part`;
+  const ctl = new AbortController();
+  const fetchSignal = signal ? AbortSignal.any([signal, ctl.signal]) : ctl.signal;
+  const expected = status.size;
+  let file: Deno.FsFile | undefined;
+  let renamed = false;
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  let written = 0;
+  try {
+    let body: ReadableStream<Uint8Array>;
+    try {
+      body = await client.open(job.archiveId, fetchSignal);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (err instanceof ArchiveError) {
+        const failure = archiveFailure(job, err);
+        if (err.retryable) throw new AttemptFailure(failure);
+        throw failure;
+      }
+      throw err;
+    }
+    const reader = body.getReader();
+    try {
+      file = await Deno.open(part, { write: true, create: true, truncate: true });
+    } catch (err) {
+      await reader.cancel().catch(() => {});
+      throw fsError(job, err, "could not create");
+    }
+
+    // Idle watchdog: no bytes for requestTimeoutMs aborts the GET.
+    const idleMs = settings.requestTimeoutMs;
+    let lastByte = performance.now();
+    watchdog = setInterval(() => {
+      if (performance.now() - lastByte >= idleMs) {
+        ctl.abort(
+          new ArchiveError(job.archiveId, `the archive sent no bytes for ${seconds(idleMs)} s`, {
+            retryable: true,
+            timedOut: true,
+          }),
+        );
+      }
+    }, Math.max(10, Math.min(1000, idleMs / 4)));
+
+    const sha256 = createHash("sha256");
+    const wanted: Hash | undefined = job.hashtype && job.hashtype !== "sha256"
+      ? createHash(job.hashtype)
+      : undefined;
+    let crc = 0;
+    const buf = new Uint8Array(WRITE_CHUNK);
+    let filled = 0;
+    const out = file;
+    const writeAll = async (data: Uint8Array) => {
+      for (let off = 0; off < data.byteLength;) off += await out.write(data.subarray(off));
+    };
+    const flush = async (data: Uint8Array) => {
+      // The write runs off-thread while the hashes read the same bytes here.
+      const writing = writeAll(data);
+      writing.catch(() => {}); // handled below; avoids an unhandled rejection if hashing throws
+      sha256.update(data);
+      wanted?.update(data);
+      crc = crc32(data, crc);
+      try {
+        await writing;
+      } catch (err) {
+        throw fsError(job, err, "could not write");
+      }
+    };
+
+    for (;;) {
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        const reason = ctl.signal.aborted ? ctl.signal.reason : err;
+        if (reason instanceof ArchiveError) throw new AttemptFailure(archiveFailure(job, reason));
+        throw new AttemptFailure(
+          new StageError(
+            "archive",
+            `${job.label}: the download broke off after ${written} of ${expected} bytes: ${
+              reason instanceof Error ? reason.message : String(reason)
+            }`,
+            { cause: reason },
+          ),
+        );
+      }
+      if (chunk.done) break;
+      const data = chunk.value;
+      lastByte = performance.now();
+      written += data.byteLength;
+      if (written > expected) {
+        await reader.cancel().catch(() => {});
+        throw new AttemptFailure(
+          new StageError(
+            "size",
+            `${job.label}: the archive sent more than the ${expected} bytes it announced`,
+          ),
+        );
+      }
+      if (data.byteLength >= WRITE_CHUNK / 2) {
+        // Big chunks go straight to the file (after what is buffered, to keep the order).
+        if (filled > 0) await flush(buf.subarray(0, filled));
+        filled = 0;
+        await flush(data);
+      } else {
+        if (filled + data.byteLength > WRITE_CHUNK) {
+          await flush(buf.subarray(0, filled));
+          filled = 0;
+        }
+        buf.set(data, filled);
+        filled += data.byteLength;
+      }
+    }
+    if (filled > 0) await flush(buf.subarray(0, filled));
+    clearInterval(watchdog);
+    watchdog = undefined;
+
+    if (written !== expected) {
+      throw new AttemptFailure(
+        new StageError(
+          "size",
+          `${job.label}: the archive sent ${written} of the ${expected} bytes it announced`,
+        ),
+      );
+    }
+    const sha256Hex = sha256.digest("hex");
+    if (job.hashtype && job.hashsum !== undefined) {
+      const got = wanted ? wanted.digest("hex") : sha256Hex;
+      if (got !== job.hashsum.trim().toLowerCase()) {
+        throw new AttemptFailure(
+          new StageError("hash", `File hash does not match for ${job.label}`),
+        );
+      }
+    }
+    try {
+      file.close();
+      file = undefined;
+      await Deno.utime(part, status.mtime, status.mtime);
+      await Deno.rename(part, job.dest);
+      renamed = true;
+    } catch (err) {
+      throw fsError(job, err, "could not finish");
+    }
+    return { size: written, mtime: status.mtime, sha256: sha256Hex, crc32: crc >>> 0 };
+  } finally {
+    if (watchdog !== undefined) clearInterval(watchdog);
+    ctl.abort();
+    if (file) {
+      try {
+        file.close();
+      } catch { /* already closed */ }
+    }
+    if (!renamed) await Deno.remove(part).catch(() => {});
+  }
+}
+
+/** A file-system failure: ENOSPC → "No Space Available", else an "io" error naming the file. */
+function fsError(job: StageJob, err: unknown, what: string): StageError {
+  if (err instanceof StageError) return err;
+  const e = err as { code?: string; message?: string };
+  if (e?.code === "ENOSPC" || /No space left|os error 28/.test(String(e?.message))) {
+    return new StageError("nospace", "No Space Available", { cause: err });
+  }
+  return new StageError(
+    "io",
+    `${job.label}: ${what} ${job.dest}: ${err instanceof Error ? err.message : String(err)}`,
+    { cause: err },
+  );
+}

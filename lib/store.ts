@@ -1,0 +1,353 @@
+/**
+ * The cart store: the database is the truth about every cart and its files. Routes write new
+ * carts and read status; workers claim carts, record each staged file and move the status —
+ * always through the state machine ({@linkcode ./cart_state.ts}), with a conditional update,
+ * so two processes can never disagree about a cart.
+ *
+ * The same SQL runs on SQLite and MySQL, behind the {@linkcode Db} interface.
+ *
+ * @module
+ */
+import { type CartStatus, isFinal, parseStatus, predecessorsOf } from "./cart_state.ts";
+import type { CartDocument, HashType } from "./cart_document.ts";
+import type { Db, Row, SqlValue } from "./db.ts";
+
+/** A cart as the store knows it. */
+export interface Cart {
+  /** Internal id (a UUID); the cart's folder under VOLUME_PATH is named after it. */
+  id: string;
+  /** The client's label. */
+  uid: string;
+  status: CartStatus;
+  /** What went wrong, for a person (empty unless status is "error"). */
+  message: string;
+  documentHash: string;
+  bundle: boolean;
+  manifest: boolean;
+  fileCount: number;
+  /** Sum of the files' sizes, once the archive has told them. */
+  totalBytes: number | null;
+  /** Bytes held for this cart against the volume's capacity. */
+  reservedBytes: number;
+  createdAt: number;
+  updatedAt: number;
+  readyAt: number | null;
+  lastUsedAt: number;
+  claimOwner: string | null;
+  claimExpires: number | null;
+  /** How often a worker has claimed it. */
+  attempts: number;
+}
+
+/** Where one file of a cart stands. */
+export type FileStatus = "pending" | "staged" | "error";
+
+/** One file of a cart. */
+export interface CartFile {
+  cartId: string;
+  /** Position in the cart document's `fileids`. */
+  idx: number;
+  archiveId: string;
+  path: string;
+  hashtype: HashType | null;
+  hashsum: string | null;
+  status: FileStatus;
+  size: number | null;
+  /** Seconds since the epoch. */
+  mtime: number | null;
+  sha256: string | null;
+  crc32: number | null;
+  message: string | null;
+}
+
+/** What staging learned about one file. */
+export interface StagedFacts {
+  size: number;
+  mtime: number;
+  sha256: string;
+  crc32: number;
+}
+
+/** The result of {@linkcode CartStore.createCart}. */
+export interface Created {
+  cart: Cart;
+  /** Carts of the same uid that this one replaced (their files must be removed). */
+  replaced: Cart[];
+  /** True when an identical live cart was kept instead of creating a new one. */
+  kept: boolean;
+}
+
+const num = (v: unknown): number => Number(v);
+const numOrNull = (v: unknown): number | null => v === null || v === undefined ? null : Number(v);
+
+function toCart(r: Row): Cart {
+  return {
+    id: String(r.id),
+    uid: String(r.uid),
+    status: parseStatus(String(r.status)),
+    message: String(r.message ?? ""),
+    documentHash: String(r.document_hash),
+    bundle: num(r.bundle) === 1,
+    manifest: num(r.manifest) === 1,
+    fileCount: num(r.file_count),
+    totalBytes: numOrNull(r.total_bytes),
+    reservedBytes: num(r.reserved_bytes),
+    createdAt: num(r.created_at),
+    updatedAt: num(r.updated_at),
+    readyAt: numOrNull(r.ready_at),
+    lastUsedAt: num(r.last_used_at),
+    claimOwner: r.claim_owner === null ? null : String(r.claim_owner),
+    claimExpires: numOrNull(r.claim_expires),
+    attempts: num(r.attempts),
+  };
+}
+
+function toFile(r: Row): CartFile {
+  return {
+    cartId: String(r.cart_id),
+    idx: num(r.idx),
+    archiveId: String(r.archive_id),
+    path: String(r.path),
+    hashtype: r.hashtype === null ? null : String(r.hashtype) as HashType,
+    hashsum: r.hashsum === null ? null : String(r.hashsum),
+    status: String(r.status) as FileStatus,
+    size: numOrNull(r.size),
+    mtime: numOrNull(r.mtime),
+    sha256: r.sha256 === null ? null : String(r.sha256),
+    crc32: numOrNull(r.crc32),
+    message: r.message === null ? null : String(r.message),
+  };
+}
+
+const INSERT_BATCH = 500;
+
+/** Reads and writes carts; every method is one short query or transaction. */
+export class CartStore {
+  constructor(readonly db: Db, readonly now: () => number = Date.now) {}
+
+  /**
+   * Stores a new cart for `uid`, replacing the live one (SPEC: re-POST replaces). An identical
+   * document posted to a live cart that has not failed keeps that cart (`kept: true`).
+   */
+  async createCart(uid: string, doc: CartDocument, documentHash: string): Promise<Created> {
+    return await this.db.transaction(async (tx) => {
+      const live = (await tx.all("SELECT * FROM carts WHERE live_uid = ?", [uid])).map(toCart);
+      const same = live.find((c) => c.documentHash === documentHash && c.status !== "error");
+      if (same) return { cart: same, replaced: [], kept: true };
+      const now = this.now();
+      if (live.length) {
+        await tx.run("UPDATE carts SET live_uid = NULL, updated_at = ? WHERE live_uid = ?", [
+          now,
+          uid,
+        ]);
+      }
+      const id = crypto.randomUUID();
+      await tx.run(
+        `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
+          file_count, created_at, updated_at, last_used_at)
+         VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
+        [id, uid, uid, documentHash, +doc.bundle, +doc.manifest, doc.files.length, now, now, now],
+      );
+      for (let start = 0; start < doc.files.length; start += INSERT_BATCH) {
+        const batch = doc.files.slice(start, start + INSERT_BATCH);
+        const params: SqlValue[] = [];
+        for (const [i, f] of batch.entries()) {
+          params.push(id, start + i, f.id, f.path, f.hashtype ?? null, f.hashsum ?? null);
+        }
+        await tx.run(
+          `INSERT INTO cart_files (cart_id, idx, archive_id, path, hashtype, hashsum, status)
+           VALUES ${batch.map(() => "(?, ?, ?, ?, ?, ?, 'pending')").join(", ")}`,
+          params,
+        );
+      }
+      const cart = toCart((await tx.all("SELECT * FROM carts WHERE id = ?", [id]))[0]);
+      return { cart, replaced: live, kept: false };
+    });
+  }
+
+  /** The live cart of `uid`, or null. */
+  async liveCart(uid: string): Promise<Cart | null> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE live_uid = ?", [uid]);
+    return rows.length ? toCart(rows[0]) : null;
+  }
+
+  /** The cart with internal id `id` (live or replaced, not deleted), or null. */
+  async cart(id: string): Promise<Cart | null> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE id = ?", [id]);
+    return rows.length ? toCart(rows[0]) : null;
+  }
+
+  /** Every cart that is still live, oldest first. */
+  async liveCarts(): Promise<Cart[]> {
+    const rows = await this.db.all(
+      "SELECT * FROM carts WHERE live_uid IS NOT NULL ORDER BY created_at",
+    );
+    return rows.map(toCart);
+  }
+
+  /** Every cart row, live or replaced (replaced ones are removed by the worker that notices). */
+  async allCarts(): Promise<Cart[]> {
+    return (await this.db.all("SELECT * FROM carts ORDER BY created_at")).map(toCart);
+  }
+
+  /** The files of a cart, in document order. */
+  async files(cartId: string): Promise<CartFile[]> {
+    const rows = await this.db.all("SELECT * FROM cart_files WHERE cart_id = ? ORDER BY idx", [
+      cartId,
+    ]);
+    return rows.map(toFile);
+  }
+
+  /** Records the size and mtime the archive reported for a file. */
+  async setFileSize(cartId: string, idx: number, size: number, mtime: number): Promise<void> {
+    await this.db.run("UPDATE cart_files SET size = ?, mtime = ? WHERE cart_id = ? AND idx = ?", [
+      size,
+      mtime,
+      cartId,
+      idx,
+    ]);
+  }
+
+  /** Records the cart's total size once every file's size is known. */
+  async setTotalBytes(cartId: string, total: number): Promise<void> {
+    await this.db.run("UPDATE carts SET total_bytes = ?, updated_at = ? WHERE id = ?", [
+      total,
+      this.now(),
+      cartId,
+    ]);
+  }
+
+  /** Marks a file staged, with what staging measured. */
+  async fileStaged(cartId: string, idx: number, facts: StagedFacts): Promise<void> {
+    await this.db.run(
+      `UPDATE cart_files SET status = 'staged', size = ?, mtime = ?, sha256 = ?, crc32 = ?,
+        message = NULL WHERE cart_id = ? AND idx = ?`,
+      [facts.size, facts.mtime, facts.sha256, facts.crc32, cartId, idx],
+    );
+  }
+
+  /** Marks a file failed (or, with status "pending", due to be fetched again). */
+  async fileStatus(
+    cartId: string,
+    idx: number,
+    status: FileStatus,
+    message: string | null,
+  ): Promise<void> {
+    await this.db.run(
+      "UPDATE cart_files SET status = ?, message = ? WHERE cart_id = ? AND idx = ?",
+      [
+        status,
+        message,
+        cartId,
+        idx,
+      ],
+    );
+  }
+
+  /**
+   * Moves a cart to `to` if the state machine allows it from the status it has now.
+   * Returns false (and changes nothing) when it does not, or when the cart is gone.
+   * `readyAt` (with "ready") is the time the download name is made from; it defaults to now.
+   */
+  async move(
+    cartId: string,
+    to: CartStatus,
+    message = "",
+    readyAt: number | null = null,
+  ): Promise<boolean> {
+    const from = predecessorsOf(to);
+    if (!from.length) return false;
+    const now = this.now();
+    if (to === "ready") readyAt ??= now;
+    const { changes } = await this.db.run(
+      `UPDATE carts SET status = ?, message = ?, updated_at = ?, ready_at = COALESCE(?, ready_at),
+        last_used_at = ? ${isFinal(to) ? ", claim_owner = NULL, claim_expires = NULL" : ""}
+       WHERE id = ? AND status IN (${from.map(() => "?").join(", ")})`,
+      [to, message, now, readyAt, now, cartId, ...from],
+    );
+    return changes === 1;
+  }
+
+  /**
+   * Claims an unfinished cart for `owner` until `ttlMs` from now, counting the attempt.
+   * Returns the claimed cart, or null when another owner holds a valid claim, the cart is
+   * finished, or it is gone.
+   */
+  async claim(cartId: string, owner: string, ttlMs: number): Promise<Cart | null> {
+    const now = this.now();
+    const { changes } = await this.db.run(
+      `UPDATE carts SET claim_owner = ?, claim_expires = ?, attempts = attempts + 1
+       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling')
+         AND (claim_owner IS NULL OR claim_owner = ? OR claim_expires < ?)`,
+      [owner, now + ttlMs, cartId, owner, now],
+    );
+    return changes === 1 ? await this.cart(cartId) : null;
+  }
+
+  /** Extends `owner`'s claim; false when the claim was lost or the cart is gone or replaced. */
+  async renew(cartId: string, owner: string, ttlMs: number): Promise<boolean> {
+    const { changes } = await this.db.run(
+      `UPDATE carts SET claim_expires = ? WHERE id = ? AND claim_owner = ?
+        AND live_uid IS NOT NULL`,
+      [this.now() + ttlMs, cartId, owner],
+    );
+    return changes === 1;
+  }
+
+  /** Gives up `owner`'s claim (the cart can be taken by anyone again). */
+  async release(cartId: string, owner: string): Promise<void> {
+    await this.db.run(
+      "UPDATE carts SET claim_owner = NULL, claim_expires = NULL WHERE id = ? AND claim_owner = ?",
+      [cartId, owner],
+    );
+  }
+
+  /** Unfinished carts that nobody holds a valid claim on (to be queued again). */
+  async orphans(): Promise<Cart[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM carts WHERE status IN ('waiting', 'staging', 'bundling')
+        AND live_uid IS NOT NULL AND (claim_owner IS NULL OR claim_expires < ?)
+       ORDER BY created_at`,
+      [this.now()],
+    );
+    return rows.map(toCart);
+  }
+
+  /** Records a use of the cart (a download, or a status check of a ready cart). */
+  async touch(cartId: string): Promise<void> {
+    await this.db.run("UPDATE carts SET last_used_at = ? WHERE id = ?", [this.now(), cartId]);
+  }
+
+  /** Ends a cart's life in the live set (DELETE): returns false when it was not live. */
+  async unlive(cartId: string): Promise<boolean> {
+    const { changes } = await this.db.run(
+      "UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ? AND live_uid IS NOT NULL",
+      [this.now(), cartId],
+    );
+    return changes === 1;
+  }
+
+  /** Removes the cart's rows for good (after its files are gone). */
+  async forget(cartId: string): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.run("DELETE FROM cart_files WHERE cart_id = ?", [cartId]);
+      await tx.run("DELETE FROM carts WHERE id = ?", [cartId]);
+    });
+  }
+
+  /** Replaced or deleted carts whose rows are still present (their files may remain). */
+  async dead(): Promise<Cart[]> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE live_uid IS NULL");
+    return rows.map(toCart);
+  }
+
+  /** Sets the bytes held for a cart against the volume capacity. */
+  async setReserved(cartId: string, bytes: number): Promise<void> {
+    await this.db.run("UPDATE carts SET reserved_bytes = ? WHERE id = ?", [bytes, cartId]);
+  }
+
+  /** Releases the store's connections. */
+  close(): Promise<void> {
+    return this.db.close();
+  }
+}

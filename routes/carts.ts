@@ -1,0 +1,265 @@
+/**
+ * The cart API of SPEC §1, as Hono routes: create (POST), status (HEAD), download (GET) and
+ * delete (DELETE) of `/{uid}`. Routes only talk to the store and the queue; workers do the
+ * staging and bundling.
+ *
+ * @module
+ */
+import { Hono } from "hono";
+import { createHash } from "node:crypto";
+import { CartDocumentError, parseCartDocument } from "../lib/cart_document.ts";
+import { cartBundle, defaultName } from "../lib/cart_bundle.ts";
+import type { Config } from "../lib/config.ts";
+import { DbUnavailableError } from "../lib/db.ts";
+import { errorMessage, log } from "../lib/log.ts";
+import type { Queue } from "../lib/queue.ts";
+import { parseRange } from "../lib/range.ts";
+import { removeCart } from "../lib/remove_cart.ts";
+import type { Cart, CartStore } from "../lib/store.ts";
+import type { Volume } from "../lib/volume.ts";
+
+/** What the routes need. */
+export interface RouteDeps {
+  store: CartStore;
+  queue: Queue;
+  volume: Volume;
+  config: Config;
+}
+
+const JSON_TYPE = "application/json";
+const utf8 = new TextEncoder();
+
+/** A JSON answer: every JSON answer has `Content-Type: application/json`. */
+function json(body: unknown, status: number, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "Content-Type": JSON_TYPE, ...headers },
+  });
+}
+
+/** Why a uid is not acceptable, or null when it is. */
+function uidProblem(uid: string): string | null {
+  const length = utf8.encode(uid).length;
+  if (length === 0) return "The cart uid must not be empty";
+  if (length > 255) return `The cart uid is ${length} bytes long; at most 255 are allowed`;
+  return null;
+}
+
+// deno-lint-ignore no-control-regex
+const BAD_NAME = /[/\\"\u0000-\u001f\u007f]/;
+
+/** Why a `?filename=` is not acceptable, or null when it is. */
+function filenameProblem(name: string): string | null {
+  if (name === "" || name === "." || name === "..") return "filename must name a file";
+  if (BAD_NAME.test(name)) {
+    return "filename may not contain /, \\, quotes or control characters";
+  }
+  if (utf8.encode(name).length > 255) return "filename is longer than 255 bytes";
+  return null;
+}
+
+/** `Content-Disposition` per RFC 6266, with `filename*` for non-ASCII names. */
+export function contentDisposition(name: string): string {
+  // deno-lint-ignore no-control-regex
+  if (/^[\u0020-\u007e]*$/.test(name)) return `attachment; filename="${name}"`;
+  const fallback = name.replace(/[^\u0020-\u007e]/g, "_");
+  const encoded = encodeURIComponent(name).replace(
+    /['()*]/g,
+    (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase(),
+  );
+  return `attachment; filename="${fallback}"; filename*=UTF-8''${encoded}`;
+}
+
+/** Reads the body as text, refusing more than `limit` bytes. */
+async function readBody(request: Request, limit: number): Promise<string | null> {
+  const declared = Number(request.headers.get("content-length") ?? NaN);
+  if (declared > limit) return null;
+  if (!request.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body) {
+    size += chunk.length;
+    if (size > limit) return null;
+    chunks.push(chunk);
+  }
+  return new TextDecoder().decode(concat(chunks, size));
+}
+
+function concat(chunks: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+/** A stable fingerprint of a validated document, so an identical re-POST can be recognised. */
+function documentHash(doc: unknown): string {
+  return createHash("sha256").update(JSON.stringify(doc)).digest("hex");
+}
+
+/** The Hono app that serves the cart API. */
+export function cartRoutes(deps: RouteDeps): Hono {
+  const { store, queue, volume, config } = deps;
+  const app = new Hono();
+
+  app.onError((error) => {
+    if (error instanceof DbUnavailableError) {
+      log.warn("database unavailable", { error: error.message });
+      return json(
+        { message: "The cart database is unavailable right now; try again shortly" },
+        503,
+        { "Retry-After": "5" },
+      );
+    }
+    log.error("request failed", { error: errorMessage(error) });
+    return json({ message: "Internal error: the request could not be completed" }, 500);
+  });
+  app.notFound(() => json({ message: "Not Found" }, 404));
+
+  app.get("/", () => json({ message: "Pacifica Cartd Interface Up and Running" }, 200));
+
+  app.post("/:uid", async (c) => {
+    const uid = c.req.param("uid");
+    const problem = uidProblem(uid);
+    if (problem) return json({ message: problem }, 400);
+    const body = await readBody(c.req.raw, config.limits.maxBodyBytes);
+    if (body === null) {
+      return json({
+        message: `The cart document is larger than ${config.limits.maxBodyBytes} bytes ` +
+          "(CARTD_MAX_BODY); split the cart or raise the limit",
+      }, 413);
+    }
+    let doc;
+    try {
+      doc = parseCartDocument(body, { maxFiles: config.limits.maxFiles });
+    } catch (e) {
+      if (e instanceof CartDocumentError) return json({ message: e.message }, 400);
+      throw e;
+    }
+    const created = await store.createCart(uid, doc, documentHash(doc));
+    for (const old of created.replaced) await removeCart(store, volume, old, "replaced by a POST");
+    if (!created.kept) {
+      await queue.publish(created.cart.id).catch((e) =>
+        // The cart is stored as waiting; the workers' orphan sweep will queue it.
+        log.warn("could not queue cart; the orphan sweep will", {
+          uid,
+          cart: created.cart.id,
+          error: errorMessage(e),
+        })
+      );
+    }
+    log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
+      uid,
+      cart: created.cart.id,
+      files: doc.files.length,
+      replaced: created.replaced.length || undefined,
+    });
+    return json({ message: "Cart Processing has begun" }, 201);
+  });
+
+  // Hono answers HEAD through the GET route; the GET route hands HEAD over to this.
+  async function status(uid: string): Promise<Response> {
+    const cart = await store.liveCart(uid);
+    if (!cart) {
+      return new Response(null, {
+        status: 404,
+        headers: {
+          "X-Pacifica-Status": "error",
+          "X-Pacifica-Message": headerSafe(`No cart with uid ${uid} found`),
+        },
+      });
+    }
+    if (cart.status === "ready") await store.touch(cart.id);
+    return new Response(null, {
+      status: cart.status === "error" ? 500 : 204,
+      headers: {
+        "X-Pacifica-Status": cart.status,
+        "X-Pacifica-Message": headerSafe(cart.message),
+      },
+    });
+  }
+
+  app.get("/:uid", async (c) => {
+    if (c.req.raw.method === "HEAD") return await status(c.req.param("uid"));
+    const cart = await store.liveCart(c.req.param("uid"));
+    if (!cart) return json({ message: "The cart does not exist or has already been deleted" }, 404);
+    if (cart.status === "error") return json({ message: cart.message }, 500);
+    if (cart.status !== "ready") {
+      return c.text("The cart is not ready for download.", 202);
+    }
+    const format = c.req.query("format") ?? "tar";
+    if (format !== "tar" && format !== "zip") {
+      return json({ message: `format must be "tar" or "zip", not "${format}"` }, 400);
+    }
+    const name = c.req.query("filename") ?? defaultName(cart, format);
+    const problem = filenameProblem(name);
+    if (problem) return json({ message: problem }, 400);
+    const manifest = ["1", "true", "yes"].includes(c.req.query("manifest") ?? "");
+    return await download(c.req.raw, cart, { name, format, manifest });
+  });
+
+  async function download(
+    request: Request,
+    cart: Cart,
+    asked: { name: string; format: "tar" | "zip"; manifest: boolean },
+  ): Promise<Response> {
+    const files = await store.files(cart.id);
+    const bundle = await cartBundle(cart, files, volume, asked);
+    await store.touch(cart.id);
+    const headers: Record<string, string> = {
+      "Content-Type": "application/octet-stream",
+      "Content-Disposition": contentDisposition(asked.name),
+      "Accept-Ranges": "bytes",
+      "ETag": bundle.etag,
+      "Last-Modified": new Date(cart.readyAt ?? cart.updatedAt).toUTCString(),
+    };
+    const ifRange = request.headers.get("if-range");
+    const rangeApplies = ifRange === null || ifRange === bundle.etag;
+    const ranges = rangeApplies ? parseRange(request.headers.get("range"), bundle.size) : null;
+    if (ranges === "unsatisfiable") {
+      return json({ message: `The range is outside the ${bundle.size} bytes of this cart` }, 416, {
+        "Content-Range": `bytes */${bundle.size}`,
+      });
+    }
+    log.info("download", {
+      uid: cart.uid,
+      cart: cart.id,
+      bytes: bundle.size,
+      range: ranges?.length === 1 ? `${ranges[0].start}-${ranges[0].end}` : undefined,
+    });
+    if (ranges && ranges.length === 1) {
+      const { start, end } = ranges[0];
+      return new Response(bundle.stream(start, end), {
+        status: 206,
+        headers: {
+          ...headers,
+          "Content-Range": `bytes ${start}-${end}/${bundle.size}`,
+          "Content-Length": String(end - start + 1),
+        },
+      });
+    }
+    // Several ranges: RFC 9110 lets a server answer with the whole representation.
+    return new Response(bundle.stream(0, bundle.size - 1), {
+      status: 200,
+      headers: { ...headers, "Content-Length": String(bundle.size) },
+    });
+  }
+
+  app.delete("/:uid", async (c) => {
+    const cart = await store.liveCart(c.req.param("uid"));
+    if (!cart) return json({ message: "Not Found" }, 404);
+    await removeCart(store, volume, cart, "DELETE");
+    return json({ message: "Cart Deleted Successfully" }, 200);
+  });
+
+  return app;
+}
+
+/** Header values cannot carry newlines or non-Latin-1 text; keep the message readable. */
+function headerSafe(text: string): string {
+  // deno-lint-ignore no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f]+/g, " ").replace(/[^\u0000-\u00ff]/g, "?");
+}

@@ -1,0 +1,458 @@
+/**
+ * A test double of the Pacifica Archive Interface (SPEC §2) over real HTTP, with faults that
+ * tests script per id: tape recalls that take time, `error` media, missing files (500 JSON),
+ * missing HEAD headers, corrupt / short / cut / stalled / failed / slow GETs. It counts every
+ * request per id so tests can assert how often the archive was asked.
+ *
+ * It is also fast enough for benchmarks: big files are served in large chunks from a repeated
+ * pattern (no copy per chunk) or straight from a file on disk.
+ *
+ * @example
+ * ```ts
+ * import { startFakeArchive } from "./fake_archive.ts";
+ * await using archive = startFakeArchive();
+ * archive.put("1234", new TextEncoder().encode("hello"), { tapeMs: 200 });
+ * archive.put("big", { size: 64 << 20 });
+ * const res = await fetch(archive.url + "1234", { method: "HEAD" }); // media: tape
+ * archive.counts("1234"); // { head: 1, post: 0, get: 0 }
+ * ```
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+
+/**
+ * The bytes of a fake file: literal bytes, a UTF-8 string, `size` bytes of a repeated
+ * `pattern` (default: a fixed pseudo-random 64 KiB block), or a file on disk (`path`).
+ */
+export type FakeContent = Uint8Array | string | { size: number; pattern?: Uint8Array } | {
+  path: string;
+};
+
+/**
+ * Faults and details of one fake file. "The first N GETs" counts every GET of the id
+ * (1-based), whatever happened to it; `Infinity` means always.
+ */
+export interface FakeFileOptions {
+  /**
+   * The file is on tape: HEAD says `tape` until this many ms after the first stage POST
+   * (`Infinity`: forever). Before any POST it stays on tape. A GET meanwhile answers 500.
+   */
+  tapeMs?: number;
+  /** HEAD reports media `error` (GET answers 500); `message` tells why. */
+  error?: boolean;
+  /** `X-Pacifica-Messsage` (default "File was found" / "File is on tape" / "File is in error"). */
+  message?: string;
+  /** `Last-Modified`, float seconds (default 1795991303.87). */
+  mtime?: number;
+  /** HEAD headers to leave out, e.g. `["X-Content-Length"]` (case-insensitive). */
+  omitHeaders?: string[];
+  /** HEAD headers to set to these values instead (e.g. a wrong `X-Content-Length`). */
+  headers?: Record<string, string>;
+  /** The first N GETs answer 500 JSON. */
+  failGets?: number;
+  /** The first N GETs send the right size with one byte flipped (mid-file). */
+  corruptGets?: number;
+  /** The first N GETs end cleanly after `cutAt` bytes (a short body). */
+  shortGets?: number;
+  /** The first N GETs drop the connection after `cutAt` bytes (chunked body left unfinished). */
+  cutGets?: number;
+  /** The first N GETs send `cutAt` bytes, then nothing more until the client gives up. */
+  stallGets?: number;
+  /** Where short / cut / stalled GETs stop (default: half the file). */
+  cutAt?: number;
+  /** Delay before answering HEAD (ms). */
+  headDelayMs?: number;
+  /** Delay before answering POST (ms). */
+  postDelayMs?: number;
+  /** Delay before the GET answer's headers (ms). */
+  getDelayMs?: number;
+  /** Delay between body chunks (ms): a slow archive. */
+  chunkDelayMs?: number;
+  /** Body chunk size (default 1 MiB). */
+  chunkSize?: number;
+  /** Status of the stage POST answer (default 200). */
+  postStatus?: number;
+}
+
+/** Requests of one id so far. */
+export interface FakeCounts {
+  head: number;
+  post: number;
+  get: number;
+}
+
+/** One request as the fake saw it. `at` is `performance.now()` when it arrived. */
+export interface FakeRequest {
+  method: string;
+  at: number;
+  /** The request's Content-Length header, or null. */
+  contentLength: string | null;
+}
+
+/** A running fake archive. `close()` (or `await using`) stops it. */
+export interface FakeArchive extends AsyncDisposable {
+  /** Base URL, ending with "/". */
+  readonly url: string;
+  /** The port it listens on (127.0.0.1). */
+  readonly port: number;
+  /** Adds or replaces a file (resets its tape state, not its counts). */
+  put(id: string, content: FakeContent, options?: FakeFileOptions): void;
+  /** Removes a file: from now on it answers 500 like a missing one. */
+  remove(id: string): void;
+  /** Requests of `id` so far (also counts requests for missing ids). */
+  counts(id: string): FakeCounts;
+  /** Every request of `id` so far, in order. */
+  log(id: string): FakeRequest[];
+  /** Forgets the counts and logs of every id. */
+  resetCounts(): void;
+  /** Hex digest of a file's (correct) bytes. */
+  digest(id: string, hashtype: string): Promise<string>;
+  /** The file's (correct) bytes; for small files. */
+  bytes(id: string): Promise<Uint8Array>;
+  /** The size of a file. */
+  size(id: string): number;
+  /** The URL of an id (path-like ids keep their "/"). */
+  fileUrl(id: string): string;
+  /** Stops the server; unfinished bodies are cut. */
+  close(): Promise<void>;
+}
+
+/** `Last-Modified` of fake files unless set. */
+export const FAKE_MTIME = 1795991303.87;
+
+const DEFAULT_CHUNK = 1 << 20;
+
+interface Source {
+  size: number;
+  /** A path for files served from disk. */
+  path?: string;
+  /** Bytes `[off, off+len)`; the result may be shared, never mutate it. */
+  slice(off: number, len: number): Uint8Array | Promise<Uint8Array>;
+}
+
+interface Entry {
+  source: Source;
+  options: FakeFileOptions;
+  stagedAt?: number;
+}
+
+/** Deterministic pseudo-random bytes (xorshift32), the default pattern of sized content. */
+export function patternBytes(size: number, seed = 0x9e3779b9): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+let defaultPattern: Uint8Array | undefined;
+
+function makeSource(content: FakeContent, chunkSize: number): Source {
+  if (typeof content === "string") content = new TextEncoder().encode(content);
+  if (content instanceof Uint8Array) {
+    const bytes = content;
+    return { size: bytes.byteLength, slice: (off, len) => bytes.subarray(off, off + len) };
+  }
+  if ("path" in content) {
+    const path = content.path;
+    const size = Deno.statSync(path).size;
+    return {
+      size,
+      path,
+      async slice(off, len) {
+        using f = await Deno.open(path);
+        await f.seek(off, Deno.SeekMode.Start);
+        const buf = new Uint8Array(len);
+        let n = 0;
+        while (n < len) {
+          const r = await f.read(buf.subarray(n));
+          if (r === null) break;
+          n += r;
+        }
+        return buf.subarray(0, n);
+      },
+    };
+  }
+  const size = content.size;
+  const pattern = content.pattern ?? (defaultPattern ??= patternBytes(65536));
+  if (pattern.byteLength === 0) throw new RangeError("fake archive: empty pattern");
+  // The pattern repeated over pattern + chunk bytes: any window of up to `chunkSize` bytes is a
+  // subarray, so serving needs no copy.
+  const span = pattern.byteLength + Math.max(chunkSize, DEFAULT_CHUNK);
+  const ring = new Uint8Array(span);
+  for (let o = 0; o < span; o += pattern.byteLength) {
+    ring.set(pattern.subarray(0, Math.min(pattern.byteLength, span - o)), o);
+  }
+  return {
+    size,
+    slice(off, len) {
+      len = Math.min(len, size - off, span - pattern.byteLength);
+      const start = off % pattern.byteLength;
+      return ring.subarray(start, start + len);
+    },
+  };
+}
+
+function json(status: number, message: string): Response {
+  const statusText = status === 500 ? "Internal Server Error" : "";
+  return new Response(JSON.stringify({ status: `${status} ${statusText}`.trim(), message }), {
+    status,
+    headers: { "Content-Type": "application/json" },
+  });
+}
+
+const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function within(n: number, limit: number | undefined): boolean {
+  return limit !== undefined && n <= limit;
+}
+
+/**
+ * Starts a fake archive on 127.0.0.1 and a free port. Ids are the percent-decoded URL path
+ * after the first "/".
+ */
+export function startFakeArchive(opts: { port?: number } = {}): FakeArchive {
+  const files = new Map<string, Entry>();
+  const logs = new Map<string, FakeRequest[]>();
+  const live = new Set<() => void>();
+
+  const logOf = (id: string) => {
+    let l = logs.get(id);
+    if (!l) logs.set(id, l = []);
+    return l;
+  };
+  const countsOf = (id: string): FakeCounts => {
+    const c = { head: 0, post: 0, get: 0 };
+    for (const r of logs.get(id) ?? []) {
+      if (r.method === "HEAD") c.head++;
+      else if (r.method === "POST") c.post++;
+      else if (r.method === "GET") c.get++;
+    }
+    return c;
+  };
+  const mediaOf = (e: Entry): "disk" | "tape" | "error" => {
+    if (e.options.error) return "error";
+    const tapeMs = e.options.tapeMs;
+    if (tapeMs === undefined) return "disk";
+    if (e.stagedAt === undefined) return "tape";
+    return performance.now() - e.stagedAt >= tapeMs ? "disk" : "tape";
+  };
+
+  function body(e: Entry, nth: number): BodyInit | null {
+    const o = e.options;
+    const src = e.source;
+    const chunk = o.chunkSize ?? DEFAULT_CHUNK;
+    const cutAt = Math.min(src.size, o.cutAt ?? Math.floor(src.size / 2));
+    const short = within(nth, o.shortGets);
+    const cut = within(nth, o.cutGets);
+    const stall = within(nth, o.stallGets);
+    const corrupt = within(nth, o.corruptGets);
+    const end = short || cut || stall ? cutAt : src.size;
+    const flipAt = Math.floor(src.size / 2);
+    let off = 0;
+    // Files on disk are read sequentially through one handle, into fresh buffers.
+    const file = src.path ? Deno.openSync(src.path) : undefined;
+    const read = async (len: number): Promise<Uint8Array> => {
+      if (!file) return src.slice(off, len);
+      const buf = new Uint8Array(len);
+      let n = 0;
+      while (n < len) {
+        const r = await file.read(buf.subarray(n));
+        if (r === null) break;
+        n += r;
+      }
+      return buf.subarray(0, n);
+    };
+    let released = false;
+    let release = () => {
+      released = true;
+    };
+    const done = () => {
+      if (!released) file?.close();
+      release();
+    };
+    return new ReadableStream<Uint8Array>({
+      start(controller) {
+        const stop = () => {
+          try {
+            controller.error(new Error("fake archive closed (stream cut at shutdown)"));
+          } catch { /* already closed */ }
+          done();
+        };
+        live.add(stop);
+        release = () => {
+          released = true;
+          live.delete(stop);
+        };
+      },
+      async pull(controller) {
+        if (off >= end) {
+          if (cut) {
+            // Leave the chunked body unfinished: the client sees a broken connection.
+            controller.error(new Error("fake archive: connection cut (deliberate fault)"));
+          } else if (stall) {
+            await new Promise<void>((resolve) => {
+              const prev = release;
+              release = () => {
+                prev();
+                resolve();
+              };
+            });
+            return;
+          } else controller.close();
+          done();
+          return;
+        }
+        if (o.chunkDelayMs && off > 0) await delay(o.chunkDelayMs);
+        let part = await read(Math.min(chunk, end - off));
+        if (part.byteLength === 0) {
+          controller.error(new Error("fake archive: file shrank"));
+          done();
+          return;
+        }
+        if (corrupt && flipAt >= off && flipAt < off + part.byteLength) {
+          part = part.slice();
+          part[flipAt - off] ^= 0xff;
+        }
+        off += part.byteLength;
+        controller.enqueue(part);
+      },
+      cancel() {
+        done();
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  async function handle(req: Request): Promise<Response> {
+    const url = new URL(req.url);
+    let id: string;
+    try {
+      id = decodeURIComponent(url.pathname.slice(1));
+    } catch {
+      return json(500, "Invalid id encoding");
+    }
+    const method = req.method;
+    logOf(id).push({
+      method,
+      at: performance.now(),
+      contentLength: req.headers.get("content-length"),
+    });
+    const e = files.get(id);
+    const o = e?.options ?? {};
+    if (method === "HEAD") {
+      if (o.headDelayMs) await delay(o.headDelayMs);
+      if (!e) return json(500, `File not found: ${id}`);
+      const media = mediaOf(e);
+      const headers: Record<string, string> = {
+        "X-Pacifica-Messsage": o.message ??
+          (media === "disk"
+            ? "File was found"
+            : media === "tape"
+            ? "File is on tape"
+            : "File is in error"),
+        "X-Pacifica-File": `/archive/${id}`,
+        "X-Content-Length": String(e.source.size),
+        "Last-Modified": String(o.mtime ?? FAKE_MTIME),
+        "X-Pacifica-Ctime": String(o.mtime ?? FAKE_MTIME),
+        "X-Pacifica-Bytes-Per-Level": `(${media === "disk" ? e.source.size : 0},)`,
+        "X-Pacifica-File-Storage-Media": media,
+        ...o.headers,
+      };
+      const omit = new Set((o.omitHeaders ?? []).map((h) => h.toLowerCase()));
+      const h = new Headers();
+      for (const [k, v] of Object.entries(headers)) if (!omit.has(k.toLowerCase())) h.set(k, v);
+      return new Response(null, { status: 204, headers: h });
+    }
+    if (method === "POST") {
+      await req.body?.cancel();
+      if (o.postDelayMs) await delay(o.postDelayMs);
+      if (!e) return json(500, `File not found: ${id}`);
+      e.stagedAt ??= performance.now();
+      if (o.postStatus && o.postStatus !== 200) return json(o.postStatus, "Stage failed");
+      return new Response(JSON.stringify({ message: "File was staged", file: `/archive/${id}` }), {
+        status: 200,
+        headers: { "Content-Type": "application/json" },
+      });
+    }
+    if (method === "GET") {
+      const nth = countsOf(id).get;
+      if (o.getDelayMs) await delay(o.getDelayMs);
+      if (!e) return json(500, `File not found: ${id}`);
+      const media = mediaOf(e);
+      if (media !== "disk") return json(500, `File is on ${media}: ${id}`);
+      if (within(nth, o.failGets)) return json(500, "Simulated archive failure");
+      return new Response(body(e, nth), {
+        status: 200,
+        headers: { "Content-Type": "application/octet-stream" },
+      });
+    }
+    return json(405, `Method ${method} not supported`);
+  }
+
+  const server = Deno.serve(
+    { port: opts.port ?? 0, hostname: "127.0.0.1", onListen: () => {} },
+    handle,
+  );
+  const port = server.addr.port;
+  const base = `http://127.0.0.1:${port}/`;
+  let closed: Promise<void> | undefined;
+
+  const entry = (id: string) => {
+    const e = files.get(id);
+    if (!e) throw new Error(`fake archive: no file ${JSON.stringify(id)}`);
+    return e;
+  };
+  const archive: FakeArchive = {
+    url: base,
+    port,
+    put(id, content, options = {}) {
+      files.set(id, { source: makeSource(content, options.chunkSize ?? DEFAULT_CHUNK), options });
+    },
+    remove(id) {
+      files.delete(id);
+    },
+    counts: countsOf,
+    log: (id) => [...(logs.get(id) ?? [])],
+    resetCounts: () => logs.clear(),
+    async digest(id, hashtype) {
+      const src = entry(id).source;
+      const h = createHash(hashtype);
+      for (let off = 0; off < src.size;) {
+        const part = await src.slice(off, Math.min(DEFAULT_CHUNK, src.size - off));
+        h.update(part);
+        off += part.byteLength;
+      }
+      return h.digest("hex");
+    },
+    async bytes(id) {
+      const src = entry(id).source;
+      const out = new Uint8Array(src.size);
+      for (let off = 0; off < src.size;) {
+        const part = await src.slice(off, Math.min(DEFAULT_CHUNK, src.size - off));
+        out.set(part, off);
+        off += part.byteLength;
+      }
+      return out;
+    },
+    size: (id) => entry(id).source.size,
+    fileUrl: (id) => base + id.split("/").map(encodeURIComponent).join("/"),
+    close() {
+      closed ??= (async () => {
+        for (const stop of [...live]) stop();
+        await server.shutdown();
+      })();
+      return closed;
+    },
+    [Symbol.asyncDispose]() {
+      return archive.close();
+    },
+  };
+  return archive;
+}

@@ -1,0 +1,359 @@
+/**
+ * The worker: takes cart ids from the queue and drives each cart through the state machine.
+ *
+ * ```
+ * claim → waiting → staging:  HEAD every file (sizes), reserve space, stage files in threads
+ *       → bundling:           check every staged file, plan the tar (write it when "bundle")
+ *       → ready               (or error, with a message naming the file and the cause)
+ * ```
+ *
+ * The database is the truth: a worker claims a cart for a while and renews the claim as it
+ * works; when the cart is deleted or replaced, or the claim is lost, the work stops and the
+ * cart's folder is removed. A cart whose worker died is queued again by any worker's sweep
+ * once the claim expires, and resumes with the files that are already staged.
+ *
+ * @module
+ */
+import { hostname } from "node:os";
+import type { ArchiveClient, ArchiveStatus } from "../lib/archive_client.ts";
+import { sleep } from "../lib/backoff.ts";
+import { planBundle } from "../lib/bundle.ts";
+import { defaultName, planCartBundle, topFolder } from "../lib/cart_bundle.ts";
+import type { Config } from "../lib/config.ts";
+import { DbUnavailableError } from "../lib/db.ts";
+import { forEachLimited } from "../lib/limit.ts";
+import { errorMessage, log } from "../lib/log.ts";
+import type { Queue } from "../lib/queue.ts";
+import { cancellations } from "../lib/remove_cart.ts";
+import { NO_SPACE, NoSpaceError, type Space } from "../lib/space.ts";
+import type { Cart, CartFile, CartStore } from "../lib/store.ts";
+import type { Volume } from "../lib/volume.ts";
+import { TaskError, type ThreadPool } from "./pool.ts";
+
+/** What a worker needs. */
+export interface WorkerDeps {
+  store: CartStore;
+  queue: Queue;
+  volume: Volume;
+  config: Config;
+  pool: ThreadPool;
+  archive: ArchiveClient;
+  space: Space;
+}
+
+/** A failure that ends the cart in `error` with this message. */
+export class CartFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "CartFailure";
+  }
+}
+
+/** Why a cart's work was stopped without failing it. */
+class Stopped extends Error {
+  constructor(readonly why: "gone" | "shutdown") {
+    super(why === "gone" ? "the cart was deleted or replaced" : "the worker is shutting down");
+    this.name = "Stopped";
+  }
+}
+
+/** How messages name a file: `fileids[3] (id 1234)`. */
+export function fileLabel(file: Pick<CartFile, "idx" | "archiveId">): string {
+  return `fileids[${file.idx}] (id ${file.archiveId})`;
+}
+
+/** Consumes the queue and processes carts. */
+export class CartWorker {
+  /** This worker's name in claims: host, process and a random part. */
+  readonly owner = `${hostname()}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
+  #active = new Map<string, AbortController>();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #onCancel: EventListener = (event) => {
+    const id = (event as CustomEvent<string>).detail;
+    this.#active.get(id)?.abort(new Stopped("gone"));
+  };
+
+  constructor(readonly deps: WorkerDeps) {}
+
+  /** Starts consuming, and sweeps for orphaned carts now and every half claim period. */
+  async start(): Promise<void> {
+    cancellations.addEventListener("cancel", this.#onCancel);
+    await this.sweep();
+    await this.deps.queue.consume((id) => this.work(id), this.deps.config.limits.cartsInFlight);
+    this.#sweeper = setInterval(() => {
+      this.sweep().catch((e) => log.warn("sweep failed", { error: errorMessage(e) }));
+    }, Math.max(1000, this.deps.config.work.claimTtlMs / 2));
+  }
+
+  /** Stops taking work; carts in progress are released for another worker. */
+  async stop(): Promise<void> {
+    clearInterval(this.#sweeper);
+    cancellations.removeEventListener("cancel", this.#onCancel);
+    await this.deps.queue.close();
+    for (const c of this.#active.values()) c.abort(new Stopped("shutdown"));
+    const deadline = Date.now() + 10_000;
+    while (this.#active.size && Date.now() < deadline) await sleep(50);
+  }
+
+  /**
+   * Queues unfinished carts nobody holds, and removes what deleted or replaced carts left:
+   * their rows (when no live claim protects them) and folders without a row.
+   */
+  async sweep(): Promise<void> {
+    const { store, queue, volume } = this.deps;
+    for (const cart of await store.orphans()) {
+      if (!this.#active.has(cart.id)) await queue.publish(cart.id);
+    }
+    const now = Date.now();
+    for (const cart of await store.dead()) {
+      if (this.#active.has(cart.id)) continue;
+      if (cart.claimOwner && (cart.claimExpires ?? 0) >= now) continue;
+      await volume.remove(cart.id);
+      await store.forget(cart.id);
+    }
+    for (const id of await volume.cartIds()) {
+      if (!this.#active.has(id) && !(await store.cart(id))) await volume.remove(id);
+    }
+  }
+
+  /** Handles one queue message: claims the cart and works on it until it is final. */
+  async work(cartId: string): Promise<void> {
+    const { store, config, volume } = this.deps;
+    let cart: Cart | null;
+    try {
+      cart = await store.claim(cartId, this.owner, config.work.claimTtlMs);
+    } catch (e) {
+      log.warn("could not claim cart", { cart: cartId, error: errorMessage(e) });
+      return;
+    }
+    if (!cart) return;
+    const controller = new AbortController();
+    this.#active.set(cartId, controller);
+    const heartbeat = setInterval(async () => {
+      const held = await store.renew(cartId, this.owner, config.work.claimTtlMs).catch(() => true);
+      if (!held) controller.abort(new Stopped("gone"));
+    }, Math.max(200, config.work.claimTtlMs / 3));
+    const started = Date.now();
+    try {
+      if (cart.attempts > config.work.maxAttempts) {
+        throw new CartFailure(
+          `The cart failed ${config.work.maxAttempts} times (worker crashes included); ` +
+            "DELETE and POST it again, or see the worker logs",
+        );
+      }
+      log.info("cart claimed", { uid: cart.uid, cart: cart.id, attempt: cart.attempts });
+      await this.#process(cart, controller.signal);
+      log.info("cart ready", { uid: cart.uid, cart: cart.id, ms: Date.now() - started });
+    } catch (error) {
+      const reason = controller.signal.aborted ? controller.signal.reason : error;
+      if (reason instanceof Stopped) {
+        log.info("cart work stopped", { uid: cart.uid, cart: cart.id, why: reason.message });
+        if (reason.why === "gone") {
+          await volume.remove(cartId).catch(() => {});
+          const row = await store.cart(cartId).catch(() => null);
+          if (row && (await store.liveCart(row.uid).catch(() => null))?.id !== cartId) {
+            await store.forget(cartId).catch(() => {});
+          }
+        }
+      } else if (error instanceof DbUnavailableError) {
+        log.warn("database lost during cart work; it will resume", {
+          uid: cart.uid,
+          cart: cart.id,
+          error: error.message,
+        });
+      } else if (error instanceof TaskError && /crashed/.test(error.message)) {
+        log.warn("thread crashed; cart queued again", { uid: cart.uid, cart: cart.id });
+        await this.deps.queue.publish(cartId).catch(() => {});
+      } else {
+        await this.#fail(cart, error);
+      }
+    } finally {
+      clearInterval(heartbeat);
+      this.#active.delete(cartId);
+      await store.release(cartId, this.owner).catch(() => {});
+    }
+  }
+
+  async #fail(cart: Cart, error: unknown): Promise<void> {
+    const { store, volume } = this.deps;
+    const nospace = error instanceof NoSpaceError ||
+      (error instanceof TaskError && error.code === "nospace");
+    const message = nospace ? NO_SPACE : errorMessage(error);
+    if (!(error instanceof CartFailure) && !(error instanceof TaskError) && !nospace) {
+      log.error("unexpected error in cart work", { uid: cart.uid, cart: cart.id, error: message });
+    }
+    if (nospace) {
+      await volume.remove(cart.id);
+      await store.setReserved(cart.id, 0);
+    }
+    if (await store.move(cart.id, "error", message)) {
+      log.warn("cart failed", { uid: cart.uid, cart: cart.id, error: message });
+    }
+  }
+
+  async #process(cart: Cart, signal: AbortSignal): Promise<void> {
+    const { store } = this.deps;
+    let status = cart.status;
+    if (status === "waiting") {
+      if (!(await store.move(cart.id, "staging"))) throw new Stopped("gone");
+      status = "staging";
+    }
+    if (status === "staging") {
+      await this.#stage(cart, signal);
+      if (!(await store.move(cart.id, "bundling"))) throw new Stopped("gone");
+    }
+    await this.#bundle(cart, signal);
+  }
+
+  /** Asks the archive for each file's size, with a few retries for passing faults. */
+  async #status(file: CartFile, signal: AbortSignal): Promise<ArchiveStatus> {
+    const { archive, config } = this.deps;
+    for (let attempt = 1;; attempt++) {
+      try {
+        const status = await archive.status(file.archiveId, signal);
+        if (status.media === "error") {
+          throw new CartFailure(
+            `${fileLabel(file)}: the archive reports the file's media as "error"` +
+              (status.message ? `: ${status.message}` : ""),
+          );
+        }
+        return status;
+      } catch (error) {
+        signal.throwIfAborted();
+        const retryable = (error as { retryable?: boolean }).retryable === true;
+        if (error instanceof CartFailure) throw error;
+        if (!retryable || attempt >= config.staging.fetchAttempts) {
+          throw new CartFailure(`${fileLabel(file)}: ${errorMessage(error)}`);
+        }
+        await sleep(config.staging.retryDelayMs * attempt, signal);
+      }
+    }
+  }
+
+  async #stage(cart: Cart, signal: AbortSignal): Promise<void> {
+    const { store, volume, config, pool, space } = this.deps;
+    await volume.prepare(cart.id);
+    const files = await store.files(cart.id);
+    const statuses = new Map<number, ArchiveStatus>();
+    await forEachLimited(
+      files.filter((f) => f.size === null),
+      config.limits.filesPerCart,
+      async (file, inner) => {
+        const status = await this.#status(file, inner);
+        statuses.set(file.idx, status);
+        file.size = status.size;
+        file.mtime = status.mtime;
+        await store.setFileSize(cart.id, file.idx, status.size, status.mtime);
+      },
+      signal,
+    );
+    const total = files.reduce((sum, f) => sum + (f.size ?? 0), 0);
+    await store.setTotalBytes(cart.id, total);
+    await space.reserve(cart, total + (cart.bundle ? tarSize(files, cart) : 0));
+    const todo: CartFile[] = [];
+    for (const file of files) {
+      if (!(await isOnDisk(file, volume.filePath(cart.id, file.idx)))) todo.push(file);
+    }
+    log.info("staging", { uid: cart.uid, cart: cart.id, files: todo.length, bytes: total });
+    await this.#fetch(cart, todo, statuses, signal);
+  }
+
+  async #fetch(
+    cart: Cart,
+    files: CartFile[],
+    statuses: Map<number, ArchiveStatus>,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const { store, volume, config, pool } = this.deps;
+    await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
+      const staged = await pool.stage({
+        archiveUrl: config.archiveUrl,
+        archiveId: file.archiveId,
+        dest: volume.filePath(cart.id, file.idx),
+        hashtype: file.hashtype ?? undefined,
+        hashsum: file.hashsum ?? undefined,
+        label: fileLabel(file),
+        status: statuses.get(file.idx),
+      }, config.staging, inner);
+      await store.fileStaged(cart.id, file.idx, staged);
+      Object.assign(file, staged, { status: "staged" });
+    }, signal).catch(async (error) => {
+      if (error instanceof TaskError && error.code !== "nospace" && !signal.aborted) {
+        const failed = files.find((f) => error.message.includes(fileLabel(f)));
+        if (failed) await store.fileStatus(cart.id, failed.idx, "error", error.message);
+      }
+      throw error;
+    });
+  }
+
+  async #bundle(cart: Cart, signal: AbortSignal): Promise<void> {
+    const { store, volume, pool } = this.deps;
+    let files = await store.files(cart.id);
+    // Every staged file is checked against the store; one that went missing is fetched again.
+    const missing: CartFile[] = [];
+    for (const file of files) {
+      if (!(await isOnDisk(file, volume.filePath(cart.id, file.idx)))) missing.push(file);
+    }
+    if (missing.length) {
+      log.warn("staged files missing at bundling; fetching again", {
+        uid: cart.uid,
+        cart: cart.id,
+        files: missing.length,
+      });
+      await this.#fetch(cart, missing, new Map(), signal);
+      files = await store.files(cart.id);
+    }
+    const readyAt = Date.now();
+    const ready = { ...cart, readyAt };
+    const plan = planCartBundle(ready, files, volume, { format: "tar" });
+    if (cart.bundle) {
+      const written = await pool.bundle({
+        files: files.map((f) => ({
+          path: f.path,
+          size: f.size!,
+          mtime: f.mtime ?? 0,
+          source: volume.filePath(cart.id, f.idx),
+          sha256: f.sha256!,
+          crc32: f.crc32!,
+        })),
+        options: {
+          top: topFolder(defaultName(ready, "tar")),
+          format: "tar",
+          manifest: cart.manifest,
+          mtime: Math.floor(readyAt / 1000),
+        },
+        dest: volume.bundlePath(cart.id),
+      }, signal);
+      if (written.etag !== plan.etag || written.size !== plan.size) {
+        throw new CartFailure("The tar written to disk does not match its plan; POST the cart again");
+      }
+    }
+    signal.throwIfAborted();
+    if (!(await store.move(cart.id, "ready", "", readyAt))) throw new Stopped("gone");
+  }
+}
+
+/** The size of the cart's tar, for the reservation of a `"bundle": true` cart. */
+function tarSize(files: CartFile[], cart: Cart): number {
+  return planBundle(
+    files.map((f) => ({
+      path: f.path,
+      size: f.size ?? 0,
+      mtime: 0,
+      source: "",
+      sha256: "0".repeat(64),
+      crc32: 0,
+    })),
+    { top: "data_0000_00_00_00_00_00", format: "tar", manifest: cart.manifest, mtime: 0 },
+  ).size;
+}
+
+/** True when the file is recorded as staged and sits on disk with its recorded size. */
+async function isOnDisk(file: CartFile, path: string): Promise<boolean> {
+  if (file.status !== "staged" || file.size === null || file.sha256 === null) return false;
+  try {
+    return (await Deno.stat(path)).size === file.size;
+  } catch {
+    return false;
+  }
+}

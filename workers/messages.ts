@@ -1,0 +1,32 @@
+/**
+ * The messages between the {@linkcode ./pool.ts} (main thread) and a
+ * {@linkcode ./thread.ts} Web Worker.
+ *
+ * @module
+ */
+import type { StagedFile, StageJob, StageSettings } from "../lib/stage_file.ts";
+import type { BundleFile, BundleOptions } from "../lib/bundle.ts";
+
+/** Write a bundle to `dest` (via `dest.part`), and its ETag to `dest.etag`. */
+export interface BundleJob {
+  files: BundleFile[];
+  options: BundleOptions;
+  dest: string;
+}
+
+/** What a written bundle measured. */
+export interface WrittenBundle {
+  size: number;
+  etag: string;
+}
+
+/** Main thread → Web Worker. */
+export type ThreadRequest =
+  | { type: "stage"; id: number; job: StageJob; settings: StageSettings }
+  | { type: "bundle"; id: number; job: BundleJob }
+  | { type: "cancel"; id: number };
+
+/** Web Worker → main thread. */
+export type ThreadReply =
+  | { type: "done"; id: number; result: StagedFile | WrittenBundle }
+  | { type: "failed"; id: number; error: { name: string; message: string; code?: string } };

@@ -1,0 +1,133 @@
+/**
+ * A pool of {@linkcode ./thread.ts} Web Workers that stage files and write bundles. It caps
+ * the tasks in flight over all threads (`CARTD_FILES_IN_FLIGHT`), spreads them over the
+ * least-busy thread, forwards cancellation, and replaces a thread that crashes (its tasks
+ * fail with a clear error instead of hanging).
+ *
+ * @module
+ */
+import type { StagedFile, StageJob, StageSettings } from "../lib/stage_file.ts";
+import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
+
+/** A task that failed inside a thread; `code` carries e.g. "nospace" or a StageError code. */
+export class TaskError extends Error {
+  constructor(message: string, readonly code?: string, name = "TaskError") {
+    super(message);
+    this.name = name;
+  }
+}
+
+type WithoutId<T> = T extends unknown ? Omit<T, "id"> : never;
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+  thread: Slot;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+/** Web Worker threads for staging and bundling. */
+export class ThreadPool {
+  #slots: Slot[] = [];
+  #pending = new Map<number, Pending>();
+  #waiters: (() => void)[] = [];
+  #inFlight = 0;
+  #nextId = 1;
+  #closed = false;
+
+  /**
+   * @param threads how many Web Workers to run
+   * @param maxInFlight most tasks running at once over all threads
+   */
+  constructor(readonly threads: number, readonly maxInFlight: number) {
+    for (let i = 0; i < threads; i++) this.#slots.push(this.#spawn());
+  }
+
+  #spawn(): Slot {
+    const worker = new Worker(new URL("./thread.ts", import.meta.url), { type: "module" });
+    const slot: Slot = { worker, busy: 0 };
+    worker.onmessage = (event: MessageEvent<ThreadReply>) => this.#settle(event.data);
+    worker.onerror = (event) => {
+      event.preventDefault();
+      this.#crashed(slot, event.message ?? "unknown error");
+    };
+    return slot;
+  }
+
+  #crashed(slot: Slot, why: string): void {
+    for (const [id, p] of this.#pending) {
+      if (p.thread === slot) {
+        this.#pending.delete(id);
+        this.#release(slot);
+        p.reject(new TaskError(`A staging thread crashed (${why}); the task will be retried`));
+      }
+    }
+    slot.worker.terminate();
+    if (!this.#closed) {
+      const index = this.#slots.indexOf(slot);
+      if (index >= 0) this.#slots[index] = this.#spawn();
+    }
+  }
+
+  #settle(reply: ThreadReply): void {
+    const pending = this.#pending.get(reply.id);
+    if (!pending) return;
+    this.#pending.delete(reply.id);
+    this.#release(pending.thread);
+    if (reply.type === "done") pending.resolve(reply.result);
+    else {
+      pending.reject(new TaskError(reply.error.message, reply.error.code, reply.error.name));
+    }
+  }
+
+  #release(slot: Slot): void {
+    slot.busy--;
+    this.#inFlight--;
+    this.#waiters.shift()?.();
+  }
+
+  async #run<T>(request: WithoutId<ThreadRequest>, signal?: AbortSignal): Promise<T> {
+    while (this.#inFlight >= this.maxInFlight) {
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    }
+    if (this.#closed) throw new TaskError("The thread pool is closed");
+    signal?.throwIfAborted();
+    const slot = this.#slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+    const id = this.#nextId++;
+    slot.busy++;
+    this.#inFlight++;
+    const onAbort = () => slot.worker.postMessage({ type: "cancel", id } as ThreadRequest);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      return await new Promise<T>((resolve, reject) => {
+        this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, thread: slot });
+        slot.worker.postMessage({ ...request, id } as ThreadRequest);
+      });
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** Stages one file in a thread (see {@linkcode stageFile}). */
+  stage(job: StageJob, settings: StageSettings, signal?: AbortSignal): Promise<StagedFile> {
+    return this.#run({ type: "stage", job, settings }, signal);
+  }
+
+  /** Writes a bundle to disk in a thread. */
+  bundle(job: BundleJob, signal?: AbortSignal): Promise<WrittenBundle> {
+    return this.#run({ type: "bundle", job }, signal);
+  }
+
+  /** Stops every thread; tasks still running fail. */
+  close(): void {
+    this.#closed = true;
+    for (const slot of this.#slots) slot.worker.terminate();
+    for (const p of this.#pending.values()) p.reject(new TaskError("The thread pool was closed"));
+    this.#pending.clear();
+    for (const wake of this.#waiters.splice(0)) wake();
+  }
+}
