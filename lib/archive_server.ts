@@ -52,7 +52,7 @@ function within(root: string, path: string): boolean {
 }
 
 /** Serves `opts.prefix` as a Pacifica Archive Interface. */
-export function serveArchive(opts: ServeArchiveOptions): Deno.HttpServer {
+export function serveArchive(opts: ServeArchiveOptions): Deno.HttpServer<Deno.NetAddr> {
   const root = resolve(opts.prefix);
   let realRoot: string | undefined;
 

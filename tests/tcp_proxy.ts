@@ -83,7 +83,7 @@ class Pair {
  * Starts a proxy on a free local port that forwards every connection to
  * `targetHost:targetPort`.
  */
-export async function startProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
+export function startProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
   const pairs = new Set<Pair>();
   const pending = new Set<Promise<void>>();
   let listener: Deno.TcpListener | null = null;
@@ -152,7 +152,7 @@ export async function startProxy(targetHost: string, targetPort: number): Promis
   };
 
   listen();
-  return {
+  return Promise.resolve({
     get port() {
       return port;
     },
@@ -166,15 +166,15 @@ export async function startProxy(targetHost: string, targetPort: number): Promis
       await stopListening();
       await dropAll();
     },
-    async restore() {
+    restore() {
       if (closed) throw new Error("The proxy is closed");
       if (listener === null) listen();
-      await Promise.resolve();
+      return Promise.resolve();
     },
     async close() {
       closed = true;
       await stopListening();
       await dropAll();
     },
-  };
+  });
 }

@@ -1,0 +1,220 @@
+/**
+ * End-to-end test harness: runs the real `cartd` command as a child process (a real HTTP
+ * server, real SQLite or MySQL, real threads) and talks to it over HTTP like a client.
+ *
+ * `CARTD_TEST_ENTRY` picks what runs: `main.ts` (default) or the bundled single-file build
+ * (`dist/cartd.js`), started with the permissions the compiled binary gets.
+ *
+ * @module
+ */
+import { fileURLToPath } from "node:url";
+
+/** The repository root. */
+export const ROOT: string = fileURLToPath(new URL("../", import.meta.url));
+
+/** The module `cartd` runs from in tests. */
+export const ENTRY: string = Deno.env.get("CARTD_TEST_ENTRY") ?? `${ROOT}main.ts`;
+
+/** The permissions the compiled binary gets (see the `compile` task). */
+export function permissions(volume: string): string[] {
+  return [
+    "--allow-net",
+    "--allow-env",
+    "--allow-sys=hostname",
+    `--allow-read=${volume},${ROOT}`,
+    `--allow-write=${volume}`,
+  ];
+}
+
+/** A running cartd process. */
+export interface Cartd {
+  /** Base URL of the API (ends with "/"); empty for a worker-only process. */
+  url: string;
+  /** VOLUME_PATH of this process. */
+  volume: string;
+  process: Deno.ChildProcess;
+  /** Everything the process printed on stderr so far. */
+  output(): string;
+  /** SIGTERM, then waits for the exit. */
+  stop(): Promise<void>;
+  /** SIGKILL, then waits for the exit: a crash. */
+  kill(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Settings that make tests fast: short polls, retries and claims. */
+export const FAST_ENV: Record<string, string> = {
+  CARTD_POLL_INITIAL: "0.05",
+  CARTD_POLL_MAX: "0.3",
+  CARTD_RETRY_DELAY: "0.05",
+  CARTD_REQUEST_TIMEOUT: "3",
+  CARTD_CLAIM_TTL: "2",
+  CARTD_LOG_LEVEL: "info",
+};
+
+/** Starts `cartd [role]` with `env` on a free port; resolves once it serves (or has started). */
+export async function startCartd(options: {
+  env: Record<string, string>;
+  role?: "all" | "serve" | "worker";
+  volume?: string;
+  args?: string[];
+}): Promise<Cartd> {
+  const volume = options.volume ?? await Deno.makeTempDir({ prefix: "cartd-test-" });
+  const role = options.role ?? "all";
+  const args = [
+    "run",
+    ...permissions(volume),
+    ENTRY,
+    ...(role === "all" ? [] : [role]),
+    ...(role === "worker" ? [] : ["--port", "0"]),
+    ...(options.args ?? []),
+  ];
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    env: { ...FAST_ENV, VOLUME_PATH: volume, NO_COLOR: "1", ...options.env },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const ready = Promise.withResolvers<string>();
+  const decoder = new TextDecoder();
+  const pump = (async () => {
+    for await (const chunk of child.stderr) {
+      text += decoder.decode(chunk, { stream: true });
+      const m = /cartd listening on (\S+)/.exec(text);
+      if (m) ready.resolve(m[1]);
+      else if (role === "worker" && text.includes("cartd started")) ready.resolve("");
+    }
+    ready.reject(new Error(`cartd exited before it was ready:\n${text}`));
+  })();
+  const timer = setTimeout(
+    () => ready.reject(new Error(`cartd did not start within 20 s:\n${text}`)),
+    20_000,
+  );
+  let url: string;
+  try {
+    url = await ready.promise;
+  } catch (e) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+    await child.status;
+    await pump;
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+  let exited = false;
+  const finish = async () => {
+    await child.status;
+    await pump;
+    exited = true;
+  };
+  const signal = async (sig: Deno.Signal) => {
+    if (exited) return;
+    try {
+      child.kill(sig);
+    } catch { /* already gone */ }
+    await finish();
+  };
+  return {
+    url,
+    volume,
+    process: child,
+    output: () => text,
+    stop: () => signal("SIGTERM"),
+    kill: () => signal("SIGKILL"),
+    [Symbol.asyncDispose]: () => signal("SIGTERM"),
+  };
+}
+
+/** HEAD status of a cart: [HTTP status, X-Pacifica-Status, X-Pacifica-Message]. */
+export async function cartStatus(url: string, uid: string): Promise<[number, string, string]> {
+  const res = await fetch(url + encodeURIComponent(uid), { method: "HEAD" });
+  await res.body?.cancel();
+  return [
+    res.status,
+    res.headers.get("x-pacifica-status") ?? "",
+    res.headers.get("x-pacifica-message") ?? "",
+  ];
+}
+
+/** Polls HEAD until the cart reaches `want` (or a final status); returns the last status. */
+export async function waitFor(
+  url: string,
+  uid: string,
+  want: string,
+  timeoutMs = 30_000,
+): Promise<[number, string, string]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const status = await cartStatus(url, uid);
+    if (status[1] === want || status[1] === "ready" || status[1] === "error") return status;
+    if (Date.now() > deadline) {
+      throw new Error(`cart ${uid} stayed "${status[1]}" for ${timeoutMs} ms (wanted ${want})`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Polls `check` until it returns true, or throws with `what` after `timeoutMs`. */
+export async function eventually(
+  what: string,
+  check: () => Promise<boolean> | boolean,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** POSTs a cart document (any JSON value, or raw text) to `uid`. */
+export async function postCart(url: string, uid: string, doc: unknown): Promise<Response> {
+  return await fetch(url + encodeURIComponent(uid), {
+    method: "POST",
+    body: typeof doc === "string" ? doc : JSON.stringify(doc),
+  });
+}
+
+/** Runs a command; returns its exit code, stdout and stderr. */
+export async function run(
+  cmd: string,
+  args: string[],
+  options: { cwd?: string; stdin?: Uint8Array } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(cmd, {
+    args,
+    cwd: options.cwd,
+    stdin: options.stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (options.stdin) {
+    const w = child.stdin.getWriter();
+    await w.write(options.stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** Every file below `dir`, as paths relative to it. */
+export async function listFiles(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  const walk = async (sub: string) => {
+    for await (const e of Deno.readDir(`${dir}/${sub}`)) {
+      const rel = sub ? `${sub}/${e.name}` : e.name;
+      if (e.isDirectory) await walk(rel);
+      else found.push(rel);
+    }
+  };
+  await walk("").catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  });
+  return found.sort();
+}
