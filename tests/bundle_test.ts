@@ -338,10 +338,11 @@ Deno.test("bundle: chunks are 1 MiB and only the needed file regions are read", 
     for (const f of files) if (f !== baz) await Deno.remove(f.source);
     const part = await bytesOf(bundle.stream(at + 10, at + baz.size - 1));
     assert.deepEqual(part, bazData.subarray(10));
-    // … while the whole body now fails, naming the first missing file.
+    // … while the whole body now fails, naming a missing file (small files are read in
+    // parallel, so which one is reported first may vary).
     await assert.rejects(
       bytesOf(bundle.stream()),
-      /Cannot read "data_2023\/1\/2\/3\/foo\.txt" from .*staged-0: the file is missing/,
+      /Cannot read "data_2023\/[^"]+" from .*staged-[013456]: the file is missing/,
     );
   });
 });

@@ -20,7 +20,7 @@ export function permissions(volume: string): string[] {
   return [
     "--allow-net",
     "--allow-env",
-    "--allow-sys=hostname",
+    "--allow-sys=hostname,statfs",
     `--allow-read=${volume},${ROOT}`,
     `--allow-write=${volume}`,
   ];

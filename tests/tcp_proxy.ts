@@ -167,7 +167,7 @@ export function startProxy(targetHost: string, targetPort: number): Promise<TcpP
       await dropAll();
     },
     restore() {
-      if (closed) throw new Error("The proxy is closed");
+      if (closed) return Promise.reject(new Error("The proxy is closed"));
       if (listener === null) listen();
       return Promise.resolve();
     },

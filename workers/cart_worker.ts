@@ -266,15 +266,19 @@ export class CartWorker {
   ): Promise<void> {
     const { store, volume, config, pool } = this.deps;
     await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
-      const staged = await pool.stage({
-        archiveUrl: config.archiveUrl,
-        archiveId: file.archiveId,
-        dest: volume.filePath(cart.id, file.idx),
-        hashtype: file.hashtype ?? undefined,
-        hashsum: file.hashsum ?? undefined,
-        label: fileLabel(file),
-        status: statuses.get(file.idx),
-      }, config.staging, inner);
+      const staged = await pool.stage(
+        {
+          archiveUrl: config.archiveUrl,
+          archiveId: file.archiveId,
+          dest: volume.filePath(cart.id, file.idx),
+          hashtype: file.hashtype ?? undefined,
+          hashsum: file.hashsum ?? undefined,
+          label: fileLabel(file),
+          status: statuses.get(file.idx),
+        },
+        config.staging,
+        inner,
+      );
       await store.fileStaged(cart.id, file.idx, staged);
       Object.assign(file, staged, { status: "staged" });
     }, signal).catch(async (error) => {
@@ -325,7 +329,9 @@ export class CartWorker {
         dest: volume.bundlePath(cart.id),
       }, signal);
       if (written.etag !== plan.etag || written.size !== plan.size) {
-        throw new CartFailure("The tar written to disk does not match its plan; POST the cart again");
+        throw new CartFailure(
+          "The tar written to disk does not match its plan; POST the cart again",
+        );
       }
     }
     signal.throwIfAborted();
@@ -340,7 +346,7 @@ function tarSize(files: CartFile[], cart: Cart): number {
       path: f.path,
       size: f.size ?? 0,
       mtime: 0,
-      source: "",
+      source: "(size estimate only)",
       sha256: "0".repeat(64),
       crc32: 0,
     })),

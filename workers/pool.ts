@@ -9,6 +9,17 @@
 import type { StagedFile, StageJob, StageSettings } from "../lib/stage_file.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
+/**
+ * The thread's module, beside this one: `thread.ts` when this module runs from source
+ * (`deno run main.ts`, and `deno compile`, which embeds the sources under their own names and
+ * the thread through `--include workers/thread.ts`); `thread.js` when it runs inside a
+ * bundle (`dist/cartd.js`, whose thread is the second bundled entry `dist/thread.js`).
+ */
+const THREAD_MODULE = new URL(
+  import.meta.url.endsWith(".ts") ? "./thread.ts" : "./thread.js",
+  import.meta.url,
+);
+
 /** A task that failed inside a thread; `code` carries e.g. "nospace" or a StageError code. */
 export class TaskError extends Error {
   constructor(message: string, readonly code?: string, name = "TaskError") {
@@ -48,7 +59,7 @@ export class ThreadPool {
   }
 
   #spawn(): Slot {
-    const worker = new Worker(new URL("./thread.ts", import.meta.url), { type: "module" });
+    const worker = new Worker(THREAD_MODULE, { type: "module" });
     const slot: Slot = { worker, busy: 0 };
     worker.onmessage = (event: MessageEvent<ThreadReply>) => this.#settle(event.data);
     worker.onerror = (event) => {
