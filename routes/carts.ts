@@ -60,7 +60,6 @@ function filenameProblem(name: string): string | null {
 
 /** `Content-Disposition` per RFC 6266, with `filename*` for non-ASCII names. */
 export function contentDisposition(name: string): string {
-  // deno-lint-ignore no-control-regex
   if (/^[\u0020-\u007e]*$/.test(name)) return `attachment; filename="${name}"`;
   const fallback = name.replace(/[^\u0020-\u007e]/g, "_");
   const encoded = encodeURIComponent(name).replace(

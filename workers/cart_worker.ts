@@ -231,7 +231,7 @@ export class CartWorker {
   }
 
   async #stage(cart: Cart, signal: AbortSignal): Promise<void> {
-    const { store, volume, config, pool, space } = this.deps;
+    const { store, volume, config, space } = this.deps;
     await volume.prepare(cart.id);
     const files = await store.files(cart.id);
     const statuses = new Map<number, ArchiveStatus>();
