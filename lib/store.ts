@@ -346,6 +346,106 @@ export class CartStore {
     await this.db.run("UPDATE carts SET reserved_bytes = ? WHERE id = ?", [bytes, cartId]);
   }
 
+  /**
+   * Live ready carts last used before `usedBefore`, least recently used first, except
+   * `exceptId` (the LRU purge's candidates).
+   */
+  async purgeable(usedBefore: number, exceptId = ""): Promise<Cart[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM carts WHERE status = 'ready' AND live_uid IS NOT NULL AND last_used_at < ?
+        AND id <> ? ORDER BY last_used_at, created_at`,
+      [usedBefore, exceptId],
+    );
+    return rows.map(toCart);
+  }
+
+  /** Live ready carts that became ready before `readyBefore` (retention's candidates). */
+  async readyBefore(readyBefore: number): Promise<Cart[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM carts WHERE status = 'ready' AND live_uid IS NOT NULL AND ready_at < ?
+       ORDER BY ready_at`,
+      [readyBefore],
+    );
+    return rows.map(toCart);
+  }
+
+  /**
+   * Like {@linkcode unlive}, but only while the cart is still ready and, as given, last used
+   * before `usedBefore` / ready before `readyBefore`: a cart used meanwhile is spared.
+   */
+  async unliveReady(
+    cartId: string,
+    when: { usedBefore?: number; readyBefore?: number },
+  ): Promise<boolean> {
+    const { changes } = await this.db.run(
+      `UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ? AND live_uid IS NOT NULL
+        AND status = 'ready' AND last_used_at < ? AND ready_at < ?`,
+      [
+        this.now(),
+        cartId,
+        when.usedBefore ?? Number.MAX_SAFE_INTEGER,
+        when.readyBefore ?? Number.MAX_SAFE_INTEGER,
+      ],
+    );
+    return changes === 1;
+  }
+
+  /**
+   * Replaces the failed live cart `cartId` by a fresh `waiting` cart under the same uid (with
+   * internal id `newId`) that keeps the old one's staged files; the others are `pending` again
+   * with their size forgotten, so the archive is asked anew. `inside` runs within the
+   * transaction, after the rows are written (it moves the files; it must be repeatable).
+   * Returns the new cart, or null when `cartId` is not a live failed cart.
+   */
+  async retryFailed(
+    cartId: string,
+    newId: string,
+    inside: () => Promise<void> = () => Promise.resolve(),
+  ): Promise<Cart | null> {
+    return await this.db.transaction(async (tx) => {
+      const rows = await tx.all(
+        "SELECT * FROM carts WHERE id = ? AND status = 'error' AND live_uid IS NOT NULL",
+        [cartId],
+      );
+      if (!rows.length) return null;
+      const old = toCart(rows[0]);
+      const now = this.now();
+      await tx.run("UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ?", [now, old.id]);
+      await tx.run(
+        `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
+          file_count, created_at, updated_at, last_used_at)
+         VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
+        [
+          newId,
+          old.uid,
+          old.uid,
+          old.documentHash,
+          +old.bundle,
+          +old.manifest,
+          old.fileCount,
+          now,
+          now,
+          now,
+        ],
+      );
+      await tx.run(
+        `INSERT INTO cart_files (cart_id, idx, archive_id, path, hashtype, hashsum, status, size,
+          mtime, sha256, crc32, message)
+         SELECT ?, idx, archive_id, path, hashtype, hashsum,
+           CASE WHEN status = 'staged' THEN 'staged' ELSE 'pending' END,
+           CASE WHEN status = 'staged' THEN size ELSE NULL END,
+           CASE WHEN status = 'staged' THEN mtime ELSE NULL END,
+           CASE WHEN status = 'staged' THEN sha256 ELSE NULL END,
+           CASE WHEN status = 'staged' THEN crc32 ELSE NULL END,
+           NULL
+         FROM cart_files WHERE cart_id = ?`,
+        [newId, old.id],
+      );
+      await inside();
+      return toCart((await tx.all("SELECT * FROM carts WHERE id = ?", [newId]))[0]);
+    });
+  }
+
   /** Releases the store's connections. */
   close(): Promise<void> {
     return this.db.close();
