@@ -109,16 +109,15 @@ export async function main(args: string[]): Promise<number> {
   }
 
   const env = Deno.env.toObject();
-  let archiveServer: Deno.HttpServer | null = null;
+  let archiveServer: Deno.HttpServer<Deno.NetAddr> | null = null;
   if (values["archive-dir"]) {
-    const archivePort = port(values["archive-port"], 8080, "--archive-port");
-    env.ARCHIVE_INTERFACE_URL = `http://127.0.0.1:${archivePort}/`;
     const { serveArchive } = await import("./lib/archive_server.ts");
     archiveServer = serveArchive({
       prefix: values["archive-dir"],
-      port: archivePort,
+      port: port(values["archive-port"], 8080, "--archive-port"),
       hostname: "127.0.0.1",
     });
+    env.ARCHIVE_INTERFACE_URL = `http://127.0.0.1:${archiveServer.addr.port}/`;
   }
   const config = loadConfig(env);
   log.setLevel(config.logLevel);

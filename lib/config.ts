@@ -245,7 +245,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
     limits: {
       filesInFlight: n("CARTD_FILES_IN_FLIGHT", 16),
       filesPerCart: n("CARTD_FILES_PER_CART", 8),
-      cartsInFlight: n("CARTD_CARTS_IN_FLIGHT", 4),
+      cartsInFlight: n("CARTD_CARTS_IN_FLIGHT", 16),
       threads: n("CARTD_THREADS", 2),
       maxFiles: n("CARTD_MAX_FILES", 100_000),
       maxBodyBytes: read(env, "CARTD_MAX_BODY", bytes, 64 * 1024 * 1024),
@@ -286,7 +286,7 @@ export const SETTINGS: ReadonlyArray<[name: string, meaning: string, fallback: s
   ["CARTD_RETRY_DELAY", "first delay (s) before a download retry", "2"],
   ["CARTD_FILES_IN_FLIGHT", "files fetched at once per worker process", "16"],
   ["CARTD_FILES_PER_CART", "files of one cart fetched at once", "8"],
-  ["CARTD_CARTS_IN_FLIGHT", "carts one worker process works on at once", "4"],
+  ["CARTD_CARTS_IN_FLIGHT", "carts one worker process works on at once", "16"],
   ["CARTD_THREADS", "Web Worker threads for staging and bundling", "2"],
   ["CARTD_MAX_FILES", "most files in one cart", "100000"],
   ["CARTD_MAX_BODY", "largest cart document (bytes, K/M/G)", "64M"],
