@@ -256,7 +256,7 @@ export class AmqpQueue implements Queue {
       const channel = await link.model.createChannel();
       this.#watch(channel, link.generation, "consumer channel");
       await channel.assertQueue(this.queueName, { durable: true });
-      
+      await channel.prefetch(this.#prefetch);
       await channel.consume(
         this.queueName,
         (message: ConsumeMessage | null) => this.#deliver(link, channel, message),
@@ -293,7 +293,7 @@ export class AmqpQueue implements Queue {
       }
     };
     // Never more than `prefetch` handlers at once, also while an old channel's finish.
-    if (true) {
+    if (this.#running < this.#prefetch) {
       this.#running++;
       run();
     } else {
