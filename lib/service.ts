@@ -58,6 +58,10 @@ export async function startService(config: Config, options: ServiceOptions): Pro
   let pool: ThreadPool | null = null;
   if (options.role !== "serve") {
     pool = new ThreadPool(config.limits.threads, config.limits.filesInFlight);
+    await pool.ready().catch((e) => {
+      pool?.close();
+      throw new Error(`${e.message}: the worker cannot stage or bundle; check the installation`);
+    });
     const archive = new ArchiveClient(config.archiveUrl, {
       requestTimeoutMs: config.staging.requestTimeoutMs,
     });

@@ -39,7 +39,7 @@ Deno.test("an outer abort stops the work", async () => {
   controller.abort(new Error("stop"));
   let ran = 0;
   await assert.rejects(
-    forEachLimited([1, 2], 1, async () => void ran++, controller.signal),
+    forEachLimited([1, 2], 1, () => Promise.resolve(void ran++), controller.signal),
     /stop/,
   );
   assert.equal(ran, 0);

@@ -48,11 +48,12 @@ async function bundle(source: string, output: string): Promise<string | null> {
   const { code, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["bundle", "--quiet", "--platform", "deno", "--output", output, source],
     cwd: ROOT,
+    env: { NO_COLOR: "1" },
     stdout: "inherit",
     stderr: "piped",
   }).output();
   if (code === 0) return null;
-  const text = new TextDecoder().decode(stderr).replace(/\x1b\[[0-9;]*m/g, "").trim();
+  const text = new TextDecoder().decode(stderr).trim();
   return text.split("\n").find((l) => /error/i.test(l)) ?? (text || `exit code ${code}`);
 }
 

@@ -25,6 +25,7 @@ import { forEachLimited } from "../lib/limit.ts";
 import { errorMessage, log } from "../lib/log.ts";
 import type { Queue } from "../lib/queue.ts";
 import { cancellations } from "../lib/remove_cart.ts";
+import { expireCarts } from "../lib/retention.ts";
 import { NO_SPACE, NoSpaceError, type Space } from "../lib/space.ts";
 import type { Cart, CartFile, CartStore } from "../lib/store.ts";
 import type { Volume } from "../lib/volume.ts";
@@ -114,6 +115,7 @@ export class CartWorker {
     for (const id of await volume.cartIds()) {
       if (!this.#active.has(id) && !(await store.cart(id))) await volume.remove(id);
     }
+    await expireCarts(store, volume, this.deps.config.space.retentionMs);
   }
 
   /** Handles one queue message: claims the cart and works on it until it is final. */
@@ -185,6 +187,9 @@ export class CartWorker {
     if (nospace) {
       await volume.remove(cart.id);
       await store.setReserved(cart.id, 0);
+    } else {
+      // The staged files stay (for `cartd admin fixit`); the reservation becomes what they hold.
+      await this.deps.space.settle(cart.id).catch(() => {});
     }
     if (await store.move(cart.id, "error", message)) {
       log.warn("cart failed", { uid: cart.uid, cart: cart.id, error: message });
@@ -336,6 +341,10 @@ export class CartWorker {
     }
     signal.throwIfAborted();
     if (!(await store.move(cart.id, "ready", "", readyAt))) throw new Stopped("gone");
+    // The reservation of a ready cart is what it really holds on disk.
+    await this.deps.space.settle(cart.id).catch((e) =>
+      log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
+    );
   }
 }
 

@@ -26,7 +26,8 @@ export type ThreadRequest =
   | { type: "bundle"; id: number; job: BundleJob }
   | { type: "cancel"; id: number };
 
-/** Web Worker → main thread. */
+/** Web Worker → main thread; "ready" once, when the thread's module has loaded. */
 export type ThreadReply =
+  | { type: "ready" }
   | { type: "done"; id: number; result: StagedFile | WrittenBundle }
   | { type: "failed"; id: number; error: { name: string; message: string; code?: string } };

@@ -39,6 +39,8 @@ interface Pending {
 interface Slot {
   worker: Worker;
   busy: number;
+  /** The thread's module has loaded. */
+  ready: boolean;
 }
 
 /** Web Worker threads for staging and bundling. */
@@ -49,19 +51,32 @@ export class ThreadPool {
   #inFlight = 0;
   #nextId = 1;
   #closed = false;
+  /** Set when a thread cannot even load: respawning would only fail again. */
+  #broken: TaskError | null = null;
+  #started = Promise.withResolvers<void>();
 
   /**
    * @param threads how many Web Workers to run
    * @param maxInFlight most tasks running at once over all threads
    */
   constructor(readonly threads: number, readonly maxInFlight: number) {
+    this.#started.promise.catch(() => {});
     for (let i = 0; i < threads; i++) this.#slots.push(this.#spawn());
+  }
+
+  /** Resolves once every thread has loaded; rejects when one cannot (a missing module, say). */
+  ready(): Promise<void> {
+    return this.#started.promise;
   }
 
   #spawn(): Slot {
     const worker = new Worker(THREAD_MODULE, { type: "module" });
-    const slot: Slot = { worker, busy: 0 };
-    worker.onmessage = (event: MessageEvent<ThreadReply>) => this.#settle(event.data);
+    const slot: Slot = { worker, busy: 0, ready: false };
+    worker.onmessage = (event: MessageEvent<ThreadReply>) => {
+      if (event.data.type !== "ready") return this.#settle(event.data);
+      slot.ready = true;
+      if (this.#slots.every((s) => s.ready)) this.#started.resolve();
+    };
     worker.onerror = (event) => {
       event.preventDefault();
       this.#crashed(slot, event.message ?? "unknown error");
@@ -78,13 +93,20 @@ export class ThreadPool {
       }
     }
     slot.worker.terminate();
+    if (!slot.ready) {
+      // It never loaded: a new thread would fail the same way, in a loop.
+      this.#broken = new TaskError(`The staging threads cannot start (${why})`);
+      this.#started.reject(this.#broken);
+      for (const wake of this.#waiters.splice(0)) wake();
+      return;
+    }
     if (!this.#closed) {
       const index = this.#slots.indexOf(slot);
       if (index >= 0) this.#slots[index] = this.#spawn();
     }
   }
 
-  #settle(reply: ThreadReply): void {
+  #settle(reply: Exclude<ThreadReply, { type: "ready" }>): void {
     const pending = this.#pending.get(reply.id);
     if (!pending) return;
     this.#pending.delete(reply.id);
@@ -102,9 +124,10 @@ export class ThreadPool {
   }
 
   async #run<T>(request: WithoutId<ThreadRequest>, signal?: AbortSignal): Promise<T> {
-    while (this.#inFlight >= this.maxInFlight) {
+    while (this.#inFlight >= this.maxInFlight && !this.#broken && !this.#closed) {
       await new Promise<void>((resolve) => this.#waiters.push(resolve));
     }
+    if (this.#broken) throw this.#broken;
     if (this.#closed) throw new TaskError("The thread pool is closed");
     signal?.throwIfAborted();
     const slot = this.#slots.reduce((a, b) => (b.busy < a.busy ? b : a));

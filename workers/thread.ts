@@ -61,3 +61,5 @@ self.onmessage = async (event: MessageEvent<ThreadRequest>) => {
   }
   self.postMessage(reply);
 };
+
+self.postMessage({ type: "ready" } satisfies ThreadReply);

@@ -1,0 +1,177 @@
+/**
+ * `deno task compile`: builds the `cartd` binary with `deno compile`: main.ts with the Web
+ * Worker thread (`--include workers/thread.ts`), and the narrowest permissions cartd works
+ * with, baked in:
+ *
+ * - `--allow-net`, `--allow-env`, `--allow-sys=hostname,statfs` (the worker's owner id, and
+ *   the free space of the volume);
+ * - `--allow-read` and `--allow-write` of the volume folder (`--volume`, default
+ *   `/srv/cartd`), which holds the carts and the SQLite database, and of the folder of a
+ *   SQLite file kept elsewhere (`--database FILE`: SQLite writes `-wal` and `-shm` files
+ *   beside it); `--allow-read` of the folders given with `--read` (e.g. for
+ *   `cartd archive --prefix DIR`). Nothing else.
+ *
+ * A compiled binary cannot widen its permissions at run time, so the folders are chosen when
+ * building; the binary defaults `VOLUME_PATH` (and `CARTD_SQLITE_PATH`) to them.
+ *
+ * `deno compile` fetches Deno's runtime (`denort`) for the target from Deno's release host the
+ * first time; when that fails this prints one line saying so instead of a stack trace.
+ *
+ * Usage:
+ *   deno task compile [--target TARGET] [--output FILE] [--volume DIR] [--database FILE]
+ *                     [--read DIR]... [--dry-run]
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { dirname, isAbsolute, resolve } from "node:path";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+
+/** Targets of `--target` (Deno's list; `deno compile --help` has the current one). */
+export const TARGETS: readonly string[] = [
+  "x86_64-unknown-linux-gnu",
+  "aarch64-unknown-linux-gnu",
+  "x86_64-apple-darwin",
+  "aarch64-apple-darwin",
+  "x86_64-pc-windows-msvc",
+];
+
+/** The volume folder a binary is built for unless `--volume` says otherwise. */
+export const DEFAULT_VOLUME = "/srv/cartd";
+
+/** What the binary is built for. */
+export interface CompileOptions {
+  /** Absolute folder of VOLUME_PATH (carts, and the SQLite file unless `database` is set). */
+  volume: string;
+  /** Absolute path of a SQLite file outside the volume. */
+  database?: string;
+  /** Further absolute folders the binary may read. */
+  read?: string[];
+  target?: string;
+  /** Where the binary goes (default `cartd` in the repository). */
+  output?: string;
+}
+
+/** The permission flags baked into the binary. */
+export function permissionFlags(options: CompileOptions): string[] {
+  const writable = [options.volume];
+  if (options.database && !isInside(options.database, options.volume)) {
+    writable.push(dirname(options.database));
+  }
+  const readable = [...writable, ...(options.read ?? [])];
+  return [
+    "--allow-net",
+    "--allow-env",
+    "--allow-sys=hostname,statfs",
+    `--allow-read=${readable.join(",")}`,
+    `--allow-write=${writable.join(",")}`,
+  ];
+}
+
+/** The environment the binary starts with (the run-time environment wins). */
+export function bakedEnv(options: CompileOptions): string {
+  const lines = [`VOLUME_PATH=${options.volume}`];
+  if (options.database) lines.push(`CARTD_SQLITE_PATH=${options.database}`);
+  return lines.join("\n") + "\n";
+}
+
+/** The arguments of `deno` that build the binary (`envFile` holds {@linkcode bakedEnv}). */
+export function compileArgs(options: CompileOptions, envFile: string): string[] {
+  return [
+    "compile",
+    "--output",
+    options.output ?? `${ROOT}cartd`,
+    ...(options.target ? ["--target", options.target] : []),
+    "--include",
+    `${ROOT}workers/thread.ts`,
+    `--env-file=${envFile}`,
+    ...permissionFlags(options),
+    `${ROOT}main.ts`,
+  ];
+}
+
+/**
+ * One line for a failed `deno compile` whose cause is the runtime download; null for any other
+ * failure (its own output says more).
+ */
+export function runtimeFailure(stderr: string, target: string): string | null {
+  if (!/denort|dl\.deno\.land|Setting up base binary/i.test(stderr)) return null;
+  const why = /dns error|Connect|timed out|connection|tls|certificate|404|403/i.exec(stderr)
+    ? "it cannot be downloaded from Deno's release host (dl.deno.land) on this machine"
+    : "it could not be set up";
+  return `compile: Deno's runtime for ${target} (denort) is missing and ${why}; build where ` +
+    `that host is reachable, or set DENORT_BIN to a denort ${Deno.version.deno} binary ` +
+    `(see README, "One file to deploy").`;
+}
+
+function isInside(path: string, dir: string): boolean {
+  const rel = resolve(path).slice(resolve(dir).length);
+  return resolve(path).startsWith(resolve(dir)) && (rel === "" || rel.startsWith("/"));
+}
+
+function hostTarget(): string {
+  const { arch, os } = Deno.build;
+  return os === "windows"
+    ? `${arch}-pc-windows-msvc`
+    : os === "darwin"
+    ? `${arch}-apple-darwin`
+    : `${arch}-unknown-linux-gnu`;
+}
+
+async function main(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      target: { type: "string" },
+      output: { type: "string" },
+      volume: { type: "string", default: DEFAULT_VOLUME },
+      database: { type: "string" },
+      read: { type: "string", multiple: true },
+      "dry-run": { type: "boolean" },
+    },
+  });
+  for (const [flag, path] of [["--volume", values.volume], ["--database", values.database]]) {
+    if (path !== undefined && !isAbsolute(path)) {
+      console.error(`compile: ${flag} needs an absolute path (the binary may run anywhere)`);
+      return 2;
+    }
+  }
+  const options: CompileOptions = {
+    volume: resolve(values.volume!),
+    database: values.database && resolve(values.database),
+    read: (values.read ?? []).map((p) => resolve(p)),
+    target: values.target,
+    output: values.output && resolve(values.output),
+  };
+  const envFile = await Deno.makeTempFile({ prefix: "cartd-env-" });
+  try {
+    await Deno.writeTextFile(envFile, bakedEnv(options));
+    const denoArgs = compileArgs(options, envFile);
+    if (values["dry-run"]) {
+      console.log(["deno", ...denoArgs].join(" "));
+      console.log(`# with ${envFile} holding: ${bakedEnv(options).trim().replace("\n", " ")}`);
+      return 0;
+    }
+    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: denoArgs,
+      cwd: ROOT,
+      env: { NO_COLOR: "1" },
+      stdout: "inherit",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(stderr);
+    if (code === 0) {
+      console.error(text.trimEnd());
+      return 0;
+    }
+    const line = runtimeFailure(text, options.target ?? hostTarget());
+    console.error(line ?? text.trimEnd());
+    return 1;
+  } finally {
+    await Deno.remove(envFile).catch(() => {});
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
