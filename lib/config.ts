@@ -29,8 +29,8 @@ export type DatabaseConfig =
     waitMs: number;
   };
 
-/** Where work for the workers is queued. */
-export type QueueConfig = { kind: "memory" } | { kind: "amqp"; url: string };
+/** Where work for the workers is queued (`queue`: the RabbitMQ queue's name). */
+export type QueueConfig = { kind: "memory" } | { kind: "amqp"; url: string; queue: string };
 
 /** All settings of one cartd process. */
 export interface Config {
@@ -209,16 +209,28 @@ function database(env: Env, volumePath: string): DatabaseConfig {
   return { kind: "sqlite", path: resolve(path), logging };
 }
 
+const queueName = z.string().regex(
+  /^[\w.:-]{1,255}$/,
+  "expected a queue name of letters, digits, '.', ':', '_' or '-' (at most 255)",
+);
+
 function queue(env: Env): QueueConfig {
   const broker = read(env, "BROKER_URL", url(["amqp:", "amqps:", "memory:"]), "");
-  if (broker) return broker === "memory:" ? { kind: "memory" } : { kind: "amqp", url: broker };
+  const name = read(env, "CARTD_QUEUE", queueName, "cartd.carts");
+  if (broker) {
+    return broker === "memory:" ? { kind: "memory" } : { kind: "amqp", url: broker, queue: name };
+  }
   if (env.AMQP_PORT_5672_TCP_ADDR || env.AMQP_USER) {
     const user = encodeURIComponent(env.AMQP_USER || "guest");
     const pass = encodeURIComponent(env.AMQP_PASS ?? "guest");
     const host = env.AMQP_PORT_5672_TCP_ADDR || "127.0.0.1";
     const port = read(env, "AMQP_PORT_5672_TCP_PORT", positiveInt, 5672);
     const vhost = encodeURIComponent(env.AMQP_VHOST || "/");
-    return { kind: "amqp", url: `amqp://${user}:${pass}@${host}:${port}/${vhost}` };
+    return {
+      kind: "amqp",
+      url: `amqp://${user}:${pass}@${host}:${port}/${vhost}`,
+      queue: name,
+    };
   }
   return { kind: "memory" };
 }
@@ -276,6 +288,7 @@ export const SETTINGS: ReadonlyArray<[name: string, meaning: string, fallback: s
   ["DATABASE_WAIT", "seconds between those tries", "10"],
   ["BROKER_URL", "amqp://user:pass@host:port/vhost (RabbitMQ)", "in-process queue"],
   ["AMQP_USER …", "RabbitMQ by container-link names (see README)", ""],
+  ["CARTD_QUEUE", "RabbitMQ queue the servers and workers share", "cartd.carts"],
   ["CARTD_SQLITE_PATH", "SQLite file when no MySQL is configured", "VOLUME_PATH/cartd.sqlite3"],
   ["CARTD_POLL_INITIAL", "first delay (s) between archive status polls", "0.5"],
   ["CARTD_POLL_MAX", "longest delay (s) between polls", "30"],

@@ -81,5 +81,5 @@ export class MemoryQueue implements Queue {
 export async function openQueue(config: QueueConfig): Promise<Queue> {
   if (config.kind === "memory") return new MemoryQueue();
   const { AmqpQueue } = await import("./queue_amqp.ts");
-  return await AmqpQueue.connect(config.url);
+  return await AmqpQueue.connect(config.url, { queueName: config.queue });
 }

@@ -13,7 +13,8 @@ export const SCHEMA_VERSION = 1;
 
 function tables(dialect: Db["dialect"]): string[] {
   const mysql = dialect === "mysql";
-  const key = mysql ? "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" : "TEXT";
+  // Bytes, not a collation: MySQL collations ignore trailing spaces, and uids are exact.
+  const key = mysql ? "VARBINARY(1020)" : "TEXT";
   const id = mysql ? "CHAR(36) CHARACTER SET ascii" : "TEXT";
   const text = mysql ? "LONGTEXT" : "TEXT";
   const big = mysql ? "BIGINT" : "INTEGER";
@@ -57,6 +58,9 @@ function tables(dialect: Db["dialect"]): string[] {
       message ${text} NULL,
       PRIMARY KEY (cart_id, idx)
     )${tail}`,
+    // One row per named lock; space reservations read "space" FOR UPDATE (MySQL).
+    `CREATE TABLE IF NOT EXISTS cartd_lock (name VARCHAR(32) NOT NULL PRIMARY KEY)${tail}`,
+    `INSERT ${mysql ? "IGNORE" : "OR IGNORE"} INTO cartd_lock (name) VALUES ('space')`,
   ];
 }
 

@@ -72,12 +72,13 @@ Deno.test("RabbitMQ from link-style names, or from BROKER_URL", () => {
       AMQP_PORT_5672_TCP_ADDR: "rabbit",
       AMQP_PORT_5672_TCP_PORT: "5673",
     }).queue,
-    { kind: "amqp", url: "amqp://cart:pw@rabbit:5673/%2F" },
+    { kind: "amqp", url: "amqp://cart:pw@rabbit:5673/%2F", queue: "cartd.carts" },
   );
-  assert.deepEqual(loadConfig({ BROKER_URL: "amqp://guest:guest@127.0.0.1:5672" }).queue, {
-    kind: "amqp",
-    url: "amqp://guest:guest@127.0.0.1:5672",
-  });
+  assert.deepEqual(
+    loadConfig({ BROKER_URL: "amqp://guest:guest@127.0.0.1:5672", CARTD_QUEUE: "carts.test" })
+      .queue,
+    { kind: "amqp", url: "amqp://guest:guest@127.0.0.1:5672", queue: "carts.test" },
+  );
 });
 
 Deno.test("a setting that cannot be understood names the variable", () => {
@@ -95,6 +96,7 @@ Deno.test("a setting that cannot be understood names the variable", () => {
     [{ CARTD_VOLUME_SIZE: "lots" }, /^CARTD_VOLUME_SIZE="lots" is not valid: expected bytes/],
     [{ CARTD_THREADS: "1.5" }, /^CARTD_THREADS="1.5" is not valid: expected a whole number/],
     [{ CARTD_LOG_LEVEL: "loud" }, /^CARTD_LOG_LEVEL="loud"/],
+    [{ CARTD_QUEUE: "two words" }, /^CARTD_QUEUE="two words" is not valid/],
   ];
   for (const [env, message] of bad) {
     assert.throws(() => loadConfig(env), (e: unknown) => {

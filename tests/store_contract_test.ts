@@ -499,6 +499,94 @@ function storeContract(name: string, factory: StoreFactory, ignore = false): voi
         assert.equal(await store.liveCart(exact.slice(0, -1)), null);
       });
 
+      await t.step(
+        "ready carts for purge and retention: purgeable, readyBefore, unliveReady",
+        async () => {
+          const readyCart = async (label: string) => {
+            const c = await fresh(label);
+            for (const s of ["staging", "bundling", "ready"] as const) {
+              assert.ok(await store.move(c.id, s));
+            }
+            return (await store.cart(c.id))!;
+          };
+          clock.now += 1_000;
+          const older = await readyCart("lru-old");
+          clock.now += 1_000;
+          const newer = await readyCart("lru-new");
+          const unfinished = await fresh("lru-waiting");
+          clock.now += 1_000;
+          const mine = (list: Cart[]) =>
+            list.map((c) => c.id).filter((id) => [older.id, newer.id, unfinished.id].includes(id));
+
+          assert.deepEqual(mine(await store.purgeable(clock.now)), [older.id, newer.id]);
+          assert.deepEqual(mine(await store.purgeable(newer.lastUsedAt)), [older.id]);
+          assert.deepEqual(mine(await store.purgeable(clock.now, older.id)), [newer.id]);
+          assert.deepEqual(mine(await store.readyBefore(clock.now)), [older.id, newer.id]);
+          assert.deepEqual(mine(await store.readyBefore(older.readyAt!)), []);
+
+          // A use after the candidates were listed spares the cart.
+          await store.touch(older.id);
+          assert.equal(await store.unliveReady(older.id, { usedBefore: clock.now }), false);
+          clock.now += 1;
+          assert.equal(await store.unliveReady(older.id, { usedBefore: clock.now }), true);
+          assert.equal(await store.unliveReady(older.id, { usedBefore: clock.now }), false);
+          assert.equal(await store.unliveReady(newer.id, { readyBefore: newer.readyAt! }), false);
+          assert.equal(
+            await store.unliveReady(newer.id, { readyBefore: newer.readyAt! + 1 }),
+            true,
+          );
+          assert.equal(await store.unliveReady(unfinished.id, {}), false, "only ready carts");
+          assert.deepEqual(mine(await store.purgeable(clock.now)), []);
+        },
+      );
+
+      await t.step("retryFailed: a fresh cart keeps the staged files", async () => {
+        const u = uid("retry");
+        const failed = (await create(u, doc(3, "t"), "h-t")).cart;
+        const sha = "cd".repeat(32);
+        await store.fileStaged(failed.id, 0, { size: 10, mtime: 5.5, sha256: sha, crc32: 7 });
+        await store.setFileSize(failed.id, 1, 20, 6);
+        await store.fileStatus(failed.id, 2, "error", "gone");
+        assert.equal(await store.retryFailed(failed.id, crypto.randomUUID()), null, "not failed");
+        assert.ok(await store.move(failed.id, "error", "gone"));
+
+        let calls = 0;
+        const newId = crypto.randomUUID();
+        clock.now += 7;
+        const retried = await store.retryFailed(failed.id, newId, () => {
+          calls++;
+          return Promise.resolve();
+        });
+        assert.ok(calls >= 1);
+        assert.equal(retried?.id, newId);
+        assert.equal(retried?.uid, u);
+        assert.equal(retried?.status, "waiting");
+        assert.equal(retried?.documentHash, "h-t");
+        assert.equal(retried?.fileCount, 3);
+        assert.equal(retried?.createdAt, clock.now);
+        assert.equal((await store.liveCart(u))?.id, newId);
+        assert.ok((await store.dead()).some((c) => c.id === failed.id));
+        const files = await store.files(newId);
+        assert.deepEqual(
+          files.map((f) => [f.status, f.size, f.mtime, f.sha256, f.crc32, f.message]),
+          [
+            ["staged", 10, 5.5, sha, 7, null],
+            ["pending", null, null, null, null, null],
+            ["pending", null, null, null, null, null],
+          ],
+        );
+        assert.equal((await store.files(failed.id)).length, 3, "the old rows stay until forgotten");
+        assert.equal(await store.retryFailed(failed.id, crypto.randomUUID()), null, "not live");
+        // A failing `inside` leaves everything as it was.
+        assert.ok(await store.move(newId, "error", "again"));
+        await assert.rejects(
+          store.retryFailed(newId, crypto.randomUUID(), () => Promise.reject(new Error("disk"))),
+          /disk/,
+        );
+        assert.equal((await store.liveCart(u))?.id, newId);
+        assert.equal((await store.liveCart(u))?.status, "error");
+      });
+
       await t.step("uids differing only in trailing spaces are different carts", async () => {
         // MySQL compares PAD SPACE collations (utf8mb4_bin) as if trailing spaces were absent.
         const base = uid("pad");
