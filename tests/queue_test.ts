@@ -321,13 +321,20 @@ amqpTest(
     await eventually(() => !consumer.connected, 10_000, "the consumer notices the cut");
     const during = Array.from({ length: 10 }, (_, i) => `during-${i}`);
     for (const id of during) await producer.publish(id);
-    assert.equal(await waiting(queueName), 10, "kept by the broker");
+    // 11 when the ack of "before" was still on its way as the connection died: the broker
+    // then delivers it again (at least once), which the store's claims make harmless.
+    const kept = await waiting(queueName);
+    assert.ok(kept === 10 || kept === 11, `kept by the broker: ${kept}`);
     assert.deepEqual(rec.seen, ["before"]);
 
     await proxy.restore();
-    await eventually(() => rec.seen.length === 11, 15_000, "all messages after reconnection");
-    assert.deepEqual(rec.seen.slice(1).sort(), [...during].sort());
-    assert.equal(await waiting(queueName), 0);
+    await eventually(
+      () => during.every((id) => rec.seen.includes(id)),
+      15_000,
+      "all messages after reconnection",
+    );
+    assert.equal(rec.seen.filter((id) => id.startsWith("during-")).length, 10);
+    await eventually(async () => (await waiting(queueName)) === 0, 5_000, "queue drained");
   },
 );
 
