@@ -13,6 +13,7 @@
  */
 import { resolve } from "node:path";
 import { z } from "zod";
+import type { StageSettings } from "./stage_file.ts";
 
 /** Where cart records live. */
 export type DatabaseConfig =
@@ -40,15 +41,8 @@ export interface Config {
   archiveUrl: string;
   database: DatabaseConfig;
   queue: QueueConfig;
-  staging: {
-    pollInitialMs: number;
-    pollMaxMs: number;
-    restageEveryMs: number;
-    stageTimeoutMs: number;
-    requestTimeoutMs: number;
-    fetchAttempts: number;
-    retryDelayMs: number;
-  };
+  /** How files are brought from the archive (see lib/stage_file.ts). */
+  staging: StageSettings;
   limits: {
     /** Files fetched at once by one worker process, over all its carts. */
     filesInFlight: number;

@@ -120,17 +120,25 @@ export class CartWorker {
 
   /** Handles one queue message: claims the cart and works on it until it is final. */
   async work(cartId: string): Promise<void> {
-    const { store, config, volume } = this.deps;
+    const { store, config } = this.deps;
+    // A second message for a cart this process works on already (the sweep queues carts that
+    // wait unclaimed, and a message may come twice): the claim would let this owner in again,
+    // and two runs of one cart would tear each other's files down. The running work covers it.
+    if (this.#active.has(cartId)) return;
+    const controller = new AbortController();
+    this.#active.set(cartId, controller);
     let cart: Cart | null;
     try {
       cart = await store.claim(cartId, this.owner, config.work.claimTtlMs);
     } catch (e) {
       log.warn("could not claim cart", { cart: cartId, error: errorMessage(e) });
+      this.#active.delete(cartId);
       return;
     }
-    if (!cart) return;
-    const controller = new AbortController();
-    this.#active.set(cartId, controller);
+    if (!cart) {
+      this.#active.delete(cartId);
+      return;
+    }
     const heartbeat = setInterval(async () => {
       const held = await store.renew(cartId, this.owner, config.work.claimTtlMs).catch(() => true);
       if (!held) controller.abort(new Stopped("gone"));
@@ -150,13 +158,7 @@ export class CartWorker {
       const reason = controller.signal.aborted ? controller.signal.reason : error;
       if (reason instanceof Stopped) {
         log.info("cart work stopped", { uid: cart.uid, cart: cart.id, why: reason.message });
-        if (reason.why === "gone") {
-          await volume.remove(cartId).catch(() => {});
-          const row = await store.cart(cartId).catch(() => null);
-          if (row && (await store.liveCart(row.uid).catch(() => null))?.id !== cartId) {
-            await store.forget(cartId).catch(() => {});
-          }
-        }
+        if (reason.why === "gone") await this.#removeIfDead(cartId);
       } else if (error instanceof DbUnavailableError) {
         log.warn("database lost during cart work; it will resume", {
           uid: cart.uid,
@@ -173,6 +175,27 @@ export class CartWorker {
       clearInterval(heartbeat);
       this.#active.delete(cartId);
       await store.release(cartId, this.owner).catch(() => {});
+    }
+  }
+
+  /**
+   * After work stopped because the cart seemed gone: removes its folder and rows when it is
+   * really deleted or replaced. A cart that is still live lost its claim to another worker
+   * (ours expired), which is now using the folder: it stays. When the database cannot say,
+   * nothing is removed; the sweep removes what is dead later.
+   */
+  async #removeIfDead(cartId: string): Promise<void> {
+    const { store, volume } = this.deps;
+    try {
+      const row = await store.cart(cartId);
+      if (row && (await store.liveCart(row.uid))?.id === cartId) return;
+      await volume.remove(cartId);
+      if (row) await store.forget(cartId);
+    } catch (e) {
+      log.warn("could not clean up a stopped cart; the sweep will", {
+        cart: cartId,
+        error: errorMessage(e),
+      });
     }
   }
 
