@@ -35,6 +35,7 @@ import {
   median,
   MiB,
   PeakRss,
+  rssNow,
   startArchiveProcess,
   timeShell,
   type Transfer,
@@ -173,6 +174,8 @@ Deno.addSignalListener("SIGINT", () => {
   Deno.exit(130);
 });
 
+/** RSS of each embedded cartd 1 s after its start, before any cart. */
+const idleRss: number[] = [];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function progress(text: string): void {
@@ -190,6 +193,8 @@ async function withCartd<T>(
     volume,
   });
   try {
+    await sleep(1000);
+    idleRss.push(rssNow(cartd.process.pid));
     return await fn(cartd);
   } catch (e) {
     console.error(cartd.output().split("\n").slice(-15).join("\n"));
@@ -630,6 +635,12 @@ async function main(): Promise<void> {
     }
     if (selected.has("memory")) {
       const rows = section("memory: peak RSS of the cartd process (VmHWM / VmRSS, all threads)");
+      rows.push({
+        figure: "idle, 1 s after start (median of runs)",
+        cartd: mib(median(idleRss)),
+        target: "≤ 150 MiB",
+        ok: median(idleRss) <= 150 * MiB,
+      });
       for (const d of downloads) {
         const what = `${f2(d.files * BIG_FILE / GiB)} GiB`;
         rows.push({
