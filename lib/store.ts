@@ -302,15 +302,35 @@ export class CartStore {
     );
   }
 
-  /** Unfinished carts that nobody holds a valid claim on (to be queued again). */
-  async orphans(): Promise<Cart[]> {
+  /**
+   * Unfinished live carts that may need a new queue message: those whose worker's claim
+   * expired, and those nobody has claimed and nothing has touched since `quietSince`.
+   */
+  async orphans(quietSince: number): Promise<Cart[]> {
     const rows = await this.db.all(
       `SELECT * FROM carts WHERE status IN ('waiting', 'staging', 'bundling')
-        AND live_uid IS NOT NULL AND (claim_owner IS NULL OR claim_expires < ?)
+        AND live_uid IS NOT NULL
+        AND ((claim_owner IS NULL AND updated_at < ?) OR claim_expires < ?)
        ORDER BY created_at`,
-      [this.now()],
+      [quietSince, this.now()],
     );
     return rows.map(toCart);
+  }
+
+  /**
+   * Takes an orphan (see {@linkcode orphans}) for queueing: drops its expired claim and marks
+   * the time. Returns false when another process took it first, or it is no orphan now, so
+   * that one message is sent per orphan however many workers sweep.
+   */
+  async requeue(cartId: string, quietSince: number): Promise<boolean> {
+    const now = this.now();
+    const { changes } = await this.db.run(
+      `UPDATE carts SET claim_owner = NULL, claim_expires = NULL, updated_at = ?
+       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling')
+        AND ((claim_owner IS NULL AND updated_at < ?) OR claim_expires < ?)`,
+      [now, cartId, quietSince, now],
+    );
+    return changes === 1;
   }
 
   /** Records a use of the cart (a download, or a status check of a ready cart). */

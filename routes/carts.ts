@@ -27,6 +27,8 @@ export interface RouteDeps {
 }
 
 const JSON_TYPE = "application/json";
+/** How long a POST waits for the queue before answering (the cart is stored either way). */
+const PUBLISH_WAIT_MS = 2_000;
 const utf8 = new TextEncoder();
 
 /** A JSON answer: every JSON answer has `Content-Type: application/json`. */
@@ -118,6 +120,30 @@ export function cartRoutes(deps: RouteDeps): Hono {
   });
   app.notFound(() => json({ message: "Not Found" }, 404));
 
+  /**
+   * Queues a stored cart, waiting at most PUBLISH_WAIT_MS: the cart is safe in the store as
+   * `waiting`, so a slow or absent broker must not hold the client. A publish still pending
+   * goes on; one that fails is left to the workers' orphan sweep.
+   */
+  async function publishSoon(cartId: string, uid: string): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const published = queue.publish(cartId).then(() => true, (e) => {
+      log.warn("could not queue cart; the orphan sweep will", {
+        uid,
+        cart: cartId,
+        error: errorMessage(e),
+      });
+      return true;
+    });
+    const waited = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), PUBLISH_WAIT_MS);
+    });
+    if (!(await Promise.race([published, waited]))) {
+      log.warn("the queue is slow; the cart is stored and will be queued", { uid, cart: cartId });
+    }
+    clearTimeout(timer);
+  }
+
   app.get("/", () => json({ message: "Pacifica Cartd Interface Up and Running" }, 200));
 
   app.post("/:uid", async (c) => {
@@ -140,16 +166,7 @@ export function cartRoutes(deps: RouteDeps): Hono {
     }
     const created = await store.createCart(uid, doc, documentHash(doc));
     for (const old of created.replaced) await removeCart(store, volume, old, "replaced by a POST");
-    if (!created.kept) {
-      await queue.publish(created.cart.id).catch((e) =>
-        // The cart is stored as waiting; the workers' orphan sweep will queue it.
-        log.warn("could not queue cart; the orphan sweep will", {
-          uid,
-          cart: created.cart.id,
-          error: errorMessage(e),
-        })
-      );
-    }
+    if (!created.kept) await publishSoon(created.cart.id, uid);
     log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
       uid,
       cart: created.cart.id,

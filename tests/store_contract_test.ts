@@ -373,7 +373,8 @@ function storeContract(name: string, factory: StoreFactory, ignore = false): voi
         for (const s of ["staging", "bundling", "ready"] as const) {
           assert.ok(await store.move(done.id, s));
         }
-        const ids = async () => new Set((await store.orphans()).map((c) => c.id));
+        // quietSince in the future: every unclaimed cart counts, however recently touched.
+        const ids = async () => new Set((await store.orphans(clock.now + 1)).map((c) => c.id));
         let orphans = await ids();
         assert.ok(orphans.has(free.id));
         assert.ok(!orphans.has(held.id));
@@ -386,10 +387,36 @@ function storeContract(name: string, factory: StoreFactory, ignore = false): voi
         assert.ok(!orphans.has(held.id));
         assert.ok(await store.move(free.id, "staging"));
         assert.ok((await ids()).has(free.id), "staging carts are unfinished too");
-        const list = await store.orphans();
+        const list = await store.orphans(clock.now + 1);
         const created = list.map((c) => c.createdAt);
         assert.deepEqual(created, [...created].sort((x, y) => x - y), "oldest first");
+        // A recently touched unclaimed cart is no orphan yet; an expired claim always is.
+        const recent = new Set((await store.orphans(clock.now - 10_000)).map((c) => c.id));
+        assert.ok(!recent.has(free.id));
+        assert.ok(recent.has(expiring.id));
       });
+
+      await t.step(
+        "requeue(): one taker per orphan, and the expired claim is dropped",
+        async () => {
+          const lost = await fresh("requeue-lost");
+          assert.ok(await store.claim(lost.id, "dead-worker", 1_000));
+          assert.equal(await store.requeue(lost.id, clock.now), false, "the claim is still valid");
+          clock.now += 1_001;
+          assert.equal(await store.requeue(lost.id, clock.now), true);
+          assert.equal(
+            await store.requeue(lost.id, clock.now),
+            false,
+            "a second sweeper gets none",
+          );
+          const after = (await store.cart(lost.id))!;
+          assert.equal(after.claimOwner, null);
+          assert.equal(after.updatedAt, clock.now);
+          clock.now += 5;
+          assert.equal(await store.requeue(lost.id, clock.now), true, "quiet since then");
+          assert.ok(await store.claim(lost.id, "new-worker", 1_000), "claimable again");
+        },
+      );
 
       await t.step("file facts: setFileSize, fileStaged, fileStatus, totals", async () => {
         const cart = (await create(uid("facts"), doc(3, "q"), "h-q")).cart;

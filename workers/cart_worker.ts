@@ -66,9 +66,11 @@ export function fileLabel(file: Pick<CartFile, "idx" | "archiveId">): string {
 /** Consumes the queue and processes carts. */
 export class CartWorker {
   /** This worker's name in claims: host, process and a random part. */
-  readonly owner = `${hostname()}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
+  readonly owner = `${hostname().slice(0, 40)}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
   #active = new Map<string, AbortController>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  #sweeping = false;
+  #swept = false;
   #onCancel: EventListener = (event) => {
     const id = (event as CustomEvent<string>).detail;
     this.#active.get(id)?.abort(new Stopped("gone"));
@@ -101,9 +103,27 @@ export class CartWorker {
    * their rows (when no live claim protects them) and folders without a row.
    */
   async sweep(): Promise<void> {
-    const { store, queue, volume } = this.deps;
-    for (const cart of await store.orphans()) {
-      if (!this.#active.has(cart.id)) await queue.publish(cart.id);
+    if (this.#sweeping) return; // a sweep waiting on a slow broker is enough
+    this.#sweeping = true;
+    try {
+      await this.#sweep();
+    } finally {
+      this.#sweeping = false;
+    }
+  }
+
+  async #sweep(): Promise<void> {
+    const { store, queue, volume, config } = this.deps;
+    // The first sweep queues every orphan (an in-process queue starts empty); later ones only
+    // carts left unclaimed for a while, so that a long backlog is not queued again and again.
+    const quietSince = this.#swept ? Date.now() - 5 * config.work.claimTtlMs : Date.now();
+    this.#swept = true;
+    for (const cart of await store.orphans(quietSince)) {
+      if (this.#active.has(cart.id)) continue;
+      if (await store.requeue(cart.id, quietSince)) {
+        log.info("cart queued again", { uid: cart.uid, cart: cart.id, status: cart.status });
+        await queue.publish(cart.id);
+      }
     }
     const now = Date.now();
     for (const cart of await store.dead()) {
