@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Db, Row, SqlValue } from "./db.ts";
@@ -20,14 +20,49 @@ class Lock {
   }
 }
 
+/**
+ * Prepared statements by SQL text. The store runs a small, fixed set of statements; preparing
+ * each one again per call would leave a native statement behind for the garbage collector,
+ * which rarely runs when the JavaScript heap is quiet: memory grew with every cart file.
+ */
+class Statements {
+  readonly #byText = new Map<string, StatementSync>();
+  constructor(readonly sqlite: DatabaseSync, readonly max = 200) {}
+
+  get(sql: string): StatementSync {
+    let statement = this.#byText.get(sql);
+    if (statement) {
+      this.#byText.delete(sql); // most recently used goes last
+    } else {
+      statement = this.sqlite.prepare(sql);
+      if (this.#byText.size >= this.max) {
+        this.#byText.delete(this.#byText.keys().next().value!);
+      }
+    }
+    this.#byText.set(sql, statement);
+    return statement;
+  }
+}
+
 class SqliteDb implements Db {
   readonly dialect = "sqlite" as const;
   readonly #lock: Lock;
   readonly #inTransaction: boolean;
+  readonly #statements: Statements;
 
-  constructor(readonly sqlite: DatabaseSync, readonly logging: boolean, lock?: Lock) {
+  constructor(
+    readonly sqlite: DatabaseSync,
+    readonly logging: boolean,
+    lock?: Lock,
+    statements?: Statements,
+  ) {
     this.#lock = lock ?? new Lock();
     this.#inTransaction = lock !== undefined;
+    this.#statements = statements ?? new Statements(sqlite);
+  }
+
+  #statement(sql: string): StatementSync {
+    return this.#statements.get(sql);
   }
 
   #exec<T>(work: () => T): Promise<T> {
@@ -39,13 +74,13 @@ class SqliteDb implements Db {
 
   all<T extends Row = Row>(sql: string, params: SqlValue[] = []): Promise<T[]> {
     if (this.logging) log.info("sql", { sql, params: JSON.stringify(params, bigintJson) });
-    return this.#exec(() => this.sqlite.prepare(sql).all(...params as SQLInputValue[]) as T[]);
+    return this.#exec(() => this.#statement(sql).all(...params as SQLInputValue[]) as T[]);
   }
 
   run(sql: string, params: SqlValue[] = []): Promise<{ changes: number }> {
     if (this.logging) log.info("sql", { sql, params: JSON.stringify(params, bigintJson) });
     return this.#exec(() => {
-      const r = this.sqlite.prepare(sql).run(...params as SQLInputValue[]);
+      const r = this.#statement(sql).run(...params as SQLInputValue[]);
       return { changes: Number(r.changes) };
     });
   }
@@ -55,7 +90,9 @@ class SqliteDb implements Db {
     return this.#lock.run(async () => {
       this.sqlite.exec("BEGIN IMMEDIATE");
       try {
-        const result = await work(new SqliteDb(this.sqlite, this.logging, this.#lock));
+        const result = await work(
+          new SqliteDb(this.sqlite, this.logging, this.#lock, this.#statements),
+        );
         this.sqlite.exec("COMMIT");
         return result;
       } catch (e) {

@@ -283,7 +283,9 @@ async function download(
       ? createHash(job.hashtype)
       : undefined;
     let crc = 0;
-    const buf = new Uint8Array(WRITE_CHUNK);
+    // No bigger than the file: a 1 KiB file must not cost a 1 MiB buffer (they add up fast
+    // between garbage collections when a cart has thousands of small files).
+    const buf = new Uint8Array(Math.max(1, Math.min(WRITE_CHUNK, expected)));
     let filled = 0;
     const out = file;
     const writeAll = async (data: Uint8Array) => {
@@ -340,7 +342,7 @@ async function download(
         filled = 0;
         await flush(data);
       } else {
-        if (filled + data.byteLength > WRITE_CHUNK) {
+        if (filled + data.byteLength > buf.length) {
           await flush(buf.subarray(0, filled));
           filled = 0;
         }

@@ -15,7 +15,7 @@ import denoJson from "../deno.json" with { type: "json" };
 import { startFakeArchive } from "./fake_archive.ts";
 import { permissions, postCart, ROOT, waitFor } from "./harness.ts";
 import { build, externalReferences } from "../tools/build.ts";
-import { permissionFlags, runtimeFailure } from "../tools/compile.ts";
+import { permissionFlags, runtimeFailure, V8_FLAGS } from "../tools/compile.ts";
 
 /** A folder holding a fresh build: cartd.js and thread.js. */
 let built: Promise<string> | null = null;
@@ -45,7 +45,7 @@ function runFlags(app: string, volume: string): string[] {
   const flags = permissionFlags({ volume }).map((f) =>
     f.startsWith("--allow-read=") ? `${f},${app}` : f
   );
-  return ["run", "--no-config", "--no-npm", "--no-remote", ...flags, `${app}/cartd.js`];
+  return ["run", "--no-config", "--no-npm", "--no-remote", V8_FLAGS, ...flags, `${app}/cartd.js`];
 }
 
 function freePort(): number {

@@ -8,6 +8,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
+import { V8_FLAGS } from "../tools/compile.ts";
 
 /** The repository root. */
 export const ROOT: string = fileURLToPath(new URL("../", import.meta.url));
@@ -63,6 +64,7 @@ export async function startCartd(options: {
   const role = options.role ?? "all";
   const args = [
     "run",
+    V8_FLAGS,
     ...permissions(volume),
     ENTRY,
     ...(role === "all" ? [] : [role]),

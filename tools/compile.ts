@@ -54,6 +54,14 @@ export interface CompileOptions {
   output?: string;
 }
 
+/**
+ * V8 settings of every cartd process: a young generation of 2 MiB per isolate instead of V8's
+ * default (up to 16 MiB per semi-space) keeps the main thread and each Web Worker thread from
+ * holding tens of MiB of garbage between collections; measured on a 10,000-file cart, peak RSS
+ * fell from 360 to 220 MiB at the same speed (see bench/).
+ */
+export const V8_FLAGS = "--v8-flags=--max-semi-space-size=2";
+
 /** The permission flags baked into the binary. */
 export function permissionFlags(options: CompileOptions): string[] {
   const writable = [options.volume];
@@ -87,6 +95,7 @@ export function compileArgs(options: CompileOptions, envFile: string): string[] 
     "--include",
     `${ROOT}workers/thread.ts`,
     `--env-file=${envFile}`,
+    V8_FLAGS,
     ...permissionFlags(options),
     `${ROOT}main.ts`,
   ];
