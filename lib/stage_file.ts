@@ -128,11 +128,6 @@ export async function stageFile(
     requestTimeoutMs: settings.requestTimeoutMs,
   });
   const status = await waitForDisk(client, job, settings, signal);
-  try {
-    await Deno.mkdir(dirname(job.dest), { recursive: true });
-  } catch (err) {
-    throw fsError(job, err, "could not create the folder of");
-  }
   const attempts = Math.max(1, settings.fetchAttempts);
   let last: StageError | undefined;
   for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -258,7 +253,7 @@ async function download(
     }
     const reader = body.getReader();
     try {
-      file = await Deno.open(part, { write: true, create: true, truncate: true });
+      file = await createPart(part);
     } catch (err) {
       await reader.cancel().catch(() => {});
       throw fsError(job, err, "could not create");
@@ -390,6 +385,18 @@ async function download(
       } catch { /* already closed */ }
     }
     if (!renamed) await Deno.remove(part).catch(() => {});
+  }
+}
+
+/** Creates `path`, and its folder when that is missing (usually it exists: one call). */
+async function createPart(path: string): Promise<Deno.FsFile> {
+  const options = { write: true, create: true, truncate: true };
+  try {
+    return await Deno.open(path, options);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    await Deno.mkdir(dirname(path), { recursive: true });
+    return await Deno.open(path, options);
   }
 }
 

@@ -200,12 +200,25 @@ export class CartStore {
 
   /** Records the size and mtime the archive reported for a file. */
   async setFileSize(cartId: string, idx: number, size: number, mtime: number): Promise<void> {
-    await this.db.run("UPDATE cart_files SET size = ?, mtime = ? WHERE cart_id = ? AND idx = ?", [
-      size,
-      mtime,
-      cartId,
-      idx,
-    ]);
+    await this.setFileSizes(cartId, [{ idx, size, mtime }]);
+  }
+
+  /** Records the sizes and mtimes of many files in one transaction. */
+  async setFileSizes(
+    cartId: string,
+    sizes: readonly { idx: number; size: number; mtime: number }[],
+  ): Promise<void> {
+    if (!sizes.length) return;
+    await this.db.transaction(async (tx) => {
+      for (const { idx, size, mtime } of sizes) {
+        await tx.run("UPDATE cart_files SET size = ?, mtime = ? WHERE cart_id = ? AND idx = ?", [
+          size,
+          mtime,
+          cartId,
+          idx,
+        ]);
+      }
+    });
   }
 
   /** Records the cart's total size once every file's size is known. */
@@ -219,11 +232,24 @@ export class CartStore {
 
   /** Marks a file staged, with what staging measured. */
   async fileStaged(cartId: string, idx: number, facts: StagedFacts): Promise<void> {
-    await this.db.run(
-      `UPDATE cart_files SET status = 'staged', size = ?, mtime = ?, sha256 = ?, crc32 = ?,
-        message = NULL WHERE cart_id = ? AND idx = ?`,
-      [facts.size, facts.mtime, facts.sha256, facts.crc32, cartId, idx],
-    );
+    await this.filesStaged(cartId, [{ idx, facts }]);
+  }
+
+  /** Marks many files staged in one transaction (one commit instead of one per file). */
+  async filesStaged(
+    cartId: string,
+    staged: readonly { idx: number; facts: StagedFacts }[],
+  ): Promise<void> {
+    if (!staged.length) return;
+    await this.db.transaction(async (tx) => {
+      for (const { idx, facts } of staged) {
+        await tx.run(
+          `UPDATE cart_files SET status = 'staged', size = ?, mtime = ?, sha256 = ?, crc32 = ?,
+            message = NULL WHERE cart_id = ? AND idx = ?`,
+          [facts.size, facts.mtime, facts.sha256, facts.crc32, cartId, idx],
+        );
+      }
+    });
   }
 
   /** Marks a file failed (or, with status "pending", due to be fetched again). */

@@ -21,13 +21,14 @@ import { planBundle } from "../lib/bundle.ts";
 import { defaultName, planCartBundle, topFolder } from "../lib/cart_bundle.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
+import { Batcher } from "../lib/batcher.ts";
 import { forEachLimited } from "../lib/limit.ts";
 import { errorMessage, log } from "../lib/log.ts";
 import type { Queue } from "../lib/queue.ts";
 import { cancellations } from "../lib/remove_cart.ts";
 import { expireCarts } from "../lib/retention.ts";
 import { NO_SPACE, NoSpaceError, type Space } from "../lib/space.ts";
-import type { Cart, CartFile, CartStore } from "../lib/store.ts";
+import type { Cart, CartFile, CartStore, StagedFacts } from "../lib/store.ts";
 import type { Volume } from "../lib/volume.ts";
 import { TaskError, type ThreadPool } from "./pool.ts";
 
@@ -291,9 +292,12 @@ export class CartWorker {
         statuses.set(file.idx, status);
         file.size = status.size;
         file.mtime = status.mtime;
-        await store.setFileSize(cart.id, file.idx, status.size, status.mtime);
       },
       signal,
+    );
+    await store.setFileSizes(
+      cart.id,
+      [...statuses].map(([idx, { size, mtime }]) => ({ idx, size, mtime })),
     );
     const total = files.reduce((sum, f) => sum + (f.size ?? 0), 0);
     await store.setTotalBytes(cart.id, total);
@@ -313,29 +317,45 @@ export class CartWorker {
     signal: AbortSignal,
   ): Promise<void> {
     const { store, volume, config, pool } = this.deps;
-    await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
-      const staged = await pool.stage(
-        {
-          archiveUrl: config.archiveUrl,
-          archiveId: file.archiveId,
-          dest: volume.filePath(cart.id, file.idx),
-          hashtype: file.hashtype ?? undefined,
-          hashsum: file.hashsum ?? undefined,
-          label: fileLabel(file),
-          status: statuses.get(file.idx),
-        },
-        config.staging,
-        inner,
-      );
-      await store.fileStaged(cart.id, file.idx, staged);
-      Object.assign(file, staged, { status: "staged" });
-    }, signal).catch(async (error) => {
-      if (error instanceof TaskError && error.code !== "nospace" && !signal.aborted) {
-        const failed = files.find((f) => error.message.includes(fileLabel(f)));
-        if (failed) await store.fileStatus(cart.id, failed.idx, "error", error.message);
-      }
+    // Staged files are recorded in batches; a crash loses at most the last moments' records,
+    // and those files are fetched again on resume.
+    const staged = new Batcher<{ idx: number; facts: StagedFacts }>(
+      (items) => store.filesStaged(cart.id, items),
+      256,
+      200,
+    );
+    try {
+      await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
+        let facts: StagedFacts;
+        try {
+          facts = await pool.stage(
+            {
+              archiveUrl: config.archiveUrl,
+              archiveId: file.archiveId,
+              dest: volume.filePath(cart.id, file.idx),
+              hashtype: file.hashtype ?? undefined,
+              hashsum: file.hashsum ?? undefined,
+              label: fileLabel(file),
+              status: statuses.get(file.idx),
+            },
+            config.staging,
+            inner,
+          );
+        } catch (error) {
+          // The file that failed first is marked (those stopped because of it are not).
+          if (error instanceof TaskError && error.code !== "nospace" && !inner.aborted) {
+            await store.fileStatus(cart.id, file.idx, "error", error.message);
+          }
+          throw error;
+        }
+        await staged.add({ idx: file.idx, facts });
+        Object.assign(file, facts, { status: "staged" });
+      }, signal);
+    } catch (error) {
+      await staged.flush().catch(() => {});
       throw error;
-    });
+    }
+    await staged.flush();
   }
 
   async #bundle(cart: Cart, signal: AbortSignal): Promise<void> {

@@ -1,0 +1,16 @@
+import { startCartd, postCart, waitFor } from "./tests/harness.ts";
+const arch = new Deno.Command(Deno.execPath(), { args: ["run", "-A", "bench/archive_server.ts"], stdout: "piped", stderr: "inherit" }).spawn();
+const reader = arch.stdout.pipeThrough(new TextDecoderStream()).getReader();
+let line = ""; while (!line.includes("\n")) line += (await reader.read()).value;
+const { archive, control } = JSON.parse(line.split("\n")[0]);
+const N = Number(Deno.args[0] ?? 10000);
+await fetch(control + "put", { method: "POST", body: JSON.stringify({ prefix: "s-", count: N, size: 1024, kind: "bytes" }) });
+const { benchIds } = await import("./bench/common.ts");
+const ids = benchIds("s-", N);
+const c = await startCartd({ env: { ARCHIVE_INTERFACE_URL: archive, CARTD_POLL_INITIAL: "0.5", CARTD_POLL_MAX: "30", CARTD_CLAIM_TTL: "30" } });
+const t0 = performance.now();
+await postCart(c.url, "c", { fileids: ids.map((id: string, i: number) => ({ id, path: `d/${i}` })) });
+console.log(await waitFor(c.url, "c", "ready", 120000), Math.round(performance.now() - t0), "ms");
+await c.stop();
+console.log(c.output().split("\n").filter((l) => /claimed|staging|ready|accepted/.test(l)).join("\n"));
+arch.kill(); await arch.status;
