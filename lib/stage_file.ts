@@ -413,3 +413,42 @@ function fsError(job: StageJob, err: unknown, what: string): StageError {
     { cause: err },
   );
 }
+
+/** What {@linkcode hashLocalFile} measured. */
+export interface LocalHashes {
+  size: number;
+  sha256: string;
+  crc32: number;
+  /** The digest of `hashtype`, when one was asked for. */
+  wanted?: string;
+}
+
+/**
+ * Hashes a file that is already on disk: a staged file whose record a crash lost. It was
+ * renamed into place only after its size (and hash) were checked, so reading it again is all
+ * a resumed cart needs — far cheaper than a second tape recall.
+ */
+export async function hashLocalFile(path: string, hashtype?: HashType): Promise<LocalHashes> {
+  const sha256 = createHash("sha256");
+  const wanted = hashtype && hashtype !== "sha256" ? createHash(hashtype) : undefined;
+  let crc = 0;
+  let size = 0;
+  using file = await Deno.open(path, { read: true });
+  const buf = new Uint8Array(WRITE_CHUNK);
+  for (;;) {
+    const n = await file.read(buf);
+    if (n === null) break;
+    const data = buf.subarray(0, n);
+    sha256.update(data);
+    wanted?.update(data);
+    crc = crc32(data, crc);
+    size += n;
+  }
+  const sha256Hex = sha256.digest("hex");
+  return {
+    size,
+    sha256: sha256Hex,
+    crc32: crc >>> 0,
+    ...(hashtype ? { wanted: wanted ? wanted.digest("hex") : sha256Hex } : {}),
+  };
+}

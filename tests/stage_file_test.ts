@@ -416,3 +416,22 @@ Deno.test("64 MiB stages fast, verified", async () => {
     `staged 64 MiB (sha256 + sha1 + crc32) at ${(size / s / (1 << 20)).toFixed(0)} MiB/s`,
   );
 });
+
+Deno.test("hashLocalFile hashes a file on disk like staging does", async () => {
+  const { hashLocalFile } = await import("../lib/stage_file.ts");
+  const { createHash } = await import("node:crypto");
+  const { crc32 } = await import("node:zlib");
+  const dir = await Deno.makeTempDir();
+  try {
+    const bytes = new Uint8Array(3 * 1024 * 1024 + 5).map((_, i) => (i * 31) & 255);
+    await Deno.writeFile(`${dir}/f`, bytes);
+    const h = await hashLocalFile(`${dir}/f`, "md5");
+    assert.equal(h.size, bytes.length);
+    assert.equal(h.sha256, createHash("sha256").update(bytes).digest("hex"));
+    assert.equal(h.crc32, crc32(bytes) >>> 0);
+    assert.equal(h.wanted, createHash("md5").update(bytes).digest("hex"));
+    assert.equal((await hashLocalFile(`${dir}/f`)).wanted, undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

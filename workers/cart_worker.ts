@@ -303,11 +303,54 @@ export class CartWorker {
     await store.setTotalBytes(cart.id, total);
     await space.reserve(cart, total + (cart.bundle ? tarSize(files, cart) : 0));
     const todo: CartFile[] = [];
+    const unrecorded: CartFile[] = [];
     for (const file of files) {
-      if (!(await isOnDisk(file, volume.filePath(cart.id, file.idx)))) todo.push(file);
+      const path = volume.filePath(cart.id, file.idx);
+      if (await isOnDisk(file, path)) continue;
+      if (await hasSize(path, file.size)) unrecorded.push(file);
+      else todo.push(file);
     }
+    todo.push(...await this.#adopt(cart, unrecorded, signal));
     log.info("staging", { uid: cart.uid, cart: cart.id, files: todo.length, bytes: total });
     await this.#fetch(cart, todo, statuses, signal);
+  }
+
+  /**
+   * Files that sit on disk with their size but have no record (a crash came between the
+   * rename and the batched record): they were checked before the rename, so hashing them
+   * here is enough. Returns the ones that must be fetched after all (a requested hash that
+   * does not match).
+   */
+  async #adopt(cart: Cart, files: CartFile[], signal: AbortSignal): Promise<CartFile[]> {
+    if (!files.length) return [];
+    const { store, volume, config, pool } = this.deps;
+    const again: CartFile[] = [];
+    const adopted: { idx: number; facts: StagedFacts }[] = [];
+    await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
+      const path = volume.filePath(cart.id, file.idx);
+      const hashes = await pool.hash(path, file.hashtype ?? undefined, inner);
+      if (file.hashsum !== null && hashes.wanted !== file.hashsum) {
+        await Deno.remove(path).catch(() => {});
+        again.push(file);
+        return;
+      }
+      const facts: StagedFacts = {
+        size: hashes.size,
+        mtime: file.mtime ?? 0,
+        sha256: hashes.sha256,
+        crc32: hashes.crc32,
+      };
+      adopted.push({ idx: file.idx, facts });
+      Object.assign(file, facts, { status: "staged" });
+    }, signal);
+    await store.filesStaged(cart.id, adopted);
+    log.info("staged files found on disk", {
+      uid: cart.uid,
+      cart: cart.id,
+      files: adopted.length,
+      again: again.length || undefined,
+    });
+    return again;
   }
 
   async #fetch(
@@ -424,6 +467,16 @@ function tarSize(files: CartFile[], cart: Cart): number {
     })),
     { top: "data_0000_00_00_00_00_00", format: "tar", manifest: cart.manifest, mtime: 0 },
   ).size;
+}
+
+/** True when a file sits at `path` with `size` bytes. */
+async function hasSize(path: string, size: number | null): Promise<boolean> {
+  if (size === null) return false;
+  try {
+    return (await Deno.stat(path)).size === size;
+  } catch {
+    return false;
+  }
 }
 
 /** True when the file is recorded as staged and sits on disk with its recorded size. */

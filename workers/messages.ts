@@ -4,7 +4,13 @@
  *
  * @module
  */
-import type { StagedFile, StageJob, StageSettings } from "../lib/stage_file.ts";
+import type {
+  HashType,
+  LocalHashes,
+  StagedFile,
+  StageJob,
+  StageSettings,
+} from "../lib/stage_file.ts";
 import type { BundleFile, BundleOptions } from "../lib/bundle.ts";
 
 /** Write a bundle to `dest` (via `dest.part`), and its ETag to `dest.etag`. */
@@ -24,10 +30,11 @@ export interface WrittenBundle {
 export type ThreadRequest =
   | { type: "stage"; id: number; job: StageJob; settings: StageSettings }
   | { type: "bundle"; id: number; job: BundleJob }
+  | { type: "hash"; id: number; path: string; hashtype?: HashType }
   | { type: "cancel"; id: number };
 
 /** Web Worker → main thread; "ready" once, when the thread's module has loaded. */
 export type ThreadReply =
   | { type: "ready" }
-  | { type: "done"; id: number; result: StagedFile | WrittenBundle }
+  | { type: "done"; id: number; result: StagedFile | WrittenBundle | LocalHashes }
   | { type: "failed"; id: number; error: { name: string; message: string; code?: string } };

@@ -6,7 +6,13 @@
  *
  * @module
  */
-import type { StagedFile, StageJob, StageSettings } from "../lib/stage_file.ts";
+import type {
+  HashType,
+  LocalHashes,
+  StagedFile,
+  StageJob,
+  StageSettings,
+} from "../lib/stage_file.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
 /**
@@ -149,6 +155,11 @@ export class ThreadPool {
   /** Stages one file in a thread (see {@linkcode stageFile}). */
   stage(job: StageJob, settings: StageSettings, signal?: AbortSignal): Promise<StagedFile> {
     return this.#run({ type: "stage", job, settings }, signal);
+  }
+
+  /** Hashes a file already on disk in a thread (see {@linkcode hashLocalFile}). */
+  hash(path: string, hashtype?: HashType, signal?: AbortSignal): Promise<LocalHashes> {
+    return this.#run({ type: "hash", path, hashtype }, signal);
   }
 
   /** Writes a bundle to disk in a thread. */

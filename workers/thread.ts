@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { stageFile } from "../lib/stage_file.ts";
+import { hashLocalFile, stageFile } from "../lib/stage_file.ts";
 import { planBundle } from "../lib/bundle.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
@@ -52,6 +52,8 @@ self.onmessage = async (event: MessageEvent<ThreadRequest>) => {
   try {
     const result = request.type === "stage"
       ? await stageFile(request.job, request.settings, controller.signal)
+      : request.type === "hash"
+      ? await hashLocalFile(request.path, request.hashtype)
       : await writeBundle(request.job, controller.signal);
     reply = { type: "done", id: request.id, result };
   } catch (error) {
