@@ -103,6 +103,9 @@ export async function main(args: string[]): Promise<number> {
       port: port(values.port, 8080, "--port"),
       hostname,
     });
+    console.error(
+      `cartd archive serving ${values.prefix} on http://${hostname}:${server.addr.port}/`,
+    );
     await untilSignal();
     await server.shutdown();
     return 0;
