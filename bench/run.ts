@@ -20,7 +20,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { loadConfig } from "../lib/config.ts";
+import { loadConfig, SETTINGS } from "../lib/config.ts";
 import { type Cartd, cartStatus, postCart, startCartd } from "../tests/harness.ts";
 import {
   type ArchiveProcess,
@@ -80,19 +80,21 @@ const LARGE = values.large;
  * cartd's settings in every run: the shipped defaults, written out (the test harness would
  * otherwise apply its fast test settings).
  */
-const BENCH_ENV: Record<string, string> = {
-  CARTD_POLL_INITIAL: "0.5",
-  CARTD_POLL_MAX: "30",
-  CARTD_RESTAGE_EVERY: "300",
-  CARTD_RETRY_DELAY: "2",
-  CARTD_REQUEST_TIMEOUT: "60",
-  CARTD_CLAIM_TTL: "30",
-  CARTD_FILES_PER_CART: "8",
-  CARTD_FILES_IN_FLIGHT: "16",
-  CARTD_CARTS_IN_FLIGHT: "4",
-  CARTD_THREADS: "2",
-  CARTD_LOG_LEVEL: "info",
-};
+const BENCH_ENV: Record<string, string> = Object.fromEntries(
+  [
+    "CARTD_POLL_INITIAL",
+    "CARTD_POLL_MAX",
+    "CARTD_RESTAGE_EVERY",
+    "CARTD_RETRY_DELAY",
+    "CARTD_REQUEST_TIMEOUT",
+    "CARTD_CLAIM_TTL",
+    "CARTD_FILES_PER_CART",
+    "CARTD_FILES_IN_FLIGHT",
+    "CARTD_CARTS_IN_FLIGHT",
+    "CARTD_THREADS",
+    "CARTD_LOG_LEVEL",
+  ].map((name) => [name, SETTINGS.find(([n]) => n === name)![2]]),
+);
 const FILES_PER_CART = loadConfig(BENCH_ENV).limits.filesPerCart;
 const BIG_FILE = 64 * MiB;
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, loadConfig, parseBytes, parseDuration } from "../lib/config.ts";
+import { ConfigError, loadConfig, parseBytes, parseDuration, SETTINGS } from "../lib/config.ts";
 
 Deno.test("defaults: SQLite in VOLUME_PATH, in-process queue, the archive on 127.0.0.1:8080", () => {
   const c = loadConfig({ VOLUME_PATH: "/srv/cartd" });
@@ -117,4 +117,12 @@ Deno.test("bytes and durations", () => {
   assert.equal(parseDuration("15m"), 900_000);
   assert.equal(parseDuration("7d"), 7 * 86_400_000);
   assert.equal(parseDuration("soon"), null);
+});
+
+Deno.test("the defaults that --help and the README show are the ones loadConfig uses", () => {
+  const defaults = loadConfig({ VOLUME_PATH: "/v" });
+  for (const [name, , fallback] of SETTINGS) {
+    if (!/^[\d.]+$|^(true|false|info|cartd\.carts|64M)$/.test(fallback)) continue;
+    assert.deepEqual(loadConfig({ VOLUME_PATH: "/v", [name]: fallback }), defaults, name);
+  }
 });
