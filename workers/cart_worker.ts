@@ -165,6 +165,7 @@ export class CartWorker {
       if (!held) controller.abort(new Stopped("gone"));
     }, Math.max(200, config.work.claimTtlMs / 3));
     const started = Date.now();
+    let again = false;
     try {
       if (cart.attempts > config.work.maxAttempts) {
         throw new CartFailure(
@@ -186,9 +187,9 @@ export class CartWorker {
           cart: cart.id,
           error: error.message,
         });
-      } else if (error instanceof TaskError && /crashed/.test(error.message)) {
+      } else if (error instanceof TaskError && error.code === "crashed") {
         log.warn("thread crashed; cart queued again", { uid: cart.uid, cart: cart.id });
-        await this.deps.queue.publish(cartId).catch(() => {});
+        again = true;
       } else {
         await this.#fail(cart, error);
       }
@@ -197,6 +198,8 @@ export class CartWorker {
       this.#active.delete(cartId);
       await store.release(cartId, this.owner).catch(() => {});
     }
+    // Only now: a message that came back while the cart was still active here was dropped.
+    if (again) await this.deps.queue.publish(cartId).catch(() => {});
   }
 
   /**

@@ -26,7 +26,10 @@ const THREAD_MODULE = new URL(
   import.meta.url,
 );
 
-/** A task that failed inside a thread; `code` carries e.g. "nospace" or a StageError code. */
+/**
+ * A task that failed inside a thread; `code` carries e.g. "nospace" or a StageError code, or
+ * "crashed" when the thread itself died (the work may well succeed again).
+ */
 export class TaskError extends Error {
   constructor(message: string, readonly code?: string, name = "TaskError") {
     super(message);
@@ -95,7 +98,9 @@ export class ThreadPool {
       if (p.thread === slot) {
         this.#pending.delete(id);
         this.#release(slot);
-        p.reject(new TaskError(`A staging thread crashed (${why}); the task will be retried`));
+        p.reject(
+          new TaskError(`A staging thread crashed (${why}); the task will be retried`, "crashed"),
+        );
       }
     }
     slot.worker.terminate();
