@@ -24,11 +24,18 @@ export type MysqlConfig = Extract<DatabaseConfig, { kind: "mysql" }>;
 
 /** How long one attempt to open a connection may take. */
 const CONNECT_TIMEOUT_MS = 5_000;
+/**
+ * Longest a query may take. The store's queries are short; one that has no answer this long
+ * sits on a connection that died without a word (no FIN, no RST): the driver drops that
+ * connection and the caller gets {@linkcode DbUnavailableError} instead of hanging.
+ */
+const QUERY_TIMEOUT_MS = 30_000;
 /** How often a transaction (or statement) chosen as a deadlock victim is run again. */
 const DEADLOCK_RETRIES = 5;
 
 /** Error codes (mysql2, Node sockets, server) that mean "the server cannot be reached". */
 const UNAVAILABLE_CODES = new Set([
+  "PROTOCOL_SEQUENCE_TIMEOUT",
   "ECONNREFUSED",
   "ECONNRESET",
   "ECONNABORTED",
@@ -101,7 +108,7 @@ function bigintJson(_key: string, value: unknown): unknown {
 
 /** Something that runs a query: the pool, or one pool connection. */
 interface Runner {
-  query(sql: string, values?: unknown[]): Promise<[unknown, unknown]>;
+  query(options: { sql: string; timeout: number }, values?: unknown[]): Promise<[unknown, unknown]>;
 }
 
 class MysqlDb implements Db {
@@ -121,7 +128,7 @@ class MysqlDb implements Db {
     const runner: Runner = this.connection ?? this.pool;
     for (let attempt = 1;; attempt++) {
       try {
-        const [result] = await runner.query(sql, params);
+        const [result] = await runner.query({ sql, timeout: QUERY_TIMEOUT_MS }, params);
         return result;
       } catch (e) {
         // Outside a transaction a deadlock victim statement was rolled back whole: run it again.
