@@ -305,15 +305,9 @@ export class CartWorker {
     const total = files.reduce((sum, f) => sum + (f.size ?? 0), 0);
     await store.setTotalBytes(cart.id, total);
     await space.reserve(cart, total + (cart.bundle ? tarSize(files, cart) : 0));
-    const todo: CartFile[] = [];
-    const unrecorded: CartFile[] = [];
-    for (const file of files) {
-      const path = volume.filePath(cart.id, file.idx);
-      if (await isOnDisk(file, path)) continue;
-      if (await hasSize(path, file.size)) unrecorded.push(file);
-      else todo.push(file);
-    }
-    todo.push(...await this.#adopt(cart, unrecorded, signal));
+    // A first attempt starts from an empty folder; a later one may find files from before.
+    const found = await onDisk(files, (f) => volume.filePath(cart.id, f.idx), cart.attempts > 1);
+    const todo = [...found.absent, ...await this.#adopt(cart, found.unrecorded, signal)];
     log.info("staging", { uid: cart.uid, cart: cart.id, files: todo.length, bytes: total });
     await this.#fetch(cart, todo, statuses, signal);
   }
@@ -408,10 +402,7 @@ export class CartWorker {
     const { store, volume, pool } = this.deps;
     let files = await store.files(cart.id);
     // Every staged file is checked against the store; one that went missing is fetched again.
-    const missing: CartFile[] = [];
-    for (const file of files) {
-      if (!(await isOnDisk(file, volume.filePath(cart.id, file.idx)))) missing.push(file);
-    }
+    const missing = (await onDisk(files, (f) => volume.filePath(cart.id, f.idx), false)).absent;
     if (missing.length) {
       log.warn("staged files missing at bundling; fetching again", {
         uid: cart.uid,
@@ -472,22 +463,34 @@ function tarSize(files: CartFile[], cart: Cart): number {
   ).size;
 }
 
-/** True when a file sits at `path` with `size` bytes. */
-async function hasSize(path: string, size: number | null): Promise<boolean> {
-  if (size === null) return false;
-  try {
-    return (await Deno.stat(path)).size === size;
-  } catch {
-    return false;
-  }
+/** Where a cart's files stand on disk (see {@linkcode onDisk}). */
+interface OnDisk {
+  /** Neither recorded as staged with the size on disk, nor (when asked) found unrecorded. */
+  absent: CartFile[];
+  /** Not recorded as staged, but on disk with the size the archive told. */
+  unrecorded: CartFile[];
 }
 
-/** True when the file is recorded as staged and sits on disk with its recorded size. */
-async function isOnDisk(file: CartFile, path: string): Promise<boolean> {
-  if (file.status !== "staged" || file.size === null || file.sha256 === null) return false;
-  try {
-    return (await Deno.stat(path)).size === file.size;
-  } catch {
-    return false;
-  }
+/**
+ * Checks every file against the disk, many at once: recorded as staged and there with its
+ * size (fine), there with its size but unrecorded (only looked for when `unrecorded` is
+ * asked), or absent.
+ */
+async function onDisk(
+  files: CartFile[],
+  pathOf: (file: CartFile) => string,
+  unrecorded: boolean,
+): Promise<OnDisk> {
+  const result: OnDisk = { absent: [], unrecorded: [] };
+  await forEachLimited(files, 32, async (file) => {
+    const recorded = file.status === "staged" && file.sha256 !== null;
+    if (file.size === null || (!recorded && !unrecorded)) return void result.absent.push(file);
+    const size = await Deno.stat(pathOf(file)).then((s) => s.size, () => -1);
+    if (size !== file.size) result.absent.push(file);
+    else if (!recorded) result.unrecorded.push(file);
+  });
+  // In document order, as the work is started.
+  result.absent.sort((a, b) => a.idx - b.idx);
+  result.unrecorded.sort((a, b) => a.idx - b.idx);
+  return result;
 }
