@@ -134,13 +134,38 @@ export class ThreadPool {
     this.#waiters.shift()?.();
   }
 
-  async #run<T>(request: WithoutId<ThreadRequest>, signal?: AbortSignal): Promise<T> {
+  /**
+   * Waits for a free place in flight. A waiter whose signal aborts leaves the line at once; a
+   * wake-up that reaches a waiter that no longer wants it is handed to the next one, so a
+   * cancelled cart never keeps another cart's task waiting.
+   */
+  async #waitForPlace(signal?: AbortSignal): Promise<void> {
     while (this.#inFlight >= this.maxInFlight && !this.#broken && !this.#closed) {
-      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+      signal?.throwIfAborted();
+      await new Promise<void>((resolve, reject) => {
+        const wake = () => {
+          signal?.removeEventListener("abort", leave);
+          resolve();
+        };
+        const leave = () => {
+          const at = this.#waiters.indexOf(wake);
+          if (at >= 0) this.#waiters.splice(at, 1);
+          reject(signal!.reason);
+        };
+        this.#waiters.push(wake);
+        signal?.addEventListener("abort", leave, { once: true });
+      });
     }
+    if (signal?.aborted) {
+      this.#waiters.shift()?.();
+      throw signal.reason;
+    }
+  }
+
+  async #run<T>(request: WithoutId<ThreadRequest>, signal?: AbortSignal): Promise<T> {
+    await this.#waitForPlace(signal);
     if (this.#broken) throw this.#broken;
     if (this.#closed) throw new TaskError("The thread pool is closed");
-    signal?.throwIfAborted();
     const slot = this.#slots.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.#nextId++;
     slot.busy++;
