@@ -27,6 +27,7 @@ import { crc32 } from "node:zlib";
 import { dirname } from "node:path";
 import { ArchiveClient, ArchiveError, type ArchiveStatus } from "./archive_client.ts";
 import { backoffDelays, sleep } from "./backoff.ts";
+import { log } from "./log.ts";
 
 /** Hash algorithms a cart document may name. */
 export type HashType = "md5" | "sha1" | "sha224" | "sha256" | "sha384" | "sha512";
@@ -407,9 +408,13 @@ function fsError(job: StageJob, err: unknown, what: string): StageError {
   if (e?.code === "ENOSPC" || /No space left|os error 28/.test(String(e?.message))) {
     return new StageError("nospace", "No Space Available", { cause: err });
   }
+  // The path and the system's words go to the log; people get the file and the kind of error.
+  const detail = err instanceof Error ? err.message : String(err);
+  log.error("file system error while staging", { file: job.label, path: job.dest, error: detail });
+  const kind = e?.code ?? (err instanceof Error ? err.name : "error");
   return new StageError(
     "io",
-    `${job.label}: ${what} ${job.dest}: ${err instanceof Error ? err.message : String(err)}`,
+    `${job.label}: ${what} the file on the cart volume (${kind}); see the worker log`,
     { cause: err },
   );
 }

@@ -223,6 +223,10 @@ export function cartRoutes(deps: RouteDeps): Hono {
     asked: { name: string; format: "tar" | "zip"; manifest: boolean },
   ): Promise<Response> {
     const files = await store.files(cart.id);
+    if (files.length !== cart.fileCount) {
+      // Removed (DELETE, replace, purge) between the status read and now.
+      return json({ message: "The cart does not exist or has already been deleted" }, 404);
+    }
     const bundle = await cartBundle(cart, files, volume, asked);
     await store.touch(cart.id);
     const headers: Record<string, string> = {

@@ -566,3 +566,26 @@ Deno.test("the archive's Last-Modified becomes the file's mtime in the tar", asy
     assert.match(listing.stdout, new RegExp(`${expected} t/m`));
   });
 });
+
+Deno.test("a file-system failure names the file, not the volume's paths", async () => {
+  await withCartd(async ({ url, volume }, archive) => {
+    archive.put("foo.txt", "hello\n", { tapeMs: 1000 });
+    await postCart(url, "fs", { fileids: [{ id: "foo.txt", path: "a/foo.txt" }] });
+    let id = "";
+    await eventually("the cart has a folder", async () => {
+      for await (const e of Deno.readDir(`${volume}/carts`)) id = e.name;
+      return id !== "";
+    });
+    // While the file is on tape, a plain file takes the place of the cart's files folder.
+    await Deno.remove(`${volume}/carts/${id}/files`, { recursive: true });
+    await Deno.writeTextFile(`${volume}/carts/${id}/files`, "in the way");
+    const [code, status, message] = await waitFor(url, "fs", "error");
+    assert.deepEqual([code, status], [500, "error"]);
+    assert.match(message, /^fileids\[0\] \(id foo\.txt\): /);
+    assert.doesNotMatch(message, new RegExp(volume.replaceAll("/", "\\/")));
+    assert.doesNotMatch(message, /carts\//);
+    const get = await download(url, "fs");
+    assert.equal(get.status, 500);
+    assert.doesNotMatch(await get.text(), /carts\//);
+  }, { CARTD_FETCH_ATTEMPTS: "1" });
+});

@@ -227,9 +227,22 @@ export class CartWorker {
     const { store, volume } = this.deps;
     const nospace = error instanceof NoSpaceError ||
       (error instanceof TaskError && error.code === "nospace");
-    const message = nospace ? NO_SPACE : errorMessage(error);
-    if (!(error instanceof CartFailure) && !(error instanceof TaskError) && !nospace) {
-      log.error("unexpected error in cart work", { uid: cart.uid, cart: cart.id, error: message });
+    // Messages written for people (they name the file and the cause) are kept; anything else
+    // may carry paths or internals, so it goes to the log and people get a sentence.
+    const forPeople = error instanceof CartFailure ||
+      (error instanceof TaskError && error.name === "StageError");
+    const message = nospace
+      ? NO_SPACE
+      : forPeople
+      ? errorMessage(error)
+      : `The cart could not be prepared because of an internal error; the worker log has ` +
+        `the details (cart ${cart.id})`;
+    if (!forPeople && !nospace) {
+      log.error("unexpected error in cart work", {
+        uid: cart.uid,
+        cart: cart.id,
+        error: errorMessage(error),
+      });
     }
     if (nospace) {
       await volume.remove(cart.id);
