@@ -274,12 +274,15 @@ export class CartStore {
    * Moves a cart to `to` if the state machine allows it from the status it has now.
    * Returns false (and changes nothing) when it does not, or when the cart is gone.
    * `readyAt` (with "ready") is the time the download name is made from; it defaults to now.
+   * With `owner`, only that owner's claim may move the cart (a worker whose claim was taken
+   * over changes nothing).
    */
   async move(
     cartId: string,
     to: CartStatus,
     message = "",
     readyAt: number | null = null,
+    owner: string | null = null,
   ): Promise<boolean> {
     const from = predecessorsOf(to);
     if (!from.length) return false;
@@ -288,8 +291,9 @@ export class CartStore {
     const { changes } = await this.db.run(
       `UPDATE carts SET status = ?, message = ?, updated_at = ?, ready_at = COALESCE(?, ready_at),
         last_used_at = ? ${isFinal(to) ? ", claim_owner = NULL, claim_expires = NULL" : ""}
-       WHERE id = ? AND status IN (${from.map(() => "?").join(", ")})`,
-      [to, message, now, readyAt, now, cartId, ...from],
+       WHERE id = ? AND status IN (${from.map(() => "?").join(", ")})
+        ${owner === null ? "" : "AND claim_owner = ?"}`,
+      [to, message, now, readyAt, now, cartId, ...from, ...(owner === null ? [] : [owner])],
     );
     return changes === 1;
   }

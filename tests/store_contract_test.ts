@@ -415,6 +415,10 @@ function storeContract(name: string, factory: StoreFactory, ignore = false): voi
           clock.now += 5;
           assert.equal(await store.requeue(lost.id, clock.now), true, "quiet since then");
           assert.ok(await store.claim(lost.id, "new-worker", 1_000), "claimable again");
+          // The worker that lost the claim can no longer move the cart; the new owner can.
+          assert.equal(await store.move(lost.id, "staging", "", null, "dead-worker"), false);
+          assert.equal(await store.move(lost.id, "staging", "", null, "new-worker"), true);
+          assert.equal((await store.cart(lost.id))!.status, "staging");
         },
       );
 

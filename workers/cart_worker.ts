@@ -53,8 +53,14 @@ export class CartFailure extends Error {
 
 /** Why a cart's work was stopped without failing it. */
 class Stopped extends Error {
-  constructor(readonly why: "gone" | "shutdown") {
-    super(why === "gone" ? "the cart was deleted or replaced" : "the worker is shutting down");
+  constructor(readonly why: "gone" | "shutdown" | "unsure") {
+    super(
+      why === "gone"
+        ? "the cart was deleted or replaced"
+        : why === "shutdown"
+        ? "the worker is shutting down"
+        : "the claim could not be renewed in time (database away?); another worker may take it",
+    );
     this.name = "Stopped";
   }
 }
@@ -160,9 +166,20 @@ export class CartWorker {
       this.#active.delete(cartId);
       return;
     }
+    // Renew the claim; stop when it is lost, and also when it cannot be renewed for most of
+    // its life (the database is away): by the time it expires another worker may take the
+    // cart, and two workers must never fetch into the same files.
+    let renewed = Date.now();
     const heartbeat = setInterval(async () => {
-      const held = await store.renew(cartId, this.owner, config.work.claimTtlMs).catch(() => true);
-      if (!held) controller.abort(new Stopped("gone"));
+      try {
+        if (!(await store.renew(cartId, this.owner, config.work.claimTtlMs))) {
+          controller.abort(new Stopped("gone"));
+        } else renewed = Date.now();
+      } catch {
+        if (Date.now() - renewed > (config.work.claimTtlMs * 2) / 3) {
+          controller.abort(new Stopped("unsure"));
+        }
+      }
     }, Math.max(200, config.work.claimTtlMs / 3));
     const started = Date.now();
     let again = false;
@@ -251,7 +268,7 @@ export class CartWorker {
       // The staged files stay (for `cartd admin fixit`); the reservation becomes what they hold.
       await this.deps.space.settle(cart.id).catch(() => {});
     }
-    if (await store.move(cart.id, "error", message)) {
+    if (await store.move(cart.id, "error", message, null, this.owner)) {
       log.warn("cart failed", { uid: cart.uid, cart: cart.id, error: message });
     }
   }
@@ -260,12 +277,14 @@ export class CartWorker {
     const { store } = this.deps;
     let status = cart.status;
     if (status === "waiting") {
-      if (!(await store.move(cart.id, "staging"))) throw new Stopped("gone");
+      if (!(await store.move(cart.id, "staging", "", null, this.owner))) throw new Stopped("gone");
       status = "staging";
     }
     if (status === "staging") {
       await this.#stage(cart, signal);
-      if (!(await store.move(cart.id, "bundling"))) throw new Stopped("gone");
+      if (!(await store.move(cart.id, "bundling", "", null, this.owner))) {
+        throw new Stopped("gone");
+      }
     }
     await this.#bundle(cart, signal);
   }
@@ -453,7 +472,7 @@ export class CartWorker {
       }
     }
     signal.throwIfAborted();
-    if (!(await store.move(cart.id, "ready", "", readyAt))) throw new Stopped("gone");
+    if (!(await store.move(cart.id, "ready", "", readyAt, this.owner))) throw new Stopped("gone");
     // The reservation of a ready cart is what it really holds on disk.
     await this.deps.space.settle(cart.id).catch((e) =>
       log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
