@@ -7,7 +7,7 @@
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import type { Db, Row, SqlValue } from "./db.ts";
+import { type Db, DbUnavailableError, type Row, type SqlValue } from "./db.ts";
 import { log } from "./log.ts";
 
 /** Serialises transactions: SQLite has one writer, and node:sqlite is synchronous. */
@@ -88,7 +88,11 @@ class SqliteDb implements Db {
   transaction<T>(work: (tx: Db) => Promise<T>): Promise<T> {
     if (this.#inTransaction) return work(this);
     return this.#lock.run(async () => {
-      this.sqlite.exec("BEGIN IMMEDIATE");
+      try {
+        this.sqlite.exec("BEGIN IMMEDIATE");
+      } catch (e) {
+        throw translate(e);
+      }
       try {
         const result = await work(
           new SqliteDb(this.sqlite, this.logging, this.#lock, this.#statements),
@@ -108,6 +112,17 @@ class SqliteDb implements Db {
       return Promise.resolve();
     });
   }
+}
+
+/**
+ * Another process has held the database longer than `busy_timeout`: that is the database
+ * being unavailable for a moment (the API answers 503, the worker resumes), not a failed cart.
+ */
+function translate(e: unknown): unknown {
+  if (e instanceof Error && /database is (locked|busy)/i.test(e.message)) {
+    return new DbUnavailableError(`The SQLite database is busy: ${e.message}`, { cause: e });
+  }
+  return e;
 }
 
 function bigintJson(_key: string, value: unknown): unknown {

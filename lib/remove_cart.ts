@@ -24,7 +24,18 @@ export async function removeCart(
 ): Promise<void> {
   await store.unlive(cart.id);
   cancellations.dispatchEvent(new CustomEvent("cancel", { detail: cart.id }));
-  await volume.remove(cart.id);
+  try {
+    await volume.remove(cart.id);
+  } catch (error) {
+    // The cart is gone for clients already; its rows stay so that a worker's sweep removes
+    // the folder later (a file held open elsewhere, a worker still writing).
+    log.warn("cart folder not removed yet; the sweep will", {
+      uid: cart.uid,
+      cart: cart.id,
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return;
+  }
   await store.forget(cart.id);
   log.info("cart removed", { uid: cart.uid, cart: cart.id, why, status: cart.status });
 }

@@ -307,7 +307,7 @@ export class CartStore {
     const now = this.now();
     const { changes } = await this.db.run(
       `UPDATE carts SET claim_owner = ?, claim_expires = ?, attempts = attempts + 1
-       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling')
+       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling') AND live_uid IS NOT NULL
          AND (claim_owner IS NULL OR claim_owner = ? OR claim_expires < ?)`,
       [owner, now + ttlMs, cartId, owner, now],
     );

@@ -165,8 +165,8 @@ export function cartRoutes(deps: RouteDeps): Hono {
       throw e;
     }
     const created = await store.createCart(uid, doc, documentHash(doc));
-    for (const old of created.replaced) await removeCart(store, volume, old, "replaced by a POST");
     if (!created.kept) await publishSoon(created.cart.id, uid);
+    for (const old of created.replaced) await removeCart(store, volume, old, "replaced by a POST");
     log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
       uid,
       cart: created.cart.id,

@@ -78,6 +78,9 @@ export class CartWorker {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #sweeping = false;
   #swept = false;
+  #stopping = false;
+  /** Carts to queue again when this worker stops. */
+  #handBack = new Set<string>();
   #onCancel: EventListener = (event) => {
     const id = (event as CustomEvent<string>).detail;
     this.#active.get(id)?.abort(new Stopped("gone"));
@@ -97,12 +100,17 @@ export class CartWorker {
 
   /** Stops taking work; carts in progress are released for another worker. */
   async stop(): Promise<void> {
+    this.#stopping = true;
     clearInterval(this.#sweeper);
     cancellations.removeEventListener("cancel", this.#onCancel);
-    await this.deps.queue.close();
+    for (const id of this.#active.keys()) this.#handBack.add(id);
     for (const c of this.#active.values()) c.abort(new Stopped("shutdown"));
     const deadline = Date.now() + 10_000;
     while (this.#active.size && Date.now() < deadline) await sleep(50);
+    // Claims are released now: queue those carts (and messages that came meanwhile) again, so
+    // that another worker takes them at once instead of after the sweep's quiet period.
+    for (const id of this.#handBack) await this.deps.queue.publish(id).catch(() => {});
+    await this.deps.queue.close();
   }
 
   /**
@@ -152,6 +160,7 @@ export class CartWorker {
     // wait unclaimed, and a message may come twice): the claim would let this owner in again,
     // and two runs of one cart would tear each other's files down. The running work covers it.
     if (this.#active.has(cartId)) return;
+    if (this.#stopping) return void this.#handBack.add(cartId);
     const controller = new AbortController();
     this.#active.set(cartId, controller);
     let cart: Cart | null;
@@ -270,6 +279,8 @@ export class CartWorker {
     }
     if (await store.move(cart.id, "error", message, null, this.owner)) {
       log.warn("cart failed", { uid: cart.uid, cart: cart.id, error: message });
+    } else {
+      await this.#removeIfDead(cart.id); // deleted or replaced meanwhile
     }
   }
 
