@@ -79,6 +79,8 @@ export class CartWorker {
   #sweeping = false;
   #swept = false;
   #stopping = false;
+  /** Folders without a row at the last sweep. */
+  #folderSuspects = new Set<string>();
   /** Carts to queue again when this worker stops. */
   #handBack = new Set<string>();
   #onCancel: EventListener = (event) => {
@@ -147,9 +149,15 @@ export class CartWorker {
       await volume.remove(cart.id);
       await store.forget(cart.id);
     }
+    // A folder without a row is removed when a second sweep still finds it so: a row that is
+    // being written in another process's open transaction (fixit moves a folder) is spared.
+    const suspects = new Set<string>();
     for (const id of await volume.cartIds()) {
-      if (!this.#active.has(id) && !(await store.cart(id))) await volume.remove(id);
+      if (this.#active.has(id) || (await store.cart(id))) continue;
+      if (this.#folderSuspects.has(id)) await volume.remove(id);
+      else suspects.add(id);
     }
+    this.#folderSuspects = suspects;
     await expireCarts(store, volume, this.deps.config.space.retentionMs);
   }
 
