@@ -120,6 +120,7 @@ function toFile(r: Row): CartFile {
 }
 
 const INSERT_BATCH = 500;
+const UPDATE_BATCH = 200;
 
 /** Reads and writes carts; every method is one short query or transaction. */
 export class CartStore {
@@ -203,21 +204,14 @@ export class CartStore {
     await this.setFileSizes(cartId, [{ idx, size, mtime }]);
   }
 
-  /** Records the sizes and mtimes of many files in one transaction. */
+  /** Records the sizes and mtimes of many files, in a few statements. */
   async setFileSizes(
     cartId: string,
     sizes: readonly { idx: number; size: number; mtime: number }[],
   ): Promise<void> {
-    if (!sizes.length) return;
-    await this.db.transaction(async (tx) => {
-      for (const { idx, size, mtime } of sizes) {
-        await tx.run("UPDATE cart_files SET size = ?, mtime = ? WHERE cart_id = ? AND idx = ?", [
-          size,
-          mtime,
-          cartId,
-          idx,
-        ]);
-      }
+    await this.#updateFiles(cartId, sizes, {
+      size: (f) => f.size,
+      mtime: (f) => f.mtime,
     });
   }
 
@@ -235,18 +229,44 @@ export class CartStore {
     await this.filesStaged(cartId, [{ idx, facts }]);
   }
 
-  /** Marks many files staged in one transaction (one commit instead of one per file). */
+  /** Marks many files staged, in a few statements (not one commit per file). */
   async filesStaged(
     cartId: string,
     staged: readonly { idx: number; facts: StagedFacts }[],
   ): Promise<void> {
-    if (!staged.length) return;
+    await this.#updateFiles(cartId, staged, {
+      status: () => "staged",
+      size: (f) => f.facts.size,
+      mtime: (f) => f.facts.mtime,
+      sha256: (f) => f.facts.sha256,
+      crc32: (f) => f.facts.crc32,
+      message: () => null,
+    });
+  }
+
+  /**
+   * Sets columns of many files of one cart: one `UPDATE … SET col = CASE idx WHEN … END`
+   * per batch of rows (plain SQL that SQLite and MySQL share), all in one transaction.
+   */
+  async #updateFiles<T extends { idx: number }>(
+    cartId: string,
+    rows: readonly T[],
+    columns: Record<string, (row: T) => SqlValue>,
+  ): Promise<void> {
+    if (!rows.length) return;
     await this.db.transaction(async (tx) => {
-      for (const { idx, facts } of staged) {
+      for (let start = 0; start < rows.length; start += UPDATE_BATCH) {
+        const batch = rows.slice(start, start + UPDATE_BATCH);
+        const params: SqlValue[] = [];
+        const sets = Object.entries(columns).map(([column, value]) => {
+          for (const row of batch) params.push(row.idx, value(row));
+          return `${column} = CASE idx ${batch.map(() => "WHEN ? THEN ?").join(" ")} END`;
+        });
+        params.push(cartId, ...batch.map((row) => row.idx));
         await tx.run(
-          `UPDATE cart_files SET status = 'staged', size = ?, mtime = ?, sha256 = ?, crc32 = ?,
-            message = NULL WHERE cart_id = ? AND idx = ?`,
-          [facts.size, facts.mtime, facts.sha256, facts.crc32, cartId, idx],
+          `UPDATE cart_files SET ${sets.join(", ")}
+           WHERE cart_id = ? AND idx IN (${batch.map(() => "?").join(", ")})`,
+          params,
         );
       }
     });

@@ -422,6 +422,30 @@ function storeContract(name: string, factory: StoreFactory, ignore = false): voi
         },
       );
 
+      await t.step("batched file facts: 450 rows, across statement batches", async () => {
+        const cart = (await create(uid("batch"), doc(450, "b"), "h-b")).cart;
+        const rows = Array.from(
+          { length: 450 },
+          (_, idx) => ({ idx, size: idx * 7, mtime: idx + 0.5 }),
+        );
+        await store.setFileSizes(cart.id, rows);
+        await store.filesStaged(
+          cart.id,
+          rows.filter((r) => r.idx % 2 === 0).map((r) => ({
+            idx: r.idx,
+            facts: { size: r.size + 1, mtime: r.mtime, sha256: "ab".repeat(32), crc32: 4294967295 },
+          })),
+        );
+        const files = await store.files(cart.id);
+        for (const f of files) {
+          const even = f.idx % 2 === 0;
+          assert.equal(f.size, f.idx * 7 + (even ? 1 : 0), `size of ${f.idx}`);
+          assert.equal(f.mtime, f.idx + 0.5);
+          assert.equal(f.status, even ? "staged" : "pending");
+          assert.equal(f.crc32, even ? 4294967295 : null);
+        }
+      });
+
       await t.step("file facts: setFileSize, fileStaged, fileStatus, totals", async () => {
         const cart = (await create(uid("facts"), doc(3, "q"), "h-q")).cart;
         const big = 5 * 1024 ** 3 + 7; // beyond 32 bits
