@@ -10,7 +10,7 @@
  */
 import type { Cart, CartStore } from "./store.ts";
 import type { Volume } from "./volume.ts";
-import { log } from "./log.ts";
+import { errorMessage, log } from "./log.ts";
 
 /** Dispatches a `CustomEvent<string>` named "cancel" (detail: cart id) for local workers. */
 export const cancellations: EventTarget = new EventTarget();
@@ -32,7 +32,7 @@ export async function removeCart(
     log.warn("cart folder not removed yet; the sweep will", {
       uid: cart.uid,
       cart: cart.id,
-      error: error instanceof Error ? error.message : String(error),
+      error: errorMessage(error),
     });
     return;
   }
