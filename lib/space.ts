@@ -202,10 +202,12 @@ export class Space {
     }
   }
 
-  /** Sets a final cart's reservation to what its folder really holds. */
-  async settle(cartId: string): Promise<void> {
-    const bytes = await this.volume.usage(cartId);
-    await this.store.setReserved(cartId, bytes);
+  /**
+   * Sets a final cart's reservation to what its folder holds: `bytes` when the caller knows
+   * it (a ready cart's checked files), else measured on disk.
+   */
+  async settle(cartId: string, bytes?: number): Promise<void> {
+    await this.store.setReserved(cartId, bytes ?? await this.volume.usage(cartId));
   }
 
   /** Where space stands now. */

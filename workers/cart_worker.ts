@@ -492,8 +492,9 @@ export class CartWorker {
     }
     signal.throwIfAborted();
     if (!(await store.move(cart.id, "ready", "", readyAt, this.owner))) throw new Stopped("gone");
-    // The reservation of a ready cart is what it really holds on disk.
-    await this.deps.space.settle(cart.id).catch((e) =>
+    // The reservation of a ready cart is what it holds on disk: its checked files, and the tar.
+    const held = files.reduce((sum, f) => sum + (f.size ?? 0), 0) + (cart.bundle ? plan.size : 0);
+    await this.deps.space.settle(cart.id, held).catch((e) =>
       log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
     );
   }
