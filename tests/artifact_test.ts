@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import denoJson from "../deno.json" with { type: "json" };
 import { startFakeArchive } from "./fake_archive.ts";
-import { permissions, postCart, ROOT, waitFor } from "./harness.ts";
+import { permissions, postCart, ROOT, spawnCollecting, waitFor } from "./harness.ts";
 import { build, externalReferences } from "../tools/build.ts";
 import { permissionFlags, runtimeFailure, V8_FLAGS } from "../tools/compile.ts";
 
@@ -69,43 +69,29 @@ async function startArtifact(app: string, env: Record<string, string>): Promise<
   const port = freePort();
   const url = `http://127.0.0.1:${port}/`;
   const started = performance.now();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [...runFlags(app, volume), "--port", String(port)],
-    cwd: volume,
-    env: {
-      CARTD_POLL_INITIAL: "0.05",
-      CARTD_POLL_MAX: "0.3",
-      CARTD_RETRY_DELAY: "0.05",
-      CARTD_REQUEST_TIMEOUT: "3",
-      VOLUME_PATH: volume,
-      NO_COLOR: "1",
-      ...env,
-    },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let text = "";
-  const decoder = new TextDecoder();
-  const pump = (async () => {
-    for await (const chunk of child.stderr) {
-      text = (text + decoder.decode(chunk, { stream: true })).slice(-100_000);
-    }
-  })();
+  const cartd = spawnCollecting(
+    new Deno.Command(Deno.execPath(), {
+      args: [...runFlags(app, volume), "--port", String(port)],
+      cwd: volume,
+      env: {
+        CARTD_POLL_INITIAL: "0.05",
+        CARTD_POLL_MAX: "0.3",
+        CARTD_RETRY_DELAY: "0.05",
+        CARTD_REQUEST_TIMEOUT: "3",
+        VOLUME_PATH: volume,
+        NO_COLOR: "1",
+        ...env,
+      },
+      clearEnv: true,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }),
+  );
   let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
-  });
+  cartd.exited.then(() => exited = true);
   const stop = async () => {
-    if (!exited) {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* gone */ }
-    }
-    await status;
-    await pump;
+    await cartd.stop();
     await Deno.remove(volume, { recursive: true }).catch(() => {});
   };
   const deadline = started + 20_000;
@@ -117,11 +103,11 @@ async function startArtifact(app: string, env: Record<string, string>): Promise<
     } catch { /* not listening yet */ }
     if (exited || performance.now() > deadline) {
       await stop();
-      throw new Error(`the artifact did not answer GET / (exited: ${exited}):\n${text}`);
+      throw new Error(`the artifact did not answer GET / (exited: ${exited}):\n${cartd.output()}`);
     }
     await new Promise((r) => setTimeout(r, 5));
   }
-  return { url, startupMs: performance.now() - started, output: () => text, stop };
+  return { url, startupMs: performance.now() - started, output: cartd.output, stop };
 }
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");

@@ -11,9 +11,7 @@ import assert from "node:assert/strict";
 import mysql from "mysql2/promise";
 import { SCHEMA_VERSION } from "../lib/schema.ts";
 import { ENTRY, permissions } from "./harness.ts";
-
-const MYSQL_HOST = Deno.env.get("CARTD_TEST_MYSQL_HOST") ?? "127.0.0.1";
-const MYSQL_PORT = Number(Deno.env.get("CARTD_TEST_MYSQL_PORT") ?? 3306);
+import { MYSQL_HOST, MYSQL_PORT } from "./services.ts";
 
 /** Runs `cartd ARGS` with exactly `env` (plus VOLUME_PATH); returns its exit code and output. */
 async function cartd(

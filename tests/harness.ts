@@ -53,6 +53,56 @@ export const FAST_ENV: Record<string, string> = {
   CARTD_LOG_LEVEL: "info",
 };
 
+/** A child process whose stderr is collected as it comes. */
+export interface Collected {
+  process: Deno.ChildProcess;
+  /** Everything it printed on stderr so far. */
+  output(): string;
+  /** Its exit code, once it has exited and its stderr is read to the end. */
+  exited: Promise<number>;
+  /** Sends `signal` (unless it has exited) and waits for the exit. */
+  stop(signal?: Deno.Signal): Promise<number>;
+}
+
+/**
+ * Spawns `command` (its stderr piped) and collects the stderr; `onText` sees the whole text
+ * after every chunk (to wait for a line, say).
+ */
+export function spawnCollecting(
+  command: Deno.Command,
+  onText: (text: string) => void = () => {},
+): Collected {
+  const child = command.spawn();
+  let text = "";
+  const decoder = new TextDecoder();
+  const pump = (async () => {
+    for await (const chunk of child.stderr) {
+      text += decoder.decode(chunk, { stream: true });
+      onText(text);
+    }
+  })();
+  let done = false;
+  const exited = (async () => {
+    const status = await child.status;
+    await pump;
+    done = true;
+    return status.code;
+  })();
+  return {
+    process: child,
+    output: () => text,
+    exited,
+    async stop(signal: Deno.Signal = "SIGTERM") {
+      if (!done) {
+        try {
+          child.kill(signal);
+        } catch { /* already gone */ }
+      }
+      return await exited;
+    },
+  };
+}
+
 /** Starts `cartd [role]` with `env` on a free port; resolves once it serves (or has started). */
 export async function startCartd(options: {
   env: Record<string, string>;
@@ -71,64 +121,47 @@ export async function startCartd(options: {
     ...(role === "worker" ? [] : ["--port", "0"]),
     ...(options.args ?? []),
   ];
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    env: { ...FAST_ENV, VOLUME_PATH: volume, NO_COLOR: "1", ...options.env },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let text = "";
   const ready = Promise.withResolvers<string>();
-  const decoder = new TextDecoder();
-  const pump = (async () => {
-    for await (const chunk of child.stderr) {
-      text += decoder.decode(chunk, { stream: true });
+  const cartd = spawnCollecting(
+    new Deno.Command(Deno.execPath(), {
+      args,
+      env: { ...FAST_ENV, VOLUME_PATH: volume, NO_COLOR: "1", ...options.env },
+      clearEnv: true,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }),
+    (text) => {
       const m = /cartd listening on (\S+)/.exec(text);
       if (m) ready.resolve(m[1]);
       else if (role === "worker" && text.includes("cartd started")) ready.resolve("");
-    }
-    ready.reject(new Error(`cartd exited before it was ready:\n${text}`));
-  })();
+    },
+  );
+  cartd.exited.then(() =>
+    ready.reject(new Error(`cartd exited before it was ready:\n${cartd.output()}`))
+  );
   const timer = setTimeout(
-    () => ready.reject(new Error(`cartd did not start within 20 s:\n${text}`)),
+    () => ready.reject(new Error(`cartd did not start within 20 s:\n${cartd.output()}`)),
     20_000,
   );
   let url: string;
   try {
     url = await ready.promise;
   } catch (e) {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
-    await child.status;
-    await pump;
+    await cartd.stop("SIGKILL");
     throw e;
   } finally {
     clearTimeout(timer);
   }
-  let exited = false;
-  const finish = async () => {
-    await child.status;
-    await pump;
-    exited = true;
-  };
-  const signal = async (sig: Deno.Signal) => {
-    if (exited) return;
-    try {
-      child.kill(sig);
-    } catch { /* already gone */ }
-    await finish();
-  };
+  const stop = async (signal: Deno.Signal) => void await cartd.stop(signal);
   return {
     url,
     volume,
-    process: child,
-    output: () => text,
-    stop: () => signal("SIGTERM"),
-    kill: () => signal("SIGKILL"),
-    [Symbol.asyncDispose]: () => signal("SIGTERM"),
+    process: cartd.process,
+    output: cartd.output,
+    stop: () => stop("SIGTERM"),
+    kill: () => stop("SIGKILL"),
+    [Symbol.asyncDispose]: () => stop("SIGTERM"),
   };
 }
 

@@ -11,8 +11,6 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-// @ts-types="@types/amqplib"
-import amqp from "amqplib";
 import mysql from "mysql2/promise";
 import { parse as parseYaml } from "yaml";
 import {
@@ -31,17 +29,19 @@ import {
   postCart,
   ROOT,
   run,
+  spawnCollecting,
   startCartd,
   waitFor,
 } from "./harness.ts";
+import {
+  AMQP_URL,
+  BROKER_HOST,
+  BROKER_PORT,
+  deleteQueue,
+  MYSQL_HOST,
+  MYSQL_PORT,
+} from "./services.ts";
 import { startProxy, type TcpProxy } from "./tcp_proxy.ts";
-
-const MYSQL_HOST = Deno.env.get("CARTD_TEST_MYSQL_HOST") ?? "127.0.0.1";
-const MYSQL_PORT = Number(Deno.env.get("CARTD_TEST_MYSQL_PORT") ?? 3306);
-const AMQP_URL = Deno.env.get("CARTD_TEST_AMQP_URL") ?? "amqp://guest:guest@127.0.0.1:5672/";
-const BROKER = new URL(AMQP_URL);
-const BROKER_HOST = BROKER.hostname;
-const BROKER_PORT = Number(BROKER.port || 5672);
 
 /** How long a cart may take in these tests before the test fails. */
 const CART_DEADLINE_MS = 45_000;
@@ -93,17 +93,6 @@ async function dropDatabase(name: string): Promise<void> {
     await connection.query(`DROP DATABASE IF EXISTS \`${name}\``);
   } finally {
     await connection.end();
-  }
-}
-
-async function deleteQueue(name: string): Promise<void> {
-  const model = await amqp.connect(AMQP_URL);
-  try {
-    const channel = await model.createChannel();
-    await channel.deleteQueue(name);
-    await channel.close();
-  } finally {
-    await model.close();
   }
 }
 
@@ -533,33 +522,20 @@ async function runCartd(
 }
 
 function runCartdInBackground(args: string[], volume: string, env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...permissions(volume), ENTRY, ...args],
-    env: { VOLUME_PATH: volume, NO_COLOR: "1", ...env },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let text = "";
-  const decoder = new TextDecoder();
-  const pump = (async () => {
-    for await (const chunk of child.stderr) text += decoder.decode(chunk, { stream: true });
-  })();
-  const code = (async () => {
-    const status = await child.status;
-    await pump;
-    return status.code;
-  })();
+  const cartd = spawnCollecting(
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", ...permissions(volume), ENTRY, ...args],
+      env: { VOLUME_PATH: volume, NO_COLOR: "1", ...env },
+      clearEnv: true,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }),
+  );
   return {
-    code,
-    stderr: () => text,
-    async stop() {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* already gone */ }
-      await code;
-    },
+    code: cartd.exited,
+    stderr: cartd.output,
+    stop: async () => void await cartd.stop(),
   };
 }
 

@@ -6,17 +6,17 @@
  * `CARTD_TEST_AMQP=off` to skip them, `CARTD_TEST_AMQP_URL` to use another broker.
  */
 import assert from "node:assert/strict";
-// @ts-types="@types/amqplib"
-import amqp from "amqplib";
 import { MemoryQueue, type Queue } from "../lib/queue.ts";
 import { AmqpQueue, type AmqpQueueOptions } from "../lib/queue_amqp.ts";
+import {
+  AMQP_OFF,
+  AMQP_URL,
+  BROKER_HOST,
+  BROKER_PORT,
+  deleteQueue,
+  waitingMessages,
+} from "./services.ts";
 import { startProxy, type TcpProxy } from "./tcp_proxy.ts";
-
-const AMQP_OFF = Deno.env.get("CARTD_TEST_AMQP") === "off";
-const AMQP_URL = Deno.env.get("CARTD_TEST_AMQP_URL") ?? "amqp://guest:guest@127.0.0.1:5672/";
-const BROKER = new URL(AMQP_URL);
-const BROKER_HOST = BROKER.hostname;
-const BROKER_PORT = Number(BROKER.port || 5672);
 
 /** Fast reconnection for tests (production: 1 s → 30 s). */
 const FAST: AmqpQueueOptions = { reconnectInitialMs: 50, reconnectMaxMs: 400 };
@@ -31,31 +31,6 @@ function viaProxy(proxy: TcpProxy): string {
 
 function uniqueQueue(): string {
   return `cartd.test.${crypto.randomUUID()}`;
-}
-
-/** Deletes a test queue with a connection of its own. */
-async function deleteQueue(name: string): Promise<void> {
-  const model = await amqp.connect(AMQP_URL);
-  try {
-    const channel = await model.createChannel();
-    await channel.deleteQueue(name);
-    await channel.close();
-  } finally {
-    await model.close();
-  }
-}
-
-/** How many messages wait in a queue (not delivered to any consumer). */
-async function waiting(name: string): Promise<number> {
-  const model = await amqp.connect(AMQP_URL);
-  try {
-    const channel = await model.createChannel();
-    const { messageCount } = await channel.checkQueue(name);
-    await channel.close();
-    return messageCount;
-  } finally {
-    await model.close();
-  }
 }
 
 /** Polls `check` until it holds, or fails after `ms`. */
@@ -323,7 +298,7 @@ amqpTest(
     for (const id of during) await producer.publish(id);
     // 11 when the ack of "before" was still on its way as the connection died: the broker
     // then delivers it again (at least once), which the store's claims make harmless.
-    const kept = await waiting(queueName);
+    const kept = await waitingMessages(queueName);
     assert.ok(kept === 10 || kept === 11, `kept by the broker: ${kept}`);
     assert.deepEqual(rec.seen, ["before"]);
 
@@ -334,7 +309,7 @@ amqpTest(
       "all messages after reconnection",
     );
     assert.equal(rec.seen.filter((id) => id.startsWith("during-")).length, 10);
-    await eventually(async () => (await waiting(queueName)) === 0, 5_000, "queue drained");
+    await eventually(async () => (await waitingMessages(queueName)) === 0, 5_000, "queue drained");
   },
 );
 
@@ -369,7 +344,7 @@ amqpTest(
     // A message in flight at the cut may come twice; none may be missing.
     assert.deepEqual([...new Set(rec.seen)].sort(), expected.sort());
     await pause(50);
-    assert.equal(await waiting(queueName), 0);
+    assert.equal(await waitingMessages(queueName), 0);
   },
 );
 

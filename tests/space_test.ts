@@ -15,6 +15,7 @@ import { type Cart, CartStore } from "../lib/store.ts";
 import { Volume } from "../lib/volume.ts";
 import { cartStatus, eventually, listFiles, postCart, startCartd, waitFor } from "./harness.ts";
 import { startFakeArchive } from "./fake_archive.ts";
+import { MYSQL_OFF, testMysqlConfig } from "./services.ts";
 
 const KiB = 1024;
 
@@ -335,24 +336,12 @@ Deno.test("e2e space: a bundle cart reserves its tar too; CARTD_LRU_PURGE=false 
 
 // ---------------------------------------------------------------- across processes (MySQL)
 
-const MYSQL_OFF = Deno.env.get("CARTD_TEST_MYSQL") === "off";
-
 Deno.test({
   name: "space (MariaDB): concurrent reservations from separate connection pools never overbook",
   ignore: MYSQL_OFF,
   async fn() {
     const { openMysql } = await import("../lib/db_mysql.ts");
-    const config = {
-      kind: "mysql" as const,
-      host: Deno.env.get("CARTD_TEST_MYSQL_HOST") ?? "127.0.0.1",
-      port: Number(Deno.env.get("CARTD_TEST_MYSQL_PORT") ?? 3306),
-      user: Deno.env.get("CARTD_TEST_MYSQL_USER") ?? "root",
-      password: Deno.env.get("CARTD_TEST_MYSQL_PASSWORD") ?? "",
-      database: `cartd_test_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`,
-      logging: false,
-      connectAttempts: 1,
-      waitMs: 0,
-    };
+    const config = testMysqlConfig();
     const dir = await Deno.makeTempDir({ prefix: "space_test_mysql_" });
     const dbs = [await openMysql(config), await openMysql(config)];
     try {

@@ -13,30 +13,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Db, DbUnavailableError } from "../lib/db.ts";
 import { openSqlite } from "../lib/db_sqlite.ts";
-import { type MysqlConfig, openMysql } from "../lib/db_mysql.ts";
+import { openMysql } from "../lib/db_mysql.ts";
 import { SCHEMA_VERSION, schemaState, syncSchema } from "../lib/schema.ts";
 import { type Cart, CartStore } from "../lib/store.ts";
 import type { CartDocument } from "../lib/cart_document.ts";
+import { MYSQL_HOST, MYSQL_OFF, MYSQL_PORT, testMysqlConfig } from "./services.ts";
 import { startProxy } from "./tcp_proxy.ts";
 
-const MYSQL_OFF = Deno.env.get("CARTD_TEST_MYSQL") === "off";
-const MYSQL_HOST = Deno.env.get("CARTD_TEST_MYSQL_HOST") ?? "127.0.0.1";
-const MYSQL_PORT = Number(Deno.env.get("CARTD_TEST_MYSQL_PORT") ?? 3306);
-
-function mysqlConfig(overrides: Partial<MysqlConfig> = {}): MysqlConfig {
-  return {
-    kind: "mysql",
-    host: MYSQL_HOST,
-    port: MYSQL_PORT,
-    user: Deno.env.get("CARTD_TEST_MYSQL_USER") ?? "root",
-    password: Deno.env.get("CARTD_TEST_MYSQL_PASSWORD") ?? "",
-    database: `cartd_test_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`,
-    logging: false,
-    connectAttempts: 1,
-    waitMs: 0,
-    ...overrides,
-  };
-}
+const mysqlConfig = testMysqlConfig;
 
 /** Drops the test database through the same connection and closes it. */
 async function dropAndClose(db: Db, database: string): Promise<void> {
