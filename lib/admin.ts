@@ -95,18 +95,31 @@ async function openCurrent(config: Config): Promise<Db> {
 
 /** One cart as `dump --json` shows it. */
 export interface DumpCart {
+  /** The client's label. */
   uid: string;
+  /** Internal id (a UUID). */
   id: string;
+  /** Where the cart stands in the state machine. */
   status: Cart["status"];
+  /** What went wrong (empty unless status is "error"). */
   message: string;
+  /** Whether the tar is written to disk once while bundling. */
   bundle: boolean;
+  /** Number of files in the cart. */
   fileCount: number;
+  /** Sum of the files' sizes, or null until the archive has told them. */
   totalBytes: number | null;
+  /** Bytes held for the cart against the volume's capacity. */
   reservedBytes: number;
+  /** When the cart was stored (ISO 8601). */
   createdAt: string | null;
+  /** When the cart became ready (ISO 8601), or null. */
   readyAt: string | null;
+  /** When the cart was last used or moved (ISO 8601). */
   lastUsedAt: string | null;
+  /** How often a worker has claimed it. */
   attempts: number;
+  /** The cart's files, in document order. */
   files: {
     idx: number;
     id: string;
@@ -119,7 +132,9 @@ export interface DumpCart {
 
 /** What `dump --json` prints. */
 export interface Dump {
+  /** Where space stands under VOLUME_PATH. */
   space: SpaceReport;
+  /** Every live cart, oldest first. */
   carts: DumpCart[];
 }
 

@@ -21,6 +21,8 @@ export class Batcher<T> {
   #failure: { error: unknown } | null = null;
 
   /**
+   * An empty batcher.
+   *
    * @param write writes one batch; batches are written one after another, in order
    * @param maxItems a batch is written as soon as it has this many items
    * @param maxDelayMs …or this long after its first item came

@@ -13,6 +13,7 @@ import type { Volume } from "./volume.ts";
 export interface DownloadRequest {
   /** The download name (`?filename=`); defaults to {@linkcode defaultName}. */
   name?: string;
+  /** The archive format (`?format=`). */
   format: BundleFormat;
   /** Add a sha256 manifest even if the cart did not ask for one. */
   manifest?: boolean;

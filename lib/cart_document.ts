@@ -38,6 +38,7 @@ export interface CartFileRequest {
   id: string;
   /** The clean relative path of the file inside the bundle. */
   path: string;
+  /** Algorithm of `hashsum`; given together with it or not at all. */
   hashtype?: HashType;
   /** Lowercase hex. */
   hashsum?: string;
@@ -45,6 +46,7 @@ export interface CartFileRequest {
 
 /** A validated cart document. */
 export interface CartDocument {
+  /** The files, in the order of `fileids`. */
   files: CartFileRequest[];
   /** Write the tar to disk once while bundling (Pacifica's `bundle` flag). */
   bundle: boolean;
@@ -54,6 +56,7 @@ export interface CartDocument {
 
 /** Thrown for a cart document that breaks a rule; the message names the first broken rule. */
 export class CartDocumentError extends Error {
+  /** Builds the error; `message` names the broken rule. */
   constructor(message: string) {
     super(message);
     this.name = "CartDocumentError";

@@ -51,6 +51,7 @@ export function parseStatus(value: string): CartStatus {
 
 /** Thrown when code asks for a move the state machine forbids. */
 export class TransitionError extends Error {
+  /** Builds the error for the forbidden move from `from` to `to`. */
   constructor(readonly from: CartStatus, readonly to: CartStatus) {
     super(`A cart cannot move from "${from}" to "${to}"`);
     this.name = "TransitionError";

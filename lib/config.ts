@@ -39,10 +39,13 @@ export interface Config {
   volumePath: string;
   /** Archive base URL, ending in "/". */
   archiveUrl: string;
+  /** The database that holds the carts: a SQLite file or a MySQL server. */
   database: DatabaseConfig;
+  /** The queue that hands carts to workers: in this process or RabbitMQ. */
   queue: QueueConfig;
   /** How files are brought from the archive (see lib/stage_file.ts). */
   staging: StageSettings;
+  /** Caps on concurrency and on the size of cart documents. */
   limits: {
     /** Files fetched at once by one worker process, over all its carts. */
     filesInFlight: number;
@@ -57,34 +60,39 @@ export interface Config {
     /** Largest accepted request body, in bytes. */
     maxBodyBytes: number;
   };
+  /** How workers claim carts and how often they retry them. */
   work: {
     /** How long a worker's claim on a cart lasts without renewal. */
     claimTtlMs: number;
     /** How often a cart is tried (worker crashes included) before it fails. */
     maxAttempts: number;
   };
+  /** How space under volumePath is capped and reclaimed. */
   space: {
     /** Cap on the bytes cartd may use under volumePath; 0 means the file system's free space only. */
     volumeSize: number;
-    /** Seconds since last use during which a ready cart is never purged. */
+    /** Time since last use (ms) during which a ready cart is never purged. */
     lruBufferMs: number;
     /** Purge least-recently-used carts when a new one does not fit. */
     purge: boolean;
     /** Delete ready carts this old (0 = keep until purged or deleted). */
     retentionMs: number;
   };
+  /** The lowest level of log messages that is written. */
   logLevel: "debug" | "info" | "warn" | "error";
 }
 
 /** A setting that cannot be understood; the message names the variable. */
 export class ConfigError extends Error {
+  /** Builds the error; `message` names the variable. */
   constructor(message: string) {
     super(message);
     this.name = "ConfigError";
   }
 }
 
-type Env = Record<string, string | undefined>;
+/** Environment variables by name (an unset variable is undefined). */
+export type Env = Record<string, string | undefined>;
 
 function read<T>(
   env: Env,

@@ -29,6 +29,7 @@ export interface Db {
 
 /** The database cannot be reached right now; the API answers 503 while this lasts. */
 export class DbUnavailableError extends Error {
+  /** Builds the error; `options.cause` carries the driver's error. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "DbUnavailableError";

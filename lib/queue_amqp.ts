@@ -73,7 +73,9 @@ function withHeartbeat(url: string, seconds: number): string {
 
 /** A RabbitMQ-backed {@linkcode Queue}; see the module documentation. */
 export class AmqpQueue implements Queue {
+  /** The RabbitMQ queue that carts are published to and consumed from. */
   readonly queueName: string;
+  /** The broker's host and port, for messages (never the password). */
   readonly broker: string;
   readonly #url: string;
   readonly #reconnectInitialMs: number;

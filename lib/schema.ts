@@ -70,6 +70,7 @@ export interface SchemaState {
   found: number;
   /** The version this build expects. */
   expected: number;
+  /** True when the version found is the one this build expects. */
   current: boolean;
 }
 

@@ -30,8 +30,11 @@ export type Role = "all" | "serve" | "worker";
 
 /** Where the API listens. */
 export interface ServiceOptions {
+  /** Which parts to run. */
   role: Role;
+  /** The API's port (default 8081; 0 picks a free one). */
   port?: number;
+  /** The address the API listens on (default 127.0.0.1). */
   hostname?: string;
 }
 
@@ -39,6 +42,7 @@ export interface ServiceOptions {
 export interface Service {
   /** The API's base URL (null for a worker-only process). */
   url: string | null;
+  /** The process's cart store. */
   store: CartStore;
   /** Stops the API and the worker, and closes connections. */
   close(): Promise<void>;

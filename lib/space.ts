@@ -48,7 +48,9 @@ export class NoSpaceError extends Error {
 
 /** The file system that holds a path: free bytes for an unprivileged writer, block size. */
 export interface DiskInfo {
+  /** Free bytes for an unprivileged writer. */
   free: number;
+  /** Block size, in bytes. */
   blockSize: number;
 }
 
@@ -65,6 +67,7 @@ export async function freeBytes(path: string): Promise<number> {
 
 /** What one reservation attempt found. */
 export interface Fit {
+  /** True when the cart fits (its reservation is then recorded). */
   ok: boolean;
   /** Bytes missing under the cap (0 when it fits, or when there is no cap). */
   capShort: number;
@@ -95,6 +98,10 @@ async function lockSpace(tx: Db): Promise<void> {
 
 /** Reserves space for carts and purges least-recently-used ones to make room. */
 export class Space {
+  /**
+   * `settings` are the config's `space` settings; `now` gives the time in ms since the epoch
+   * (tests replace it).
+   */
   constructor(
     readonly store: CartStore,
     readonly volume: Volume,

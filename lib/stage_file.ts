@@ -421,8 +421,11 @@ function fsError(job: StageJob, err: unknown, what: string): StageError {
 
 /** What {@linkcode hashLocalFile} measured. */
 export interface LocalHashes {
+  /** Length in bytes. */
   size: number;
+  /** Lowercase hex SHA-256 of the bytes. */
   sha256: string;
+  /** Unsigned CRC-32 of the bytes. */
   crc32: number;
   /** The digest of `hashtype`, when one was asked for. */
   wanted?: string;

@@ -18,22 +18,33 @@ export interface Cart {
   id: string;
   /** The client's label. */
   uid: string;
+  /** Where the cart stands in the state machine. */
   status: CartStatus;
   /** What went wrong, for a person (empty unless status is "error"). */
   message: string;
+  /** SHA-256 (hex) of the validated document, to recognise an identical re-POST. */
   documentHash: string;
+  /** Whether the tar is written to disk once while bundling (the document's `bundle`). */
   bundle: boolean;
+  /** Whether the bundle carries a sha256 manifest (the document's `manifest`). */
   manifest: boolean;
+  /** Number of files in the cart document. */
   fileCount: number;
   /** Sum of the files' sizes, once the archive has told them. */
   totalBytes: number | null;
   /** Bytes held for this cart against the volume's capacity. */
   reservedBytes: number;
+  /** When the cart was stored (ms since the epoch). */
   createdAt: number;
+  /** When the cart last changed status, size or liveness, or was requeued (ms since the epoch). */
   updatedAt: number;
+  /** When the cart became ready (ms since the epoch), or null. */
   readyAt: number | null;
+  /** When the cart was last used or moved (ms since the epoch); the LRU purge goes by it. */
   lastUsedAt: number;
+  /** The worker that holds the claim on the cart, or null. */
   claimOwner: string | null;
+  /** When that claim lapses unless renewed (ms since the epoch), or null. */
   claimExpires: number | null;
   /** How often a worker has claimed it. */
   attempts: number;
@@ -44,32 +55,47 @@ export type FileStatus = "pending" | "staged" | "error";
 
 /** One file of a cart. */
 export interface CartFile {
+  /** Internal id of the cart the file belongs to. */
   cartId: string;
   /** Position in the cart document's `fileids`. */
   idx: number;
+  /** The file's id in the archive. */
   archiveId: string;
+  /** The clean relative path of the file inside the bundle. */
   path: string;
+  /** Algorithm of `hashsum`, or null when the client gave none. */
   hashtype: HashType | null;
+  /** Lowercase hex digest the client expects, or null. */
   hashsum: string | null;
+  /** Whether the file is still to be fetched, staged, or failed. */
   status: FileStatus;
+  /** Length in bytes, or null until the archive has told it. */
   size: number | null;
   /** Seconds since the epoch. */
   mtime: number | null;
+  /** Lowercase hex SHA-256 measured at staging, or null until staged. */
   sha256: string | null;
+  /** Unsigned CRC-32 measured at staging, or null until staged. */
   crc32: number | null;
+  /** What went wrong with the file, or null. */
   message: string | null;
 }
 
 /** What staging learned about one file. */
 export interface StagedFacts {
+  /** Length in bytes. */
   size: number;
+  /** Modification time in seconds since the epoch, as the archive reported it. */
   mtime: number;
+  /** Lowercase hex SHA-256 of the bytes. */
   sha256: string;
+  /** Unsigned CRC-32 of the bytes. */
   crc32: number;
 }
 
 /** The result of {@linkcode CartStore.createCart}. */
 export interface Created {
+  /** The cart now live under the uid: the new one, or the kept one. */
   cart: Cart;
   /** Carts of the same uid that this one replaced (their files must be removed). */
   replaced: Cart[];
@@ -124,6 +150,7 @@ const UPDATE_BATCH = 200;
 
 /** Reads and writes carts; every method is one short query or transaction. */
 export class CartStore {
+  /** A store on `db`; `now` gives the time in ms since the epoch (tests replace it). */
   constructor(readonly db: Db, readonly now: () => number = Date.now) {}
 
   /**

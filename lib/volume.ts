@@ -16,7 +16,11 @@ const CART_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 /** The folder layout under one VOLUME_PATH. */
 export class Volume {
-  /** @param root absolute VOLUME_PATH */
+  /**
+   * The layout under `root`.
+   *
+   * @param root absolute VOLUME_PATH
+   */
   constructor(readonly root: string) {}
 
   /** The folder that holds every cart. */

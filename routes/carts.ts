@@ -20,9 +20,13 @@ import type { Volume } from "../lib/volume.ts";
 
 /** What the routes need. */
 export interface RouteDeps {
+  /** Where carts and their files are recorded. */
   store: CartStore;
+  /** Where new carts are published for the workers. */
   queue: Queue;
+  /** The folder layout under VOLUME_PATH, where staged files and tars are read. */
   volume: Volume;
+  /** The service's settings (the routes use its request limits). */
   config: Config;
 }
 
@@ -101,8 +105,11 @@ function documentHash(doc: unknown): string {
   return createHash("sha256").update(JSON.stringify(doc)).digest("hex");
 }
 
+/** A Hono app, as {@linkcode cartRoutes} returns it. */
+export type CartApp = Hono;
+
 /** The Hono app that serves the cart API. */
-export function cartRoutes(deps: RouteDeps): Hono {
+export function cartRoutes(deps: RouteDeps): CartApp {
   const { store, queue, volume, config } = deps;
   const app = new Hono();
 

@@ -34,17 +34,25 @@ import { TaskError, type ThreadPool } from "./pool.ts";
 
 /** What a worker needs. */
 export interface WorkerDeps {
+  /** Where carts are claimed and their progress recorded. */
   store: CartStore;
+  /** Where cart ids come from, and where orphaned carts are queued again. */
   queue: Queue;
+  /** The folder layout under VOLUME_PATH. */
   volume: Volume;
+  /** The service's settings. */
   config: Config;
+  /** The threads that stage, hash and bundle files. */
   pool: ThreadPool;
+  /** The archive that files are staged from. */
   archive: ArchiveClient;
+  /** Reserves space for carts, purging least-recently-used ones to make room. */
   space: Space;
 }
 
 /** A failure that ends the cart in `error` with this message. */
 export class CartFailure extends Error {
+  /** Builds the failure; `message` becomes the cart's message. */
   constructor(message: string) {
     super(message);
     this.name = "CartFailure";
@@ -88,6 +96,7 @@ export class CartWorker {
     this.#active.get(id)?.abort(new Stopped("gone"));
   };
 
+  /** A worker on `deps`; nothing runs until {@linkcode start}. */
   constructor(readonly deps: WorkerDeps) {}
 
   /** Starts consuming, and sweeps for orphaned carts now and every half claim period. */

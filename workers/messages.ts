@@ -15,14 +15,19 @@ import type { BundleFile, BundleOptions } from "../lib/bundle.ts";
 
 /** Write a bundle to `dest` (via `dest.part`), and its ETag to `dest.etag`. */
 export interface BundleJob {
+  /** The staged files, in bundle order. */
   files: BundleFile[];
+  /** How the bundle is laid out. */
   options: BundleOptions;
+  /** Absolute path of the bundle to write. */
   dest: string;
 }
 
 /** What a written bundle measured. */
 export interface WrittenBundle {
+  /** Length in bytes. */
   size: number;
+  /** The bundle's strong ETag, quoted (also written to `dest.etag`). */
   etag: string;
 }
 

@@ -31,6 +31,7 @@ const THREAD_MODULE = new URL(
  * "crashed" when the thread itself died (the work may well succeed again).
  */
 export class TaskError extends Error {
+  /** Builds the error; `name` keeps the name of an error passed on from a thread. */
   constructor(message: string, readonly code?: string, name = "TaskError") {
     super(message);
     this.name = name;
@@ -65,6 +66,8 @@ export class ThreadPool {
   #started = Promise.withResolvers<void>();
 
   /**
+   * Starts the threads; {@linkcode ready} tells when they have loaded.
+   *
    * @param threads how many Web Workers to run
    * @param maxInFlight most tasks running at once over all threads
    */
