@@ -304,7 +304,7 @@ async function download(
     for (;;) {
       let chunk: ReadableStreamReadResult<Uint8Array>;
       try {
-        chunk = await reader.read();
+        chunk = await readUnlessAborted(reader, fetchSignal);
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
         const reason = ctl.signal.aborted ? ctl.signal.reason : err;
@@ -399,6 +399,28 @@ async function createPart(path: string): Promise<Deno.FsFile> {
     await Deno.mkdir(dirname(path), { recursive: true });
     return await Deno.open(path, options);
   }
+}
+
+/**
+ * `reader.read()`, settled as soon as `signal` aborts. Aborting a fetch should fail a pending
+ * body read by itself, but a read that misses the abort would wait forever on a stalled
+ * archive; this makes the idle time limit hold whatever the fetch does.
+ */
+function readUnlessAborted(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  signal: AbortSignal,
+): Promise<ReadableStreamReadResult<Uint8Array>> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      reader.cancel(signal.reason).catch(() => {});
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    reader.read().then(resolve, reject).finally(() => {
+      signal.removeEventListener("abort", onAbort);
+    });
+  });
 }
 
 /** A file-system failure: ENOSPC → "No Space Available", else an "io" error naming the file. */
