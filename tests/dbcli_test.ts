@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import mysql from "mysql2/promise";
 import { SCHEMA_VERSION } from "../lib/schema.ts";
-import { ENTRY, permissions } from "./harness.ts";
+import { cartdCommand } from "./harness.ts";
 import { MYSQL_HOST, MYSQL_PORT } from "./services.ts";
 
 /** Runs `cartd ARGS` with exactly `env` (plus VOLUME_PATH); returns its exit code and output. */
@@ -19,13 +19,8 @@ async function cartd(
   env: Record<string, string>,
   volume: string,
 ): Promise<{ code: number; out: string }> {
-  const result = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...permissions(volume), ENTRY, ...args],
-    env: { VOLUME_PATH: volume, NO_COLOR: "1", ...env },
-    clearEnv: true,
-    stdin: "null",
+  const result = await cartdCommand(args, volume, env, {
     stdout: "piped",
-    stderr: "piped",
     signal: AbortSignal.timeout(30_000),
   }).output();
   const d = new TextDecoder();

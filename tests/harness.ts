@@ -53,6 +53,27 @@ export const FAST_ENV: Record<string, string> = {
   CARTD_LOG_LEVEL: "info",
 };
 
+/**
+ * The `cartd ARGS` command as tests run it: the permissions of the compiled binary, exactly
+ * `env` (plus VOLUME_PATH and NO_COLOR; nothing inherited), stdout kept only when asked for.
+ */
+export function cartdCommand(
+  args: string[],
+  volume: string,
+  env: Record<string, string>,
+  options: { stdout?: "piped" | "null"; signal?: AbortSignal } = {},
+): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", V8_FLAGS, ...permissions(volume), ENTRY, ...args],
+    env: { VOLUME_PATH: volume, NO_COLOR: "1", ...env },
+    clearEnv: true,
+    stdin: "null",
+    stdout: options.stdout ?? "null",
+    stderr: "piped",
+    signal: options.signal,
+  });
+}
+
 /** A child process whose stderr is collected as it comes. */
 export interface Collected {
   process: Deno.ChildProcess;
@@ -113,24 +134,13 @@ export async function startCartd(options: {
   const volume = options.volume ?? await Deno.makeTempDir({ prefix: "cartd-test-" });
   const role = options.role ?? "all";
   const args = [
-    "run",
-    V8_FLAGS,
-    ...permissions(volume),
-    ENTRY,
     ...(role === "all" ? [] : [role]),
     ...(role === "worker" ? [] : ["--port", "0"]),
     ...(options.args ?? []),
   ];
   const ready = Promise.withResolvers<string>();
   const cartd = spawnCollecting(
-    new Deno.Command(Deno.execPath(), {
-      args,
-      env: { ...FAST_ENV, VOLUME_PATH: volume, NO_COLOR: "1", ...options.env },
-      clearEnv: true,
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }),
+    cartdCommand(args, volume, { ...FAST_ENV, ...options.env }),
     (text) => {
       const m = /cartd listening on (\S+)/.exec(text);
       if (m) ready.resolve(m[1]);

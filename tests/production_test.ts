@@ -21,11 +21,10 @@ import {
 } from "./fake_archive.ts";
 import {
   type Cartd,
+  cartdCommand,
   cartStatus,
-  ENTRY,
   eventually,
   listFiles,
-  permissions,
   postCart,
   ROOT,
   run,
@@ -522,16 +521,7 @@ async function runCartd(
 }
 
 function runCartdInBackground(args: string[], volume: string, env: Record<string, string>) {
-  const cartd = spawnCollecting(
-    new Deno.Command(Deno.execPath(), {
-      args: ["run", ...permissions(volume), ENTRY, ...args],
-      env: { VOLUME_PATH: volume, NO_COLOR: "1", ...env },
-      clearEnv: true,
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }),
-  );
+  const cartd = spawnCollecting(cartdCommand(args, volume, env));
   return {
     code: cartd.exited,
     stderr: cartd.output,
