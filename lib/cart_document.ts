@@ -13,7 +13,7 @@
  * ```
  * @module
  */
-import { z } from "zod";
+import { z } from "zod/v4";
 
 /** The hash algorithms a cart file may name in `hashtype`. */
 export const HASH_TYPES = ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] as const;
@@ -72,7 +72,8 @@ function cleanPath(raw: string): string {
   const path = raw.replace(/^\/+/, "");
   if (path === "") return fail("must name a file, not be empty");
   if (CONTROL.test(path)) return fail("control characters (including NUL) are not allowed");
-  if (utf8.encode(path).length > MAX_PATH_BYTES) {
+  // A UTF-16 code unit never takes more than 3 bytes of UTF-8: most paths need no encoding.
+  if (path.length * 3 > MAX_PATH_BYTES && utf8.encode(path).length > MAX_PATH_BYTES) {
     return fail(`is longer than ${MAX_PATH_BYTES} bytes`);
   }
   if (path.includes("\\")) return fail('"\\" is not allowed; separate folders with "/"');
@@ -90,43 +91,50 @@ function fail(rule: string): never {
 
 class PathRuleError extends Error {}
 
-const fileSchema = z.object({
+const fileSchema = z.looseObject({
   id: z.union([
     z.string().min(1, "must not be empty").max(1024, "is longer than 1024 characters")
       .refine((s) => !CONTROL.test(s), "control characters are not allowed"),
     z.number().int("must be an integer").nonnegative("must not be negative"),
-  ], { errorMap: () => ({ message: "must be a string or a non-negative integer" }) }),
+  ], {
+    // A string or a number that breaks a rule of its own says which; any other type gets this.
+    error: (issue) =>
+      (issue.code === "invalid_union" &&
+        issue.errors.map((member) => member[0]).find((first) =>
+          first && (first.code !== "invalid_type" || first.expected === "int")
+        )?.message) || "must be a string or a non-negative integer",
+  }),
   path: z.string({
-    required_error: "is required",
-    invalid_type_error: "must be a string",
+    error: (issue) => issue.input === undefined ? "is required" : "must be a string",
   }).transform((raw, ctx) => {
     try {
       return cleanPath(raw);
     } catch (e) {
       if (!(e instanceof PathRuleError)) throw e;
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: e.message });
+      ctx.issues.push({ code: "custom", message: e.message, input: raw });
       return z.NEVER;
     }
   }),
-  hashtype: z.enum(HASH_TYPES, {
-    errorMap: () => ({ message: `must be one of ${HASH_TYPES.join(", ")}` }),
-  }).optional(),
-  hashsum: z.string({ invalid_type_error: "must be a hex string" })
+  hashtype: z.enum(HASH_TYPES, { error: `must be one of ${HASH_TYPES.join(", ")}` }).optional(),
+  hashsum: z.string({ error: "must be a hex string" })
     .regex(/^[0-9a-fA-F]+$/, "must be hexadecimal").optional(),
-}).passthrough().superRefine((file, ctx) => {
+}, { error: "must be an object with an id and a path" }).check((ctx) => {
+  const file = ctx.value;
   if ((file.hashtype === undefined) !== (file.hashsum === undefined)) {
-    ctx.addIssue({
-      code: z.ZodIssueCode.custom,
+    ctx.issues.push({
+      code: "custom",
       path: [file.hashtype === undefined ? "hashtype" : "hashsum"],
       message: "hashtype and hashsum go together: give both or neither",
+      input: file,
     });
   } else if (file.hashtype && file.hashsum && file.hashsum.length !== HEX_LENGTH[file.hashtype]) {
-    ctx.addIssue({
-      code: z.ZodIssueCode.custom,
+    ctx.issues.push({
+      code: "custom",
       path: ["hashsum"],
       message: `a ${file.hashtype} sum has ${
         HEX_LENGTH[file.hashtype]
       } hex digits, not ${file.hashsum.length}`,
+      input: file,
     });
   }
 });
@@ -137,22 +145,35 @@ export interface CartDocumentLimits {
   maxFiles: number;
 }
 
+const schemas = new Map<number, ReturnType<typeof buildDocumentSchema>>();
+
+/** The document schema for these limits (built once per limit: building costs more than a parse). */
 function documentSchema(limits: CartDocumentLimits) {
-  return z.object({
+  let schema = schemas.get(limits.maxFiles);
+  if (!schema) schemas.set(limits.maxFiles, schema = buildDocumentSchema(limits));
+  return schema;
+}
+
+function buildDocumentSchema(limits: CartDocumentLimits) {
+  return z.looseObject({
     fileids: z.array(fileSchema, {
-      required_error: "is required: a list of {id, path} objects",
-      invalid_type_error: "must be a list of {id, path} objects",
+      error: (issue) =>
+        issue.input === undefined
+          ? "is required: a list of {id, path} objects"
+          : "must be a list of {id, path} objects",
     }).min(1, "must list at least one file").max(
       limits.maxFiles,
       `must list at most ${limits.maxFiles} files`,
     ),
-    bundle: z.boolean({ invalid_type_error: "must be true or false" }).optional(),
-    manifest: z.boolean({ invalid_type_error: "must be true or false" }).optional(),
-  }, { invalid_type_error: "the cart document must be a JSON object" }).passthrough();
+    bundle: z.boolean({ error: "must be true or false" }).optional(),
+    manifest: z.boolean({ error: "must be true or false" }).optional(),
+  }, { error: "the cart document must be a JSON object" });
 }
 
-function issuePath(path: (string | number)[]): string {
-  return path.map((p, i) => typeof p === "number" ? `[${p}]` : i === 0 ? p : `.${p}`).join("");
+function issuePath(path: PropertyKey[]): string {
+  return path.map((p, i) =>
+    typeof p === "number" ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`
+  ).join("");
 }
 
 /**
@@ -199,16 +220,18 @@ function checkLayout(files: CartFileRequest[]): void {
     }
     fileAt.set(f.path, i);
   });
+  const folders = new Set<string>(); // checked already
   files.forEach((f, i) => {
-    const parts = f.path.split("/");
-    for (let n = 1; n < parts.length; n++) {
-      const folder = parts.slice(0, n).join("/");
+    for (let slash = f.path.indexOf("/"); slash > 0; slash = f.path.indexOf("/", slash + 1)) {
+      const folder = f.path.slice(0, slash);
+      if (folders.has(folder)) continue;
       const clash = fileAt.get(folder);
       if (clash !== undefined) {
         throw new CartDocumentError(
           `fileids[${i}].path: "${folder}" is a file (fileids[${clash}]) and cannot also be a folder`,
         );
       }
+      folders.add(folder);
     }
   });
 }

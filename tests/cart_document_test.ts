@@ -94,8 +94,21 @@ Deno.test("the document's shape: JSON, an object, a non-empty bounded list", () 
     { fileids: Array.from({ length: 6 }, (_, i) => ({ id: i, path: `p${i}` })) },
     "fileids: must list at most 5 files",
   );
-  rejects({ fileids: [{ id: -1, path: "p" }] }, /^fileids\[0\]\.id:/);
-  rejects({ fileids: [{ id: null, path: "p" }] }, /^fileids\[0\]\.id:/);
-  rejects({ fileids: [{ id: "", path: "p" }] }, /^fileids\[0\]\.id:/);
+  rejects({ fileids: [7] }, "fileids[0]: must be an object with an id and a path");
+  rejects({ fileids: [null] }, "fileids[0]: must be an object with an id and a path");
+  // An id of the right type names the rule it breaks; any other type gets the general rule.
+  rejects({ fileids: [{ id: -1, path: "p" }] }, "fileids[0].id: must not be negative");
+  rejects({ fileids: [{ id: 1.5, path: "p" }] }, "fileids[0].id: must be an integer");
+  rejects({ fileids: [{ id: "", path: "p" }] }, "fileids[0].id: must not be empty");
+  rejects(
+    { fileids: [{ id: "a\u0001", path: "p" }] },
+    "fileids[0].id: control characters are not allowed",
+  );
+  rejects(
+    { fileids: [{ id: null, path: "p" }] },
+    "fileids[0].id: must be a string or a non-negative integer",
+  );
+  rejects({ fileids: [{ id: 1 }] }, "fileids[0].path: is required");
+  rejects({ fileids: [{ id: 1, path: 2 }] }, "fileids[0].path: must be a string");
   rejects({ fileids: [{ id: 1, path: "p" }], bundle: 1 }, "bundle: must be true or false");
 });
