@@ -25,6 +25,7 @@
 
 import { createHash } from "node:crypto";
 import { crc32 } from "node:zlib";
+import { spentBuffers } from "./memory.ts";
 import { encodeTarHeader, TAR_END, tarHeaderLength, tarPadding } from "./tar.ts";
 import {
   encodeZipCentralHeader,
@@ -560,6 +561,7 @@ function streamRange(
         throw error;
       }
       controller.enqueue(chunk);
+      spentBuffers(chunk.length);
       if (pos >= to) {
         cleanup();
         controller.close();

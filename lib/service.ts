@@ -16,6 +16,7 @@ import { ArchiveClient } from "./archive_client.ts";
 import type { Config } from "./config.ts";
 import { openDb } from "./db.ts";
 import { log } from "./log.ts";
+import { canCollect, paceHeap } from "./memory.ts";
 import { openQueue } from "./queue.ts";
 import { syncSchema } from "./schema.ts";
 import { Space } from "./space.ts";
@@ -51,6 +52,12 @@ export interface Service {
 /** Starts the parts of cartd that `options.role` names. */
 export async function startService(config: Config, options: ServiceOptions): Promise<Service> {
   log.setLevel(config.logLevel);
+  const pacing = paceHeap({ slackBytes: config.limits.gcSlackBytes });
+  if (config.limits.gcSlackBytes > 0 && !canCollect()) {
+    log.warn(
+      "V8 runs without --expose-gc: memory is left to V8's own pacing (CARTD_GC_SLACK has no effect)",
+    );
+  }
   const volume = new Volume(config.volumePath);
   await Deno.mkdir(volume.cartsDir, { recursive: true });
   const db = await openDb(config.database);
@@ -61,7 +68,11 @@ export async function startService(config: Config, options: ServiceOptions): Pro
   let worker: CartWorker | null = null;
   let pool: ThreadPool | null = null;
   if (options.role !== "serve") {
-    pool = new ThreadPool(config.limits.threads, config.limits.filesInFlight);
+    pool = new ThreadPool(
+      config.limits.threads,
+      config.limits.filesInFlight,
+      config.limits.gcSlackBytes,
+    );
     await pool.ready().catch((e) => {
       pool?.close();
       throw new Error(`${e.message}: the worker cannot stage or bundle; check the installation`);
@@ -107,6 +118,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       pool?.close();
       await queue.close();
       await db.close();
+      pacing.stop();
     },
   };
 }

@@ -55,12 +55,15 @@ export interface CompileOptions {
 }
 
 /**
- * V8 settings of every cartd process: a young generation of 2 MiB per isolate instead of V8's
- * default (up to 16 MiB per semi-space) keeps the main thread and each Web Worker thread from
- * holding tens of MiB of garbage between collections; measured on a 10,000-file cart, peak RSS
- * fell from 360 to 220 MiB at the same speed (see bench/).
+ * V8 settings of every cartd process:
+ *
+ * - a young generation of 2 MiB per isolate instead of V8's default (up to 16 MiB per
+ *   semi-space) keeps the main thread and each Web Worker thread from holding tens of MiB of
+ *   garbage between collections; measured on a 10,000-file cart, peak RSS fell from 360 to
+ *   220 MiB at the same speed (see bench/);
+ * - `--expose-gc` lets lib/memory.ts collect at a bounded pace (CARTD_GC_SLACK).
  */
-export const V8_FLAGS = "--v8-flags=--max-semi-space-size=2";
+export const V8_FLAGS = "--v8-flags=--max-semi-space-size=2,--expose-gc";
 
 /** The permission flags baked into the binary. */
 export function permissionFlags(options: CompileOptions): string[] {

@@ -36,7 +36,8 @@ export type ThreadRequest =
   | { type: "stage"; id: number; job: StageJob; settings: StageSettings }
   | { type: "bundle"; id: number; job: BundleJob }
   | { type: "hash"; id: number; path: string; hashtype?: HashType }
-  | { type: "cancel"; id: number };
+  | { type: "cancel"; id: number }
+  | { type: "memory"; slackBytes: number };
 
 /** Web Worker → main thread; "ready" once, when the thread's module has loaded. */
 export type ThreadReply =

@@ -70,8 +70,13 @@ export class ThreadPool {
    *
    * @param threads how many Web Workers to run
    * @param maxInFlight most tasks running at once over all threads
+   * @param gcSlackBytes each thread's heap pacing (see lib/memory.ts); 0 leaves it to V8
    */
-  constructor(readonly threads: number, readonly maxInFlight: number) {
+  constructor(
+    readonly threads: number,
+    readonly maxInFlight: number,
+    readonly gcSlackBytes = 0,
+  ) {
     this.#started.promise.catch(() => {});
     for (let i = 0; i < threads; i++) this.#slots.push(this.#spawn());
   }
@@ -84,6 +89,9 @@ export class ThreadPool {
   #spawn(): Slot {
     const worker = new Worker(THREAD_MODULE, { type: "module" });
     const slot: Slot = { worker, busy: 0, ready: false };
+    if (this.gcSlackBytes > 0) {
+      worker.postMessage({ type: "memory", slackBytes: this.gcSlackBytes } as ThreadRequest);
+    }
     worker.onmessage = (event: MessageEvent<ThreadReply>) => {
       if (event.data.type !== "ready") return this.#settle(event.data);
       slot.ready = true;

@@ -8,6 +8,7 @@
  */
 import { hashLocalFile, stageFile } from "../lib/stage_file.ts";
 import { planBundle } from "../lib/bundle.ts";
+import { paceHeap } from "../lib/memory.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
 const running = new Map<number, AbortController>();
@@ -42,6 +43,10 @@ function describe(error: unknown): { name: string; message: string; code?: strin
 
 self.onmessage = async (event: MessageEvent<ThreadRequest>) => {
   const request = event.data;
+  if (request.type === "memory") {
+    paceHeap({ slackBytes: request.slackBytes });
+    return;
+  }
   if (request.type === "cancel") {
     running.get(request.id)?.abort(new DOMException("The task was cancelled", "AbortError"));
     return;
