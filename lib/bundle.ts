@@ -417,6 +417,7 @@ async function readWhole(
     );
   }
   view.set(data);
+  spentBuffers(data.length); // read for this copy only: thousands of them add up
 }
 
 function streamRange(

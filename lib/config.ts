@@ -265,7 +265,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
       threads: n("CARTD_THREADS", 2),
       maxFiles: n("CARTD_MAX_FILES", 100_000),
       maxBodyBytes: read(env, "CARTD_MAX_BODY", bytes, 64 * 1024 * 1024),
-      gcSlackBytes: read(env, "CARTD_GC_SLACK", bytes, 16 * 1024 * 1024),
+      gcSlackBytes: read(env, "CARTD_GC_SLACK", bytes, 8 * 1024 * 1024),
     },
     work: {
       claimTtlMs: s("CARTD_CLAIM_TTL", 30),
@@ -308,7 +308,7 @@ export const SETTINGS: ReadonlyArray<[name: string, meaning: string, fallback: s
   ["CARTD_THREADS", "Web Worker threads for staging and bundling", "2"],
   ["CARTD_MAX_FILES", "most files in one cart", "100000"],
   ["CARTD_MAX_BODY", "largest cart document (bytes, K/M/G)", "64M"],
-  ["CARTD_GC_SLACK", "heap growth that starts a collection (0 = V8 decides)", "16M"],
+  ["CARTD_GC_SLACK", "heap growth that starts a collection (0 = V8 decides)", "8M"],
   ["CARTD_CLAIM_TTL", "seconds a worker's claim on a cart lasts unrenewed", "30"],
   ["CARTD_MAX_ATTEMPTS", "tries of one cart (worker crashes included)", "5"],
   ["CARTD_VOLUME_SIZE", "cap on bytes used under VOLUME_PATH (K/M/G/T)", "free space"],

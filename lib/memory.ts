@@ -7,9 +7,9 @@
  * 1 GiB download left up to 64 MiB of spent chunks waiting; the process peaked at 250–450 MiB.
  * This module collects at a bounded pace instead:
  *
- * - {@linkcode paceHeap} checks the heap a few times a second and collects once the heap or
- *   the ArrayBuffers grew by more than a slack since the last collection (an idle process is
- *   never collected);
+ * - {@linkcode paceHeap} checks the heap a few times a second and collects once the heap
+ *   (a full collection) or its ArrayBuffers (a young-generation one) grew by more than a slack
+ *   since the last collection; an idle process is never collected;
  * - {@linkcode spentBuffers} is told of every large buffer handed out for one use (a bundle
  *   chunk) and runs a cheap young-generation collection after every few MiB, so that memory
  *   is reused while it is still warm instead of being mapped afresh.
@@ -43,7 +43,7 @@ export function canCollect(): boolean {
 
 /** How {@linkcode paceHeap} paces collections. */
 export interface PaceOptions {
-  /** Growth of heap plus ArrayBuffers (bytes) since the last collection that calls for one; 0 turns pacing off. */
+  /** Growth of the heap, or of its ArrayBuffers, in bytes since the last collection that calls for one; 0 turns pacing off. */
   slackBytes: number;
   /** How often the heap is looked at, in milliseconds (default 200). */
   intervalMs?: number;
@@ -60,9 +60,10 @@ export interface Pacing {
 }
 
 /**
- * Collects this isolate's garbage whenever the heap and its ArrayBuffers grew by more than
- * `slackBytes` since the last collection, looking every `intervalMs`. The timer never keeps
- * the process alive. Call it once per isolate (the main thread, each Web Worker).
+ * Collects this isolate's garbage whenever its heap (a full collection) or its ArrayBuffers
+ * (a young-generation collection) grew by more than `slackBytes` since the last collection,
+ * looking every `intervalMs`. The timer never keeps the process alive. Call it once per
+ * isolate (the main thread, each Web Worker).
  */
 export function paceHeap(options: PaceOptions): Pacing {
   const gc = exposedGc();
@@ -71,20 +72,22 @@ export function paceHeap(options: PaceOptions): Pacing {
   if (!gc || !(slack > 0)) {
     return { active: false, collections: 0, stop() {} };
   }
-  const used = () => {
-    const m = Deno.memoryUsage();
-    return m.heapUsed + m.external;
-  };
-  let base = used();
+  let base = Deno.memoryUsage();
   const timer = setInterval(() => {
-    const now = used();
-    if (now - base > slack) {
+    const now = Deno.memoryUsage();
+    const heapGrowth = now.heapUsed - base.heapUsed;
+    const bufferGrowth = now.external - base.external;
+    if (heapGrowth > slack) {
       gc({ type: "major" });
-      collections++;
-      base = used();
-    } else if (now < base) {
-      base = now; // V8 collected by itself
+    } else if (bufferGrowth > slack) {
+      // Spent buffers are mostly young: a young-generation collection frees them for less.
+      gc({ type: "minor" });
+    } else {
+      if (heapGrowth < 0 || bufferGrowth < 0) base = now; // V8 collected by itself
+      return;
     }
+    collections++;
+    base = Deno.memoryUsage();
   }, options.intervalMs ?? 200);
   Deno.unrefTimer(timer);
   return {
@@ -97,7 +100,7 @@ export function paceHeap(options: PaceOptions): Pacing {
 }
 
 /** Bytes of spent buffers after which {@linkcode spentBuffers} runs a young-generation collection. */
-export const SPENT_BUFFER_SLACK = 16 << 20;
+export const SPENT_BUFFER_SLACK = 8 << 20;
 
 let spent = 0;
 

@@ -15,7 +15,7 @@ import denoJson from "../deno.json" with { type: "json" };
 import { startFakeArchive } from "./fake_archive.ts";
 import { permissions, postCart, ROOT, spawnCollecting, waitFor } from "./harness.ts";
 import { build, externalReferences } from "../tools/build.ts";
-import { permissionFlags, runtimeFailure, V8_FLAGS } from "../tools/compile.ts";
+import { MALLOC_TUNABLES, permissionFlags, runtimeFailure, V8_FLAGS } from "../tools/compile.ts";
 
 /** A folder holding a fresh build: cartd.js and thread.js. */
 let built: Promise<string> | null = null;
@@ -270,4 +270,20 @@ Deno.test("a failed runtime download becomes one line; other failures do not", (
   const line = runtimeFailure(download, "x86_64-unknown-linux-gnu");
   assert.ok(line && !line.includes("\n") && line.includes("dl.deno.land"), String(line));
   assert.equal(runtimeFailure("error: TS2322 Type 'string' is not assignable", "t"), null);
+});
+
+Deno.test("every launcher runs cartd with the same V8 flags and malloc settings", async () => {
+  const root = new URL("../", import.meta.url);
+  const tasks = JSON.parse(await Deno.readTextFile(new URL("deno.json", root))).tasks;
+  for (const name of ["start", "serve"]) {
+    assert.ok(tasks[name].includes(V8_FLAGS), `task ${name} lacks ${V8_FLAGS}`);
+    assert.ok(
+      tasks[name].startsWith(`GLIBC_TUNABLES=${MALLOC_TUNABLES} `),
+      `task ${name} lacks GLIBC_TUNABLES=${MALLOC_TUNABLES}`,
+    );
+  }
+  const dockerfile = await Deno.readTextFile(new URL("Dockerfile", root));
+  assert.ok(dockerfile.includes(`ENV GLIBC_TUNABLES=${MALLOC_TUNABLES}\n`), "the Dockerfile");
+  const readme = await Deno.readTextFile(new URL("README.md", root));
+  assert.ok(readme.includes(`GLIBC_TUNABLES=${MALLOC_TUNABLES}`), "the README");
 });

@@ -8,7 +8,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { V8_FLAGS } from "../tools/compile.ts";
+import { MALLOC_TUNABLES, V8_FLAGS } from "../tools/compile.ts";
 
 /** The repository root. */
 export const ROOT: string = fileURLToPath(new URL("../", import.meta.url));
@@ -65,7 +65,7 @@ export function cartdCommand(
 ): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", V8_FLAGS, ...permissions(volume), ENTRY, ...args],
-    env: { VOLUME_PATH: volume, NO_COLOR: "1", ...env },
+    env: { VOLUME_PATH: volume, NO_COLOR: "1", GLIBC_TUNABLES: MALLOC_TUNABLES, ...env },
     clearEnv: true,
     stdin: "null",
     stdout: options.stdout ?? "null",
