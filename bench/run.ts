@@ -20,7 +20,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { loadConfig, SETTINGS } from "../lib/config.ts";
+import { defaultThreads, loadConfig, SETTINGS } from "../lib/config.ts";
 import { type Cartd, cartStatus, postCart, startCartd } from "../tests/harness.ts";
 import {
   type ArchiveProcess,
@@ -91,10 +91,10 @@ const BENCH_ENV: Record<string, string> = Object.fromEntries(
     "CARTD_FILES_PER_CART",
     "CARTD_FILES_IN_FLIGHT",
     "CARTD_CARTS_IN_FLIGHT",
-    "CARTD_THREADS",
     "CARTD_LOG_LEVEL",
   ].map((name) => [name, SETTINGS.find(([n]) => n === name)![2]]),
 );
+BENCH_ENV.CARTD_THREADS = String(defaultThreads()); // what this machine gets by default
 const FILES_PER_CART = loadConfig(BENCH_ENV).limits.filesPerCart;
 const BIG_FILE = 64 * MiB;
 
@@ -509,8 +509,9 @@ async function main(): Promise<void> {
   console.log(
     "processes: bench/run.ts (driver: POST, HEAD polls every 25 ms, RSS sampling); " +
       `bench/archive_server.ts (fake archive, pid ${archive.pid}); cartd = \`deno run main.ts\` ` +
-      "(main thread + 2 Web Worker threads, one pid); clients curl, bench/fetch_client.ts and " +
-      "bench/plain_client.ts each in their own process; all on 2 shared cores, no pinning.",
+      `(main thread + ${BENCH_ENV.CARTD_THREADS} Web Worker thread(s), one pid); clients curl, ` +
+      "bench/fetch_client.ts and bench/plain_client.ts each in their own process; all on " +
+      `${navigator.hardwareConcurrency} shared cores, no pinning.`,
   );
   console.log("");
 

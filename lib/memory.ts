@@ -81,7 +81,9 @@ export function paceHeap(options: PaceOptions): Pacing {
       gc({ type: "major" });
     } else if (bufferGrowth > slack) {
       // Spent buffers are mostly young: a young-generation collection frees them for less.
+      // Those that lived through two of them sit in the old generation: then a full one.
       gc({ type: "minor" });
+      if (Deno.memoryUsage().external - base.external > slack) gc({ type: "major" });
     } else {
       if (heapGrowth < 0 || bufferGrowth < 0) base = now; // V8 collected by itself
       return;

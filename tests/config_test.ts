@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { ConfigError, loadConfig, parseBytes, parseDuration, SETTINGS } from "../lib/config.ts";
+import {
+  ConfigError,
+  defaultThreads,
+  loadConfig,
+  parseBytes,
+  parseDuration,
+  SETTINGS,
+} from "../lib/config.ts";
 
 Deno.test("defaults: SQLite in VOLUME_PATH, in-process queue, the archive on 127.0.0.1:8080", () => {
   const c = loadConfig({ VOLUME_PATH: "/srv/cartd" });
@@ -125,4 +132,13 @@ Deno.test("the defaults that --help and the README show are the ones loadConfig 
     if (!/^[\d.]+$|^(true|false|info|cartd\.carts|64M)$/.test(fallback)) continue;
     assert.deepEqual(loadConfig({ VOLUME_PATH: "/v", [name]: fallback }), defaults, name);
   }
+});
+
+Deno.test("the default thread count leaves the main thread a core: 1 to 4", () => {
+  assert.equal(defaultThreads(1), 1);
+  assert.equal(defaultThreads(2), 1);
+  assert.equal(defaultThreads(3), 2);
+  assert.equal(defaultThreads(16), 4);
+  assert.equal(loadConfig({}).limits.threads, defaultThreads());
+  assert.equal(loadConfig({ CARTD_THREADS: "3" }).limits.threads, 3);
 });
