@@ -45,7 +45,7 @@ export function canCollect(): boolean {
 export interface PaceOptions {
   /** Growth of the heap, or of its ArrayBuffers, in bytes since the last collection that calls for one; 0 turns pacing off. */
   slackBytes: number;
-  /** How often the heap is looked at, in milliseconds (default 200). */
+  /** How often the heap is looked at, in milliseconds (default 50). */
   intervalMs?: number;
 }
 
@@ -90,7 +90,7 @@ export function paceHeap(options: PaceOptions): Pacing {
     }
     collections++;
     base = Deno.memoryUsage();
-  }, options.intervalMs ?? 200);
+  }, options.intervalMs ?? 50);
   Deno.unrefTimer(timer);
   return {
     active: true,
