@@ -572,9 +572,11 @@ Deno.test("a file-system failure names the file, not the volume's paths", async 
     archive.put("foo.txt", "hello\n", { tapeMs: 1000 });
     await postCart(url, "fs", { fileids: [{ id: "foo.txt", path: "a/foo.txt" }] });
     let id = "";
-    await eventually("the cart has a folder", async () => {
+    await eventually("the cart has its files folder", async () => {
       for await (const e of Deno.readDir(`${volume}/carts`)) id = e.name;
-      return id !== "";
+      // The cart's folder and its files folder are made one after the other: wait for both.
+      return id !== "" &&
+        await Deno.stat(`${volume}/carts/${id}/files`).then(() => true, () => false);
     });
     // While the file is on tape, a plain file takes the place of the cart's files folder.
     await Deno.remove(`${volume}/carts/${id}/files`, { recursive: true });
