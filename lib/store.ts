@@ -9,7 +9,7 @@
  * @module
  */
 import { type CartStatus, isFinal, parseStatus, predecessorsOf } from "./cart_state.ts";
-import type { CartDocument, HashType } from "./cart_document.ts";
+import { type CartDocument, HASH_TYPES, type HashType } from "./cart_document.ts";
 import type { Db, Row, SqlValue } from "./db.ts";
 
 /** A cart as the store knows it. */
@@ -128,15 +128,27 @@ function toCart(r: Row): Cart {
   };
 }
 
-function toFile(r: Row): CartFile {
+/** The columns {@linkcode toFile} reads (not `cart_id`: every row of a query shares it). */
+const FILE_COLUMNS =
+  "idx, archive_id, path, hashtype, hashsum, status, size, mtime, sha256, crc32, message";
+
+/** One shared string per value, not one per row: a 40,000-file cart holds 40,000 rows. */
+function intern<T extends string>(values: readonly T[], value: unknown): T {
+  const text = String(value);
+  return values.find((v) => v === text) ?? text as T;
+}
+
+const FILE_STATUSES: readonly FileStatus[] = ["pending", "staged", "error"];
+
+function toFile(cartId: string, r: Row): CartFile {
   return {
-    cartId: String(r.cart_id),
+    cartId,
     idx: num(r.idx),
     archiveId: String(r.archive_id),
     path: String(r.path),
-    hashtype: r.hashtype === null ? null : String(r.hashtype) as HashType,
+    hashtype: r.hashtype === null ? null : intern(HASH_TYPES, r.hashtype),
     hashsum: r.hashsum === null ? null : String(r.hashsum),
-    status: String(r.status) as FileStatus,
+    status: intern(FILE_STATUSES, r.status),
     size: numOrNull(r.size),
     mtime: numOrNull(r.mtime),
     sha256: r.sha256 === null ? null : String(r.sha256),
@@ -220,10 +232,11 @@ export class CartStore {
 
   /** The files of a cart, in document order. */
   async files(cartId: string): Promise<CartFile[]> {
-    const rows = await this.db.all("SELECT * FROM cart_files WHERE cart_id = ? ORDER BY idx", [
-      cartId,
-    ]);
-    return rows.map(toFile);
+    const rows = await this.db.all(
+      `SELECT ${FILE_COLUMNS} FROM cart_files WHERE cart_id = ? ORDER BY idx`,
+      [cartId],
+    );
+    return rows.map((row) => toFile(cartId, row));
   }
 
   /** Records the size and mtime the archive reported for a file. */
