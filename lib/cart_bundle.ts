@@ -5,7 +5,13 @@
  *
  * @module
  */
-import { type Bundle, type BundleFormat, bundleFromFile, planBundle } from "./bundle.ts";
+import {
+  type Bundle,
+  type BundleFile,
+  type BundleFormat,
+  bundleFromFile,
+  planBundle,
+} from "./bundle.ts";
 import type { Cart, CartFile } from "./store.ts";
 import type { Volume } from "./volume.ts";
 
@@ -33,6 +39,26 @@ export function topFolder(name: string): string {
   return name.replace(/\.(tar|zip)$/i, "") || "cart";
 }
 
+/**
+ * A staged file as the bundle sees it. Its `source` is worked out when the file is read, not
+ * kept: a download of a 40,000-file cart would otherwise hold 40,000 path strings.
+ */
+class StagedFile implements BundleFile {
+  constructor(
+    private readonly volume: Volume,
+    private readonly cartId: string,
+    private readonly idx: number,
+    readonly path: string,
+    readonly size: number,
+    readonly mtime: number,
+    readonly sha256: string,
+    readonly crc32: number,
+  ) {}
+  get source(): string {
+    return this.volume.filePath(this.cartId, this.idx);
+  }
+}
+
 /** Plans the bundle of a cart whose files are all staged. */
 export function planCartBundle(
   cart: Cart,
@@ -46,14 +72,16 @@ export function planCartBundle(
       if (f.status !== "staged" || f.size === null || f.sha256 === null || f.crc32 === null) {
         throw new Error(`fileids[${f.idx}] (id ${f.archiveId}) is not staged`);
       }
-      return {
-        path: f.path,
-        size: f.size,
-        mtime: f.mtime ?? 0,
-        source: volume.filePath(cart.id, f.idx),
-        sha256: f.sha256,
-        crc32: f.crc32,
-      };
+      return new StagedFile(
+        volume,
+        cart.id,
+        f.idx,
+        f.path,
+        f.size,
+        f.mtime ?? 0,
+        f.sha256,
+        f.crc32,
+      );
     }),
     {
       top: topFolder(name),
