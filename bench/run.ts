@@ -9,7 +9,8 @@
  * - `range`: a ranged GET of the last 64 MiB of that cart, beside the full GET.
  * - `small`: POST → ready for 1,000 × 4 KiB and 10,000 × 1 KiB, beside a plain client
  *   (POST + HEAD + GET per file, written to disk) at the same concurrency.
- * - `memory`: peak RSS of the cartd process during those (runs `download` and `small`).
+ * - `memory`: peak RSS of the cartd process during those (runs `download` and `small`), and
+ *   while 4 clients download each small-file cart at once.
  * - `polling`: archive HEADs for one file that stays on tape for 60 s, default poll settings.
  *   It runs in the background, beside the other scenarios (its cartd is idle but for timers).
  * - `production`: the 1 GiB download and the 10,000-file cart on MariaDB + RabbitMQ with one
@@ -326,9 +327,14 @@ interface SmallFigures {
   rss: number;
   downloadSeconds: number;
   downloadRss: number;
+  /** Peak RSS while {@linkcode CONCURRENT_GETS} clients download the cart at once. */
+  concurrentRss: number;
 }
 
-/** POST → ready of `count` × `size` bytes in the embedded cartd, then one GET of it. */
+/** Clients that download a small-file cart at once, for the memory of downloads in flight. */
+const CONCURRENT_GETS = 4;
+
+/** POST → ready of `count` × `size` bytes in the embedded cartd, then GETs of it. */
 async function smallCart(archive: ArchiveProcess, count: number, size: number) {
   const prefix = `s${size}-`;
   await archive.put({ prefix, count, size, kind: "bytes" });
@@ -342,7 +348,21 @@ async function smallCart(archive: ArchiveProcess, count: number, size: number) {
     peak = new PeakRss(pid);
     const got = await curlGet(`${cartd.url}small-${count}?filename=small.tar`);
     const downloadRss = peak.stop();
-    return { count, size, seconds, rss, downloadSeconds: got.seconds, downloadRss };
+    progress(`cartd: ${count} × ${size} B, ${CONCURRENT_GETS} GETs at once`);
+    peak = new PeakRss(pid);
+    await Promise.all(
+      Array.from({ length: CONCURRENT_GETS }, () => curlGet(`${cartd.url}small-${count}`)),
+    );
+    const concurrentRss = peak.stop();
+    return {
+      count,
+      size,
+      seconds,
+      rss,
+      downloadSeconds: got.seconds,
+      downloadRss,
+      concurrentRss,
+    };
   });
 }
 
@@ -690,6 +710,10 @@ async function main(): Promise<void> {
           cartd: mib(cartd.downloadRss),
           target: "≤ 150 MiB",
           ok: cartd.downloadRss <= 150 * MiB,
+        });
+        rows.push({
+          figure: `${what}, ${CONCURRENT_GETS} GETs at once`,
+          cartd: mib(cartd.concurrentRss),
         });
       }
     }
