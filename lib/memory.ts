@@ -7,7 +7,7 @@
  * 1 GiB download left up to 64 MiB of spent chunks waiting; the process peaked at 250–450 MiB.
  * This module collects at a bounded pace instead:
  *
- * - {@linkcode paceHeap} checks the heap a few times a second and collects once the heap
+ * - {@linkcode paceHeap} looks at the heap every 50 ms and collects once the heap
  *   (a full collection) or its ArrayBuffers (a young-generation one) grew by more than a slack
  *   since the last collection; an idle process is never collected;
  * - {@linkcode spentBuffers} is told of every large buffer handed out for one use (a bundle
