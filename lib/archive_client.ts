@@ -18,6 +18,7 @@
  * ```
  * @module
  */
+import { seconds } from "./log.ts";
 
 /** Where the archive keeps a file: ready on `disk`, on `tape` (needs a recall), or `error`. */
 export type Media = "disk" | "tape" | "error";
@@ -217,11 +218,6 @@ class TimeoutMarker extends Error {
     super("archive request timed out");
     this.name = "TimeoutError";
   }
-}
-
-/** Seconds for messages: `600`, `0.3`. */
-function seconds(ms: number): string {
-  return String(Math.round(ms / 100) / 10);
 }
 
 /** Float seconds, or an HTTP date; anything else (or absent) → now. */

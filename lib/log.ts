@@ -46,6 +46,11 @@ export const log = {
   },
 };
 
+/** Milliseconds as seconds for messages, to a tenth: `600`, `0.3`. */
+export function seconds(ms: number): string {
+  return String(Math.round(ms / 100) / 10);
+}
+
 /** The message of any thrown value, for logs and for people. */
 export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

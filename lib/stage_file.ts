@@ -27,7 +27,7 @@ import { crc32 } from "node:zlib";
 import { dirname } from "node:path";
 import { ArchiveClient, ArchiveError, type ArchiveStatus } from "./archive_client.ts";
 import { backoffDelays, sleep } from "./backoff.ts";
-import { log } from "./log.ts";
+import { log, seconds } from "./log.ts";
 
 /** Hash algorithms a cart document may name. */
 export type HashType = "md5" | "sha1" | "sha224" | "sha256" | "sha384" | "sha512";
@@ -153,10 +153,6 @@ class AttemptFailure extends Error {
 
 function retryDelay(settings: StageSettings, retry: number): number {
   return settings.retryDelayMs * 2 ** (retry - 1);
-}
-
-function seconds(ms: number): string {
-  return String(Math.round(ms / 100) / 10);
 }
 
 function archiveFailure(job: StageJob, err: ArchiveError): StageError {
