@@ -50,8 +50,11 @@ export interface Cart {
   attempts: number;
 }
 
+/** Every {@linkcode FileStatus}. */
+export const FILE_STATUSES = ["pending", "staged", "error"] as const;
+
 /** Where one file of a cart stands. */
-export type FileStatus = "pending" | "staged" | "error";
+export type FileStatus = typeof FILE_STATUSES[number];
 
 /** One file of a cart. */
 export interface CartFile {
@@ -137,8 +140,6 @@ function intern<T extends string>(values: readonly T[], value: unknown): T {
   const text = String(value);
   return values.find((v) => v === text) ?? text as T;
 }
-
-const FILE_STATUSES: readonly FileStatus[] = ["pending", "staged", "error"];
 
 function toFile(cartId: string, r: Row): CartFile {
   return {
