@@ -15,7 +15,7 @@ import { type Db, DbUnavailableError } from "../lib/db.ts";
 import { openSqlite } from "../lib/db_sqlite.ts";
 import { openMysql } from "../lib/db_mysql.ts";
 import { SCHEMA_VERSION, schemaState, syncSchema } from "../lib/schema.ts";
-import { type Cart, CartStore } from "../lib/store.ts";
+import { type Cart, CartStore, powerOfTwoBatches } from "../lib/store.ts";
 import type { CartDocument } from "../lib/cart_document.ts";
 import { MYSQL_HOST, MYSQL_OFF, MYSQL_PORT, testMysqlConfig } from "./services.ts";
 import { startProxy } from "./tcp_proxy.ts";
@@ -818,4 +818,24 @@ Deno.test({
   }
   // Closed pool: unavailable, not a crash.
   await assert.rejects(db.all("SELECT 1"), DbUnavailableError);
+});
+
+Deno.test("batches of rows come in power-of-two sizes, in order, covering every row", () => {
+  const sizes = new Set<number>();
+  for (let n = 0; n <= 1100; n++) {
+    const rows = Array.from({ length: n }, (_, i) => i);
+    const seen: number[] = [];
+    for (const { start, batch } of powerOfTwoBatches(rows, 256)) {
+      assert.equal(batch[0], start, `batch of ${n} rows starts at its first row`);
+      assert.ok(
+        batch.length <= 256 && (batch.length & (batch.length - 1)) === 0,
+        `${batch.length}`,
+      );
+      sizes.add(batch.length);
+      seen.push(...batch);
+    }
+    assert.deepEqual(seen, rows);
+  }
+  // 1, 2, 4, …, 256: one statement text per size, whatever the number of rows.
+  assert.deepEqual([...sizes].sort((a, b) => a - b), [1, 2, 4, 8, 16, 32, 64, 128, 256]);
 });
