@@ -13,9 +13,21 @@
  * Runs `work` for every item, at most `limit` at once. On the first failure no new item
  * starts, the `signal` passed to running items is aborted, and once they settle the first
  * error is thrown.
+ *
+ * `items` may be an async iterable (a cart's files read from the database a page at a time):
+ * it is pulled one item at a time, as a lane becomes free, so no more than the items in
+ * flight and the source's own page are held. An error from the source counts as a failure;
+ * a source left unfinished is closed (`return()`).
+ *
+ * @example
+ * ```ts
+ * import { forEachLimited } from "./limit.ts";
+ * async function* ids() { for (let i = 0; i < 1000; i++) yield i; }
+ * await forEachLimited(ids(), 8, async (id, signal) => { await fetch(`http://archive/${id}`, { signal }); });
+ * ```
  */
 export async function forEachLimited<T>(
-  items: readonly T[],
+  items: Iterable<T> | AsyncIterable<T>,
   limit: number,
   work: (item: T, signal: AbortSignal) => Promise<void>,
   signal?: AbortSignal,
@@ -24,23 +36,49 @@ export async function forEachLimited<T>(
   const onAbort = () => controller.abort(signal?.reason);
   signal?.addEventListener("abort", onAbort, { once: true });
   if (signal?.aborted) onAbort();
-  let next = 0;
+  const iterator: Iterator<T> | AsyncIterator<T> = Symbol.asyncIterator in items
+    ? items[Symbol.asyncIterator]()
+    : items[Symbol.iterator]();
+  // Pulls are chained: an async generator must not be asked twice at once, and the order of
+  // items is kept.
+  let pulls: Promise<unknown> = Promise.resolve();
+  let exhausted = false;
+  const next = (): Promise<IteratorResult<T>> => {
+    const pull = pulls.then(() => iterator.next());
+    pulls = pull.catch(() => {});
+    return pull;
+  };
   let failure: { error: unknown } | null = null;
+  const fail = (error: unknown) => {
+    failure ??= { error };
+    controller.abort(error);
+  };
   const lane = async () => {
-    while (next < items.length && !failure && !controller.signal.aborted) {
-      const item = items[next++];
+    while (!failure && !controller.signal.aborted && !exhausted) {
+      let step: IteratorResult<T>;
       try {
-        await work(item, controller.signal);
+        step = await next();
       } catch (error) {
-        failure ??= { error };
-        controller.abort(error);
+        return fail(error);
+      }
+      if (step.done) {
+        exhausted = true;
+        return;
+      }
+      if (failure || controller.signal.aborted) return;
+      try {
+        await work(step.value, controller.signal);
+      } catch (error) {
+        fail(error);
       }
     }
   };
+  const lanes = Array.isArray(items) ? Math.min(limit, items.length) : limit;
   try {
-    await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+    await Promise.all(Array.from({ length: Math.max(1, lanes) }, lane));
   } finally {
     signal?.removeEventListener("abort", onAbort);
+    if (!exhausted) await pulls.then(() => iterator.return?.()).catch(() => {});
   }
   if (failure) throw (failure as { error: unknown }).error;
   signal?.throwIfAborted();
