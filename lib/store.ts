@@ -158,6 +158,24 @@ function toFile(cartId: string, r: Row): CartFile {
   };
 }
 
+/** Rows per query when a cart's files are read a page at a time. */
+const FILE_PAGE = 1000;
+
+/** Which files {@linkcode CartStore.eachFile} reads. */
+export type FileSelection =
+  /** Every file. */
+  | "all"
+  /** Those whose size the archive has not told yet. */
+  | "unsized"
+  /** Those not recorded as staged. */
+  | "unstaged";
+
+const SELECTIONS: Record<FileSelection, string> = {
+  all: "",
+  unsized: "AND size IS NULL",
+  unstaged: "AND status <> 'staged'",
+};
+
 const INSERT_BATCH = 512;
 const UPDATE_BATCH = 256;
 
@@ -261,6 +279,46 @@ export class CartStore {
       [cartId],
     );
     return rows.map((row) => toFile(cartId, row));
+  }
+
+  /**
+   * The files of a cart in document order, read {@linkcode FILE_PAGE} rows at a time, so that
+   * a cart of any size is walked with one page in memory. Rows changed while the walk goes on
+   * are seen as they are when their page is read (pages follow `idx`, not offsets).
+   *
+   * @example
+   * ```ts
+   * for await (const file of store.eachFile(cartId, "unsized")) console.log(file.archiveId);
+   * ```
+   */
+  async *eachFile(
+    cartId: string,
+    selection: FileSelection = "all",
+    pageSize = FILE_PAGE,
+  ): AsyncGenerator<CartFile> {
+    const where = SELECTIONS[selection];
+    for (let after = -1;;) {
+      const rows = await this.db.all(
+        `SELECT ${FILE_COLUMNS} FROM cart_files WHERE cart_id = ? AND idx > ? ${where}
+         ORDER BY idx LIMIT ${Math.max(1, Math.floor(pageSize))}`,
+        [cartId, after],
+      );
+      if (!rows.length) return;
+      const page = rows.map((row) => toFile(cartId, row));
+      rows.length = 0;
+      after = page[page.length - 1].idx;
+      yield* page;
+      if (page.length < pageSize) return;
+    }
+  }
+
+  /** The sum of the sizes of a cart's files that the archive has told (0 when none). */
+  async totalSize(cartId: string): Promise<number> {
+    const [row] = await this.db.all(
+      "SELECT COALESCE(SUM(size), 0) AS total FROM cart_files WHERE cart_id = ?",
+      [cartId],
+    );
+    return Number(row.total);
   }
 
   /** Records the size and mtime the archive reported for a file. */

@@ -430,6 +430,44 @@ function storeContract(name: string, factory: StoreFactory, ignore = false): voi
         }
       });
 
+      await t.step("eachFile walks pages in order, narrowed, while rows change", async () => {
+        const cart = (await create(uid("pages"), doc(25, "p"), "h-p")).cart;
+        const idxs = async (only?: "all" | "unsized" | "unstaged") => {
+          const seen: number[] = [];
+          for await (const f of store.eachFile(cart.id, only, 4)) seen.push(f.idx);
+          return seen;
+        };
+        const all = Array.from({ length: 25 }, (_, i) => i);
+        assert.deepEqual(await idxs(), all);
+        assert.deepEqual(await idxs("unsized"), all);
+        assert.equal(await store.totalSize(cart.id), 0);
+        // Sizes for files 0–9, staged records for 0–4 and 20.
+        await store.setFileSizes(
+          cart.id,
+          all.slice(0, 10).map((idx) => ({ idx, size: 3, mtime: 1 })),
+        );
+        const facts = { size: 3, mtime: 1, sha256: "cd".repeat(32), crc32: 7 };
+        await store.filesStaged(cart.id, [0, 1, 2, 3, 4, 20].map((idx) => ({ idx, facts })));
+        assert.deepEqual(await idxs("unsized"), all.filter((i) => i >= 10 && i !== 20));
+        assert.deepEqual(await idxs("unstaged"), all.filter((i) => i >= 5 && i !== 20));
+        assert.equal(await store.totalSize(cart.id), 11 * 3);
+        // Staging the files as they are walked: every file is still seen exactly once.
+        const walked: number[] = [];
+        for await (const f of store.eachFile(cart.id, "unstaged", 3)) {
+          walked.push(f.idx);
+          await store.fileStaged(cart.id, f.idx, facts);
+        }
+        assert.deepEqual(walked, all.filter((i) => i >= 5 && i !== 20));
+        assert.deepEqual(await idxs("unstaged"), []);
+        // An exact multiple of the page size, and a cart without rows.
+        const twelve = (await create(uid("pages12"), doc(12, "t"), "h-t")).cart;
+        let n = 0;
+        for await (const _ of store.eachFile(twelve.id, "all", 4)) n++;
+        assert.equal(n, 12);
+        for await (const _ of store.eachFile("00000000-0000-4000-8000-000000000000")) n++;
+        assert.equal(n, 12);
+      });
+
       await t.step("file facts: setFileSize, fileStaged, fileStatus, totals", async () => {
         const cart = (await create(uid("facts"), doc(3, "q"), "h-q")).cart;
         const big = 5 * 1024 ** 3 + 7; // beyond 32 bits
