@@ -52,6 +52,17 @@ export interface BundleFile {
   crc32: number;
 }
 
+/**
+ * The files of a bundle, in order: an array, or any list that hands out its `i`-th file (a
+ * cart's files kept in columns, say, which makes each {@linkcode BundleFile} on request).
+ */
+export interface FileList {
+  /** How many files. */
+  readonly length: number;
+  /** The file at `index` (0 ≤ index < length). */
+  at(index: number): BundleFile | undefined;
+}
+
 /** The archive format of a bundle. */
 export type BundleFormat = "tar" | "zip";
 
@@ -119,11 +130,14 @@ interface Entry {
 }
 
 /**
- * The entry of a staged file. Its name and facts are read from the file when asked, so a
+ * The entry of a staged file. Its name and facts are read from the list when asked, so a
  * bundle of 40,000 files keeps no second copy of them for as long as it is downloaded.
  */
 class FileEntry implements Entry {
-  constructor(readonly file: BundleFile, readonly base: string) {}
+  constructor(readonly files: FileList, readonly index: number, readonly base: string) {}
+  get file(): BundleFile {
+    return this.files.at(this.index)!;
+  }
   get name(): string {
     return this.base + this.file.path;
   }
@@ -191,13 +205,18 @@ function textEntry(name: string, mtime: number, format: BundleFormat, make: () =
   };
 }
 
-function buildEntries(files: readonly BundleFile[], options: BundleOptions): Entry[] {
+/** Calls `fn` with every file of the list, in order. */
+function eachOf(files: FileList, fn: (file: BundleFile, index: number) => void): void {
+  for (let i = 0; i < files.length; i++) fn(files.at(i)!, i);
+}
+
+function buildEntries(files: FileList, options: BundleOptions): Entry[] {
   const { top, mtime, format } = options;
   const entries: Entry[] = [{ name: `${top}/`, type: "dir", size: 0, mtime, crc32: 0 }];
   let base = `${top}/`;
   if (options.manifest) {
     let octets = 0;
-    for (const f of files) octets += f.size;
+    eachOf(files, (f) => void (octets += f.size));
     entries.push(
       textEntry(
         `${top}/bagit.txt`,
@@ -215,7 +234,7 @@ function buildEntries(files: readonly BundleFile[], options: BundleOptions): Ent
       ),
       textEntry(`${top}/manifest-sha256.txt`, mtime, format, () => {
         let text = "";
-        for (const f of files) text += manifestLine(f);
+        eachOf(files, (f) => void (text += manifestLine(f)));
         return text;
       }),
       { name: `${top}/data/`, type: "dir", size: 0, mtime, crc32: 0 },
@@ -224,7 +243,7 @@ function buildEntries(files: readonly BundleFile[], options: BundleOptions): Ent
   }
   const dirs = new Set<string>();
   const paths = new Set<string>();
-  files.forEach((file, index) => {
+  eachOf(files, (file, index) => {
     checkFile(file, index);
     if (paths.has(file.path) || dirs.has(file.path)) {
       throw new TypeError(`Bundle file ${index} ("${file.path}") collides with an earlier entry`);
@@ -239,19 +258,19 @@ function buildEntries(files: readonly BundleFile[], options: BundleOptions): Ent
       dirs.add(dir);
       entries.push({ name: `${base}${dir}/`, type: "dir", size: 0, mtime, crc32: 0 });
     }
-    entries.push(new FileEntry(file, base));
+    entries.push(new FileEntry(files, index, base));
   });
   return entries;
 }
 
-function computeEtag(files: readonly BundleFile[], options: BundleOptions): string {
+function computeEtag(files: FileList, options: BundleOptions): string {
   const hash = createHash("sha256");
   hash.update(
     JSON.stringify([LAYOUT_VERSION, options.format, options.top, options.manifest, options.mtime]),
   );
-  for (const f of files) {
+  eachOf(files, (f) => {
     hash.update("\n" + JSON.stringify([f.path, f.size, f.mtime, f.sha256, f.crc32]));
-  }
+  });
   return `"${hash.digest("hex").slice(0, 40)}"`;
 }
 
@@ -332,7 +351,7 @@ function layOut(entries: Entry[], options: BundleOptions): Segments {
  * bundle.size; // 4096: TOP/, 1/, 1/2/, 1/2/3/, foo.txt header + 1 data block, 2 end blocks
  * ```
  */
-export function planBundle(files: BundleFile[], options: BundleOptions): Bundle {
+export function planBundle(files: FileList, options: BundleOptions): Bundle {
   const { top } = options;
   if (
     typeof top !== "string" || top.length === 0 || /[/\\\0]/.test(top) || top === "." ||
@@ -346,7 +365,8 @@ export function planBundle(files: BundleFile[], options: BundleOptions): Bundle 
   if (!Number.isFinite(options.mtime)) {
     throw new RangeError(`Bundle mtime ${options.mtime} is not finite`);
   }
-  const list = files.slice();
+  // An array is copied (the caller may change it later); other lists are read as they are.
+  const list: FileList = Array.isArray(files) ? files.slice() : files;
   const segments = layOut(buildEntries(list, options), options);
   return makeBundle(segments, computeEtag(list, options));
 }

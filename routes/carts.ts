@@ -8,7 +8,7 @@
 import { Hono } from "hono";
 import { createHash } from "node:crypto";
 import { CartDocumentError, parseCartDocument } from "../lib/cart_document.ts";
-import { cartBundle, defaultName } from "../lib/cart_bundle.ts";
+import { cartBundle, defaultName, StagedFiles } from "../lib/cart_bundle.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
 import { errorMessage, log } from "../lib/log.ts";
@@ -229,7 +229,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     cart: Cart,
     asked: { name: string; format: "tar" | "zip"; manifest: boolean },
   ): Promise<Response> {
-    const files = await store.files(cart.id);
+    const files = await StagedFiles.load(store, cart, volume);
     if (files.length !== cart.fileCount) {
       // Removed (DELETE, replace, purge) between the status read and now.
       return json({ message: "The cart does not exist or has already been deleted" }, 404);

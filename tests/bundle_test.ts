@@ -9,6 +9,7 @@ import {
   CHUNK_SIZE,
   planBundle,
 } from "../lib/bundle.ts";
+import { type StagedColumns, StagedFiles } from "../lib/cart_bundle.ts";
 
 const MTIME = 1700000000; // 2023-11-14
 const decoder = new TextDecoder();
@@ -578,4 +579,39 @@ Deno.test("bundle: 40,000 files plan quickly with offsets only", () => {
   for (const f of files) expected += 512 + Math.ceil(f.size / 512) * 512;
   assert.equal(tar.size, expected);
   assert.ok(zip.size > files.reduce((n, f) => n + f.size, 0));
+});
+
+Deno.test("bundle: a cart's files in columns (StagedFiles) give the same bytes as the list", async () => {
+  await withTemp(async (dir) => {
+    await Deno.mkdir(`${dir}/files`);
+    const listed = await stage(dir);
+    // The columns name each staged file by its document index, in a shuffled order of indexes.
+    const idx = Uint32Array.from(listed.map((_, i) => 10 + 3 * (listed.length - i)));
+    for (const [i, f] of listed.entries()) await Deno.rename(f.source, `${dir}/files/${idx[i]}`);
+    const moved = listed.map((f, i) => ({ ...f, source: `${dir}/files/${idx[i]}` }));
+    const columns: StagedColumns = {
+      filesDir: `${dir}/files`,
+      length: listed.length,
+      paths: listed.map((f) => f.path),
+      sha256: listed.map((f) => f.sha256),
+      idx,
+      sizes: Float64Array.from(listed.map((f) => f.size)),
+      mtimes: Float64Array.from(listed.map((f) => f.mtime)),
+      crc32: Uint32Array.from(listed.map((f) => f.crc32)),
+    };
+    const table = new StagedFiles(structuredClone(columns)); // as a thread receives it
+    assert.equal(table.length, listed.length);
+    const two = table.at(2)!;
+    const { path, size, mtime, source, sha256, crc32 } = two;
+    assert.deepEqual({ path, size, mtime, source, sha256, crc32 }, moved[2]);
+    assert.equal(table.at(listed.length), undefined);
+    assert.equal(table.bytes, listed.reduce((sum, f) => sum + f.size, 0));
+    for (const opts of [options(), options({ format: "zip" }), options({ manifest: true })]) {
+      const a = planBundle(moved, opts);
+      const b = planBundle(table, opts);
+      assert.equal(b.etag, a.etag);
+      assert.equal(b.size, a.size);
+      assert.deepEqual(await bytesOf(b.stream()), await bytesOf(a.stream()));
+    }
+  });
 });

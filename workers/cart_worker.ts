@@ -17,8 +17,7 @@
 import { hostname } from "node:os";
 import type { ArchiveClient, ArchiveStatus } from "../lib/archive_client.ts";
 import { sleep } from "../lib/backoff.ts";
-import { planBundle } from "../lib/bundle.ts";
-import { defaultName, planCartBundle, topFolder } from "../lib/cart_bundle.ts";
+import { defaultName, planCartBundle, StagedFiles, topFolder } from "../lib/cart_bundle.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
 import { Batcher } from "../lib/batcher.ts";
@@ -342,101 +341,110 @@ export class CartWorker {
     }
   }
 
+  /**
+   * Asks the archive for every file's size (those not known from an earlier attempt), reserves
+   * the space, then stages every file not recorded as staged. The files are read from the
+   * store a page at a time: a cart of any size is worked through with one page in memory.
+   */
   async #stage(cart: Cart, signal: AbortSignal): Promise<void> {
     const { store, volume, config, space } = this.deps;
     await volume.prepare(cart.id);
-    const files = await store.files(cart.id);
+    // What the archive told of each file, until the file is fetched (which then needs no HEAD
+    // of its own): a few dozen bytes a file.
     const statuses = new Map<number, ArchiveStatus>();
-    await forEachLimited(
-      files.filter((f) => f.size === null),
-      config.limits.filesPerCart,
-      async (file, inner) => {
-        const status = await this.#status(file, inner);
-        statuses.set(file.idx, status);
-        file.size = status.size;
-        file.mtime = status.mtime;
-      },
-      signal,
+    const sizes = new Batcher<{ idx: number; size: number; mtime: number }>(
+      (items) => store.setFileSizes(cart.id, items),
+      256,
+      200,
     );
-    await store.setFileSizes(
-      cart.id,
-      [...statuses].map(([idx, { size, mtime }]) => ({ idx, size, mtime })),
-    );
-    const total = files.reduce((sum, f) => sum + (f.size ?? 0), 0);
+    try {
+      await forEachLimited(
+        store.eachFile(cart.id, "unsized"),
+        config.limits.filesPerCart,
+        async (file, inner) => {
+          const status = await this.#status(file, inner);
+          statuses.set(file.idx, status);
+          await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
+        },
+        signal,
+      );
+    } catch (error) {
+      await sizes.flush().catch(() => {});
+      throw error;
+    }
+    await sizes.flush();
+    const total = await store.totalSize(cart.id);
     await store.setTotalBytes(cart.id, total);
-    await space.reserve(cart, total + (cart.bundle ? tarSize(files, cart) : 0));
-    // A first attempt starts from an empty folder; a later one may find files from before.
-    const found = await onDisk(files, (f) => volume.filePath(cart.id, f.idx), cart.attempts > 1);
-    const todo = [...found.absent, ...await this.#adopt(cart, found.unrecorded, signal)];
-    log.info("staging", { uid: cart.uid, cart: cart.id, files: todo.length, bytes: total });
-    await this.#fetch(cart, todo, statuses, signal);
+    const tar = cart.bundle
+      ? planCartBundle(cart, await StagedFiles.load(store, cart, volume, true), {
+        format: "tar",
+      }).size
+      : 0;
+    await space.reserve(cart, total + tar);
+    log.info("staging", { uid: cart.uid, cart: cart.id, files: cart.fileCount, bytes: total });
+    const done = await this.#fetch(cart, store.eachFile(cart.id, "unstaged"), statuses, signal);
+    if (done.adopted || done.again) {
+      log.info("staged files found on disk", {
+        uid: cart.uid,
+        cart: cart.id,
+        files: done.adopted,
+        again: done.again || undefined,
+      });
+    }
   }
 
   /**
-   * Files that sit on disk with their size but have no record (a crash came between the
-   * rename and the batched record): they were checked before the rename, so hashing them
-   * here is enough. Returns the ones that must be fetched after all (a requested hash that
-   * does not match).
+   * Stages `files`, `CARTD_FILES_PER_CART` at a time. After a first attempt
+   * a file may already sit on disk with its size but without a record (a crash came between
+   * the rename and the batched record): it was checked before the rename, so hashing it is
+   * enough (it is fetched after all when a requested hash does not match). Records are
+   * written in batches; a crash loses at most the last moments' records, and those files are
+   * found on disk on resume.
    */
-  async #adopt(cart: Cart, files: CartFile[], signal: AbortSignal): Promise<CartFile[]> {
-    if (!files.length) return [];
-    const { store, volume, config, pool } = this.deps;
-    const again: CartFile[] = [];
-    const adopted: { idx: number; facts: StagedFacts }[] = [];
-    await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
-      const path = volume.filePath(cart.id, file.idx);
-      const hashes = await pool.hash(path, file.hashtype ?? undefined, inner);
-      if (file.hashsum !== null && hashes.wanted !== file.hashsum) {
-        await Deno.remove(path).catch(() => {});
-        again.push(file);
-        return;
-      }
-      const facts: StagedFacts = {
-        size: hashes.size,
-        mtime: file.mtime ?? 0,
-        sha256: hashes.sha256,
-        crc32: hashes.crc32,
-      };
-      adopted.push({ idx: file.idx, facts });
-      Object.assign(file, facts, { status: "staged" });
-    }, signal);
-    await store.filesStaged(cart.id, adopted);
-    log.info("staged files found on disk", {
-      uid: cart.uid,
-      cart: cart.id,
-      files: adopted.length,
-      again: again.length || undefined,
-    });
-    return again;
-  }
-
   async #fetch(
     cart: Cart,
-    files: CartFile[],
+    files: Iterable<CartFile> | AsyncIterable<CartFile>,
     statuses: Map<number, ArchiveStatus>,
     signal: AbortSignal,
-  ): Promise<void> {
+  ): Promise<{ fetched: number; adopted: number; again: number }> {
     const { store, volume, config, pool } = this.deps;
-    // Staged files are recorded in batches; a crash loses at most the last moments' records,
-    // and those files are fetched again on resume.
+    const counts = { fetched: 0, adopted: 0, again: 0 };
     const staged = new Batcher<{ idx: number; facts: StagedFacts }>(
       (items) => store.filesStaged(cart.id, items),
       256,
       200,
     );
+    const lookOnDisk = cart.attempts > 1;
     try {
       await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
+        const dest = volume.filePath(cart.id, file.idx);
+        if (lookOnDisk && file.size !== null && (await sizeOnDisk(dest)) === file.size) {
+          const hashes = await pool.hash(dest, file.hashtype ?? undefined, inner);
+          if (file.hashsum === null || hashes.wanted === file.hashsum) {
+            const { size, sha256, crc32 } = hashes;
+            await staged.add({
+              idx: file.idx,
+              facts: { size, mtime: file.mtime ?? 0, sha256, crc32 },
+            });
+            counts.adopted++;
+            return;
+          }
+          await Deno.remove(dest).catch(() => {});
+          counts.again++;
+        }
+        const status = statuses.get(file.idx);
+        statuses.delete(file.idx);
         let facts: StagedFacts;
         try {
           facts = await pool.stage(
             {
               archiveUrl: config.archiveUrl,
               archiveId: file.archiveId,
-              dest: volume.filePath(cart.id, file.idx),
+              dest,
               hashtype: file.hashtype ?? undefined,
               hashsum: file.hashsum ?? undefined,
               label: fileLabel(file),
-              status: statuses.get(file.idx),
+              status,
             },
             config.staging,
             inner,
@@ -449,42 +457,45 @@ export class CartWorker {
           throw error;
         }
         await staged.add({ idx: file.idx, facts });
-        Object.assign(file, facts, { status: "staged" });
+        counts.fetched++;
       }, signal);
     } catch (error) {
       await staged.flush().catch(() => {});
       throw error;
     }
     await staged.flush();
+    return counts;
   }
 
+  /**
+   * Checks every file against the store and the disk (one fetched again when it is missing),
+   * plans the tar, writes it for a `"bundle": true` cart, and marks the cart ready.
+   */
   async #bundle(cart: Cart, signal: AbortSignal): Promise<void> {
     const { store, volume, pool } = this.deps;
-    let files = await store.files(cart.id);
-    // Every staged file is checked against the store; one that went missing is fetched again.
-    const missing = (await onDisk(files, (f) => volume.filePath(cart.id, f.idx), false)).absent;
+    const missing: CartFile[] = [];
+    await forEachLimited(store.eachFile(cart.id), 32, async (file) => {
+      const recorded = file.status === "staged" && file.size !== null && file.sha256 !== null;
+      if (!recorded || (await sizeOnDisk(volume.filePath(cart.id, file.idx))) !== file.size) {
+        missing.push(file);
+      }
+    }, signal);
     if (missing.length) {
       log.warn("staged files missing at bundling; fetching again", {
         uid: cart.uid,
         cart: cart.id,
         files: missing.length,
       });
+      missing.sort((a, b) => a.idx - b.idx);
       await this.#fetch(cart, missing, new Map(), signal);
-      files = await store.files(cart.id);
     }
+    const files = await StagedFiles.load(store, cart, volume);
     const readyAt = Date.now();
     const ready = { ...cart, readyAt };
-    const plan = planCartBundle(ready, files, volume, { format: "tar" });
+    const plan = planCartBundle(ready, files, { format: "tar" });
     if (cart.bundle) {
       const written = await pool.bundle({
-        files: files.map((f) => ({
-          path: f.path,
-          size: f.size!,
-          mtime: f.mtime ?? 0,
-          source: volume.filePath(cart.id, f.idx),
-          sha256: f.sha256!,
-          crc32: f.crc32!,
-        })),
+        files: files.columns,
         options: {
           top: topFolder(defaultName(ready, "tar")),
           format: "tar",
@@ -502,56 +513,14 @@ export class CartWorker {
     signal.throwIfAborted();
     if (!(await store.move(cart.id, "ready", "", readyAt, this.owner))) throw new Stopped("gone");
     // The reservation of a ready cart is what it holds on disk: its checked files, and the tar.
-    const held = files.reduce((sum, f) => sum + (f.size ?? 0), 0) + (cart.bundle ? plan.size : 0);
+    const held = files.bytes + (cart.bundle ? plan.size : 0);
     await this.deps.space.settle(cart.id, held).catch((e) =>
       log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
     );
   }
 }
 
-/** The size of the cart's tar, for the reservation of a `"bundle": true` cart. */
-function tarSize(files: CartFile[], cart: Cart): number {
-  return planBundle(
-    files.map((f) => ({
-      path: f.path,
-      size: f.size ?? 0,
-      mtime: 0,
-      source: "(size estimate only)",
-      sha256: "0".repeat(64),
-      crc32: 0,
-    })),
-    { top: "data_0000_00_00_00_00_00", format: "tar", manifest: cart.manifest, mtime: 0 },
-  ).size;
-}
-
-/** Where a cart's files stand on disk (see {@linkcode onDisk}). */
-interface OnDisk {
-  /** Neither recorded as staged with the size on disk, nor (when asked) found unrecorded. */
-  absent: CartFile[];
-  /** Not recorded as staged, but on disk with the size the archive told. */
-  unrecorded: CartFile[];
-}
-
-/**
- * Checks every file against the disk, many at once: recorded as staged and there with its
- * size (fine), there with its size but unrecorded (only looked for when `unrecorded` is
- * asked), or absent.
- */
-async function onDisk(
-  files: CartFile[],
-  pathOf: (file: CartFile) => string,
-  unrecorded: boolean,
-): Promise<OnDisk> {
-  const result: OnDisk = { absent: [], unrecorded: [] };
-  await forEachLimited(files, 32, async (file) => {
-    const recorded = file.status === "staged" && file.sha256 !== null;
-    if (file.size === null || (!recorded && !unrecorded)) return void result.absent.push(file);
-    const size = await Deno.stat(pathOf(file)).then((s) => s.size, () => -1);
-    if (size !== file.size) result.absent.push(file);
-    else if (!recorded) result.unrecorded.push(file);
-  });
-  // In document order, as the work is started.
-  result.absent.sort((a, b) => a.idx - b.idx);
-  result.unrecorded.sort((a, b) => a.idx - b.idx);
-  return result;
+/** The size of the file at `path`, or -1 when there is none. */
+function sizeOnDisk(path: string): Promise<number> {
+  return Deno.stat(path).then((s) => s.size, () => -1);
 }

@@ -12,11 +12,12 @@ import type {
   StageSettings,
 } from "../lib/stage_file.ts";
 import type { BundleFile, BundleOptions } from "../lib/bundle.ts";
+import type { StagedColumns } from "../lib/cart_bundle.ts";
 
 /** Write a bundle to `dest` (via `dest.part`), and its ETag to `dest.etag`. */
 export interface BundleJob {
-  /** The staged files, in bundle order. */
-  files: BundleFile[];
+  /** The staged files, in bundle order: a list, or a cart's files in columns (compact). */
+  files: BundleFile[] | StagedColumns;
   /** How the bundle is laid out. */
   options: BundleOptions;
   /** Absolute path of the bundle to write. */

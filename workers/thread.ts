@@ -8,13 +8,15 @@
  */
 import { hashLocalFile, stageFile } from "../lib/stage_file.ts";
 import { planBundle } from "../lib/bundle.ts";
+import { StagedFiles } from "../lib/cart_bundle.ts";
 import { paceHeap } from "../lib/memory.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
 const running = new Map<number, AbortController>();
 
 async function writeBundle(job: BundleJob, signal: AbortSignal): Promise<WrittenBundle> {
-  const bundle = planBundle(job.files, job.options);
+  const files = Array.isArray(job.files) ? job.files : new StagedFiles(job.files);
+  const bundle = planBundle(files, job.options);
   const part = `${job.dest}.part`;
   try {
     const file = await Deno.open(part, { write: true, create: true, truncate: true });
