@@ -38,7 +38,7 @@ COPY --from=wget /bin/wget /usr/local/bin/wget
 COPY --from=build --chown=65532:65532 /out/volume ${CARTD_VOLUME}
 ENV VOLUME_PATH=${CARTD_VOLUME}
 # glibc malloc settings that let downloads reuse warm memory (tools/compile.ts, MALLOC_TUNABLES).
-ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=16777216:glibc.malloc.arena_max=2
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=16777216:glibc.malloc.arena_max=1
 USER 65532:65532
 VOLUME ${CARTD_VOLUME}
 EXPOSE 8081

@@ -73,11 +73,14 @@ export const V8_FLAGS = "--v8-flags=--max-semi-space-size=2,--expose-gc";
  *   it on free, so every byte sent costs a page fault. Buffers under 2 MiB from the heap, and
  *   up to 16 MiB of freed heap kept, let the chunks reuse warm memory (lib/memory.ts collects
  *   them every 8 MiB): a 1 GiB download went from about 600–900 to 1100–1300 MiB/s.
- * - Two arenas instead of one per thread: each thread's arena kept what staging had used
- *   (about 36 MiB each), which two shared arenas mostly reuse; 16 MiB less at peak.
+ * - One arena for all threads instead of one per thread: each thread's arena kept what
+ *   staging had used (about 36 MiB each), which a shared arena reuses. Two arenas were 16 MiB
+ *   less than one per thread; one is 5–15 MiB less again (40,000-file cart: 143–149 / 145–153
+ *   MiB at ready / GET, against 150–151 / 166–168), and staged as fast or faster. Downloads
+ *   measured the same within this machine's noise.
  */
 export const MALLOC_TUNABLES =
-  "glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=16777216:glibc.malloc.arena_max=2";
+  "glibc.malloc.mmap_threshold=2097152:glibc.malloc.trim_threshold=16777216:glibc.malloc.arena_max=1";
 
 /** The permission flags baked into the binary. */
 export function permissionFlags(options: CompileOptions): string[] {
