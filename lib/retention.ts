@@ -27,7 +27,8 @@ export async function expireCarts(
   const removed: Cart[] = [];
   for (const cart of await store.readyBefore(readyBefore)) {
     // Another process may have removed (or replaced) it since the list was read.
-    if (!(await store.unliveReady(cart.id, { readyBefore }))) continue;
+    // A cart held by a download in flight (last use in the future: CartStore.touch) is spared.
+    if (!(await store.unliveReady(cart.id, { readyBefore, usedBefore: now + 1 }))) continue;
     await removeCart(store, volume, cart, `retention: ready for more than ${retentionMs} ms`);
     removed.push(cart);
   }

@@ -504,9 +504,27 @@ export class CartStore {
     return changes === 1;
   }
 
-  /** Records a use of the cart (a download, or a status check of a ready cart). */
-  async touch(cartId: string): Promise<void> {
-    await this.db.run("UPDATE carts SET last_used_at = ? WHERE id = ?", [this.now(), cartId]);
+  /**
+   * Records a use of the cart (a download, or a status check of a ready cart). With `until`,
+   * the cart counts as used until then (a download in flight holds it so: the LRU purge and
+   * retention pass over it). The time only moves forward: a hold is not cut short by a touch.
+   */
+  async touch(cartId: string, until = this.now()): Promise<void> {
+    await this.db.run(
+      `UPDATE carts SET last_used_at = CASE WHEN last_used_at > ? THEN last_used_at ELSE ? END
+       WHERE id = ?`,
+      [until, until, cartId],
+    );
+  }
+
+  /** Ends a hold of {@linkcode touch} (the download is over): the last use becomes now. */
+  async endHold(cartId: string): Promise<void> {
+    const now = this.now();
+    await this.db.run("UPDATE carts SET last_used_at = ? WHERE id = ? AND last_used_at > ?", [
+      now,
+      cartId,
+      now,
+    ]);
   }
 
   /** Ends a cart's life in the live set (DELETE): returns false when it was not live. */

@@ -257,9 +257,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       bytes: bundle.size,
       range: ranges?.length === 1 ? `${ranges[0].start}-${ranges[0].end}` : undefined,
     });
+    const held = (body: ReadableStream<Uint8Array>) => holdWhileSent(store, cart.id, body);
     if (ranges && ranges.length === 1) {
       const { start, end } = ranges[0];
-      return new Response(bundle.stream(start, end), {
+      return new Response(held(bundle.stream(start, end)), {
         status: 206,
         headers: {
           ...headers,
@@ -269,7 +270,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       });
     }
     // Several ranges: RFC 9110 lets a server answer with the whole representation.
-    return new Response(bundle.stream(0, bundle.size - 1), {
+    return new Response(held(bundle.stream(0, bundle.size - 1)), {
       status: 200,
       headers: { ...headers, "Content-Length": String(bundle.size) },
     });
@@ -283,6 +284,65 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   });
 
   return app;
+}
+
+/** How long a download in flight keeps its cart from the LRU purge and retention, renewed. */
+export const DOWNLOAD_HOLD_MS = 30_000;
+
+/** Downloads in flight in this process, by cart. */
+const downloading = new Map<string, number>();
+
+/**
+ * `body`, passed through unchanged, while the cart counts as used: its last use is set
+ * {@linkcode DOWNLOAD_HOLD_MS} ahead now and every third of that, so the LRU purge and
+ * retention (from whichever process) never delete the files of a download in flight, whatever
+ * LRU_BUFFER_TIME is. When this process's last download of the cart is sent, cut off or
+ * cancelled, its last use becomes that moment; a process that dies mid-download holds the
+ * cart for at most {@linkcode DOWNLOAD_HOLD_MS}.
+ */
+function holdWhileSent(
+  store: CartStore,
+  cartId: string,
+  body: ReadableStream<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  const warn = (e: unknown) =>
+    log.warn("could not record a download's hold on its cart", {
+      cart: cartId,
+      error: errorMessage(e),
+    });
+  const hold = () => store.touch(cartId, store.now() + DOWNLOAD_HOLD_MS).catch(warn);
+  const timer = setInterval(hold, DOWNLOAD_HOLD_MS / 3);
+  downloading.set(cartId, (downloading.get(cartId) ?? 0) + 1);
+  let released = false;
+  const release = async () => {
+    if (released) return;
+    released = true;
+    clearInterval(timer);
+    const left = downloading.get(cartId)! - 1;
+    if (left > 0) return void downloading.set(cartId, left);
+    downloading.delete(cartId);
+    await store.endHold(cartId).catch(warn);
+  };
+  const reader = body.getReader();
+  const first = hold();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { done, value } = await reader.read();
+        if (!done) return controller.enqueue(value);
+        await first;
+        await release(); // before the client sees the end
+        controller.close();
+      } catch (error) {
+        await release();
+        controller.error(error);
+      }
+    },
+    async cancel(reason) {
+      await release();
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
 }
 
 /** Header values cannot carry newlines or non-Latin-1 text; keep the message readable. */

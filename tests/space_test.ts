@@ -183,6 +183,32 @@ Deno.test("space: LRU_BUFFER_TIME protects recently used carts; no cart is destr
   assert.deepEqual((await w.space.purgeable()).map((c) => c.id), [recent.id]);
 });
 
+Deno.test("space: a cart held by a download is neither purged nor expired until the hold ends", async () => {
+  await using w = await world({ volumeSize: 100 * KiB }); // LRU_BUFFER_TIME 0
+  const held = await w.cart("held", [60 * KiB]);
+  w.t.now += 1000;
+  await w.store.touch(held.id, w.t.now + 60_000); // a download in flight
+  await w.store.touch(held.id); // a status check meanwhile does not cut the hold short
+  assert.deepEqual(await w.space.purgeable(), []);
+  const next = await w.cart("next", [60 * KiB], "waiting");
+  await assert.rejects(w.space.reserve(next, 60 * KiB), { message: NO_SPACE });
+  assert.deepEqual(await expireCarts(w.store, w.volume, 1, w.t.now), []);
+  assert.deepEqual(await w.live(), ["held", "next"]);
+  // A hold ended by its download: purgeable at once (LRU_BUFFER_TIME is 0).
+  const other = await w.cart("other", [10 * KiB]);
+  await w.store.touch(other.id, w.t.now + 60_000);
+  assert.deepEqual(await w.space.purgeable(), []);
+  await w.store.endHold(other.id);
+  w.t.now += 1;
+  assert.deepEqual((await w.space.purgeable()).map((c) => c.uid), ["other"]);
+  await w.store.unliveReady(other.id, {});
+  // The hold over (its process died): purge and retention apply again.
+  w.t.now += 60_001;
+  assert.deepEqual((await w.space.purgeable()).map((c) => c.uid), ["held"]);
+  await w.space.reserve(next, 60 * KiB);
+  assert.deepEqual(await w.live(), ["next"]);
+});
+
 Deno.test("space: CARTD_LRU_PURGE=false makes a cart that does not fit fail at once", async () => {
   await using w = await world({ volumeSize: 50 * KiB, purge: false });
   await w.cart("a", [30 * KiB]);
@@ -283,6 +309,34 @@ Deno.test("e2e space: a capped volume purges the least recently used ready cart;
   await ready(url, "e", one("f4"));
   assert.equal((await cartStatus(url, "a"))[0], 404);
   for (const uid of ["b", "d", "e"]) assert.equal((await cartStatus(url, uid))[1], "ready", uid);
+});
+
+Deno.test("e2e space: a cart being downloaded is not purged under the download, even with LRU_BUFFER_TIME=0", async () => {
+  const BIG = 24 * 1024 * KiB; // more than loopback's socket buffers hold
+  await using fake = startFakeArchive();
+  fake.put("big0", { size: BIG });
+  fake.put("big1", { size: BIG });
+  await using cartd = await startCartd({
+    env: { ARCHIVE_INTERFACE_URL: fake.url, CARTD_VOLUME_SIZE: String(BIG + 512 * KiB) },
+  });
+  const { url } = cartd;
+  await ready(url, "a", one("big0"));
+  const download = await fetch(url + "a");
+  assert.equal(download.status, 200);
+  const length = Number(download.headers.get("content-length"));
+  const reader = download.body!.getReader();
+  try {
+    let got = (await reader.read()).value!.byteLength; // under way, and then stalled by us
+    // b needs a's room; a is ready and its last use is "now", but its download holds it.
+    const res = await postCart(url, "b", one("big1"));
+    assert.equal(res.status, 201, await res.text());
+    assert.deepEqual(await waitFor(url, "b", "error"), [500, "error", NO_SPACE]);
+    for (let r = await reader.read(); !r.done; r = await reader.read()) got += r.value.byteLength;
+    assert.equal(got, length, "the download is whole");
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  assert.equal((await cartStatus(url, "a"))[1], "ready");
 });
 
 Deno.test("e2e space: LRU_BUFFER_TIME and carts in progress are protected; the failure says No Space Available and leaves nothing", async () => {
