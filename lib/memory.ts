@@ -45,8 +45,10 @@ export function canCollect(): boolean {
 export interface PaceOptions {
   /** Growth of the heap, or of its ArrayBuffers, in bytes since the last collection that calls for one; 0 turns pacing off. */
   slackBytes: number;
-  /** How often the heap is looked at, in milliseconds (default 50). */
+  /** How often the heap is looked at while it changes, in milliseconds (default 50). */
   intervalMs?: number;
+  /** How seldom it is looked at while it is quiet, in milliseconds (default 500). */
+  quietIntervalMs?: number;
 }
 
 /** A running {@linkcode paceHeap}. */
@@ -55,26 +57,40 @@ export interface Pacing {
   readonly active: boolean;
   /** Collections it ran so far. */
   readonly collections: number;
+  /** Times it looked at the heap so far. */
+  readonly looks: number;
   /** Stops pacing. */
   stop(): void;
 }
 
 /**
  * Collects this isolate's garbage whenever its heap (a full collection) or its ArrayBuffers
- * (a young-generation collection) grew by more than `slackBytes` since the last collection,
- * looking every `intervalMs`. The timer never keeps the process alive. Call it once per
- * isolate (the main thread, each Web Worker).
+ * (a young-generation collection) grew by more than `slackBytes` since the last collection.
+ * It looks every `intervalMs` while the heap moves (by 1/64 of the slack or more between
+ * looks), and backs off, doubling the wait up to `quietIntervalMs`, while it does not: an
+ * idle service wakes twice a second, not twenty times. The timer never keeps the process
+ * alive. Call it once per isolate (the main thread, each Web Worker).
  */
 export function paceHeap(options: PaceOptions): Pacing {
   const gc = exposedGc();
   const slack = options.slackBytes;
+  const busyMs = options.intervalMs ?? 50;
+  const quietMs = Math.max(busyMs, options.quietIntervalMs ?? 500);
   let collections = 0;
+  let looks = 0;
   if (!gc || !(slack > 0)) {
-    return { active: false, collections: 0, stop() {} };
+    return { active: false, collections: 0, looks: 0, stop() {} };
   }
   let base = Deno.memoryUsage();
-  const timer = setInterval(() => {
+  let last = base;
+  let delay = busyMs;
+  let stopped = false;
+  let timer: ReturnType<typeof setTimeout>;
+  const look = () => {
+    looks++;
     const now = Deno.memoryUsage();
+    const moved = Math.abs(now.heapUsed - last.heapUsed) + Math.abs(now.external - last.external);
+    last = now;
     const heapGrowth = now.heapUsed - base.heapUsed;
     const bufferGrowth = now.external - base.external;
     if (heapGrowth > slack) {
@@ -84,20 +100,34 @@ export function paceHeap(options: PaceOptions): Pacing {
       // Those that lived through two of them sit in the old generation: then a full one.
       gc({ type: "minor" });
       if (Deno.memoryUsage().external - base.external > slack) gc({ type: "major" });
-    } else {
-      if (heapGrowth < 0 || bufferGrowth < 0) base = now; // V8 collected by itself
-      return;
+    } else if (heapGrowth < 0 || bufferGrowth < 0) {
+      base = now; // V8 collected by itself
     }
-    collections++;
-    base = Deno.memoryUsage();
-  }, options.intervalMs ?? 50);
-  Deno.unrefTimer(timer);
+    if (heapGrowth > slack || bufferGrowth > slack) {
+      collections++;
+      base = last = Deno.memoryUsage();
+    }
+    delay = moved >= slack / 64 ? busyMs : Math.min(quietMs, delay * 2);
+    schedule();
+  };
+  const schedule = () => {
+    if (stopped) return;
+    timer = setTimeout(look, delay);
+    Deno.unrefTimer(timer);
+  };
+  schedule();
   return {
     active: true,
     get collections() {
       return collections;
     },
-    stop: () => clearInterval(timer),
+    get looks() {
+      return looks;
+    },
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
   };
 }
 

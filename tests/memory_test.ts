@@ -77,3 +77,27 @@ Deno.test("with --expose-gc, pacing collects and bounds the heap", async () => {
     `paced, the heap grew by ${mib(paced.peak)}; left to V8, by ${mib(unpaced.peak)}`,
   );
 });
+
+Deno.test("pacing looks often while the heap moves and backs off while it is quiet", async () => {
+  const global = globalThis as { gc?: unknown };
+  global.gc = () => {};
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  try {
+    const pacing = paceHeap({ slackBytes: 4 << 20, intervalMs: 20, quietIntervalMs: 200 });
+    await sleep(1200); // quiet: 20, 40, 80, 160, 200, 200, … ms between looks
+    const quiet = pacing.looks;
+    let sink = 0;
+    const until = performance.now() + 1000;
+    while (performance.now() < until) { // ~1 MiB of garbage every few ms
+      sink += Array.from({ length: 20000 }, (_, i) => ({ i, s: "y" + i })).length;
+      await sleep(3);
+    }
+    const busy = pacing.looks - quiet;
+    pacing.stop();
+    assert.ok(quiet >= 3 && quiet <= 12, `${quiet} looks in 1.2 s of quiet (20 ms each: 60)`);
+    // 50 a second at best; fewer when the machine is busy, but far more than while quiet.
+    assert.ok(busy >= 2 * quiet, `${busy} looks in 1 s of churn (${sink} objects), ${quiet} quiet`);
+  } finally {
+    delete global.gc;
+  }
+});
