@@ -249,11 +249,17 @@ async function download(
       throw err;
     }
     const reader = body.getReader();
-    try {
-      file = await createPart(part);
-    } catch (err) {
-      await reader.cancel().catch(() => {});
-      throw fsError(job, err, "could not create");
+    // A file that fits the buffer is written in one call once it is all here (create, write
+    // and close in one trip to the I/O threads: a cart of 10,000 small files makes 20,000
+    // fewer); a bigger one goes to disk as it comes.
+    const whole = expected <= WRITE_CHUNK;
+    if (!whole) {
+      try {
+        file = await createPart(part);
+      } catch (err) {
+        await reader.cancel().catch(() => {});
+        throw fsError(job, err, "could not create");
+      }
     }
 
     // Idle watchdog: no bytes for requestTimeoutMs aborts the GET.
@@ -281,6 +287,7 @@ async function download(
     let filled = 0;
     const out = file;
     const writeAll = async (data: Uint8Array) => {
+      if (!out) return await writePart(part, data);
       for (let off = 0; off < data.byteLength;) off += await out.write(data.subarray(off));
     };
     const flush = async (data: Uint8Array) => {
@@ -328,7 +335,7 @@ async function download(
           ),
         );
       }
-      if (data.byteLength >= WRITE_CHUNK / 2) {
+      if (!whole && data.byteLength >= WRITE_CHUNK / 2) {
         // Big chunks go straight to the file (after what is buffered, to keep the order).
         if (filled > 0) await flush(buf.subarray(0, filled));
         filled = 0;
@@ -342,7 +349,7 @@ async function download(
         filled += data.byteLength;
       }
     }
-    if (filled > 0) await flush(buf.subarray(0, filled));
+    if (filled > 0 || whole) await flush(buf.subarray(0, filled));
     clearInterval(watchdog);
     watchdog = undefined;
 
@@ -364,7 +371,7 @@ async function download(
       }
     }
     try {
-      file.close();
+      file?.close();
       file = undefined;
       await Deno.utime(part, status.mtime, status.mtime);
       await Deno.rename(part, job.dest);
@@ -382,6 +389,17 @@ async function download(
       } catch { /* already closed */ }
     }
     if (!renamed) await Deno.remove(part).catch(() => {});
+  }
+}
+
+/** Writes `data` to a new `path` in one call, creating its folder when that is missing. */
+async function writePart(path: string, data: Uint8Array): Promise<void> {
+  try {
+    await Deno.writeFile(path, data);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    await Deno.mkdir(dirname(path), { recursive: true });
+    await Deno.writeFile(path, data);
   }
 }
 
