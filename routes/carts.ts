@@ -8,7 +8,9 @@
 import { Hono } from "hono";
 import { createHash } from "node:crypto";
 import { CartDocumentError, parseCartDocument } from "../lib/cart_document.ts";
-import { cartBundle, defaultName, StagedFiles } from "../lib/cart_bundle.ts";
+import type { Bundle } from "../lib/bundle.ts";
+import { cartBundle, defaultName } from "../lib/cart_bundle.ts";
+import { StagedFiles } from "../lib/staged_files.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
 import { errorMessage, log } from "../lib/log.ts";
@@ -229,12 +231,32 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     cart: Cart,
     asked: { name: string; format: "tar" | "zip"; manifest: boolean },
   ): Promise<Response> {
-    const files = await StagedFiles.load(store, cart, volume);
-    if (files.length !== cart.fileCount) {
-      // Removed (DELETE, replace, purge) between the status read and now.
+    const key = JSON.stringify([cart.id, asked.name, asked.format, asked.manifest]);
+    const { bundle, release, shared } = await inFlight.take(key, async () => {
+      const files = await StagedFiles.load(store, cart, volume);
+      // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
+      return files.length === cart.fileCount ? await cartBundle(cart, files, volume, asked) : null;
+    });
+    try {
+      return await respond(request, cart, asked, bundle, release, shared);
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  async function respond(
+    request: Request,
+    cart: Cart,
+    asked: { name: string },
+    bundle: Bundle | null,
+    release: () => void,
+    shared: boolean,
+  ): Promise<Response> {
+    if (!bundle) {
+      release();
       return json({ message: "The cart does not exist or has already been deleted" }, 404);
     }
-    const bundle = await cartBundle(cart, files, volume, asked);
     await store.touch(cart.id);
     const headers: Record<string, string> = {
       "Content-Type": "application/octet-stream",
@@ -247,6 +269,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     const rangeApplies = ifRange === null || ifRange === bundle.etag;
     const ranges = rangeApplies ? parseRange(request.headers.get("range"), bundle.size) : null;
     if (ranges === "unsatisfiable") {
+      release();
       return json({ message: `The range is outside the ${bundle.size} bytes of this cart` }, 416, {
         "Content-Range": `bytes */${bundle.size}`,
       });
@@ -256,8 +279,9 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       cart: cart.id,
       bytes: bundle.size,
       range: ranges?.length === 1 ? `${ranges[0].start}-${ranges[0].end}` : undefined,
+      plan: shared ? "shared" : undefined, // with a download of the cart in flight
     });
-    const held = (body: ReadableStream<Uint8Array>) => holdWhileSent(store, cart.id, body);
+    const held = (body: ReadableStream<Uint8Array>) => holdWhileSent(store, cart.id, body, release);
     if (ranges && ranges.length === 1) {
       const { start, end } = ranges[0];
       return new Response(held(bundle.stream(start, end)), {
@@ -289,6 +313,53 @@ export function cartRoutes(deps: RouteDeps): CartApp {
 /** How long a download in flight keeps its cart from the LRU purge and retention, renewed. */
 export const DOWNLOAD_HOLD_MS = 30_000;
 
+/**
+ * The plans of the downloads in flight in this process, shared by those of one cart asked for
+ * in the same form: four clients fetching a 40,000-file cart at once hold one plan (and read
+ * the store once), not four. A plan goes when its last download ends.
+ */
+class InFlightBundles {
+  readonly #plans = new Map<string, { plan: Promise<Bundle | null>; users: number }>();
+
+  /**
+   * The plan under `key`, made by `make` unless a download in flight has it already (null:
+   * the cart is gone). Call `release` once the download that takes it has ended.
+   */
+  async take(
+    key: string,
+    make: () => Promise<Bundle | null>,
+  ): Promise<{ bundle: Bundle | null; release: () => void; shared: boolean }> {
+    let entry = this.#plans.get(key);
+    const shared = entry !== undefined;
+    if (!entry) {
+      const made = { plan: make(), users: 0 };
+      this.#plans.set(key, made);
+      made.plan.then((b) => b ?? this.#forget(key, made), () => this.#forget(key, made));
+      entry = made;
+    }
+    const taken = entry;
+    taken.users++;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      if (--taken.users === 0) this.#forget(key, taken);
+    };
+    try {
+      return { bundle: await taken.plan, release, shared };
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  #forget(key: string, entry: { plan: Promise<Bundle | null> }): void {
+    if (this.#plans.get(key) === entry) this.#plans.delete(key);
+  }
+}
+
+const inFlight = new InFlightBundles();
+
 /** Downloads in flight in this process, by cart. */
 const downloading = new Map<string, number>();
 
@@ -298,12 +369,13 @@ const downloading = new Map<string, number>();
  * retention (from whichever process) never delete the files of a download in flight, whatever
  * LRU_BUFFER_TIME is. When this process's last download of the cart is sent, cut off or
  * cancelled, its last use becomes that moment; a process that dies mid-download holds the
- * cart for at most {@linkcode DOWNLOAD_HOLD_MS}.
+ * cart for at most {@linkcode DOWNLOAD_HOLD_MS}. `onEnd` is called once, when the body ends.
  */
 function holdWhileSent(
   store: CartStore,
   cartId: string,
   body: ReadableStream<Uint8Array>,
+  onEnd: () => void,
 ): ReadableStream<Uint8Array> {
   const warn = (e: unknown) =>
     log.warn("could not record a download's hold on its cart", {
@@ -318,6 +390,7 @@ function holdWhileSent(
     if (released) return;
     released = true;
     clearInterval(timer);
+    onEnd();
     const left = downloading.get(cartId)! - 1;
     if (left > 0) return void downloading.set(cartId, left);
     downloading.delete(cartId);

@@ -438,6 +438,37 @@ Deno.test("Range, If-Range and 416 on a ready cart", async () => {
   });
 });
 
+Deno.test("downloads of a cart at once share one plan, and each gets every byte", async () => {
+  await withCartd(async (cartd, archive) => {
+    const { url } = cartd;
+    archive.put("s1", { size: 24 * 1024 * 1024 }); // more than loopback's socket buffers hold
+    archive.put("s2", { size: 1000 });
+    await postCart(url, "sh", { fileids: [{ id: "s1", path: "a" }, { id: "s2", path: "b/c" }] });
+    await waitFor(url, "sh", "ready");
+    const shared = () => cartd.output().split("\n").filter((l) => l.includes("plan=shared"));
+    const first = await download(url, "sh");
+    const reader = first.body!.getReader();
+    try {
+      const head = (await reader.read()).value!; // under way, then stalled by us
+      // A second download meanwhile takes the first one's plan; a zip is planned on its own.
+      const second = await bodyBytes(await download(url, "sh"));
+      const zip = await download(url, "sh", "?format=zip");
+      await zip.body?.cancel();
+      await eventually("the second download's log line", () => shared().length === 1);
+      const parts = [head];
+      for (let r = await reader.read(); !r.done; r = await reader.read()) parts.push(r.value);
+      assert.deepEqual(new Uint8Array(await new Blob(parts).arrayBuffer()), second);
+      assert.equal(second.length, Number(first.headers.get("content-length")));
+    } finally {
+      await reader.cancel().catch(() => {});
+    }
+    // Both over: the next download plans afresh.
+    await bodyBytes(await download(url, "sh"));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(shared().length, 1);
+  });
+});
+
 Deno.test("curl resumes a cut download (-C -) to identical bytes", async () => {
   await withCartd(async ({ url }, archive) => {
     archive.put("big", { size: 24 * 1024 * 1024 });

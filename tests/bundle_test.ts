@@ -9,7 +9,7 @@ import {
   CHUNK_SIZE,
   planBundle,
 } from "../lib/bundle.ts";
-import { type StagedColumns, StagedFiles } from "../lib/cart_bundle.ts";
+import { type StagedColumns, StagedFiles } from "../lib/staged_files.ts";
 
 const MTIME = 1700000000; // 2023-11-14
 const decoder = new TextDecoder();

@@ -17,7 +17,8 @@
 import { hostname } from "node:os";
 import type { ArchiveClient, ArchiveStatus } from "../lib/archive_client.ts";
 import { sleep } from "../lib/backoff.ts";
-import { defaultName, planCartBundle, StagedFiles, topFolder } from "../lib/cart_bundle.ts";
+import { defaultName, planCartBundle, topFolder } from "../lib/cart_bundle.ts";
+import { StagedFiles } from "../lib/staged_files.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
 import { Batcher } from "../lib/batcher.ts";

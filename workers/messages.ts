@@ -12,7 +12,7 @@ import type {
   StageSettings,
 } from "../lib/stage_file.ts";
 import type { BundleFile, BundleOptions } from "../lib/bundle.ts";
-import type { StagedColumns } from "../lib/cart_bundle.ts";
+import type { StagedColumns } from "../lib/staged_files.ts";
 
 /** Write a bundle to `dest` (via `dest.part`), and its ETag to `dest.etag`. */
 export interface BundleJob {

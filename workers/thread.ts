@@ -8,7 +8,7 @@
  */
 import { hashLocalFile, stageFile } from "../lib/stage_file.ts";
 import { planBundle } from "../lib/bundle.ts";
-import { StagedFiles } from "../lib/cart_bundle.ts";
+import { StagedFiles } from "../lib/staged_files.ts";
 import { paceHeap } from "../lib/memory.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
