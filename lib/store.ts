@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { heapCheckpoint } from "./memory.ts";
 import { type CartStatus, isFinal, parseStatus, predecessorsOf } from "./cart_state.ts";
 import { type CartDocument, HASH_TYPES, type HashType } from "./cart_document.ts";
 import type { Db, Row, SqlValue } from "./db.ts";
@@ -309,6 +310,7 @@ export class CartStore {
       after = page[page.length - 1].idx;
       yield* page;
       if (page.length < pageSize) return;
+      heapCheckpoint(); // the pages walked so far are garbage by now
     }
   }
 

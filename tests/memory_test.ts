@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { canCollect, paceHeap, SPENT_BUFFER_SLACK, spentBuffers } from "../lib/memory.ts";
+import {
+  canCollect,
+  heapCheckpoint,
+  paceHeap,
+  SPENT_BUFFER_SLACK,
+  spentBuffers,
+} from "../lib/memory.ts";
 
 Deno.test("without --expose-gc, pacing is off and says so", () => {
   assert.equal(canCollect(), false, "the test process runs without --expose-gc");
@@ -100,4 +106,26 @@ Deno.test("pacing looks often while the heap moves and backs off while it is qui
   } finally {
     delete global.gc;
   }
+});
+
+Deno.test("a heap checkpoint collects at once when the slack is used up, not before", () => {
+  heapCheckpoint(); // no pacing in this isolate: nothing happens
+  const calls: unknown[] = [];
+  const global = globalThis as { gc?: unknown };
+  global.gc = (options: unknown) => calls.push(options);
+  // Timers far apart: only checkpoints look.
+  const pacing = paceHeap({ slackBytes: 1 << 20, intervalMs: 60_000, quietIntervalMs: 60_000 });
+  try {
+    heapCheckpoint();
+    assert.deepEqual(calls, [], "nothing to collect yet");
+    const live = Array.from({ length: 100_000 }, (_, i) => ({ i, s: "z" + i })); // ~5 MiB
+    heapCheckpoint();
+    assert.deepEqual(calls, [{ type: "major" }], `${live.length} objects later`);
+    assert.equal(pacing.collections, 1);
+  } finally {
+    pacing.stop();
+    delete global.gc;
+  }
+  heapCheckpoint(); // stopped: nothing happens
+  assert.equal(pacing.collections, 1);
 });
