@@ -245,6 +245,11 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     }
   }
 
+  /**
+   * The answer to a GET whose plan is `bundle` (null: the cart is gone): 404, 416, or the
+   * bytes asked for. `release` is called when the plan is no longer needed (at once, or when
+   * the body has been sent, cut off or cancelled).
+   */
   async function respond(
     request: Request,
     cart: Cart,
