@@ -100,9 +100,13 @@ Deno.test("pacing looks often while the heap moves and backs off while it is qui
     }
     const busy = pacing.looks - quiet;
     pacing.stop();
-    assert.ok(quiet >= 3 && quiet <= 12, `${quiet} looks in 1.2 s of quiet (20 ms each: 60)`);
-    // 50 a second at best; fewer when the machine is busy, but far more than while quiet.
-    assert.ok(busy >= 2 * quiet, `${busy} looks in 1 s of churn (${sink} objects), ${quiet} quiet`);
+    // About 9 while quiet (a collection by V8 itself counts as movement: a few more); 60 at 20 ms.
+    assert.ok(quiet >= 3 && quiet <= 20, `${quiet} looks in 1.2 s of quiet (20 ms each: 60)`);
+    // 50 a second at best; fewer when the machine is busy, but clearly more than while quiet.
+    assert.ok(
+      busy >= 15 && busy > quiet,
+      `${busy} looks in 1 s of churn (${sink} objects), ${quiet} in 1.2 s of quiet`,
+    );
   } finally {
     delete global.gc;
   }
