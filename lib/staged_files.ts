@@ -5,20 +5,23 @@
  *
  * @module
  */
-import { join } from "node:path";
 import type { BundleFile, FileList } from "./bundle.ts";
 import type { Cart, CartStore } from "./store.ts";
-import type { Volume } from "./volume.ts";
+import { Volume } from "./volume.ts";
 
 /**
  * The columns of {@linkcode StagedFiles}: plain data, so that it crosses to a thread
  * (`postMessage`) as it is.
  */
 export interface StagedColumns {
-  /** The folder the files are staged in; file `idx` is `filesDir/idx`. */
-  filesDir: string;
+  /** VOLUME_PATH, where the files are staged (see {@linkcode Volume.filePath}). */
+  volumeRoot: string;
+  /** The cart's internal id. */
+  cartId: string;
   /** How many rows are filled. */
   length: number;
+  /** Rows of files that were not staged (only when loaded with `sizesOnly`). */
+  unstaged: number[];
   /** Bundle paths. */
   paths: string[];
   /** Lowercase hex SHA-256s. */
@@ -46,14 +49,19 @@ export interface StagedColumns {
  * ```
  */
 export class StagedFiles implements FileList {
+  readonly #volume: Volume;
+
   /** A list over `columns` (as {@linkcode columns} gave them, here or in another thread). */
-  constructor(readonly columns: StagedColumns) {}
+  constructor(readonly columns: StagedColumns) {
+    this.#volume = new Volume(columns.volumeRoot);
+  }
 
   /**
    * Reads the files of `cart` from `store`.
    *
    * @param sizesOnly take files that are not staged yet too, with what is known of them (size
-   *   0 until the archive tells it): enough to size the bundle before staging.
+   *   0 until the archive tells it), and list them in `unstaged`: enough to size the bundle
+   *   before staging, or to see what is missing before bundling.
    * @throws {Error} naming the first file that is not staged (unless `sizesOnly`).
    */
   static async load(
@@ -64,8 +72,10 @@ export class StagedFiles implements FileList {
   ): Promise<StagedFiles> {
     const n = cart.fileCount;
     const c: StagedColumns = {
-      filesDir: volume.filesDir(cart.id),
+      volumeRoot: volume.root,
+      cartId: cart.id,
       length: 0,
+      unstaged: [],
       paths: [],
       sha256: [],
       idx: new Uint32Array(n),
@@ -81,6 +91,7 @@ export class StagedFiles implements FileList {
       }
       if (c.length === n) throw new Error(`cart ${cart.id} has more than its ${n} files`);
       const i = c.length++;
+      if (!staged) c.unstaged.push(i);
       c.paths.push(f.path);
       c.sha256.push(f.sha256 ?? ZERO_SHA256);
       c.idx[i] = f.idx;
@@ -107,7 +118,7 @@ export class StagedFiles implements FileList {
 
   /** Where the `i`-th file is staged. */
   source(i: number): string {
-    return join(this.columns.filesDir, String(this.columns.idx[i]));
+    return this.#volume.filePath(this.columns.cartId, this.columns.idx[i]);
   }
 
   /** The document position (`fileids` index) of the `i`-th file. */

@@ -34,15 +34,10 @@ export class Volume {
     return join(this.cartsDir, cartId);
   }
 
-  /** The folder where a cart's files are staged, each named by its index. */
-  filesDir(cartId: string): string {
-    return join(this.cartDir(cartId), "files");
-  }
-
   /** Where file number `idx` of a cart is staged. */
   filePath(cartId: string, idx: number): string {
     if (!Number.isSafeInteger(idx) || idx < 0) throw new Error(`Bad file index ${idx}`);
-    return join(this.filesDir(cartId), String(idx));
+    return join(this.cartDir(cartId), "files", String(idx));
   }
 
   /** Where the tar of a `"bundle": true` cart is written. */

@@ -10,6 +10,7 @@ import {
   planBundle,
 } from "../lib/bundle.ts";
 import { type StagedColumns, StagedFiles } from "../lib/staged_files.ts";
+import { Volume } from "../lib/volume.ts";
 
 const MTIME = 1700000000; // 2023-11-14
 const decoder = new TextDecoder();
@@ -583,15 +584,19 @@ Deno.test("bundle: 40,000 files plan quickly with offsets only", () => {
 
 Deno.test("bundle: a cart's files in columns (StagedFiles) give the same bytes as the list", async () => {
   await withTemp(async (dir) => {
-    await Deno.mkdir(`${dir}/files`);
+    const volume = new Volume(dir);
+    const cartId = crypto.randomUUID();
+    await volume.prepare(cartId);
     const listed = await stage(dir);
     // The columns name each staged file by its document index, in a shuffled order of indexes.
     const idx = Uint32Array.from(listed.map((_, i) => 10 + 3 * (listed.length - i)));
-    for (const [i, f] of listed.entries()) await Deno.rename(f.source, `${dir}/files/${idx[i]}`);
-    const moved = listed.map((f, i) => ({ ...f, source: `${dir}/files/${idx[i]}` }));
+    const moved = listed.map((f, i) => ({ ...f, source: volume.filePath(cartId, idx[i]) }));
+    for (const [i, f] of listed.entries()) await Deno.rename(f.source, moved[i].source);
     const columns: StagedColumns = {
-      filesDir: `${dir}/files`,
+      volumeRoot: dir,
+      cartId,
       length: listed.length,
+      unstaged: [],
       paths: listed.map((f) => f.path),
       sha256: listed.map((f) => f.sha256),
       idx,
