@@ -584,6 +584,31 @@ Deno.test("a restart resumes unfinished carts: kill -9 during staging, then star
   }
 });
 
+Deno.test("a staged file gone from disk before bundling is fetched again", async () => {
+  await withCartd(async (cartd, archive) => {
+    const { url, volume } = cartd;
+    archive.put("d1", { size: 300_000 });
+    archive.put("t1", "tape one\n", { tapeMs: 2500 });
+    await postCart(url, "gone", { fileids: [{ id: "d1", path: "d1" }, { id: "t1", path: "t1" }] });
+    // d1 is staged while t1 is still on tape; then somebody removes it.
+    let staged = "";
+    await eventually("d1 staged", async () => {
+      for await (const cart of Deno.readDir(`${volume}/carts`)) {
+        const path = `${volume}/carts/${cart.name}/files/0`;
+        if (await Deno.stat(path).then((s) => s.size === 300_000, () => false)) staged = path;
+      }
+      return staged !== "";
+    });
+    await Deno.remove(staged);
+    assert.deepEqual(await waitFor(url, "gone", "ready", 30_000), [204, "ready", ""]);
+    assert.match(cartd.output(), /staged files missing at bundling; fetching again .*files=1/);
+    const dir = await untar(await bodyBytes(await download(url, "gone", "?filename=g.tar")));
+    assert.equal(sha256(await Deno.readFile(`${dir}/g/d1`)), await archive.digest("d1", "sha256"));
+    assert.equal(await Deno.readTextFile(`${dir}/g/t1`), "tape one\n");
+    await Deno.remove(dir, { recursive: true });
+  });
+});
+
 Deno.test("the archive's Last-Modified becomes the file's mtime in the tar", async () => {
   await withCartd(async ({ url }, archive) => {
     archive.put("m", "m");

@@ -474,23 +474,22 @@ export class CartWorker {
    */
   async #bundle(cart: Cart, signal: AbortSignal): Promise<void> {
     const { store, volume, pool } = this.deps;
-    const missing: CartFile[] = [];
-    await forEachLimited(store.eachFile(cart.id), 32, async (file) => {
-      const recorded = file.status === "staged" && file.size !== null && file.sha256 !== null;
-      if (!recorded || (await sizeOnDisk(volume.filePath(cart.id, file.idx))) !== file.size) {
-        missing.push(file);
-      }
+    let files = await StagedFiles.load(store, cart, volume, true);
+    const missing = new Set<number>(files.columns.unstaged.map((i) => files.idx(i)));
+    await forEachLimited(rows(files.length), 32, async (i) => {
+      if ((await sizeOnDisk(files.source(i))) !== files.size(i)) missing.add(files.idx(i));
     }, signal);
-    if (missing.length) {
+    if (missing.size) {
       log.warn("staged files missing at bundling; fetching again", {
         uid: cart.uid,
         cart: cart.id,
-        files: missing.length,
+        files: missing.size,
       });
-      missing.sort((a, b) => a.idx - b.idx);
-      await this.#fetch(cart, missing, new Map(), signal);
+      const again: CartFile[] = [];
+      for await (const file of store.eachFile(cart.id)) if (missing.has(file.idx)) again.push(file);
+      await this.#fetch(cart, again, new Map(), signal);
+      files = await StagedFiles.load(store, cart, volume);
     }
-    const files = await StagedFiles.load(store, cart, volume);
     const readyAt = Date.now();
     const ready = { ...cart, readyAt };
     const plan = planCartBundle(ready, files, { format: "tar" });
@@ -519,6 +518,11 @@ export class CartWorker {
       log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
     );
   }
+}
+
+/** 0, 1, …, n - 1. */
+function* rows(n: number): Generator<number> {
+  for (let i = 0; i < n; i++) yield i;
 }
 
 /** The size of the file at `path`, or -1 when there is none. */
