@@ -401,27 +401,29 @@ async function download(
 }
 
 /** Writes `data` to a new `path` in one call, creating its folder when that is missing. */
-async function writePart(path: string, data: Uint8Array): Promise<void> {
-  const write = () =>
-    quickFs.call(() => Deno.writeFileSync(path, data), () => Deno.writeFile(path, data));
-  try {
-    await write();
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-    await Deno.mkdir(dirname(path), { recursive: true });
-    await write();
-  }
+function writePart(path: string, data: Uint8Array): Promise<void> {
+  return inFolder(
+    path,
+    () => quickFs.call(() => Deno.writeFileSync(path, data), () => Deno.writeFile(path, data)),
+  );
 }
 
-/** Creates `path`, and its folder when that is missing (usually it exists: one call). */
-async function createPart(path: string): Promise<Deno.FsFile> {
-  const options = { write: true, create: true, truncate: true };
+/** Creates `path`, and its folder when that is missing. */
+function createPart(path: string): Promise<Deno.FsFile> {
+  return inFolder(path, () => Deno.open(path, { write: true, create: true, truncate: true }));
+}
+
+/**
+ * Runs `create` for a new file at `path`; when its folder is missing, makes the folder and runs
+ * it again (usually the folder exists: one call).
+ */
+async function inFolder<T>(path: string, create: () => Promise<T>): Promise<T> {
   try {
-    return await Deno.open(path, options);
+    return await create();
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
     await Deno.mkdir(dirname(path), { recursive: true });
-    return await Deno.open(path, options);
+    return await create();
   }
 }
 
