@@ -231,8 +231,8 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     cart: Cart,
     asked: { name: string; format: "tar" | "zip"; manifest: boolean },
   ): Promise<Response> {
-    const key = JSON.stringify([cart.id, asked.name, asked.format, asked.manifest]);
-    const { bundle, release, shared } = await inFlight.take(key, async () => {
+    const form = JSON.stringify([asked.name, asked.format, asked.manifest]);
+    const { bundle, release, shared } = await inFlight.take(cart.id, form, async () => {
       const files = await StagedFiles.load(store, cart, volume);
       // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
       return files.length === cart.fileCount ? await cartBundle(cart, files, volume, asked) : null;
@@ -255,7 +255,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     cart: Cart,
     asked: { name: string },
     bundle: Bundle | null,
-    release: () => void,
+    release: () => number,
     shared: boolean,
   ): Promise<Response> {
     if (!bundle) {
@@ -319,36 +319,44 @@ export function cartRoutes(deps: RouteDeps): CartApp {
 export const DOWNLOAD_HOLD_MS = 30_000;
 
 /**
- * The plans of the downloads in flight in this process, shared by those of one cart asked for
- * in the same form: four clients fetching a 40,000-file cart at once hold one plan (and read
- * the store once), not four. A plan goes when its last download ends.
+ * The downloads in flight in this process and their plans, by cart. Downloads of one cart asked
+ * for in the same form share a plan: four clients fetching a 40,000-file cart at once hold one
+ * plan (and read the store once), not four. A plan goes when its last download ends.
  */
-class InFlightBundles {
-  readonly #plans = new Map<string, { plan: Promise<Bundle | null>; users: number }>();
+class InFlightDownloads {
+  readonly #carts = new Map<string, Map<string, { plan: Promise<Bundle | null>; users: number }>>();
 
   /**
-   * The plan under `key`, made by `make` unless a download in flight has it already (null:
-   * the cart is gone). Call `release` once the download that takes it has ended.
+   * The plan of cart `cartId` asked for in `form`, made by `make` unless a download in flight
+   * has it already (null: the cart is gone). Call `release` once the download has ended; it
+   * tells how many downloads of the cart are still in flight.
    */
   async take(
-    key: string,
+    cartId: string,
+    form: string,
     make: () => Promise<Bundle | null>,
-  ): Promise<{ bundle: Bundle | null; release: () => void; shared: boolean }> {
-    let entry = this.#plans.get(key);
+  ): Promise<{ bundle: Bundle | null; release: () => number; shared: boolean }> {
+    let plans = this.#carts.get(cartId);
+    if (!plans) this.#carts.set(cartId, plans = new Map());
+    let entry = plans.get(form);
     const shared = entry !== undefined;
     if (!entry) {
       const made = { plan: make(), users: 0 };
-      this.#plans.set(key, made);
-      made.plan.then((b) => b ?? this.#forget(key, made), () => this.#forget(key, made));
+      plans.set(form, made);
+      made.plan.then((b) => b ?? this.#forget(cartId, form, made), () => {
+        this.#forget(cartId, form, made);
+      });
       entry = made;
     }
     const taken = entry;
     taken.users++;
     let released = false;
     const release = () => {
-      if (released) return;
-      released = true;
-      if (--taken.users === 0) this.#forget(key, taken);
+      if (!released) {
+        released = true;
+        if (--taken.users === 0) this.#forget(cartId, form, taken);
+      }
+      return this.downloads(cartId);
     };
     try {
       return { bundle: await taken.plan, release, shared };
@@ -358,29 +366,37 @@ class InFlightBundles {
     }
   }
 
-  #forget(key: string, entry: { plan: Promise<Bundle | null> }): void {
-    if (this.#plans.get(key) === entry) this.#plans.delete(key);
+  /** How many downloads of the cart are in flight in this process. */
+  downloads(cartId: string): number {
+    let n = 0;
+    for (const entry of this.#carts.get(cartId)?.values() ?? []) n += entry.users;
+    return n;
+  }
+
+  #forget(cartId: string, form: string, entry: { users: number }): void {
+    const plans = this.#carts.get(cartId);
+    if (plans?.get(form) !== entry) return;
+    plans.delete(form);
+    if (!plans.size) this.#carts.delete(cartId);
   }
 }
 
-const inFlight = new InFlightBundles();
-
-/** Downloads in flight in this process, by cart. */
-const downloading = new Map<string, number>();
+const inFlight = new InFlightDownloads();
 
 /**
  * `body`, passed through unchanged, while the cart counts as used: its last use is set
  * {@linkcode DOWNLOAD_HOLD_MS} ahead now and every third of that, so the LRU purge and
  * retention (from whichever process) never delete the files of a download in flight, whatever
- * LRU_BUFFER_TIME is. When this process's last download of the cart is sent, cut off or
- * cancelled, its last use becomes that moment; a process that dies mid-download holds the
- * cart for at most {@linkcode DOWNLOAD_HOLD_MS}. `onEnd` is called once, when the body ends.
+ * LRU_BUFFER_TIME is. `release` is called once, when the body is sent, cut off or cancelled;
+ * when it tells that no other download of the cart is in flight here, the cart's last use
+ * becomes that moment. A process that dies mid-download holds the cart for at most
+ * {@linkcode DOWNLOAD_HOLD_MS}.
  */
 function holdWhileSent(
   store: CartStore,
   cartId: string,
   body: ReadableStream<Uint8Array>,
-  onEnd: () => void,
+  release: () => number,
 ): ReadableStream<Uint8Array> {
   const warn = (e: unknown) =>
     log.warn("could not record a download's hold on its cart", {
@@ -389,17 +405,12 @@ function holdWhileSent(
     });
   const hold = () => store.touch(cartId, store.now() + DOWNLOAD_HOLD_MS).catch(warn);
   const timer = setInterval(hold, DOWNLOAD_HOLD_MS / 3);
-  downloading.set(cartId, (downloading.get(cartId) ?? 0) + 1);
-  let released = false;
-  const release = async () => {
-    if (released) return;
-    released = true;
+  let ended = false;
+  const end = async () => {
+    if (ended) return;
+    ended = true;
     clearInterval(timer);
-    onEnd();
-    const left = downloading.get(cartId)! - 1;
-    if (left > 0) return void downloading.set(cartId, left);
-    downloading.delete(cartId);
-    await store.endHold(cartId).catch(warn);
+    if (release() === 0) await store.endHold(cartId).catch(warn);
   };
   const reader = body.getReader();
   const first = hold();
@@ -409,15 +420,15 @@ function holdWhileSent(
         const { done, value } = await reader.read();
         if (!done) return controller.enqueue(value);
         await first;
-        await release(); // before the client sees the end
+        await end(); // before the client sees the end
         controller.close();
       } catch (error) {
-        await release();
+        await end();
         controller.error(error);
       }
     },
     async cancel(reason) {
-      await release();
+      await end();
       await reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
