@@ -153,6 +153,58 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
 }
 
+/** User and system CPU seconds. */
+export interface Cpu {
+  user: number;
+  sys: number;
+}
+
+/**
+ * CPU seconds of a process so far, by the kind of thread that spent them: `main` (the
+ * JavaScript main thread: routes, streams, and the kernel's work for its socket writes), `gc`
+ * (V8's helper threads: concurrent marking and sweeping), `io` (tokio's blocking pool: file
+ * reads and other file system calls), `workers` (the Web Worker threads) and `other`.
+ */
+export function threadCpu(pid: number): Record<string, Cpu> {
+  const out: Record<string, Cpu> = {};
+  for (const entry of Deno.readDirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = Deno.readTextFileSync(`/proc/${pid}/task/${entry.name}/stat`);
+    } catch {
+      continue; // the thread ended
+    }
+    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const kind = entry.name === String(pid)
+      ? "main"
+      : name.startsWith("V8 ")
+      ? "gc"
+      : name.startsWith("tokio-runtime")
+      ? "io"
+      : name.startsWith("worker-")
+      ? "workers"
+      : "other";
+    const cpu = out[kind] ??= { user: 0, sys: 0 };
+    cpu.user += Number(fields[11]) / 100; // utime, in clock ticks
+    cpu.sys += Number(fields[12]) / 100; // stime
+  }
+  return out;
+}
+
+/** What each kind of thread spent between two {@linkcode threadCpu} readings. */
+export function cpuSince(
+  before: Record<string, Cpu>,
+  after: Record<string, Cpu>,
+): Record<string, Cpu> {
+  const out: Record<string, Cpu> = {};
+  for (const [kind, cpu] of Object.entries(after)) {
+    const b = before[kind] ?? { user: 0, sys: 0 };
+    out[kind] = { user: cpu.user - b.user, sys: cpu.sys - b.sys };
+  }
+  return out;
+}
+
 /**
  * Peak resident memory of a process (all threads, Web Workers included) over a stretch of
  * time: the kernel's high-water mark VmHWM, reset at the start through

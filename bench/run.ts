@@ -28,7 +28,9 @@ import {
   BENCH_DIR,
   benchIds,
   cartDoc,
+  type Cpu,
   cpuSeconds,
+  cpuSince,
   curlGet,
   exec,
   fetchGet,
@@ -38,6 +40,7 @@ import {
   PeakRss,
   rssNow,
   startArchiveProcess,
+  threadCpu,
   timeShell,
   type Transfer,
 } from "./common.ts";
@@ -244,6 +247,8 @@ interface DownloadFigures {
   range: Transfer[];
   downloadRss: number;
   cpuPerGiB: number;
+  /** CPU seconds per GiB of the curl GETs, by kind of thread (see threadCpu). */
+  threadsPerGiB: Record<string, Cpu>;
 }
 
 /** A ready cart of `files` × 64 MiB: staging, then GETs beside the GNU tar baseline. */
@@ -277,7 +282,10 @@ async function downloadCart(
       range: [],
       downloadRss: 0,
       cpuPerGiB: 0,
+      threadsPerGiB: {},
     };
+    const curlThreads: Record<string, Cpu> = {};
+    let curlBytes = 0;
     let cpu = 0;
     let served = 0;
     // One unmeasured GET first: it compiles the stream's code and grows malloc's heap once,
@@ -291,8 +299,15 @@ async function downloadCart(
         fig.tarSeconds.push(await timeShell(`tar cf - -C ${dir} ${names} | cat >/dev/null`));
       }
       let c0 = cpuSeconds(pid);
+      const t0 = threadCpu(pid);
       const c = await curlGet(url);
       cpu += cpuSeconds(pid) - c0;
+      for (const [kind, spent] of Object.entries(cpuSince(t0, threadCpu(pid)))) {
+        const sum = curlThreads[kind] ??= { user: 0, sys: 0 };
+        sum.user += spent.user;
+        sum.sys += spent.sys;
+      }
+      curlBytes += c.bytes;
       served += c.bytes;
       if (c.status !== 200) throw new Error(`GET answered ${c.status}`);
       fig.curl.push(c);
@@ -316,6 +331,12 @@ async function downloadCart(
     }
     fig.downloadRss = peak.stop();
     fig.cpuPerGiB = cpu / (served / GiB);
+    for (const [kind, spent] of Object.entries(curlThreads)) {
+      fig.threadsPerGiB[kind] = {
+        user: spent.user / (curlBytes / GiB),
+        sys: spent.sys / (curlBytes / GiB),
+      };
+    }
     return fig;
   });
 }
@@ -618,6 +639,12 @@ async function main(): Promise<void> {
         baseline: `GNU tar ${rate(mibs(d.bundleBytes, Math.min(...d.tarSeconds)))}`,
       });
       rows.push({ figure: "cartd CPU per GiB served", cartd: secs(d.cpuPerGiB) });
+      // Where it goes (curl GETs only): the main thread's system time is mostly the kernel's
+      // TCP work for the socket writes; gc time shows V8 collecting the spent chunks.
+      const kinds = Object.entries(d.threadsPerGiB)
+        .filter(([, c]) => c.user + c.sys >= 0.005)
+        .map(([kind, c]) => `${kind} ${f2(c.user)}+${f2(c.sys)}`);
+      rows.push({ figure: "  by thread, user+sys s/GiB (curl GETs)", cartd: kinds.join(", ") });
       rows.push({
         figure: "staging, POST → ready",
         cartd: `${secs(d.stageSeconds)} (${rate(mibs(d.files * BIG_FILE, d.stageSeconds))})`,
