@@ -643,8 +643,8 @@ async function main(): Promise<void> {
       // TCP work for the socket writes; gc time shows V8 collecting the spent chunks.
       const kinds = Object.entries(d.threadsPerGiB)
         .filter(([, c]) => c.user + c.sys >= 0.005)
-        .map(([kind, c]) => `${kind} ${f2(c.user)}+${f2(c.sys)}`);
-      rows.push({ figure: "  by thread, user+sys s/GiB (curl GETs)", cartd: kinds.join(", ") });
+        .map(([kind, c]) => `${kind} ${f2(c.user)}u+${f2(c.sys)}s`);
+      rows.push({ figure: `  by thread (curl GETs, s/GiB): ${kinds.join(", ")}` });
       rows.push({
         figure: "staging, POST → ready",
         cartd: `${secs(d.stageSeconds)} (${rate(mibs(d.files * BIG_FILE, d.stageSeconds))})`,
