@@ -644,7 +644,7 @@ async function main(): Promise<void> {
       const kinds = Object.entries(d.threadsPerGiB)
         .filter(([, c]) => c.user + c.sys >= 0.005)
         .map(([kind, c]) => `${kind} ${f2(c.user)}u+${f2(c.sys)}s`);
-      rows.push({ figure: `  by thread (curl GETs, s/GiB): ${kinds.join(", ")}` });
+      rows.push({ figure: `  by thread (curl GETs, s/GiB): ${kinds.join(", ")}`, cartd: "" });
       rows.push({
         figure: "staging, POST → ready",
         cartd: `${secs(d.stageSeconds)} (${rate(mibs(d.files * BIG_FILE, d.stageSeconds))})`,
