@@ -159,15 +159,20 @@ function printTable(): void {
 // Processes and temp dirs
 
 const tempDirs = new Set<string>();
+/**
+ * A temp folder, removed at the end of the run (or on Ctrl-C), not when its case ends: on an
+ * ext4 volume without a journal (as here), creating files within a minute or more of deleting
+ * thousands makes the kernel step over the recently freed inodes one by one
+ * (`recently_deleted` in `find_inode_bit`), and whichever side ran next paid for it (10,000
+ * files: up to 4 s of kernel time). Kept to the end, no measured side creates files right
+ * after a mass delete of the run's own.
+ */
 async function tempDir(prefix: string): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix });
   tempDirs.add(dir);
   return dir;
 }
-async function removeDir(dir: string): Promise<void> {
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
-  tempDirs.delete(dir);
-}
+
 function removeAllSync(): void {
   for (const dir of tempDirs) {
     try {
@@ -208,7 +213,6 @@ async function withCartd<T>(
     throw e;
   } finally {
     await cartd.stop();
-    await removeDir(volume);
   }
 }
 
@@ -420,25 +424,21 @@ async function smallCart(archive: ArchiveProcess, count: number, size: number) {
 /** The plain client (bench/plain_client.ts) over the same ids, in its own process. */
 async function plainClient(archive: ArchiveProcess, count: number, size: number) {
   const dir = await tempDir("cartd-bench-plain-");
-  try {
-    progress(`plain client: ${count} × ${size} B`);
-    const r = await exec(Deno.execPath(), [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-write",
-      `${BENCH_DIR}plain_client.ts`,
-      archive.url,
-      `s${size}-`,
-      String(count),
-      String(FILES_PER_CART),
-      dir,
-    ]);
-    if (r.code !== 0) throw new Error(`plain client failed: ${r.stderr}`);
-    return JSON.parse(r.stdout) as { files: number; bytes: number; seconds: number };
-  } finally {
-    await removeDir(dir);
-  }
+  progress(`plain client: ${count} × ${size} B`);
+  const r = await exec(Deno.execPath(), [
+    "run",
+    "--allow-net",
+    "--allow-read",
+    "--allow-write",
+    `${BENCH_DIR}plain_client.ts`,
+    archive.url,
+    `s${size}-`,
+    String(count),
+    String(FILES_PER_CART),
+    dir,
+  ]);
+  if (r.code !== 0) throw new Error(`plain client failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as { files: number; bytes: number; seconds: number };
 }
 
 interface PollFigures {
@@ -538,7 +538,6 @@ async function production(archive: ArchiveProcess): Promise<ProductionFigures> {
     }
   } finally {
     for (const p of procs.reverse()) await p.stop();
-    await removeDir(volume);
     const drop = await exec("mysql", [
       "-h",
       "127.0.0.1",
