@@ -388,6 +388,53 @@ Deno.test("e2e space: a bundle cart reserves its tar too; CARTD_LRU_PURGE=false 
   assert.ok(files.some((f) => f.endsWith("/bundle.tar")), files.join(", "));
 });
 
+Deno.test("e2e staging: a new cart's first files are fetched while the archive is still asked for the sizes of the rest", async () => {
+  await using fake = startFakeArchive();
+  const ids = Array.from({ length: 300 }, (_, i) => `g${i}`);
+  // The last eight HEADs take 2 s: a worker that asked for every size before fetching
+  // anything would fetch its first file after them.
+  for (const [i, id] of ids.entries()) {
+    fake.put(id, `file ${i}\n`, i >= 292 ? { headDelayMs: 2000 } : {});
+  }
+  await using cartd = await startCartd({
+    env: { ARCHIVE_INTERFACE_URL: fake.url, CARTD_VOLUME_SIZE: String(64 * KiB) },
+  });
+  const { url } = cartd;
+  const start = Date.now();
+  const doc = { fileids: ids.map((id) => ({ id, path: `d/${id}` })) };
+  assert.equal((await postCart(url, "pipelined", doc)).status, 201);
+  await eventually("the first file was fetched", () => fake.counts("g0").get > 0);
+  const firstGet = Date.now() - start;
+  assert.ok(firstGet < 1500, `the first file was fetched after ${firstGet} ms`);
+  assert.equal((await cartStatus(url, "pipelined"))[1], "staging");
+  assert.equal(fake.counts("g299").get, 0, "no file is fetched before its size is known");
+  assert.deepEqual(await waitFor(url, "pipelined", "ready"), [204, "ready", ""]);
+  for (const id of ids) assert.equal(fake.counts(id).get, 1, id);
+  const tar = await fetch(url + "pipelined");
+  assert.equal(tar.status, 200);
+  assert.ok((await tar.arrayBuffer()).byteLength > 300 * 512);
+});
+
+Deno.test("e2e space: a many-file cart that outgrows the volume while its sizes come in fails, fetching nothing past its room, and leaves nothing", async () => {
+  await using fake = startFakeArchive();
+  const ids = Array.from({ length: 600 }, (_, i) => `h${i}`);
+  for (const id of ids) fake.put(id, { size: 1024 });
+  // Room for the first batches of 256 files, not for all 600.
+  await using cartd = await startCartd({
+    env: { ARCHIVE_INTERFACE_URL: fake.url, CARTD_VOLUME_SIZE: String(400 * KiB) },
+  });
+  const { url } = cartd;
+  const doc = { fileids: ids.map((id) => ({ id, path: `d/${id}` })) };
+  assert.equal((await postCart(url, "toobig", doc)).status, 201);
+  assert.deepEqual(await waitFor(url, "toobig", "error"), [500, "error", "No Space Available"]);
+  const fetched = ids.filter((id) => fake.counts(id).get > 0).length;
+  assert.ok(fetched <= 400, `${fetched} files were fetched into a room for 400`);
+  await eventually(
+    "the failed cart's folder is gone",
+    async () => (await volumeCarts(cartd.volume)).length === 0,
+  );
+});
+
 // ---------------------------------------------------------------- across processes (MySQL)
 
 Deno.test({

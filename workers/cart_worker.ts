@@ -3,6 +3,8 @@
  *
  * ```
  * claim → waiting → staging:  HEAD every file (sizes), reserve space, stage files in threads
+ *                             (on a first try, a batch at a time: the first batches fetch
+ *                             while the archive is asked for the sizes of the rest)
  *       → bundling:           check every staged file, plan the tar (write it when "bundle")
  *       → ready               (or error, with a message naming the file and the cause)
  * ```
@@ -22,6 +24,7 @@ import { StagedFiles } from "../lib/staged_files.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
 import { Batcher } from "../lib/batcher.ts";
+import { Channel } from "../lib/channel.ts";
 import { forEachLimited } from "../lib/limit.ts";
 import { errorMessage, log } from "../lib/log.ts";
 import type { Queue } from "../lib/queue.ts";
@@ -71,6 +74,23 @@ class Stopped extends Error {
     );
     this.name = "Stopped";
   }
+}
+
+/**
+ * A cart's first staging reserves room, and lets the files fetch, this many files at a time
+ * (or {@linkcode RESERVE_EVERY_BYTES}, whichever comes first): few enough reservations (each
+ * a short transaction) for a 40,000-file cart, and the first fetches start within
+ * milliseconds.
+ */
+const RESERVE_EVERY_FILES = 256;
+/** …or once the files asked for since the last reservation hold this many bytes. */
+const RESERVE_EVERY_BYTES = 64 * 1024 * 1024;
+
+/** What fetching a cart's files did. */
+interface FetchCounts {
+  fetched: number;
+  adopted: number;
+  again: number;
 }
 
 /** How messages name a file: `fileids[3] (id 1234)`. */
@@ -344,20 +364,126 @@ export class CartWorker {
 
   /**
    * Asks the archive for every file's size (those not known from an earlier attempt), reserves
-   * the space, then stages every file not recorded as staged. The files are read from the
+   * the space, and stages every file not recorded as staged. The files are read from the
    * store a page at a time: a cart of any size is worked through with one page in memory.
    */
   async #stage(cart: Cart, signal: AbortSignal): Promise<void> {
-    const { store, volume, config, space } = this.deps;
-    await volume.prepare(cart.id);
+    await this.deps.volume.prepare(cart.id);
     // What the archive told of each file, until the file is fetched (which then needs no HEAD
     // of its own): a few dozen bytes a file.
     const statuses = new Map<number, ArchiveStatus>();
-    const sizes = new Batcher<{ idx: number; size: number; mtime: number }>(
-      (items) => store.setFileSizes(cart.id, items),
-      256,
-      200,
-    );
+    const done = cart.attempts > 1
+      ? await this.#stageResumed(cart, statuses, signal)
+      : await this.#stageFresh(cart, statuses, signal);
+    if (done.adopted || done.again) {
+      log.info("staged files found on disk", {
+        uid: cart.uid,
+        cart: cart.id,
+        files: done.adopted,
+        again: done.again || undefined,
+      });
+    }
+  }
+
+  /**
+   * A cart's first attempt: the files' sizes are asked for and their room reserved a batch
+   * at a time ({@linkcode RESERVE_EVERY_FILES} files or {@linkcode RESERVE_EVERY_BYTES}),
+   * and each batch is fetched as soon as its room is reserved, while the archive is asked for
+   * the sizes of the rest. No file is fetched before its bytes are reserved; a cart that does
+   * not fit fails at the first batch that does not, and what it fetched goes with the cart.
+   */
+  async #stageFresh(
+    cart: Cart,
+    statuses: Map<number, ArchiveStatus>,
+    signal: AbortSignal,
+  ): Promise<FetchCounts> {
+    const { store, volume, space } = this.deps;
+    const sizes = this.#sizeRecorder(cart);
+    const reserved = new Channel<CartFile>();
+    // Asking and fetching stop together: when either fails, or the cart's work is stopped.
+    const both = new AbortController();
+    const stop = () => both.abort(signal.reason);
+    signal.addEventListener("abort", stop, { once: true });
+    if (signal.aborted) stop();
+    let batch: CartFile[] = [];
+    let batchBytes = 0;
+    let releasedBytes = 0;
+    // Reservations are made one after another, each for all the bytes released so far.
+    let reserving = Promise.resolve();
+    const release = (): Promise<void> => {
+      const files = batch;
+      const upTo = releasedBytes + batchBytes;
+      batch = [];
+      batchBytes = 0;
+      releasedBytes = upTo;
+      reserving = reserving.then(async () => {
+        if (files.length === 0) return;
+        await space.reserve(cart, upTo);
+        for (const file of files) reserved.push(file);
+      });
+      return reserving;
+    };
+    const asking = (async () => {
+      try {
+        await forEachLimited(
+          store.eachFile(cart.id, "unsized"),
+          this.deps.config.limits.filesPerCart,
+          async (file, inner) => {
+            const status = await this.#status(file, inner);
+            statuses.set(file.idx, status);
+            await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
+            batch.push({ ...file, size: status.size, mtime: status.mtime });
+            batchBytes += status.size;
+            if (batch.length >= RESERVE_EVERY_FILES || batchBytes >= RESERVE_EVERY_BYTES) {
+              await release();
+            }
+          },
+          both.signal,
+        );
+        await sizes.flush();
+        await release();
+        const total = await store.totalSize(cart.id);
+        await store.setTotalBytes(cart.id, total);
+        if (cart.bundle) {
+          const files = await StagedFiles.load(store, cart, volume, true);
+          await space.reserve(cart, total + planCartBundle(cart, files, { format: "tar" }).size);
+        }
+        log.info("staging", { uid: cart.uid, cart: cart.id, files: cart.fileCount, bytes: total });
+        reserved.close();
+      } catch (error) {
+        await sizes.flush().catch(() => {});
+        reserved.fail(error);
+        both.abort(error);
+        throw error;
+      }
+    })();
+    const fetching = this.#fetch(cart, reserved, statuses, both.signal).catch((error) => {
+      both.abort(error);
+      throw error;
+    });
+    try {
+      // The first failure is the cart's: the other side was stopped because of it.
+      const [asked, fetched] = await Promise.allSettled([asking, fetching]);
+      if (asked.status === "rejected") throw asked.reason;
+      if (fetched.status === "rejected") throw fetched.reason;
+      return fetched.value;
+    } finally {
+      signal.removeEventListener("abort", stop);
+    }
+  }
+
+  /**
+   * A cart tried before (a worker died, or its claim was lost): the sizes still unknown are
+   * asked for, the whole cart's room is reserved, then every file not yet staged is fetched
+   * or, when it is found whole on disk, adopted.
+   */
+  async #stageResumed(
+    cart: Cart,
+    statuses: Map<number, ArchiveStatus>,
+    signal: AbortSignal,
+  ): Promise<FetchCounts> {
+    const { store, volume, config, space } = this.deps;
+    const sizes = this.#sizeRecorder(cart);
     try {
       await forEachLimited(
         store.eachFile(cart.id, "unsized"),
@@ -383,15 +509,12 @@ export class CartWorker {
       : 0;
     await space.reserve(cart, total + tar);
     log.info("staging", { uid: cart.uid, cart: cart.id, files: cart.fileCount, bytes: total });
-    const done = await this.#fetch(cart, store.eachFile(cart.id, "unstaged"), statuses, signal);
-    if (done.adopted || done.again) {
-      log.info("staged files found on disk", {
-        uid: cart.uid,
-        cart: cart.id,
-        files: done.adopted,
-        again: done.again || undefined,
-      });
-    }
+    return await this.#fetch(cart, store.eachFile(cart.id, "unstaged"), statuses, signal);
+  }
+
+  /** Records the sizes the archive tells, in batches. */
+  #sizeRecorder(cart: Cart): Batcher<{ idx: number; size: number; mtime: number }> {
+    return new Batcher((items) => this.deps.store.setFileSizes(cart.id, items), 256, 200);
   }
 
   /**
@@ -407,7 +530,7 @@ export class CartWorker {
     files: Iterable<CartFile> | AsyncIterable<CartFile>,
     statuses: Map<number, ArchiveStatus>,
     signal: AbortSignal,
-  ): Promise<{ fetched: number; adopted: number; again: number }> {
+  ): Promise<FetchCounts> {
     const { store, volume, config, pool } = this.deps;
     const counts = { fetched: 0, adopted: 0, again: 0 };
     const staged = new Batcher<{ idx: number; facts: StagedFacts }>(
