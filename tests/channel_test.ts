@@ -49,3 +49,26 @@ Deno.test("channel: pushing after close() is the producer's mistake and says so"
   channel.close();
   assert.throws(() => channel.push(1), /after close/);
 });
+
+Deno.test("channel: room() holds a producer back until the consumer has taken enough, or aborts", async () => {
+  const channel = new Channel<number>();
+  for (let i = 0; i < 5; i++) channel.push(i);
+  await channel.room(5); // already so
+  let roomy = false;
+  const waiting = channel.room(2).then(() => roomy = true);
+  const iterator = channel[Symbol.asyncIterator]();
+  await iterator.next();
+  await iterator.next();
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(roomy, false, "3 still wait");
+  await iterator.next();
+  await waiting;
+  assert.equal(channel.size, 2);
+  const stop = new AbortController();
+  const held = channel.room(0, stop.signal);
+  stop.abort(new Error("the cart was deleted"));
+  await assert.rejects(held, /the cart was deleted/);
+  const ended = channel.room(0);
+  channel.close();
+  await ended;
+});

@@ -418,6 +418,9 @@ export class CartWorker {
       releasedBytes = upTo;
       reserving = reserving.then(async () => {
         if (files.length === 0) return;
+        // At most one batch waits to be fetched: asking runs ahead of fetching by that much
+        // only, so what is held for the files in between stays small.
+        await reserved.room(RESERVE_EVERY_FILES, both.signal);
         await space.reserve(cart, upTo);
         for (const file of files) reserved.push(file);
       });
