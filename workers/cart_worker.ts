@@ -91,6 +91,9 @@ const MOST_BATCH_FILES = 4096;
 /** A batch is also released once its files hold this many bytes. */
 const RESERVE_EVERY_BYTES = 64 * 1024 * 1024;
 
+/** A size the archive told, as the store records it. */
+type SizeRecord = { idx: number; size: number; mtime: number };
+
 /** What fetching a cart's files did. */
 interface FetchCounts {
   fetched: number;
@@ -403,7 +406,7 @@ export class CartWorker {
     statuses: Map<number, ArchiveStatus>,
     signal: AbortSignal,
   ): Promise<FetchCounts> {
-    const { store, volume, space } = this.deps;
+    const { store, space } = this.deps;
     const sizes = this.#sizeRecorder(cart);
     const reserved = new Channel<CartFile>();
     // Asking and fetching stop together: when either fails, or the cart's work is stopped.
@@ -440,9 +443,7 @@ export class CartWorker {
           store.eachFile(cart.id, "unsized"),
           this.deps.config.limits.filesPerCart,
           async (file, inner) => {
-            const status = await this.#status(file, inner);
-            statuses.set(file.idx, status);
-            await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
+            const status = await this.#askSize(file, statuses, sizes, inner);
             batch.push({ ...file, size: status.size, mtime: status.mtime });
             batchBytes += status.size;
             const most = Math.min(
@@ -457,13 +458,7 @@ export class CartWorker {
         );
         await sizes.flush();
         await release();
-        const total = await store.totalSize(cart.id);
-        await store.setTotalBytes(cart.id, total);
-        if (cart.bundle) {
-          const files = await StagedFiles.load(store, cart, volume, true);
-          await space.reserve(cart, total + planCartBundle(cart, files, { format: "tar" }).size);
-        }
-        log.info("staging", { uid: cart.uid, cart: cart.id, files: cart.fileCount, bytes: total });
+        await this.#reserveCart(cart, releasedBytes);
         reserved.close();
       } catch (error) {
         await sizes.flush().catch(() => {});
@@ -497,17 +492,13 @@ export class CartWorker {
     statuses: Map<number, ArchiveStatus>,
     signal: AbortSignal,
   ): Promise<FetchCounts> {
-    const { store, volume, config, space } = this.deps;
+    const { store, config } = this.deps;
     const sizes = this.#sizeRecorder(cart);
     try {
       await forEachLimited(
         store.eachFile(cart.id, "unsized"),
         config.limits.filesPerCart,
-        async (file, inner) => {
-          const status = await this.#status(file, inner);
-          statuses.set(file.idx, status);
-          await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
-        },
+        async (file, inner) => void await this.#askSize(file, statuses, sizes, inner),
         signal,
       );
     } catch (error) {
@@ -515,6 +506,34 @@ export class CartWorker {
       throw error;
     }
     await sizes.flush();
+    await this.#reserveCart(cart, 0);
+    return await this.#fetch(cart, store.eachFile(cart.id, "unstaged"), statuses, signal);
+  }
+
+  /** Records the sizes the archive tells, in batches. */
+  #sizeRecorder(cart: Cart): Batcher<SizeRecord> {
+    return new Batcher((items) => this.deps.store.setFileSizes(cart.id, items), 256, 200);
+  }
+
+  /** Asks the archive for a file's size; keeps its answer for the fetch and records the size. */
+  async #askSize(
+    file: CartFile,
+    statuses: Map<number, ArchiveStatus>,
+    sizes: Batcher<SizeRecord>,
+    signal: AbortSignal,
+  ): Promise<ArchiveStatus> {
+    const status = await this.#status(file, signal);
+    statuses.set(file.idx, status);
+    await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
+    return status;
+  }
+
+  /**
+   * Once every size is recorded: the cart's total, and its whole reservation (its files, and
+   * its tar when it is a `"bundle": true` cart) when that is more than `reservedBytes`.
+   */
+  async #reserveCart(cart: Cart, reservedBytes: number): Promise<void> {
+    const { store, volume, space } = this.deps;
     const total = await store.totalSize(cart.id);
     await store.setTotalBytes(cart.id, total);
     const tar = cart.bundle
@@ -522,14 +541,8 @@ export class CartWorker {
         format: "tar",
       }).size
       : 0;
-    await space.reserve(cart, total + tar);
+    if (total + tar !== reservedBytes) await space.reserve(cart, total + tar);
     log.info("staging", { uid: cart.uid, cart: cart.id, files: cart.fileCount, bytes: total });
-    return await this.#fetch(cart, store.eachFile(cart.id, "unstaged"), statuses, signal);
-  }
-
-  /** Records the sizes the archive tells, in batches. */
-  #sizeRecorder(cart: Cart): Batcher<{ idx: number; size: number; mtime: number }> {
-    return new Batcher((items) => this.deps.store.setFileSizes(cart.id, items), 256, 200);
   }
 
   /**
