@@ -262,7 +262,6 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       release();
       return json({ message: "The cart does not exist or has already been deleted" }, 404);
     }
-    await store.touch(cart.id);
     const headers: Record<string, string> = {
       "Content-Type": "application/octet-stream",
       "Content-Disposition": contentDisposition(asked.name),
@@ -274,6 +273,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     const rangeApplies = ifRange === null || ifRange === bundle.etag;
     const ranges = rangeApplies ? parseRange(request.headers.get("range"), bundle.size) : null;
     if (ranges === "unsatisfiable") {
+      await store.touch(cart.id);
       release();
       return json({ message: `The range is outside the ${bundle.size} bytes of this cart` }, 416, {
         "Content-Range": `bytes */${bundle.size}`,
@@ -286,6 +286,8 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       range: ranges?.length === 1 ? `${ranges[0].start}-${ranges[0].end}` : undefined,
       plan: shared ? "shared" : undefined, // with a download of the cart in flight
     });
+    // The use, recorded before the answer: held while the body is sent (holdWhileSent).
+    await store.touch(cart.id, store.now() + DOWNLOAD_HOLD_MS);
     const held = (body: ReadableStream<Uint8Array>) => holdWhileSent(store, cart.id, body, release);
     if (ranges && ranges.length === 1) {
       const { start, end } = ranges[0];
@@ -384,10 +386,10 @@ class InFlightDownloads {
 const inFlight = new InFlightDownloads();
 
 /**
- * `body`, passed through unchanged, while the cart counts as used: its last use is set
- * {@linkcode DOWNLOAD_HOLD_MS} ahead now and every third of that, so the LRU purge and
- * retention (from whichever process) never delete the files of a download in flight, whatever
- * LRU_BUFFER_TIME is. `release` is called once, when the body is sent, cut off or cancelled;
+ * `body`, passed through unchanged, while the cart counts as used: its last use, which the
+ * caller set {@linkcode DOWNLOAD_HOLD_MS} ahead, is moved that far ahead again every third of
+ * that, so the LRU purge and retention (from whichever process) never delete the files of a
+ * download in flight, whatever LRU_BUFFER_TIME is. `release` is called once, when the body is sent, cut off or cancelled;
  * when it tells that no other download of the cart is in flight here, the cart's last use
  * becomes that moment. A process that dies mid-download holds the cart for at most
  * {@linkcode DOWNLOAD_HOLD_MS}.
@@ -413,13 +415,11 @@ function holdWhileSent(
     if (release() === 0) await store.endHold(cartId).catch(warn);
   };
   const reader = body.getReader();
-  const first = hold();
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
         const { done, value } = await reader.read();
         if (!done) return controller.enqueue(value);
-        await first;
         await end(); // before the client sees the end
         controller.close();
       } catch (error) {
