@@ -148,9 +148,17 @@ function statusField(pid: number, field: string): number {
 
 /** User + system CPU seconds of a process (all its threads) so far. */
 export function cpuSeconds(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const { user, sys } = readStat(`/proc/${pid}/stat`).cpu;
+  return user + sys;
+}
+
+/** The name and CPU seconds in a `/proc/…/stat` file (of a process, or of one of its threads). */
+function readStat(path: string): { name: string; cpu: Cpu } {
+  const stat = Deno.readTextFileSync(path);
+  const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
+  // utime and stime, in clock ticks
+  return { name, cpu: { user: Number(fields[11]) / 100, sys: Number(fields[12]) / 100 } };
 }
 
 /** User and system CPU seconds. */
@@ -168,14 +176,13 @@ export interface Cpu {
 export function threadCpu(pid: number): Record<string, Cpu> {
   const out: Record<string, Cpu> = {};
   for (const entry of Deno.readDirSync(`/proc/${pid}/task`)) {
-    let stat: string;
+    let thread: { name: string; cpu: Cpu };
     try {
-      stat = Deno.readTextFileSync(`/proc/${pid}/task/${entry.name}/stat`);
+      thread = readStat(`/proc/${pid}/task/${entry.name}/stat`);
     } catch {
       continue; // the thread ended
     }
-    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const { name } = thread;
     const kind = entry.name === String(pid)
       ? "main"
       : name.startsWith("V8 ")
@@ -186,8 +193,8 @@ export function threadCpu(pid: number): Record<string, Cpu> {
       ? "workers"
       : "other";
     const cpu = out[kind] ??= { user: 0, sys: 0 };
-    cpu.user += Number(fields[11]) / 100; // utime, in clock ticks
-    cpu.sys += Number(fields[12]) / 100; // stime
+    cpu.user += thread.cpu.user;
+    cpu.sys += thread.cpu.sys;
   }
   return out;
 }
