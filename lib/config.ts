@@ -80,6 +80,15 @@ export interface Config {
     /** Delete ready carts this old (0 = keep until purged or deleted). */
     retentionMs: number;
   };
+  /** How the HTTP API answers. */
+  api: {
+    /**
+     * Which words `X-Pacifica-Status` uses: `compatible` says `staging` for a waiting or
+     * bundling cart, as Pacifica's clients expect (SPEC §1); `precise` says all five states.
+     * The precise state is always in `X-Cartd-State`.
+     */
+    statusWords: "compatible" | "precise";
+  };
   /** The lowest level of log messages that is written. */
   logLevel: "debug" | "info" | "warn" | "error";
 }
@@ -268,6 +277,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
       requestTimeoutMs: s("CARTD_REQUEST_TIMEOUT", 60),
       fetchAttempts: n("CARTD_FETCH_ATTEMPTS", 3),
       retryDelayMs: s("CARTD_RETRY_DELAY", 2),
+      missingAfterMs: s("CARTD_MISSING_AFTER", 60),
     },
     limits: {
       filesInFlight: n("CARTD_FILES_IN_FLIGHT", 16),
@@ -287,6 +297,9 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
       lruBufferMs: s("LRU_BUFFER_TIME", 0),
       purge: read(env, "CARTD_LRU_PURGE", flag, true),
       retentionMs: s("CARTD_RETENTION", 0),
+    },
+    api: {
+      statusWords: read(env, "CARTD_STATUS_WORDS", z.enum(["compatible", "precise"]), "compatible"),
     },
     logLevel: read(env, "CARTD_LOG_LEVEL", z.enum(["debug", "info", "warn", "error"]), "info"),
   };
@@ -313,6 +326,7 @@ export const SETTINGS: ReadonlyArray<[name: string, meaning: string, fallback: s
   ["CARTD_REQUEST_TIMEOUT", "time limit of one archive request (s)", "60"],
   ["CARTD_FETCH_ATTEMPTS", "download attempts per file", "3"],
   ["CARTD_RETRY_DELAY", "first delay (s) before a download retry", "2"],
+  ["CARTD_MISSING_AFTER", "seconds HEAD 500s are retried before a file counts as missing", "60"],
   ["CARTD_FILES_IN_FLIGHT", "files fetched at once per worker process", "16"],
   ["CARTD_FILES_PER_CART", "files of one cart fetched at once", "8"],
   ["CARTD_CARTS_IN_FLIGHT", "carts one worker process works on at once", "16"],
@@ -325,5 +339,10 @@ export const SETTINGS: ReadonlyArray<[name: string, meaning: string, fallback: s
   ["CARTD_VOLUME_SIZE", "cap on bytes used under VOLUME_PATH (K/M/G/T)", "free space"],
   ["CARTD_LRU_PURGE", "purge least-recently-used carts to make room", "true"],
   ["CARTD_RETENTION", "delete ready carts older than this (s; 0 = never)", "0"],
+  [
+    "CARTD_STATUS_WORDS",
+    "X-Pacifica-Status words: compatible (Pacifica's three) or precise (all five)",
+    "compatible",
+  ],
   ["CARTD_LOG_LEVEL", "debug, info, warn or error", "info"],
 ];

@@ -52,6 +52,12 @@ export interface StageSettings {
   fetchAttempts: number;
   /** Delay before the first retry; doubles with each further retry (default 2000). */
   retryDelayMs: number;
+  /**
+   * How long a HEAD that keeps answering 500 is retried, on a growing delay, before the file
+   * counts as missing (default 60000). The archive answers 500 both to a missing file and to a
+   * passing failure, so one 500 is not final (SPEC §2).
+   */
+  missingAfterMs: number;
 }
 
 /** Defaults of {@linkcode StageSettings}. */
@@ -63,6 +69,7 @@ export const DEFAULT_STAGE_SETTINGS: StageSettings = Object.freeze({
   requestTimeoutMs: 60_000,
   fetchAttempts: 3,
   retryDelayMs: 2000,
+  missingAfterMs: 60_000,
 });
 
 /** One file to stage. */

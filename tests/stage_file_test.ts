@@ -398,6 +398,7 @@ Deno.test("DEFAULT_STAGE_SETTINGS match the documented defaults", () => {
     requestTimeoutMs: 60_000,
     fetchAttempts: 3,
     retryDelayMs: 2000,
+    missingAfterMs: 60_000,
   });
 });
 
