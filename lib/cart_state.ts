@@ -17,7 +17,10 @@
 /** Every status a cart can have, in the order a healthy cart passes through them. */
 export const CART_STATUSES = ["waiting", "staging", "bundling", "ready", "error"] as const;
 
-/** One status of a cart, as `X-Pacifica-Status` reports it. */
+/**
+ * One status of a cart, as `X-Cartd-State` reports it (and `X-Pacifica-Status` when
+ * `CARTD_STATUS_WORDS=precise`; see {@linkcode pacificaStatus}).
+ */
 export type CartStatus = typeof CART_STATUSES[number];
 
 const NEXT: Readonly<Record<CartStatus, readonly CartStatus[]>> = {
@@ -47,6 +50,39 @@ export function isFinal(status: CartStatus): boolean {
 export function parseStatus(value: string): CartStatus {
   if ((CART_STATUSES as readonly string[]).includes(value)) return value as CartStatus;
   throw new Error(`Unknown cart status "${value}": expected one of ${CART_STATUSES.join(", ")}`);
+}
+
+/**
+ * Which words `X-Pacifica-Status` uses (`CARTD_STATUS_WORDS`): `compatible`, the three that
+ * Pacifica's own service and client library know, or `precise`, all five of
+ * {@linkcode CART_STATUSES}.
+ */
+export type StatusWords = "compatible" | "precise";
+
+/** A word Pacifica's own service puts in `X-Pacifica-Status`. */
+export type PacificaStatus = "staging" | "ready" | "error";
+
+/**
+ * The word `X-Pacifica-Status` gives for a cart in `status`. In `compatible` mode a waiting or
+ * bundling cart says `staging`, because Pacifica's client library (`CartAPI.wait_for_cart`)
+ * polls only while it reads `staging` and fails on any other word but `ready`; `ready` and
+ * `error` are the same in both modes. In `precise` mode the status is said as it is. Either
+ * way, the precise status goes in `X-Cartd-State`.
+ *
+ * @example
+ * ```ts
+ * import { pacificaStatus } from "./cart_state.ts";
+ * pacificaStatus("waiting", "compatible"); // "staging"
+ * pacificaStatus("bundling", "compatible"); // "staging"
+ * pacificaStatus("ready", "compatible"); // "ready"
+ * pacificaStatus("bundling", "precise"); // "bundling"
+ * ```
+ */
+export function pacificaStatus(status: CartStatus, words: "compatible"): PacificaStatus;
+export function pacificaStatus(status: CartStatus, words: StatusWords): CartStatus;
+export function pacificaStatus(status: CartStatus, words: StatusWords): CartStatus {
+  if (words === "precise") return status;
+  return status === "waiting" || status === "bundling" ? "staging" : status;
 }
 
 /** Thrown when code asks for a move the state machine forbids. */

@@ -7,6 +7,7 @@
  */
 import { Hono } from "hono";
 import { createHash } from "node:crypto";
+import { pacificaStatus } from "../lib/cart_state.ts";
 import { CartDocumentError, parseCartDocument } from "../lib/cart_document.ts";
 import type { Bundle } from "../lib/bundle.ts";
 import { cartBundle, defaultName } from "../lib/cart_bundle.ts";
@@ -33,6 +34,8 @@ export interface RouteDeps {
 }
 
 const JSON_TYPE = "application/json";
+/** cartd's own HEAD header: the precise status of the cart, whatever CARTD_STATUS_WORDS says. */
+export const STATE_HEADER = "X-Cartd-State";
 /** How long a POST waits for the queue before answering (the cart is stored either way). */
 const PUBLISH_WAIT_MS = 2_000;
 const utf8 = new TextEncoder();
@@ -185,7 +188,13 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     return json({ message: "Cart Processing has begun" }, 201);
   });
 
-  // Hono answers HEAD through the GET route; the GET route hands HEAD over to this.
+  /**
+   * HEAD: the cart's status in headers. `X-Pacifica-Status` uses the words of
+   * `config.api.statusWords` (see pacificaStatus); `X-Cartd-State` always has the precise
+   * status, read from the same row. An unknown cart says `error` in both (the 404 tells it
+   * apart from a failed cart), so a client loop that stops on `error` stops on it too.
+   * Hono answers HEAD through the GET route; the GET route hands HEAD over to this.
+   */
   async function status(uid: string): Promise<Response> {
     const cart = await store.liveCart(uid);
     if (!cart) {
@@ -194,6 +203,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
         headers: {
           "X-Pacifica-Status": "error",
           "X-Pacifica-Message": headerSafe(`No cart with uid ${uid} found`),
+          [STATE_HEADER]: "error",
         },
       });
     }
@@ -201,8 +211,9 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     return new Response(null, {
       status: cart.status === "error" ? 500 : 204,
       headers: {
-        "X-Pacifica-Status": cart.status,
+        "X-Pacifica-Status": pacificaStatus(cart.status, config.api.statusWords),
         "X-Pacifica-Message": headerSafe(cart.message),
+        [STATE_HEADER]: cart.status,
       },
     });
   }

@@ -4,6 +4,7 @@ import {
   canMove,
   CART_STATUSES,
   isFinal,
+  pacificaStatus,
   parseStatus,
   predecessorsOf,
   TransitionError,
@@ -42,4 +43,15 @@ Deno.test("assertMove throws a TransitionError that names both statuses", () => 
 Deno.test("parseStatus accepts the five statuses and rejects anything else", () => {
   for (const s of CART_STATUSES) assert.equal(parseStatus(s), s);
   assert.throws(() => parseStatus("done"), /Unknown cart status "done"/);
+});
+
+Deno.test("pacificaStatus: compatible says staging for waiting and bundling; precise says all five", () => {
+  assert.deepEqual(CART_STATUSES.map((s) => pacificaStatus(s, "compatible")), [
+    "staging",
+    "staging",
+    "staging",
+    "ready",
+    "error",
+  ]);
+  assert.deepEqual(CART_STATUSES.map((s) => pacificaStatus(s, "precise")), [...CART_STATUSES]);
 });
