@@ -9,8 +9,12 @@ import {
   CHUNK_SIZE,
   planBundle,
 } from "../lib/bundle.ts";
+import { cartBundleOptions, planCartBundle, uidFolder } from "../lib/cart_bundle.ts";
 import { type StagedColumns, StagedFiles } from "../lib/staged_files.ts";
+import type { Cart } from "../lib/store.ts";
 import { Volume } from "../lib/volume.ts";
+import { startFakeArchive } from "./fake_archive.ts";
+import { listFiles, postCart, startCartd, waitFor } from "./harness.ts";
 
 const MTIME = 1700000000; // 2023-11-14
 const decoder = new TextDecoder();
@@ -617,6 +621,168 @@ Deno.test("bundle: a cart's files in columns (StagedFiles) give the same bytes a
       assert.equal(b.etag, a.etag);
       assert.equal(b.size, a.size);
       assert.deepEqual(await bytesOf(b.stream()), await bytesOf(a.stream()));
+    }
+  });
+});
+
+/** A ready cart as the store describes it, for the layout tests. */
+function readyCart(over: Partial<Cart> = {}): Cart {
+  const at = Date.UTC(2024, 0, 2, 3, 4, 5);
+  return {
+    id: "00000000-0000-4000-8000-000000000001",
+    uid: "cart-7",
+    status: "ready",
+    message: "",
+    documentHash: "",
+    bundle: false,
+    manifest: false,
+    fileCount: 1,
+    totalBytes: 6,
+    reservedBytes: 6,
+    createdAt: at - 1000,
+    updatedAt: at,
+    readyAt: at,
+    lastUsedAt: at,
+    claimOwner: null,
+    claimExpires: null,
+    attempts: 1,
+    ...over,
+  };
+}
+
+Deno.test("uidFolder: an ordinary uid is its own folder; any other becomes one safe segment", () => {
+  const cases: [uid: string, folder: string][] = [
+    ["cart-7", "cart-7"],
+    ["my.cart_1.tar", "my.cart_1.tar"],
+    ["données 日本", "données 日本"],
+    ["...", "..."],
+    ["..x", "..x"],
+    [".", "_"],
+    ["..", "__"],
+    ["../../etc", ".._.._etc"],
+    ["/abs", "_abs"],
+    ["a\\b", "a_b"],
+    ["tab\there\nnl", "tab_here_nl"],
+    ["nul\0", "nul_"],
+    ["del\x7f c1\x85", "del_ c1_"],
+  ];
+  for (const [uid, folder] of cases) {
+    assert.equal(uidFolder(uid), folder, JSON.stringify(uid));
+    // Each is a top folder planBundle accepts (it refuses anything that is not one segment).
+    planBundle([], options({ top: uidFolder(uid) }));
+  }
+  const longest = "é".repeat(127) + "x"; // 255 bytes, the longest uid
+  assert.equal(new TextEncoder().encode(uidFolder(longest)).length, 255);
+  assert.equal(uidFolder("\x85".repeat(127)), "_".repeat(127), "never longer than the uid");
+});
+
+Deno.test("cart layout: a bundle cart's top folder is its uid whatever the name; others use NAME", () => {
+  const bundled = readyCart({ bundle: true, uid: "../up" });
+  for (const format of ["tar", "zip"] as const) {
+    for (const name of [undefined, "other.tar", "x.zip"]) {
+      assert.equal(cartBundleOptions(bundled, { name, format }).top, ".._up", `${format} ${name}`);
+    }
+  }
+  const plain = readyCart();
+  assert.equal(cartBundleOptions(plain, { name: "other.tar", format: "tar" }).top, "other");
+  assert.equal(cartBundleOptions(plain, { name: "other.zip", format: "zip" }).top, "other");
+  assert.equal(cartBundleOptions(plain, { format: "tar" }).top, "data_2024_01_02_03_04_05");
+  // The tar written at bundling time (no name) is the one any download name gets.
+  const files: BundleFile[] = [];
+  assert.equal(
+    planCartBundle(bundled, files, { format: "tar" }).etag,
+    planCartBundle(bundled, files, { name: "other.tar", format: "tar" }).etag,
+  );
+  assert.notEqual(
+    planCartBundle(plain, files, { format: "tar" }).etag,
+    planCartBundle(plain, files, { name: "other.tar", format: "tar" }).etag,
+  );
+});
+
+Deno.test("bundle: a uid made a folder cannot put a member outside the extraction folder", async () => {
+  await withTemp(async (dir) => {
+    const files = await stage(dir, [["a/f.txt", 10]]);
+    const top = uidFolder("../x\x01");
+    const tarPath = `${dir}/out.tar`;
+    await writeBundle(planBundle(files, options({ top })), tarPath);
+    await Deno.mkdir(`${dir}/gnu/in`, { recursive: true });
+    await clean("tar", ["-xf", tarPath, "-C", `${dir}/gnu/in`]);
+    assert.deepEqual(await listFiles(`${dir}/gnu`), ["in/.._x_/a/f.txt"]);
+    const py = await clean("python3", ["-c", PY_TAR, tarPath, `${dir}/py/in`]);
+    if (py !== null) assert.deepEqual(await listFiles(`${dir}/py`), ["in/.._x_/a/f.txt"]);
+    await Deno.mkdir(`${dir}/bsd/in`, { recursive: true });
+    if (await clean("bsdtar", ["-xf", tarPath, "-C", `${dir}/bsd/in`]) !== null) {
+      assert.deepEqual(await listFiles(`${dir}/bsd`), ["in/.._x_/a/f.txt"]);
+    }
+  });
+});
+
+/** Names of the members of a tar (GNU tar's listing). */
+async function members(tarPath: string): Promise<string[]> {
+  const listing = await clean("tar", ["-tf", tarPath]);
+  assert.ok(listing !== null, "GNU tar is required");
+  return listing.trimEnd().split("\n");
+}
+
+Deno.test('e2e: a "bundle": true cart downloaded as other.tar has its members under UID/; a streamed one under NAME/', async () => {
+  await using archive = startFakeArchive();
+  archive.put("a", "alpha\n");
+  archive.put("b", { size: 70_000 });
+  await using cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: archive.url } });
+  const { url } = cartd;
+  const fileids = [{ id: "a", path: "x/a.txt" }, { id: "b", path: "y/z/b.bin" }];
+  // "ctl\x01.." as a URL segment: a uid with a control character and dots.
+  const carts: [uid: string, bundle: boolean, top: string][] = [
+    ["cart-7", true, "cart-7"],
+    ["ctl\x01..", true, "ctl_.."],
+    ["plain", false, "other"],
+  ];
+  for (const [uid, bundle] of carts) {
+    const res = await postCart(url, uid, { fileids, bundle });
+    assert.equal(res.status, 201, await res.text());
+  }
+  await withTemp(async (dir) => {
+    for (const [uid, , top] of carts) {
+      const [code, state, message] = await waitFor(url, uid, "ready");
+      assert.equal(state, "ready", `${uid}: HEAD ${code} ${message}`);
+      const res = await fetch(`${url}${encodeURIComponent(uid)}?filename=other.tar`);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("content-disposition"), 'attachment; filename="other.tar"');
+      const tarPath = `${dir}/${top}.tar`;
+      await Deno.writeFile(tarPath, new Uint8Array(await res.arrayBuffer()));
+      assert.deepEqual(await members(tarPath), [
+        `${top}/`,
+        `${top}/x/`,
+        `${top}/x/a.txt`,
+        `${top}/y/`,
+        `${top}/y/z/`,
+        `${top}/y/z/b.bin`,
+      ]);
+      const want = [`${top}/x/a.txt`, `${top}/y/z/b.bin`];
+      const gnu = `${dir}/gnu-${top}`;
+      await Deno.mkdir(gnu);
+      await clean("tar", ["-xf", tarPath, "-C", gnu]);
+      assert.deepEqual(await listFiles(gnu), want);
+      assert.equal(await Deno.readTextFile(`${gnu}/${top}/x/a.txt`), "alpha\n");
+      assert.deepEqual(await Deno.readFile(`${gnu}/${top}/y/z/b.bin`), await archive.bytes("b"));
+      if (await clean("python3", ["-c", PY_TAR, tarPath, `${dir}/py-${top}`]) !== null) {
+        assert.deepEqual(await listFiles(`${dir}/py-${top}`), want);
+      }
+      const bsd = `${dir}/bsd-${top}`;
+      await Deno.mkdir(bsd);
+      if (await clean("bsdtar", ["-xf", tarPath, "-C", bsd]) !== null) {
+        assert.deepEqual(await listFiles(bsd), want);
+      }
+    }
+    // The zip of a bundle cart has the same layout as its tar.
+    const zip = await fetch(`${url}cart-7?filename=other.zip&format=zip`);
+    assert.equal(zip.status, 200);
+    const zipPath = `${dir}/cart-7.zip`;
+    await Deno.writeFile(zipPath, new Uint8Array(await zip.arrayBuffer()));
+    const bsd = `${dir}/bsd-zip`;
+    await Deno.mkdir(bsd);
+    if (await clean("bsdtar", ["-xf", zipPath, "-C", bsd]) !== null) {
+      assert.deepEqual(await listFiles(bsd), ["cart-7/x/a.txt", "cart-7/y/z/b.bin"]);
     }
   });
 });

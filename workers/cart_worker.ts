@@ -19,7 +19,8 @@
 import { hostname } from "node:os";
 import type { ArchiveClient, ArchiveStatus } from "../lib/archive_client.ts";
 import { sleep } from "../lib/backoff.ts";
-import { defaultName, planCartBundle, topFolder } from "../lib/cart_bundle.ts";
+import { planBundle } from "../lib/bundle.ts";
+import { cartBundleOptions, planCartBundle } from "../lib/cart_bundle.ts";
 import { StagedFiles } from "../lib/staged_files.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
@@ -643,16 +644,13 @@ export class CartWorker {
     }
     const readyAt = Date.now();
     const ready = { ...cart, readyAt };
-    const plan = planCartBundle(ready, files, { format: "tar" });
+    // The tar of a "bundle": true cart is laid out as downloads plan it (under the cart's uid).
+    const options = cartBundleOptions(ready, { format: "tar" });
+    const plan = planBundle(files, options);
     if (cart.bundle) {
       const written = await pool.bundle({
         files: files.columns,
-        options: {
-          top: topFolder(defaultName(ready, "tar")),
-          format: "tar",
-          manifest: cart.manifest,
-          mtime: Math.floor(readyAt / 1000),
-        },
+        options,
         dest: volume.bundlePath(cart.id),
       }, signal);
       if (written.etag !== plan.etag || written.size !== plan.size) {
