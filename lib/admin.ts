@@ -21,7 +21,7 @@
  * @module
  */
 import type { Config } from "./config.ts";
-import { parseDuration } from "./config.ts";
+import { ConfigError, parseDuration } from "./config.ts";
 import { type Db, openDb } from "./db.ts";
 import { errorMessage } from "./log.ts";
 import { openQueue } from "./queue.ts";
@@ -31,21 +31,49 @@ import { Space, type SpaceReport } from "./space.ts";
 import { type Cart, type CartFile, CartStore } from "./store.ts";
 import { Volume } from "./volume.ts";
 
+/** The admin commands: name → [usage, what it does (lines), the flags it takes]. */
+const COMMANDS: Record<string, [usage: string, what: string[], flags: string[]]> = {
+  dump: ["dump [--json]", ["live carts, their files, and where space stands"], ["json"]],
+  purge: ["purge --older-than DUR", [
+    "remove ready and failed carts not used for DUR",
+    "(DUR: 90, 90s, 15m, 12h, 7d, 2w)",
+  ], ["older-than"]],
+  fixit: ["fixit UID...", [
+    "retry failed carts: fetch only the files that were not",
+    "staged, then bundle (a fresh cart under the same uid)",
+  ], []],
+  dbsync: ["dbsync", ["create or upgrade the database schema"], []],
+  dbchk: ["dbchk", ["exit 0 when the schema is current, 1 when not"], []],
+};
+
+function usageLines(names: string[]): string {
+  return names.flatMap((name) => {
+    const [usage, what] = COMMANDS[name];
+    return what.map((line, i) => `  ${(i ? "" : `cartd admin ${usage}`).padEnd(38)}${line}`);
+  }).join("\n");
+}
+
+const EXIT_STATUS =
+  "Exit status: 0 done, 1 the work failed (see the message), 2 the command line is wrong.";
+
 /** `cartd admin --help`. */
 export const ADMIN_HELP =
   `cartd admin: operators' commands (settings from the environment, as for the service)
 
 Usage:
-  cartd admin dump [--json]             live carts, their files, and where space stands
-  cartd admin purge --older-than DUR    remove ready and failed carts not used for DUR
-                                        (DUR: 90, 90s, 15m, 12h, 7d, 2w)
-  cartd admin fixit UID...              retry failed carts: fetch only the files that were not
-                                        staged, then bundle (a fresh cart under the same uid)
-  cartd admin dbsync                    create or upgrade the database schema
-  cartd admin dbchk                     exit 0 when the schema is current, 1 when not
+${usageLines(Object.keys(COMMANDS))}
 
-Exit status: 0 done, 1 the work failed (see the message), 2 the command line is wrong.
+On the embedded SQLite database, a command creates the schema when there is none yet.
+'cartd admin COMMAND --help' shows one command.
+
+${EXIT_STATUS}
 `;
+
+/** `cartd admin COMMAND --help`, or null for an unknown command. */
+export function adminCommandHelp(command: string): string | null {
+  if (!(command in COMMANDS)) return null;
+  return `Usage:\n${usageLines([command])}\n\n${EXIT_STATUS}\n`;
+}
 
 /** A wrong command line: exit 2. */
 class UsageError extends Error {}
@@ -74,23 +102,33 @@ function iso(ms: number | null): string | null {
   return ms === null ? null : new Date(ms).toISOString();
 }
 
-/** Opens the configured database and insists on a current schema. */
+/**
+ * Opens the configured database with a current schema. The embedded SQLite database gets its
+ * schema created (or upgraded) here, as the service does at start, so that an admin command on
+ * a fresh volume finds no carts instead of failing; a MySQL database must have been synced
+ * (`cartd dbsync`, or a service started against it).
+ */
 async function openCurrent(config: Config): Promise<Db> {
   const db = await openDb(config.database);
-  const state = await schemaState(db).catch(async (e) => {
+  try {
+    if (config.database.kind === "sqlite") {
+      await syncSchema(db);
+      return db;
+    }
+    const state = await schemaState(db);
+    if (!state.current) {
+      throw new AdminError(
+        state.found === 0
+          ? "the database has no cartd schema: run 'cartd dbsync' first"
+          : `the database schema is at version ${state.found}, this cartd needs ${state.expected}: ` +
+            "run 'cartd dbsync'",
+      );
+    }
+    return db;
+  } catch (e) {
     await db.close();
     throw e;
-  });
-  if (!state.current) {
-    await db.close();
-    throw new AdminError(
-      state.found === 0
-        ? "the database has no cartd schema: run 'cartd dbsync' first"
-        : `the database schema is at version ${state.found}, this cartd needs ${state.expected}: ` +
-          "run 'cartd dbsync'",
-    );
   }
-  return db;
 }
 
 /** One cart as `dump --json` shows it. */
@@ -315,7 +353,14 @@ async function fixit(
   return ok;
 }
 
-async function schemaCommand(config: Config, command: "dbsync" | "dbchk"): Promise<number> {
+/**
+ * `cartd dbsync` (create or upgrade the schema; exit 0) and `cartd dbchk` (exit 0 when the
+ * schema is current, 1 when not), also spelt `cartd admin dbsync` / `cartd admin dbchk`.
+ */
+export async function schemaCommand(
+  config: Config,
+  command: "dbsync" | "dbchk",
+): Promise<number> {
   const db = await openDb(config.database);
   try {
     if (command === "dbsync") {
@@ -340,25 +385,42 @@ async function schemaCommand(config: Config, command: "dbsync" | "dbchk"): Promi
   }
 }
 
-/** Runs `cartd admin <args>`; returns the exit code. */
+/**
+ * Runs `cartd admin <args>`; returns the exit code. `settings` is called only once the command
+ * line is known to be right (help and usage errors read no environment).
+ */
 export async function admin(
-  config: Config,
+  settings: () => Config,
   args: string[],
   flags: Record<string, unknown>,
 ): Promise<number> {
   const [command, ...rest] = args;
-  if (flags.help || command === undefined || command === "help") {
+  if (command === undefined || command === "help") {
     (command === undefined && !flags.help ? console.error : console.log)(ADMIN_HELP);
     return command === undefined && !flags.help ? 2 : 0;
   }
+  const help = adminCommandHelp(command);
+  if (help === null) {
+    console.error(`cartd admin: unknown command "${command}"; see 'cartd admin --help'`);
+    return 2;
+  }
+  if (flags.help) {
+    console.log(help);
+    return 0;
+  }
   try {
-    if (command === "dbsync" || command === "dbchk") return await schemaCommand(config, command);
-    if (!["dump", "purge", "fixit"].includes(command)) {
-      throw new UsageError(`unknown command "${command}"; see 'cartd admin --help'`);
+    const given = Object.keys(flags).filter((f) => flags[f] !== undefined);
+    const wrong = given.find((f) => !COMMANDS[command][2].includes(f));
+    if (wrong) {
+      throw new UsageError(
+        `${command} does not take --${wrong}; see 'cartd admin ${command} --help'`,
+      );
     }
     if (command !== "fixit" && rest.length) {
       throw new UsageError(`${command} takes no arguments, but got "${rest.join(" ")}"`);
     }
+    const config = settings();
+    if (command === "dbsync" || command === "dbchk") return await schemaCommand(config, command);
     const db = await openCurrent(config);
     const store = new CartStore(db);
     const volume = new Volume(config.volumePath);
@@ -377,6 +439,6 @@ export async function admin(
     }
   } catch (e) {
     console.error(`cartd admin ${command}: ${errorMessage(e)}`);
-    return e instanceof UsageError ? 2 : 1;
+    return e instanceof UsageError || e instanceof ConfigError ? 2 : 1;
   }
 }

@@ -21,6 +21,8 @@
  */
 
 import { isAbsolute, relative, resolve } from "node:path";
+import { ConfigError } from "./config.ts";
+import { listenFailure } from "./listen.ts";
 
 /** Options of {@linkcode serveArchive}. */
 export interface ServeArchiveOptions {
@@ -34,6 +36,10 @@ export interface ServeArchiveOptions {
   signal?: AbortSignal;
   /** Called once listening (default: silent). */
   onListen?: (addr: Deno.NetAddr) => void;
+  /** The flag that named `prefix`, for messages (default "--prefix"). */
+  prefixFlag?: string;
+  /** The flag that chooses `port`, for messages (default "--port PORT"). */
+  portFlag?: string;
 }
 
 const READ_CHUNK = 1 << 20;
@@ -51,8 +57,34 @@ function within(root: string, path: string): boolean {
   return rel !== "" && !rel.startsWith("..") && !isAbsolute(rel);
 }
 
-/** Serves `opts.prefix` as a Pacifica Archive Interface. */
+/**
+ * Throws a {@linkcode ConfigError} naming `prefix` (and `flag`) unless it is a folder this
+ * process can read: a missing archive folder would otherwise only show as carts that fail.
+ */
+export function checkArchiveFolder(prefix: string, flag = "--prefix"): void {
+  const root = resolve(prefix);
+  const named = `the archive folder ${root} (${flag} ${prefix})`;
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(root);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new ConfigError(`${named} does not exist: give the folder whose files to serve`);
+    }
+    throw new ConfigError(`cannot read ${named}: ${e instanceof Error ? e.message : e}`);
+  }
+  if (!info.isDirectory) {
+    throw new ConfigError(`${named} is not a folder: give the folder whose files to serve`);
+  }
+}
+
+/**
+ * Serves `opts.prefix` as a Pacifica Archive Interface. Throws a {@linkcode ConfigError} when
+ * the prefix is not a readable folder, and a `ListenError` naming the address when the port
+ * cannot be bound; nothing is left listening then.
+ */
 export function serveArchive(opts: ServeArchiveOptions): Deno.HttpServer<Deno.NetAddr> {
+  checkArchiveFolder(opts.prefix, opts.prefixFlag);
   const root = resolve(opts.prefix);
   let realRoot: string | undefined;
 
@@ -151,12 +183,16 @@ export function serveArchive(opts: ServeArchiveOptions): Deno.HttpServer<Deno.Ne
     });
   }
 
-  return Deno.serve({
-    port: opts.port,
-    hostname: opts.hostname,
-    signal: opts.signal,
-    onListen: opts.onListen ?? (() => {}),
-    onError: (err) =>
-      jsonError(500, `Archive error: ${err instanceof Error ? err.message : String(err)}`),
-  }, handle);
+  try {
+    return Deno.serve({
+      port: opts.port,
+      hostname: opts.hostname,
+      signal: opts.signal,
+      onListen: opts.onListen ?? (() => {}),
+      onError: (err) =>
+        jsonError(500, `Archive error: ${err instanceof Error ? err.message : String(err)}`),
+    }, handle);
+  } catch (e) {
+    throw listenFailure(e, opts.hostname, opts.port, "the archive", opts.portFlag ?? "--port PORT");
+  }
 }

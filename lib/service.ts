@@ -15,7 +15,8 @@
 import { ArchiveClient } from "./archive_client.ts";
 import type { Config } from "./config.ts";
 import { openDb } from "./db.ts";
-import { log } from "./log.ts";
+import { listenFailure } from "./listen.ts";
+import { errorMessage, log } from "./log.ts";
 import { canCollect, paceHeap } from "./memory.ts";
 import { openQueue } from "./queue.ts";
 import { syncSchema } from "./schema.ts";
@@ -49,76 +50,116 @@ export interface Service {
   close(): Promise<void>;
 }
 
-/** Starts the parts of cartd that `options.role` names. */
+/** What the operator changes when the API's port is taken (the command's flags). */
+const API_LISTEN_FLAGS = "--port PORT (or --address ADDRESS)";
+
+/**
+ * Starts the parts of cartd that `options.role` names. Nothing is reported as started before
+ * it is: the API binds its port before the worker starts, and when any part fails (the port is
+ * taken, the threads do not load) the parts already open are closed again before the error
+ * (a `ListenError` naming the address, for a port) is thrown.
+ */
 export async function startService(config: Config, options: ServiceOptions): Promise<Service> {
   log.setLevel(config.logLevel);
-  const pacing = paceHeap({ slackBytes: config.limits.gcSlackBytes });
-  if (config.limits.gcSlackBytes > 0 && !canCollect()) {
-    log.warn(
-      "V8 runs without --expose-gc: memory is left to V8's own pacing (CARTD_GC_SLACK has no effect)",
-    );
-  }
   const volume = new Volume(config.volumePath);
-  await Deno.mkdir(volume.cartsDir, { recursive: true });
-  const db = await openDb(config.database);
-  await syncSchema(db);
-  const store = new CartStore(db);
-  const queue = await openQueue(config.queue);
-
-  let worker: CartWorker | null = null;
-  let pool: ThreadPool | null = null;
-  if (options.role !== "serve") {
-    pool = new ThreadPool(
-      config.limits.threads,
-      config.limits.filesInFlight,
-      config.limits.gcSlackBytes,
+  try {
+    await Deno.mkdir(volume.cartsDir, { recursive: true });
+  } catch (e) {
+    throw new Error(
+      `cannot create the volume folder ${volume.cartsDir} (VOLUME_PATH=${config.volumePath}): ` +
+        `${errorMessage(e)}; set VOLUME_PATH to a folder this process may write`,
+      { cause: e },
     );
-    await pool.ready().catch((e) => {
-      pool?.close();
-      throw new Error(`${e.message}: the worker cannot stage or bundle; check the installation`);
-    });
-    const archive = new ArchiveClient(config.archiveUrl, {
-      requestTimeoutMs: config.staging.requestTimeoutMs,
-    });
-    const space = new Space(store, volume, config.space);
-    worker = new CartWorker({ store, queue, volume, config, pool, archive, space });
-    await worker.start();
-    log.info("worker started", { owner: worker.owner, threads: config.limits.threads });
   }
-
-  let server: Deno.HttpServer | null = null;
-  let url: string | null = null;
-  if (options.role !== "worker") {
-    const app = cartRoutes({ store, queue, volume, config });
-    const listening = Promise.withResolvers<Deno.NetAddr>();
-    server = Deno.serve({
-      port: options.port ?? 8081,
-      hostname: options.hostname ?? "127.0.0.1",
-      onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
-    }, app.fetch);
-    const addr = await listening.promise;
-    const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-    url = `http://${host}:${addr.port}/`;
-  }
-  log.info("cartd started", {
-    role: options.role,
-    url: url ?? undefined,
-    volume: config.volumePath,
-    database: config.database.kind,
-    queue: config.queue.kind,
-    archive: config.archiveUrl,
-  });
-
-  return {
-    url,
-    store,
-    async close() {
-      await server?.shutdown();
-      await worker?.stop();
-      pool?.close();
-      await queue.close();
-      await db.close();
-      pacing.stop();
-    },
+  // Closed in reverse order when a later part fails, and by close().
+  const opened: (() => Promise<void> | void)[] = [];
+  const closeOpened = async () => {
+    for (const close of opened.splice(0).reverse()) {
+      try {
+        await close();
+      } catch (e) {
+        log.warn("closing a part of cartd failed", { error: errorMessage(e) });
+      }
+    }
   };
+  try {
+    const pacing = paceHeap({ slackBytes: config.limits.gcSlackBytes });
+    opened.push(() => pacing.stop());
+    if (config.limits.gcSlackBytes > 0 && !canCollect()) {
+      log.warn(
+        "V8 runs without --expose-gc: memory is left to V8's own pacing (CARTD_GC_SLACK has no effect)",
+      );
+    }
+    const db = await openDb(config.database);
+    opened.push(() => db.close());
+    await syncSchema(db);
+    const store = new CartStore(db);
+    const queue = await openQueue(config.queue);
+    opened.push(() => queue.close());
+
+    let url: string | null = null;
+    let server: Deno.HttpServer | null = null;
+    if (options.role !== "worker") {
+      const app = cartRoutes({ store, queue, volume, config });
+      const port = options.port ?? 8081;
+      const hostname = options.hostname ?? "127.0.0.1";
+      const listening = Promise.withResolvers<Deno.NetAddr>();
+      try {
+        server = Deno.serve({
+          port,
+          hostname,
+          onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
+        }, app.fetch);
+      } catch (e) {
+        throw listenFailure(e, hostname, port, "the API", API_LISTEN_FLAGS);
+      }
+      opened.push(() => server?.shutdown());
+      const addr = await listening.promise;
+      const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+      url = `http://${host}:${addr.port}/`;
+    }
+
+    if (options.role !== "serve") {
+      const pool = new ThreadPool(
+        config.limits.threads,
+        config.limits.filesInFlight,
+        config.limits.gcSlackBytes,
+      );
+      opened.push(() => pool.close());
+      await pool.ready().catch((e) => {
+        throw new Error(`${e.message}: the worker cannot stage or bundle; check the installation`);
+      });
+      const archive = new ArchiveClient(config.archiveUrl, {
+        requestTimeoutMs: config.staging.requestTimeoutMs,
+      });
+      const space = new Space(store, volume, config.space);
+      const worker = new CartWorker({ store, queue, volume, config, pool, archive, space });
+      // Stopped before the pool closes (the later entry closes first).
+      opened.push(() => worker.stop());
+      await worker.start();
+      log.info("worker started", { owner: worker.owner, threads: config.limits.threads });
+    }
+    log.info("cartd started", {
+      role: options.role,
+      url: url ?? undefined,
+      volume: config.volumePath,
+      database: config.database.kind,
+      queue: config.queue.kind,
+      archive: config.archiveUrl,
+    });
+    return {
+      url,
+      store,
+      async close() {
+        // The API stops taking requests first; then the worker, its threads, queue, database.
+        const api = server;
+        server = null;
+        await api?.shutdown();
+        await closeOpened();
+      },
+    };
+  } catch (e) {
+    await closeOpened();
+    throw e;
+  }
 }

@@ -277,7 +277,7 @@ Deno.test("a failed runtime download becomes one line; other failures do not", (
 Deno.test("every launcher runs cartd with the same V8 flags and malloc settings", async () => {
   const root = new URL("../", import.meta.url);
   const tasks = JSON.parse(await Deno.readTextFile(new URL("deno.json", root))).tasks;
-  for (const name of ["start", "serve"]) {
+  for (const name of ["start", "cartd"]) {
     assert.ok(tasks[name].includes(V8_FLAGS), `task ${name} lacks ${V8_FLAGS}`);
     assert.ok(
       tasks[name].startsWith(`GLIBC_TUNABLES=${MALLOC_TUNABLES} `),
