@@ -23,6 +23,43 @@ async function download(url: string, uid: string, query = ""): Promise<Response>
   return await fetch(url + encodeURIComponent(uid) + query);
 }
 
+/** One HEAD answer: the code, both status headers and the message. */
+interface Head {
+  code: number;
+  /** `X-Pacifica-Status`. */
+  status: string;
+  /** `X-Cartd-State`, the precise state ("" when absent). */
+  state: string;
+  message: string;
+}
+
+async function head(url: string, uid: string): Promise<Head> {
+  const res = await fetch(url + encodeURIComponent(uid), { method: "HEAD" });
+  await res.body?.cancel();
+  return {
+    code: res.status,
+    status: res.headers.get("x-pacifica-status") ?? "",
+    state: res.headers.get("x-cartd-state") ?? "",
+    message: res.headers.get("x-pacifica-message") ?? "",
+  };
+}
+
+/**
+ * Polls HEAD of `uid` every few ms until its state is `ready` or `error`; returns each answer
+ * that differs from the one before (so every state the cart showed, in order).
+ */
+async function watchStates(url: string, uid: string, timeoutMs = 30_000): Promise<Head[]> {
+  const seen: Head[] = [];
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const now = await head(url, uid);
+    if (JSON.stringify(now) !== JSON.stringify(seen.at(-1))) seen.push(now);
+    if (now.state === "ready" || now.state === "error" || now.code === 404) return seen;
+    if (Date.now() > deadline) throw new Error(`${uid} did not finish: ${JSON.stringify(seen)}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 async function bodyBytes(res: Response): Promise<Uint8Array> {
   return new Uint8Array(await res.arrayBuffer());
 }
@@ -86,6 +123,7 @@ Deno.test("a cart goes from POST to a tar that GNU tar extracts, with paths and 
 
     const [code, status, message] = await waitFor(url, "mycart", "ready");
     assert.deepEqual([code, status, message], [204, "ready", ""]);
+    assert.equal((await head(url, "mycart")).state, "ready");
 
     const tar = await download(url, "mycart", "?filename=my_cart.tar");
     assert.equal(tar.status, 200);
@@ -137,8 +175,12 @@ Deno.test("a cart goes from POST to a tar that GNU tar extracts, with paths and 
 
 Deno.test("unknown carts: HEAD 404, GET 404 JSON, DELETE 404 JSON", async () => {
   await withCartd(async ({ url }) => {
-    const [code, status, message] = await cartStatus(url, "nope");
-    assert.deepEqual([code, status, message], [404, "error", "No cart with uid nope found"]);
+    assert.deepEqual(await head(url, "nope"), {
+      code: 404,
+      status: "error",
+      state: "error", // the 404 tells an unknown cart from a failed one
+      message: "No cart with uid nope found",
+    });
     const get = await download(url, "nope");
     assert.equal(get.status, 404);
     assert.equal(get.headers.get("content-type"), "application/json");
@@ -202,6 +244,70 @@ Deno.test("bad cart documents get 400 naming the rule, and nothing is stored", a
   }, { CARTD_MAX_BODY: "1M" });
 });
 
+/**
+ * A cart that shows every state for a while: `behind` waits behind `ahead` (one cart in
+ * flight, `ahead` on tape), stages `b1` at once and `b2` from tape, and is held in bundling
+ * because `b1`'s staged copy is removed and fetching it again takes a second. Returns the HEAD
+ * answers of `behind`, one per change.
+ */
+async function everyState(
+  { url, volume }: Cartd,
+  archive: ReturnType<typeof startFakeArchive>,
+): Promise<Head[]> {
+  archive.put("a1", "ahead\n", { tapeMs: 1500 });
+  archive.put("b1", { size: 300_000 });
+  archive.put("b2", "behind\n", { tapeMs: 1500 });
+  assert.equal((await postCart(url, "ahead", { fileids: [{ id: "a1", path: "a" }] })).status, 201);
+  await eventually("ahead is staging", async () => (await head(url, "ahead")).state === "staging");
+  const doc = { fileids: [{ id: "b1", path: "b1" }, { id: "b2", path: "b2" }] };
+  assert.equal((await postCart(url, "behind", doc)).status, 201);
+  const watched = watchStates(url, "behind");
+  let staged = "";
+  await eventually("b1 is staged", async () => {
+    for await (const cart of Deno.readDir(`${volume}/carts`)) {
+      const path = `${volume}/carts/${cart.name}/files/0`;
+      if (await Deno.stat(path).then((s) => s.size === 300_000, () => false)) staged = path;
+    }
+    return staged !== "";
+  });
+  archive.put("b1", { size: 300_000 }, { getDelayMs: 1000 });
+  await Deno.remove(staged);
+  const seen = await watched;
+  assert.equal((await download(url, "behind")).status, 200);
+  return seen;
+}
+
+Deno.test("HEAD by default: X-Pacifica-Status says staging for waiting and bundling, X-Cartd-State the state", async () => {
+  await withCartd(async (cartd, archive) => {
+    const seen = await everyState(cartd, archive);
+    assert.deepEqual(seen.map((h) => [h.code, h.status, h.state, h.message]), [
+      [204, "staging", "waiting", ""],
+      [204, "staging", "staging", ""],
+      [204, "staging", "bundling", ""],
+      [204, "ready", "ready", ""],
+    ]);
+  }, { CARTD_CARTS_IN_FLIGHT: "1" });
+});
+
+Deno.test("HEAD with CARTD_STATUS_WORDS=precise: X-Pacifica-Status says all five states", async () => {
+  await withCartd(async (cartd, archive) => {
+    const seen = await everyState(cartd, archive);
+    assert.deepEqual(seen.map((h) => [h.code, h.status, h.state]), [
+      [204, "waiting", "waiting"],
+      [204, "staging", "staging"],
+      [204, "bundling", "bundling"],
+      [204, "ready", "ready"],
+    ]);
+    archive.put("broken", "x", { error: true, message: "tape library offline" });
+    await postCart(cartd.url, "bad", { fileids: [{ id: "broken", path: "x" }] });
+    const failed = (await watchStates(cartd.url, "bad")).at(-1)!;
+    assert.deepEqual([failed.code, failed.status, failed.state], [500, "error", "error"]);
+    assert.match(failed.message, /tape library offline/);
+    const unknown = await head(cartd.url, "nope");
+    assert.deepEqual([unknown.code, unknown.status, unknown.state], [404, "error", "error"]);
+  }, { CARTD_CARTS_IN_FLIGHT: "1", CARTD_STATUS_WORDS: "precise" });
+});
+
 Deno.test("a body over CARTD_MAX_BODY gets 413 JSON", async () => {
   await withCartd(async ({ url }) => {
     const big = { fileids: [{ id: "a", path: "p", pad: "x".repeat(5000) }] };
@@ -212,15 +318,16 @@ Deno.test("a body over CARTD_MAX_BODY gets 413 JSON", async () => {
   }, { CARTD_MAX_BODY: "4K" });
 });
 
-Deno.test("a file on tape: waiting/staging, 202 while not ready, then ready with few polls", async () => {
+Deno.test("a file on tape: staging (waiting or staging in X-Cartd-State), 202, then ready with few polls", async () => {
   await withCartd(async ({ url }, archive) => {
     archive.put("tape1", "from tape\n", { tapeMs: 1500 });
     assert.equal(
       (await postCart(url, "t", { fileids: [{ id: "tape1", path: "t.txt" }] })).status,
       201,
     );
-    const [, early] = await cartStatus(url, "t");
-    assert.ok(["waiting", "staging"].includes(early), early);
+    const early = await head(url, "t");
+    assert.equal(early.status, "staging", "Pacifica's word for a cart not ready yet");
+    assert.ok(["waiting", "staging"].includes(early.state), early.state);
     const notReady = await download(url, "t");
     assert.equal(notReady.status, 202);
     assert.equal(await notReady.text(), "The cart is not ready for download.");
@@ -264,6 +371,7 @@ Deno.test("archive faults end the cart in error with a message naming the file",
       assert.equal(status, "error", uid);
       assert.equal(code, 500, uid);
       assert.match(message, rule, uid);
+      assert.equal((await head(url, uid)).state, "error", uid);
       const get = await download(url, uid);
       assert.equal(get.status, 500);
       assert.equal(get.headers.get("content-type"), "application/json");
@@ -310,7 +418,7 @@ Deno.test("re-POST replaces a live cart; an identical re-POST keeps it", async (
     assert.equal((await postCart(url, "r", { fileids: [{ id: "slow", path: "s" }] })).status, 201);
     await eventually(
       "the first cart is staging",
-      async () => (await cartStatus(url, "r"))[1] === "staging",
+      async () => (await head(url, "r")).state === "staging",
     );
     const firstDirs = await listFiles(`${volume}/carts`);
     assert.equal((await postCart(url, "r", { fileids: [{ id: "quick", path: "q" }] })).status, 201);
@@ -383,7 +491,7 @@ Deno.test("?filename is checked; non-ASCII names use filename*", async () => {
   });
 });
 
-Deno.test('"bundle": true gives the same bytes as a streamed cart', async () => {
+Deno.test('"bundle": true gives the bytes of a streamed cart named after its uid', async () => {
   await withCartd(async ({ url, volume }, archive) => {
     archive.put("x", { size: 2 * 1024 * 1024 + 5 });
     archive.put("y", "why");
@@ -392,9 +500,9 @@ Deno.test('"bundle": true gives the same bytes as a streamed cart', async () => 
     await postCart(url, "bundled", { fileids: files, bundle: true });
     await waitFor(url, "streamed", "ready");
     await waitFor(url, "bundled", "ready");
-    const q = "?filename=same.tar";
-    const a = await bodyBytes(await download(url, "streamed", q));
-    const b = await bodyBytes(await download(url, "bundled", q));
+    // A bundle cart's top folder is its uid whatever ?filename= says (SPEC, Download).
+    const a = await bodyBytes(await download(url, "streamed", "?filename=bundled.tar"));
+    const b = await bodyBytes(await download(url, "bundled", "?filename=other.tar"));
     assert.equal(sha256(a), sha256(b));
     assert.ok((await listFiles(`${volume}/carts`)).some((f) => f.endsWith("/bundle.tar")));
   });
@@ -560,7 +668,7 @@ Deno.test("a restart resumes unfinished carts: kill -9 during staging, then star
     });
     await eventually(
       "staging started",
-      async () => (await cartStatus(first.url, "survivor"))[1] === "staging",
+      async () => (await head(first.url, "survivor")).state === "staging",
     );
     await first.kill();
     const second = await startCartd({ env, volume });
