@@ -10,12 +10,20 @@
  * `new URL("./….ts", import.meta.url)` left pointing at a source file, or a bare `npm:` /
  * `jsr:` / `http(s):` import. Only `node:` built-ins may stay outside.
  *
- * Usage: `deno task build [--outdir DIR]`
+ * The bundle behaves as the sources do: the same arguments and settings, and `VOLUME_PATH`
+ * defaulting to `var/volume` under the current folder. A deploy sets `VOLUME_PATH` to the
+ * folder it grants; the build prints that command for the folder it wrote
+ * ({@linkcode runCommand}), with the V8 flags and malloc settings of every cartd process.
+ *
+ * Usage: `deno task build [--outdir DIR] [--volume DIR]` (DIR relative to the repository;
+ * `--volume` only changes the printed command, default `/srv/cartd`)
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { resolve } from "node:path";
+import { DEFAULT_VOLUME, MALLOC_TUNABLES, permissionFlags, V8_FLAGS } from "./compile.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -79,12 +87,37 @@ export async function build(outdir: string): Promise<string[]> {
   return problems;
 }
 
+/**
+ * The shell command that runs the bundle in `outdir` (absolute) on the volume `volume`
+ * (absolute): the environment and permissions of the compiled binary, which reads nothing but
+ * the volume and the bundle's own folder. Arguments of `cartd` go after it.
+ */
+export function runCommand(outdir: string, volume: string): string {
+  return [
+    `GLIBC_TUNABLES=${MALLOC_TUNABLES} VOLUME_PATH=${volume} \\`,
+    `  deno run --no-config ${V8_FLAGS} \\`,
+    `  ${permissionFlags({ volume, read: [outdir] }).join(" ")} \\`,
+    `  ${outdir}/cartd.js`,
+  ].join("\n");
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { outdir: { type: "string", default: `${ROOT}dist` } },
+    options: {
+      outdir: { type: "string", default: `${ROOT}dist` },
+      volume: { type: "string", default: DEFAULT_VOLUME },
+    },
   });
-  const problems = await build(values.outdir!);
+  const outdir = resolve(values.outdir!);
+  const problems = await build(outdir);
   for (const p of problems) console.error(`build: ${p}`);
+  if (!problems.length) {
+    console.log(
+      `Run it (keep cartd.js and thread.js together) with:\n${
+        runCommand(outdir, resolve(values.volume!))
+      }`,
+    );
+  }
   Deno.exit(problems.length ? 1 : 0);
 }
