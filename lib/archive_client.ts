@@ -51,12 +51,24 @@ export class ArchiveError extends Error {
   readonly status?: number;
   /** True when the archive did not answer (or send bytes) in time. */
   readonly timedOut: boolean;
+  /**
+   * The archive's own words, when its answer had a body: the `message` of its JSON error page
+   * (Pacifica's, e.g. `File not found`), else a snippet of the text; "" when there is none (a
+   * HEAD answer never has one). Already part of `reason`.
+   */
+  readonly detail: string;
 
   /** Builds the error; `message` becomes `archive id "<id>": <reason>`. */
   constructor(
     id: string,
     reason: string,
-    opts: { retryable: boolean; status?: number; timedOut?: boolean; cause?: unknown },
+    opts: {
+      retryable: boolean;
+      status?: number;
+      timedOut?: boolean;
+      detail?: string;
+      cause?: unknown;
+    },
   ) {
     super(`archive id ${JSON.stringify(id)}: ${reason}`, { cause: opts.cause });
     this.name = "ArchiveError";
@@ -65,6 +77,7 @@ export class ArchiveError extends Error {
     this.retryable = opts.retryable;
     this.status = opts.status;
     this.timedOut = opts.timedOut ?? false;
+    this.detail = opts.detail ?? "";
   }
 }
 
@@ -208,6 +221,7 @@ export class ArchiveClient {
       {
         retryable: res.status >= 500 || res.status === 408 || res.status === 429,
         status: res.status,
+        detail,
       },
     );
   }

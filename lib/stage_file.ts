@@ -192,6 +192,99 @@ async function withRetries<T>(
   }
 }
 
+/** How {@linkcode headFile} names a file: its archive id, and its label for messages. */
+export interface FileRef {
+  /** The file's id in the archive. */
+  archiveId: string;
+  /** How messages name the file, e.g. `fileids[3] (id 1234)`. */
+  label: string;
+}
+
+/**
+ * HEAD of one archive file, by the rule of SPEC §2 that both the worker's size requests and
+ * {@linkcode stageFile} follow. The archive answers 500 to a missing file and to a passing
+ * failure alike, so an answer of 5xx (or 408/429, a connection failure, a time-out) is asked
+ * again on a growing delay ({@linkcode backoffDelays} from `retryDelayMs` up to `pollMaxMs`)
+ * until `missingAfterMs` have passed since the first such failure; only then does the file
+ * count as missing. Its error names the file, what the archive answered, for how long, and
+ * the archive's own message: a HEAD answer has no body, so one GET is sent then to read the
+ * `message` of the archive's JSON error page. Any other failure (a 404, a header missing) is
+ * final at once.
+ *
+ * @throws {StageError} naming `file.label`; or `signal.reason` when `signal` aborts.
+ */
+export async function headFile(
+  client: ArchiveClient,
+  file: FileRef,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<ArchiveStatus> {
+  let delays: Iterator<number, never> | undefined;
+  let firstFailure: number | undefined;
+  for (;;) {
+    try {
+      return await client.status(file.archiveId, signal);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (!(err instanceof ArchiveError)) throw err;
+      if (!err.retryable) throw headFailure(file, err);
+      const now = performance.now();
+      firstFailure ??= now;
+      const remaining = settings.missingAfterMs - (now - firstFailure);
+      if (remaining <= 0) throw await missingFile(client, file, err, now - firstFailure, signal);
+      delays ??= backoffDelays({ initialMs: settings.retryDelayMs, maxMs: settings.pollMaxMs });
+      await sleep(Math.min(delays.next().value, remaining), signal);
+    }
+  }
+}
+
+/** A HEAD failure that no retry can mend. */
+function headFailure(file: FileRef, err: ArchiveError): StageError {
+  // The Pacifica Archive Interface splits the URL path at "/" (encoded or not): such an id
+  // answers 404 to HEAD (and 500 to GET), however it is sent.
+  const hint = err.status === 404 && file.archiveId.includes("/")
+    ? ' (the Pacifica Archive Interface cannot serve an id that contains "/")'
+    : "";
+  return new StageError("archive", `${file.label}: ${err.reason}${hint}`, { cause: err });
+}
+
+/**
+ * The error of a file whose HEAD kept failing for `elapsedMs`. When the archive answered (5xx),
+ * one GET reads its own message for the file, since the HEAD answer had no body to carry it.
+ */
+async function missingFile(
+  client: ArchiveClient,
+  file: FileRef,
+  err: ArchiveError,
+  elapsedMs: number,
+  signal?: AbortSignal,
+): Promise<StageError> {
+  const during = `for ${seconds(elapsedMs)} s`;
+  if (err.status === undefined) {
+    return new StageError(
+      err.timedOut ? "timeout" : "archive",
+      `${file.label}: ${err.reason} (asked again ${during}); check that the archive is up`,
+      { cause: err },
+    );
+  }
+  let says = err.detail;
+  if (!says) {
+    try {
+      const body = await client.open(file.archiveId, signal);
+      await body.cancel().catch(() => {});
+    } catch (got) {
+      if (signal?.aborted) throw signal.reason;
+      if (got instanceof ArchiveError) says = got.detail;
+    }
+  }
+  return new StageError(
+    "archive",
+    `${file.label}: ${err.reason} ${during}, so the file counts as missing from the archive` +
+      (says ? ` (the archive says: ${says})` : ""),
+    { cause: err },
+  );
+}
+
 /** HEAD, and while on tape: stage, poll with a growing delay, re-stage, time out. */
 async function waitForDisk(
   client: ArchiveClient,
@@ -199,7 +292,7 @@ async function waitForDisk(
   settings: StageSettings,
   signal?: AbortSignal,
 ): Promise<ArchiveStatus> {
-  const head = () => withRetries(job, settings, signal, () => client.status(job.archiveId, signal));
+  const head = () => headFile(client, job, settings, signal);
   let st = job.status ?? await head();
   const start = performance.now();
   const delays = backoffDelays({ initialMs: settings.pollInitialMs, maxMs: settings.pollMaxMs });

@@ -83,9 +83,50 @@ Deno.test("a missing file answers 500: retryable ArchiveError naming id and stat
       return true;
     });
   }
-  // GET and POST carry the JSON error page's message.
-  await assert.rejects(client.open("nope"), /File not found: nope/);
-  assert.deepEqual(fake.counts("nope"), { head: 1, post: 1, get: 2 });
+  // GET and POST carry the JSON error page's message (not its traceback); HEAD has no body.
+  for (const call of [client.stage("nope"), client.open("nope")]) {
+    await assert.rejects(call, (e) => {
+      assert.ok(e instanceof ArchiveError);
+      assert.equal(e.detail, "File not found: nope");
+      assert.match(
+        e.reason,
+        /^the archive answered 500 Internal Server Error to (GET|POST): File not found: nope$/,
+      );
+      return true;
+    });
+  }
+  await assert.rejects(client.status("nope"), (e) => {
+    assert.ok(e instanceof ArchiveError);
+    assert.equal(e.detail, "");
+    assert.equal(e.reason, "the archive answered 500 Internal Server Error to HEAD");
+    return true;
+  });
+  assert.deepEqual(fake.counts("nope"), { head: 2, post: 2, get: 2 });
+});
+
+Deno.test("the fake answers an id with '/' as the real archive does: HEAD 404, GET 500", async () => {
+  await using fake = startFakeArchive();
+  fake.put("a/b", text("x"));
+  const client = new ArchiveClient(fake.url);
+  await assert.rejects(client.status("a/b"), (e) => {
+    assert.ok(e instanceof ArchiveError);
+    assert.equal(e.status, 404);
+    assert.equal(e.retryable, false);
+    return true;
+  });
+  await assert.rejects(client.open("a/b"), (e) => e instanceof ArchiveError && e.status === 500);
+});
+
+Deno.test("the fake's HEAD fails the first N times, or for a while, then answers", async () => {
+  await using fake = startFakeArchive();
+  fake.put("n", text("n"), { failHeads: 2 });
+  fake.put("t", text("t"), { failHeadsMs: 300 });
+  const client = new ArchiveClient(fake.url);
+  for (let i = 0; i < 2; i++) await assert.rejects(client.status("n"), /500/);
+  assert.equal((await client.status("n")).size, 1);
+  await assert.rejects(client.status("t"), /500/);
+  await new Promise((r) => setTimeout(r, 350));
+  assert.equal((await client.status("t")).size, 1);
 });
 
 Deno.test("stage sends an empty POST with Content-Length: 0", async () => {
@@ -171,7 +212,7 @@ Deno.test("fileUrl percent-encodes, keeps '/' and never lets dots escape", () =>
 });
 
 Deno.test("path-like and unusual ids reach the archive exactly", async () => {
-  await using fake = startFakeArchive();
+  await using fake = startFakeArchive({ pathIds: true });
   const ids = ["1/2/3/foo bar.txt", "ünï#?%.bin", "../up", "a/./b"];
   for (const id of ids) fake.put(id, text(id));
   const client = new ArchiveClient(fake.url);

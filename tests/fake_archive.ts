@@ -1,8 +1,13 @@
 /**
  * A test double of the Pacifica Archive Interface (SPEC §2) over real HTTP, with faults that
- * tests script per id: tape recalls that take time, `error` media, missing files (500 JSON),
- * missing HEAD headers, corrupt / short / cut / stalled / failed / slow GETs. It counts every
- * request per id so tests can assert how often the archive was asked.
+ * tests script per id: tape recalls that take time, `error` media, missing files, HEADs that
+ * fail for a while, missing HEAD headers, corrupt / short / cut / stalled / failed / slow GETs.
+ * It counts every request per id so tests can assert how often the archive was asked.
+ *
+ * Its errors are the real archive's: a missing file answers 500 with Pacifica's JSON error page
+ * (`status`, `message`, `traceback`, `version`) to GET and POST, and 500 with no body to HEAD;
+ * an id that contains `/` answers 404 to HEAD and POST and 500 to GET (the real interface splits
+ * the path), unless the fake is started with `pathIds: true`.
  *
  * It is also fast enough for benchmarks: big files are served in large chunks from a repeated
  * pattern (no copy per chunk) or straight from a file on disk.
@@ -51,6 +56,10 @@ export interface FakeFileOptions {
   headers?: Record<string, string>;
   /** The first N GETs answer 500 JSON. */
   failGets?: number;
+  /** The first N HEADs answer 500 with no body, as the real archive does to a missing file. */
+  failHeads?: number;
+  /** HEADs answer 500 with no body until this many ms after the id's first HEAD. */
+  failHeadsMs?: number;
   /** The first N GETs send the right size with one byte flipped (mid-file). */
   corruptGets?: number;
   /** The first N GETs end cleanly after `cutAt` bytes (a short body). */
@@ -200,10 +209,33 @@ function makeSource(content: FakeContent, chunkSize: number): Source {
   };
 }
 
+const STATUS_TEXT: Record<number, string> = {
+  404: "Not Found",
+  405: "Method Not Allowed",
+  500: "Internal Server Error",
+};
+
+/** Pacifica's JSON error page (CherryPy's `error_page_default` of the archive interface). */
 function json(status: number, message: string): Response {
-  const statusText = status === 500 ? "Internal Server Error" : "";
-  return new Response(JSON.stringify({ status: `${status} ${statusText}`.trim(), message }), {
+  const line = `${status} ${STATUS_TEXT[status] ?? ""}`.trim();
+  const page = {
+    status: line,
+    message,
+    traceback: `Traceback (most recent call last):\n  File "archive.py", line 1\n${message}\n`,
+    version: "CherryPy 18.8.0",
+  };
+  return new Response(JSON.stringify(page), {
     status,
+    statusText: STATUS_TEXT[status],
+    headers: { "Content-Type": "application/json" },
+  });
+}
+
+/** An error answer to HEAD: the status and the page's headers, no body. */
+function headError(status: number): Response {
+  return new Response(null, {
+    status,
+    statusText: STATUS_TEXT[status],
     headers: { "Content-Type": "application/json" },
   });
 }
@@ -214,12 +246,24 @@ function within(n: number, limit: number | undefined): boolean {
   return limit !== undefined && n <= limit;
 }
 
+/** Options of {@linkcode startFakeArchive}. */
+export interface FakeArchiveOptions {
+  /** The port to listen on (default: a free one). */
+  port?: number;
+  /**
+   * Serve ids that contain `/` (as the quick-start archive does) instead of answering them as
+   * the real Pacifica Archive Interface does (HEAD and POST 404, GET 500).
+   */
+  pathIds?: boolean;
+}
+
 /**
  * Starts a fake archive on 127.0.0.1 and a free port. Ids are the percent-decoded URL path
  * after the first "/".
  */
-export function startFakeArchive(opts: { port?: number } = {}): FakeArchive {
+export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
   const files = new Map<string, Entry>();
+  const firstHead = new Map<string, number>();
   const logs = new Map<string, FakeRequest[]>();
   const live = new Set<() => void>();
 
@@ -344,11 +388,25 @@ export function startFakeArchive(opts: { port?: number } = {}): FakeArchive {
       at: performance.now(),
       contentLength: req.headers.get("content-length"),
     });
+    if (id.includes("/") && !opts.pathIds) {
+      // The real interface routes the path's segments as arguments: HEAD and POST take one
+      // and answer 404; GET opens the first segment, which is no file.
+      await req.body?.cancel();
+      if (method === "HEAD") return headError(404);
+      if (method === "GET") return json(500, `File not found: ${id.split("/")[0]}`);
+      return json(404, "Nothing matches the given URI");
+    }
     const e = files.get(id);
     const o = e?.options ?? {};
     if (method === "HEAD") {
       if (o.headDelayMs) await delay(o.headDelayMs);
-      if (!e) return json(500, `File not found: ${id}`);
+      if (!e) return headError(500);
+      const now = performance.now();
+      if (!firstHead.has(id)) firstHead.set(id, now);
+      if (within(countsOf(id).head, o.failHeads)) return headError(500);
+      if (o.failHeadsMs !== undefined && now - firstHead.get(id)! < o.failHeadsMs) {
+        return headError(500);
+      }
       const media = mediaOf(e);
       const headers: Record<string, string> = {
         "X-Pacifica-Messsage": o.message ??
@@ -420,7 +478,10 @@ export function startFakeArchive(opts: { port?: number } = {}): FakeArchive {
     },
     counts: countsOf,
     log: (id) => [...(logs.get(id) ?? [])],
-    resetCounts: () => logs.clear(),
+    resetCounts: () => {
+      logs.clear();
+      firstHead.clear();
+    },
     async digest(id, hashtype) {
       const src = entry(id).source;
       const h = createHash(hashtype);

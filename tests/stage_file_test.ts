@@ -19,6 +19,7 @@ const FAST: StageSettings = {
   requestTimeoutMs: 2000,
   fetchAttempts: 3,
   retryDelayMs: 20,
+  missingAfterMs: 600,
 };
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -158,17 +159,90 @@ Deno.test("media error fails with the archive's message", async () => {
   assert.deepEqual(t.fake.counts("foo.txt"), { head: 1, post: 0, get: 0 });
 });
 
-Deno.test("a missing file (500) fails after the HEAD retries, naming the file", async () => {
+Deno.test("a missing file (HEAD 500) fails after missingAfterMs, naming the file and the archive's message", async () => {
   await using t = await setup();
   const job = t.job("missing");
+  const start = performance.now();
   await assert.rejects(stageFile(job, FAST), (e) => {
     assert.ok(e instanceof StageError);
     assert.equal(e.code, "archive");
-    assert.match(e.message, /^fileids\[0\] \(id missing\): the archive answered 500/);
+    assert.equal(
+      e.message,
+      "fileids[0] (id missing): the archive answered 500 Internal Server Error to HEAD for " +
+        "0.6 s, so the file counts as missing from the archive (the archive says: " +
+        "File not found: missing)",
+    );
     return true;
   });
-  assert.equal(t.fake.counts("missing").head, FAST.fetchAttempts);
+  const took = performance.now() - start;
+  assert.ok(took >= FAST.missingAfterMs && took < FAST.missingAfterMs + 1000, `took ${took} ms`);
+  const log = t.fake.log("missing");
+  const heads = log.filter((r) => r.method === "HEAD");
+  // 20 ms growing to the 200 ms cap over 600 ms: a handful of HEADs, never a hot loop.
+  assert.ok(heads.length >= 4 && heads.length <= 8, `${heads.length} HEADs`);
+  const gaps = heads.slice(1).map((r, i) => r.at - heads[i].at);
+  assert.ok(gaps[2] > gaps[0], `the delays grow: ${gaps.map(Math.round)}`);
+  // One GET at the end reads the archive's message; nothing is asked to stage.
+  assert.deepEqual(t.fake.counts("missing"), { head: heads.length, post: 0, get: 1 });
   await assertNothingLeft(job.dest);
+});
+
+Deno.test("three HEAD 500s, then an answer: the file is staged", async () => {
+  await using t = await setup();
+  t.fake.put("flaky", text("flaky head"), { failHeads: 3 });
+  const job = t.job("flaky");
+  assert.equal((await stageFile(job, FAST)).size, 10);
+  await assertStaged(t.fake, "flaky", job.dest);
+  assert.deepEqual(t.fake.counts("flaky"), { head: 4, post: 0, get: 1 });
+});
+
+Deno.test("HEAD 500s for a while, shorter than missingAfterMs, then an answer: staged", async () => {
+  await using t = await setup();
+  t.fake.put("later", text("later"), { failHeadsMs: 300 });
+  const job = t.job("later");
+  assert.equal((await stageFile(job, FAST)).size, 5);
+  await assertStaged(t.fake, "later", job.dest);
+});
+
+Deno.test("HEAD 500s, then tape, then disk: the file is staged", async () => {
+  await using t = await setup();
+  t.fake.put("tape", text("from tape"), { tapeMs: 50, failHeads: 2 });
+  const job = t.job("tape");
+  assert.equal((await stageFile(job, FAST)).size, 9);
+  await assertStaged(t.fake, "tape", job.dest);
+  const counts = t.fake.counts("tape");
+  assert.equal(counts.post, 1);
+  assert.ok(counts.head >= 4, `HEADs: ${counts.head}`);
+});
+
+Deno.test("an id with '/' fails at once: the archive answers HEAD 404", async () => {
+  await using t = await setup();
+  t.fake.put("a/b", text("x"));
+  const job = t.job("a/b");
+  await assert.rejects(
+    stageFile(job, FAST),
+    /^StageError: fileids\[0\] \(id a\/b\): the archive answered 404 Not Found to HEAD \(the Pacifica Archive Interface cannot serve an id that contains "\/"\)$/,
+  );
+  assert.deepEqual(t.fake.counts("a/b"), { head: 1, post: 0, get: 0 });
+});
+
+Deno.test("an archive that cannot be reached is asked again for missingAfterMs", async () => {
+  await using t = await setup();
+  const port = t.fake.port;
+  await t.fake.close();
+  const start = performance.now();
+  await assert.rejects(
+    stageFile(t.job("x", { archiveUrl: `http://127.0.0.1:${port}/` }), FAST),
+    (e) => {
+      assert.ok(e instanceof StageError);
+      assert.match(
+        e.message,
+        /^fileids\[0\] \(id x\): HEAD to the archive failed: .*\(asked again for 0\.6 s\); check that the archive is up$/,
+      );
+      return true;
+    },
+  );
+  assert.ok(performance.now() - start >= FAST.missingAfterMs);
 });
 
 Deno.test("a HEAD without X-Content-Length fails naming the header", async () => {

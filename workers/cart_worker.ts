@@ -22,6 +22,7 @@ import { sleep } from "../lib/backoff.ts";
 import { planBundle } from "../lib/bundle.ts";
 import { cartBundleOptions, planCartBundle } from "../lib/cart_bundle.ts";
 import { StagedFiles } from "../lib/staged_files.ts";
+import { headFile, StageError } from "../lib/stage_file.ts";
 import type { Config } from "../lib/config.ts";
 import { DbUnavailableError } from "../lib/db.ts";
 import { Batcher } from "../lib/batcher.ts";
@@ -346,29 +347,33 @@ export class CartWorker {
     await this.#bundle(cart, signal);
   }
 
-  /** Asks the archive for each file's size, with a few retries for passing faults. */
+  /**
+   * Asks the archive for a file's size, by the rule that staging follows too
+   * ({@linkcode headFile}: 5xx answers are asked again for `CARTD_MISSING_AFTER`).
+   */
   async #status(file: CartFile, signal: AbortSignal): Promise<ArchiveStatus> {
     const { archive, config } = this.deps;
-    for (let attempt = 1;; attempt++) {
-      try {
-        const status = await archive.status(file.archiveId, signal);
-        if (status.media === "error") {
-          throw new CartFailure(
-            `${fileLabel(file)}: the archive reports the file's media as "error"` +
-              (status.message ? `: ${status.message}` : ""),
-          );
-        }
-        return status;
-      } catch (error) {
-        signal.throwIfAborted();
-        const retryable = (error as { retryable?: boolean }).retryable === true;
-        if (error instanceof CartFailure) throw error;
-        if (!retryable || attempt >= config.staging.fetchAttempts) {
-          throw new CartFailure(`${fileLabel(file)}: ${errorMessage(error)}`);
-        }
-        await sleep(config.staging.retryDelayMs * attempt, signal);
-      }
+    const label = fileLabel(file);
+    let status: ArchiveStatus;
+    try {
+      status = await headFile(
+        archive,
+        { archiveId: file.archiveId, label },
+        config.staging,
+        signal,
+      );
+    } catch (error) {
+      signal.throwIfAborted();
+      if (error instanceof StageError) throw new CartFailure(error.message);
+      throw error;
     }
+    if (status.media === "error") {
+      throw new CartFailure(
+        `${label}: the archive reports the file's media as "error"` +
+          (status.message ? `: ${status.message}` : ""),
+      );
+    }
+    return status;
   }
 
   /**
