@@ -10,6 +10,7 @@ import {
   type StageSettings,
 } from "../lib/stage_file.ts";
 import { FAKE_MTIME, type FakeArchive, startFakeArchive } from "./fake_archive.ts";
+import { postCart, startCartd, waitFor } from "./harness.ts";
 
 const FAST: StageSettings = {
   pollInitialMs: 20,
@@ -509,4 +510,38 @@ Deno.test("hashLocalFile hashes a file on disk like staging does", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("e2e: three HEAD 500s then an answer give a ready cart; a file that stays 500 fails after CARTD_MISSING_AFTER with the archive's message", async () => {
+  await using fake = startFakeArchive();
+  fake.put("flaky", "answers at the fourth HEAD\n", { failHeads: 3 });
+  fake.put("fine", "fine\n");
+  await using cartd = await startCartd({
+    env: { ARCHIVE_INTERFACE_URL: fake.url, CARTD_MISSING_AFTER: "1.5" },
+  });
+  const { url } = cartd;
+  const ok = { fileids: [{ id: "fine", path: "a/fine" }, { id: "flaky", path: "b/flaky" }] };
+  assert.equal((await postCart(url, "ok", ok)).status, 201);
+  const gone = { fileids: [{ id: "fine", path: "a/fine" }, { id: 1234, path: "b/gone" }] };
+  const posted = performance.now();
+  assert.equal((await postCart(url, "gone", gone)).status, 201);
+
+  const [code, state, message] = await waitFor(url, "ok", "ready");
+  assert.equal(state, "ready", `HEAD ${code}: ${message}`);
+  assert.equal(fake.counts("flaky").head, 4, "the worker's size request asked four times");
+
+  assert.deepEqual((await waitFor(url, "gone", "error")).slice(0, 2), [500, "error"]);
+  const took = performance.now() - posted;
+  const head = await fetch(url + "gone", { method: "HEAD" });
+  assert.equal(
+    head.headers.get("x-pacifica-message"),
+    "fileids[1] (id 1234): the archive answered 500 Internal Server Error to HEAD for 1.5 s, " +
+      "so the file counts as missing from the archive (the archive says: File not found: 1234)",
+  );
+  assert.ok(took >= 1500 && took < 6000, `failed after ${took} ms`);
+  const heads = fake.counts("1234").head;
+  assert.ok(heads >= 4 && heads <= 12, `${heads} HEADs in 1.5 s: a growing delay`);
+  const get = await fetch(url + "gone");
+  assert.equal(get.status, 500);
+  assert.match((await get.json()).message, /File not found: 1234/);
 });
