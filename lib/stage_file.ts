@@ -1,8 +1,9 @@
 /**
  * Brings one archive file to disk, verified (SPEC §2).
  *
- * HEAD → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then, give
- * up after a limit → GET streamed to `dest.part` while computing sha256 + crc32 (+ the
+ * HEAD ({@linkcode headFile}: a 5xx is asked again for a while before the file counts as
+ * missing) → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then,
+ * give up after a limit → GET streamed to `dest.part` while computing sha256 + crc32 (+ the
  * requested hash), size checked against `X-Content-Length`, retried with a growing delay when
  * short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
  *
@@ -48,14 +49,18 @@ export interface StageSettings {
    * download body (no bytes for this long) (default 60000).
    */
   requestTimeoutMs: number;
-  /** Attempts per archive call that fails in a way worth retrying: GETs and HEAD/POSTs (default 3). */
+  /**
+   * Attempts per archive call that fails in a way worth retrying: GETs and stage POSTs
+   * (default 3). HEADs are retried by time instead (`missingAfterMs`).
+   */
   fetchAttempts: number;
   /** Delay before the first retry; doubles with each further retry (default 2000). */
   retryDelayMs: number;
   /**
-   * How long a HEAD that keeps answering 500 is retried, on a growing delay, before the file
-   * counts as missing (default 60000). The archive answers 500 both to a missing file and to a
-   * passing failure, so one 500 is not final (SPEC §2).
+   * How long a HEAD that keeps answering 500 (or any 5xx, or not at all) is retried, on a
+   * growing delay from `retryDelayMs` up to `pollMaxMs`, before the file counts as missing
+   * (default 60000). The archive answers 500 both to a missing file and to a passing failure,
+   * so one 500 is not final (SPEC §2). See {@linkcode headFile}.
    */
   missingAfterMs: number;
 }
