@@ -5,13 +5,14 @@
  * newer one;
  * `DATABASE_LOGGING=true` prints every query.
  *
- * `CARTD_TEST_MYSQL_HOST` / `_PORT` point the MariaDB cases elsewhere (user root, no password).
+ * `CARTD_TEST_MYSQL_HOST` / `_PORT` point the MariaDB cases elsewhere (user root, no password);
+ * `CARTD_TEST_MYSQL=off` skips them.
  */
 import assert from "node:assert/strict";
 import mysql from "mysql2/promise";
 import { SCHEMA_VERSION } from "../lib/schema.ts";
 import { cartdCommand } from "./harness.ts";
-import { MYSQL_HOST, MYSQL_PORT } from "./services.ts";
+import { MYSQL_HOST, MYSQL_PORT, test } from "./services.ts";
 
 /** Runs `cartd ARGS` with exactly `env` (plus VOLUME_PATH); returns its exit code and output. */
 async function cartd(
@@ -102,7 +103,7 @@ async function cycle(
 }
 
 for (const style of ["a mysql:// URL", "the link-style names"] as const) {
-  Deno.test(`dbsync and dbchk on a fresh MariaDB database, named by ${style}`, async () => {
+  test.mysql(`dbsync and dbchk on a fresh MariaDB database, named by ${style}`, async () => {
     const database = `cartd_e2e_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
     const volume = await Deno.makeTempDir({ prefix: "cartd-dbcli-" });
     const env: Record<string, string> = style === "a mysql:// URL"
@@ -176,7 +177,7 @@ Deno.test("dbsync and dbchk on a fresh SQLite file", async () => {
   }
 });
 
-Deno.test("DATABASE_LOGGING=true prints every query, on MariaDB and SQLite", async () => {
+test.mysql("DATABASE_LOGGING=true prints every query, on MariaDB and SQLite", async () => {
   const database = `cartd_e2e_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
   const volume = await Deno.makeTempDir({ prefix: "cartd-dbcli-" });
   try {

@@ -40,13 +40,9 @@ import {
   deleteQueue,
   MYSQL_HOST,
   MYSQL_PORT,
-  needs,
-  type Service,
+  test,
 } from "./services.ts";
 import { startProxy, type TcpProxy } from "./tcp_proxy.ts";
-
-/** What the tests of a whole stack need. */
-const BOTH: Service[] = ["mysql", "amqp"];
 
 /** How long a cart may take in these tests before the test fails. */
 const CART_DEADLINE_MS = 45_000;
@@ -289,260 +285,232 @@ function logLine(message: string, uid: string): RegExp {
 // ---------------------------------------------------------------------------------------------
 // The fault tests.
 
-Deno.test(
-  needs(
-    BOTH,
-    "kill -9 of a worker in the middle of a 200-file cart: another worker finishes it, every file once",
-  ),
-  async () => {
-    await withStack({}, async (stack) => {
-      const { archive } = stack;
-      // Slow enough that staging takes a few seconds: 200 files, 4 at a time, 40 ms each.
-      const cart = makeCart(archive, "crash200", 200, { getDelayMs: 40 });
-      const slow = { CARTD_FILES_PER_CART: "4", CARTD_FILES_IN_FLIGHT: "4" };
-      const server = await stack.start("serve");
-      const doomed = await stack.start("worker", slow);
-      await post(server.url, cart);
+test.mysqlAndAmqp("kill -9 of a worker in the middle of a 200-file cart: another worker finishes it, every file once", async () => {
+  await withStack({}, async (stack) => {
+    const { archive } = stack;
+    // Slow enough that staging takes a few seconds: 200 files, 4 at a time, 40 ms each.
+    const cart = makeCart(archive, "crash200", 200, { getDelayMs: 40 });
+    const slow = { CARTD_FILES_PER_CART: "4", CARTD_FILES_IN_FLIGHT: "4" };
+    const server = await stack.start("serve");
+    const doomed = await stack.start("worker", slow);
+    await post(server.url, cart);
 
-      await eventually("the first worker has fetched 50 files", () => gets(archive, cart) >= 50);
-      await doomed.kill();
-      const fetchedBeforeKill = gets(archive, cart);
-      assert.ok(fetchedBeforeKill < 200, `the worker finished before it was killed`);
-      assert.equal((await cartStatus(server.url, cart.uid))[1], "staging");
-      const [before] = await stack.sql("SELECT id, claim_owner, attempts FROM carts");
-      assert.equal(before.attempts, 1);
-      assert.ok(before.claim_owner, "the dead worker's claim is still in the database");
+    await eventually("the first worker has fetched 50 files", () => gets(archive, cart) >= 50);
+    await doomed.kill();
+    const fetchedBeforeKill = gets(archive, cart);
+    assert.ok(fetchedBeforeKill < 200, `the worker finished before it was killed`);
+    assert.equal((await cartStatus(server.url, cart.uid))[1], "staging");
+    const [before] = await stack.sql("SELECT id, claim_owner, attempts FROM carts");
+    assert.equal(before.attempts, 1);
+    assert.ok(before.claim_owner, "the dead worker's claim is still in the database");
 
-      // The second worker takes the cart over once the dead worker's claim (2 s) expires.
-      const heir = await stack.start("worker", slow);
+    // The second worker takes the cart over once the dead worker's claim (2 s) expires.
+    const heir = await stack.start("worker", slow);
+    await waitReady(server.url, cart.uid);
+    await checkTar(server.url, cart);
+
+    const [after] = await stack.sql("SELECT claim_owner, attempts FROM carts");
+    assert.equal(after.attempts, 2, "claimed by the dead worker, then by the heir");
+    assert.equal(after.claim_owner, null);
+    assert.match(heir.output(), logLine("cart claimed", cart.uid));
+    // The heir resumed: files the dead worker had staged were not fetched again (at most the
+    // ones in flight at the kill were).
+    const total = gets(archive, cart);
+    assert.ok(total <= 200 + 4, `the archive served ${total} GETs for 200 files`);
+    // Every file sits once on the volume, and nothing half-written is left.
+    const files = await listFiles(`${stack.volume}/carts/${before.id}/files`);
+    assert.equal(files.length, 200, files.filter((f) => f.endsWith(".part")).join(", "));
+  });
+});
+
+test.mysqlAndAmqp("the broker connection cut: carts in progress finish, carts posted meanwhile are not lost", async () => {
+  await withStack({ brokerProxy: true }, async (stack) => {
+    const { archive } = stack;
+    const proxy = stack.brokerProxy!;
+    const server = await stack.start("serve");
+    const worker = await stack.start("worker", { CARTD_FILES_PER_CART: "2" });
+    const first = makeCart(archive, "before", 5);
+    await post(server.url, first);
+    await waitReady(server.url, first.uid);
+
+    // Carts in progress when the line goes down (6 files, 2 at a time, 400 ms each).
+    const inFlight = [0, 1, 2].map((i) =>
+      makeCart(archive, `inflight${i}`, 6, { getDelayMs: 400 })
+    );
+    for (const cart of inFlight) await post(server.url, cart);
+    for (const cart of inFlight) {
+      await eventually(`${cart.uid} is staging`, async () => {
+        return (await cartStatus(server.url, cart.uid))[1] === "staging";
+      });
+    }
+    const acceptedBefore = proxy.accepted;
+    await proxy.cut();
+    await eventually(
+      "both processes noticed the lost broker",
+      () =>
+        [server, worker].every((p) =>
+          p.output().includes("lost the connection to the message broker")
+        ),
+    );
+
+    // Carts posted while the broker is away are stored; their POSTs answer once it is back.
+    const during = [0, 1, 2].map((i) => makeCart(archive, `during${i}`, 3));
+    const posts = during.map((cart) => post(server.url, cart));
+    for (const cart of during) {
+      await eventually(`${cart.uid} is stored`, async () => {
+        return (await cartdState(server.url, cart.uid)) === "waiting";
+      });
+    }
+    // The carts already claimed go on: the database is there, only the queue is not.
+    for (const cart of inFlight) await waitReady(server.url, cart.uid);
+    assert.equal(proxy.connections, 0, "nothing reached the broker during the cut");
+    assert.ok(await running(server) && await running(worker));
+    for (const cart of during) {
+      assert.equal(await cartdState(server.url, cart.uid), "waiting", "no message, no work");
+    }
+
+    await proxy.restore();
+    await Promise.all(posts);
+    for (const cart of [first, ...inFlight, ...during]) {
       await waitReady(server.url, cart.uid);
       await checkTar(server.url, cart);
-
-      const [after] = await stack.sql("SELECT claim_owner, attempts FROM carts");
-      assert.equal(after.attempts, 2, "claimed by the dead worker, then by the heir");
-      assert.equal(after.claim_owner, null);
-      assert.match(heir.output(), logLine("cart claimed", cart.uid));
-      // The heir resumed: files the dead worker had staged were not fetched again (at most the
-      // ones in flight at the kill were).
-      const total = gets(archive, cart);
-      assert.ok(total <= 200 + 4, `the archive served ${total} GETs for 200 files`);
-      // Every file sits once on the volume, and nothing half-written is left.
-      const files = await listFiles(`${stack.volume}/carts/${before.id}/files`);
-      assert.equal(files.length, 200, files.filter((f) => f.endsWith(".part")).join(", "));
-    });
-  },
-);
-
-Deno.test(
-  needs(
-    BOTH,
-    "the broker connection cut: carts in progress finish, carts posted meanwhile are not lost",
-  ),
-  async () => {
-    await withStack({ brokerProxy: true }, async (stack) => {
-      const { archive } = stack;
-      const proxy = stack.brokerProxy!;
-      const server = await stack.start("serve");
-      const worker = await stack.start("worker", { CARTD_FILES_PER_CART: "2" });
-      const first = makeCart(archive, "before", 5);
-      await post(server.url, first);
-      await waitReady(server.url, first.uid);
-
-      // Carts in progress when the line goes down (6 files, 2 at a time, 400 ms each).
-      const inFlight = [0, 1, 2].map((i) =>
-        makeCart(archive, `inflight${i}`, 6, { getDelayMs: 400 })
-      );
-      for (const cart of inFlight) await post(server.url, cart);
-      for (const cart of inFlight) {
-        await eventually(`${cart.uid} is staging`, async () => {
-          return (await cartStatus(server.url, cart.uid))[1] === "staging";
-        });
-      }
-      const acceptedBefore = proxy.accepted;
-      await proxy.cut();
-      await eventually(
-        "both processes noticed the lost broker",
-        () =>
-          [server, worker].every((p) =>
-            p.output().includes("lost the connection to the message broker")
-          ),
-      );
-
-      // Carts posted while the broker is away are stored; their POSTs answer once it is back.
-      const during = [0, 1, 2].map((i) => makeCart(archive, `during${i}`, 3));
-      const posts = during.map((cart) => post(server.url, cart));
-      for (const cart of during) {
-        await eventually(`${cart.uid} is stored`, async () => {
-          return (await cartdState(server.url, cart.uid)) === "waiting";
-        });
-      }
-      // The carts already claimed go on: the database is there, only the queue is not.
-      for (const cart of inFlight) await waitReady(server.url, cart.uid);
-      assert.equal(proxy.connections, 0, "nothing reached the broker during the cut");
-      assert.ok(await running(server) && await running(worker));
-      for (const cart of during) {
-        assert.equal(await cartdState(server.url, cart.uid), "waiting", "no message, no work");
-      }
-
-      await proxy.restore();
-      await Promise.all(posts);
-      for (const cart of [first, ...inFlight, ...during]) {
-        await waitReady(server.url, cart.uid);
-        await checkTar(server.url, cart);
-      }
-      await eventually(
-        "both processes reconnected",
-        () =>
-          [server, worker].every((p) => p.output().includes("reconnected to the message broker")),
-      );
-      assert.ok(proxy.accepted > acceptedBefore);
-      // Every file was fetched once: the redelivered messages of finished carts did no work.
-      for (const cart of [first, ...inFlight, ...during]) {
-        assert.equal(gets(archive, cart), cart.expected.size, `GETs of ${cart.uid}`);
-      }
-    });
-  },
-);
-
-Deno.test(
-  needs(
-    BOTH,
-    "the database connection cut: the API answers 503 JSON, nothing crashes, and work resumes",
-  ),
-  async () => {
-    await withStack({ dbProxy: true }, async (stack) => {
-      const { archive } = stack;
-      const proxy = stack.dbProxy!;
-      const server = await stack.start("serve");
-      const worker = await stack.start("worker");
-      const done = makeCart(archive, "done", 3);
-      await post(server.url, done);
-      await waitReady(server.url, done.uid);
-
-      // A cart mid-staging when the database goes away (20 files, 200 ms each, 8 at a time).
-      const busy = makeCart(archive, "busy", 20, { getDelayMs: 200 });
-      await post(server.url, busy);
-      await eventually("the busy cart has fetched a file", () => gets(archive, busy) > 0);
-      await proxy.cut();
-
-      for (
-        const [method, path, body] of [
-          ["GET", done.uid, undefined],
-          ["POST", "newcart", JSON.stringify(makeCart(archive, "newcart", 2).doc)],
-          ["DELETE", done.uid, undefined],
-        ] as const
-      ) {
-        const res = await fetch(server.url + path, { method, body });
-        assert.equal(res.status, 503, `${method} /${path} during the cut`);
-        assert.equal(res.headers.get("content-type"), "application/json");
-        const json = await res.json();
-        assert.equal(typeof json.message, "string");
-        assert.doesNotMatch(json.message, /\n\s+at /, "no stack trace");
-      }
-      const head = await fetch(server.url + done.uid, { method: "HEAD" });
-      assert.equal(head.status, 503, "HEAD during the cut");
-      const up = await fetch(server.url);
-      assert.equal(up.status, 200, "GET / needs no database");
-      await up.body?.cancel();
-      // The worker notices the lost database on its next write, and keeps running.
-      await eventually(
-        "the worker noticed the lost database",
-        () => /database lost during cart work|sweep failed/.test(worker.output()),
-      );
-      assert.ok(await running(server), "the API server is still running");
-      assert.ok(await running(worker), "the worker is still running");
-
-      await proxy.restore();
-      const [code] = await cartStatus(server.url, done.uid);
-      assert.equal(code, 204, "the ready cart is back");
-      const late = makeCart(archive, "late", 3);
-      await post(server.url, late);
-      for (const cart of [done, busy, late]) {
-        await waitReady(server.url, cart.uid);
-        await checkTar(server.url, cart);
-      }
-    });
-  },
-);
-
-Deno.test(
-  needs(BOTH, "two workers racing over 50 carts: each cart is claimed and bundled exactly once"),
-  async () => {
-    await withStack({}, async (stack) => {
-      const { archive } = stack;
-      // Few carts per worker at once, so most wait in the queue while the sweeps run (every
-      // second): the sweep queues unclaimed carts again, and duplicates must do no harm.
-      const env = { CARTD_CARTS_IN_FLIGHT: "3" };
-      const server = await stack.start("serve");
-      const workers = [await stack.start("worker", env), await stack.start("worker", env)];
-      const carts = Array.from(
-        { length: 50 },
-        (_, i) => makeCart(archive, `race${i}`, 3, { getDelayMs: 60 }, true),
-      );
-      await Promise.all(carts.map((cart) => post(server.url, cart)));
-      for (const cart of carts) await waitReady(server.url, cart.uid);
-
-      const logs = workers.map((w) => w.output()).join("\n");
-      for (const cart of carts) {
-        assert.equal(occurrences(logs, logLine("cart claimed", cart.uid)), 1, `${cart.uid} claims`);
-        assert.equal(occurrences(logs, logLine("cart ready", cart.uid)), 1, `${cart.uid} bundles`);
-        assert.equal(gets(archive, cart), 3, `${cart.uid}: each file fetched once`);
-      }
-      for (const [i, w] of workers.entries()) {
-        assert.ok(/cart claimed/.test(w.output()), `worker ${i + 1} took no cart`);
-      }
-      const rows = await stack.sql("SELECT attempts, COUNT(*) AS n FROM carts GROUP BY attempts");
-      assert.deepEqual(rows.map((r) => [Number(r.attempts), Number(r.n)]), [[1, 50]]);
-      for (const cart of carts) await checkTar(server.url, cart);
-    });
-  },
-);
-
-Deno.test(
-  needs(
-    ["mysql"],
-    "start-up with the database unreachable honours DATABASE_CONNECT_ATTEMPTS and DATABASE_WAIT",
-  ),
-  async () => {
-    const proxy = await startProxy(MYSQL_HOST, MYSQL_PORT);
-    const volume = await Deno.makeTempDir({ prefix: "cartd-prod-" });
-    const database = `cartd_e2e_${randomName()}`;
-    try {
-      await proxy.cut();
-      const env = {
-        DATABASE_URL: `mysql://root@127.0.0.1:${proxy.port}/${database}`,
-        DATABASE_CONNECT_ATTEMPTS: "2",
-        DATABASE_WAIT: "0.2",
-      };
-      const started = Date.now();
-      const result = await runCartd(["serve", "--port", "0"], volume, env, 15_000);
-      const ms = Date.now() - started;
-      assert.notEqual(result.code, 0, result.stderr);
-      assert.match(result.stderr, new RegExp(`127\\.0\\.0\\.1:${proxy.port}`));
-      assert.match(result.stderr, /after 2 tries/);
-      assert.equal(occurrences(result.stderr, /cannot reach the database/), 2, result.stderr);
-      assert.ok(ms >= 200, `gave up after ${ms} ms, before DATABASE_WAIT`);
-      assert.ok(ms < 10_000, `took ${ms} ms to give up`);
-
-      // With enough tries, a database that comes back in time is used.
-      const cartd = runCartdInBackground(["serve", "--port", "0"], volume, {
-        ...env,
-        DATABASE_CONNECT_ATTEMPTS: "50",
-      });
-      try {
-        await eventually("a failed try is logged", () => cartd.stderr().includes("attempt=2"));
-        await proxy.restore();
-        await eventually("cartd serves", () => /cartd listening on/.test(cartd.stderr()));
-      } finally {
-        await cartd.stop();
-      }
-    } finally {
-      await proxy.close();
-      await dropDatabase(database);
-      await Deno.remove(volume, { recursive: true });
     }
-  },
-);
+    await eventually(
+      "both processes reconnected",
+      () => [server, worker].every((p) => p.output().includes("reconnected to the message broker")),
+    );
+    assert.ok(proxy.accepted > acceptedBefore);
+    // Every file was fetched once: the redelivered messages of finished carts did no work.
+    for (const cart of [first, ...inFlight, ...during]) {
+      assert.equal(gets(archive, cart), cart.expected.size, `GETs of ${cart.uid}`);
+    }
+  });
+});
+
+test.mysqlAndAmqp("the database connection cut: the API answers 503 JSON, nothing crashes, and work resumes", async () => {
+  await withStack({ dbProxy: true }, async (stack) => {
+    const { archive } = stack;
+    const proxy = stack.dbProxy!;
+    const server = await stack.start("serve");
+    const worker = await stack.start("worker");
+    const done = makeCart(archive, "done", 3);
+    await post(server.url, done);
+    await waitReady(server.url, done.uid);
+
+    // A cart mid-staging when the database goes away (20 files, 200 ms each, 8 at a time).
+    const busy = makeCart(archive, "busy", 20, { getDelayMs: 200 });
+    await post(server.url, busy);
+    await eventually("the busy cart has fetched a file", () => gets(archive, busy) > 0);
+    await proxy.cut();
+
+    for (
+      const [method, path, body] of [
+        ["GET", done.uid, undefined],
+        ["POST", "newcart", JSON.stringify(makeCart(archive, "newcart", 2).doc)],
+        ["DELETE", done.uid, undefined],
+      ] as const
+    ) {
+      const res = await fetch(server.url + path, { method, body });
+      assert.equal(res.status, 503, `${method} /${path} during the cut`);
+      assert.equal(res.headers.get("content-type"), "application/json");
+      const json = await res.json();
+      assert.equal(typeof json.message, "string");
+      assert.doesNotMatch(json.message, /\n\s+at /, "no stack trace");
+    }
+    const head = await fetch(server.url + done.uid, { method: "HEAD" });
+    assert.equal(head.status, 503, "HEAD during the cut");
+    const up = await fetch(server.url);
+    assert.equal(up.status, 200, "GET / needs no database");
+    await up.body?.cancel();
+    // The worker notices the lost database on its next write, and keeps running.
+    await eventually(
+      "the worker noticed the lost database",
+      () => /database lost during cart work|sweep failed/.test(worker.output()),
+    );
+    assert.ok(await running(server), "the API server is still running");
+    assert.ok(await running(worker), "the worker is still running");
+
+    await proxy.restore();
+    const [code] = await cartStatus(server.url, done.uid);
+    assert.equal(code, 204, "the ready cart is back");
+    const late = makeCart(archive, "late", 3);
+    await post(server.url, late);
+    for (const cart of [done, busy, late]) {
+      await waitReady(server.url, cart.uid);
+      await checkTar(server.url, cart);
+    }
+  });
+});
+
+test.mysqlAndAmqp("two workers racing over 50 carts: each cart is claimed and bundled exactly once", async () => {
+  await withStack({}, async (stack) => {
+    const { archive } = stack;
+    // Few carts per worker at once, so most wait in the queue while the sweeps run (every
+    // second): the sweep queues unclaimed carts again, and duplicates must do no harm.
+    const env = { CARTD_CARTS_IN_FLIGHT: "3" };
+    const server = await stack.start("serve");
+    const workers = [await stack.start("worker", env), await stack.start("worker", env)];
+    const carts = Array.from(
+      { length: 50 },
+      (_, i) => makeCart(archive, `race${i}`, 3, { getDelayMs: 60 }, true),
+    );
+    await Promise.all(carts.map((cart) => post(server.url, cart)));
+    for (const cart of carts) await waitReady(server.url, cart.uid);
+
+    const logs = workers.map((w) => w.output()).join("\n");
+    for (const cart of carts) {
+      assert.equal(occurrences(logs, logLine("cart claimed", cart.uid)), 1, `${cart.uid} claims`);
+      assert.equal(occurrences(logs, logLine("cart ready", cart.uid)), 1, `${cart.uid} bundles`);
+      assert.equal(gets(archive, cart), 3, `${cart.uid}: each file fetched once`);
+    }
+    for (const [i, w] of workers.entries()) {
+      assert.ok(/cart claimed/.test(w.output()), `worker ${i + 1} took no cart`);
+    }
+    const rows = await stack.sql("SELECT attempts, COUNT(*) AS n FROM carts GROUP BY attempts");
+    assert.deepEqual(rows.map((r) => [Number(r.attempts), Number(r.n)]), [[1, 50]]);
+    for (const cart of carts) await checkTar(server.url, cart);
+  });
+});
+
+test.mysql("start-up with the database unreachable honours DATABASE_CONNECT_ATTEMPTS and DATABASE_WAIT", async () => {
+  const proxy = await startProxy(MYSQL_HOST, MYSQL_PORT);
+  const volume = await Deno.makeTempDir({ prefix: "cartd-prod-" });
+  const database = `cartd_e2e_${randomName()}`;
+  try {
+    await proxy.cut();
+    const env = {
+      DATABASE_URL: `mysql://root@127.0.0.1:${proxy.port}/${database}`,
+      DATABASE_CONNECT_ATTEMPTS: "2",
+      DATABASE_WAIT: "0.2",
+    };
+    const started = Date.now();
+    const result = await runCartd(["serve", "--port", "0"], volume, env, 15_000);
+    const ms = Date.now() - started;
+    assert.notEqual(result.code, 0, result.stderr);
+    assert.match(result.stderr, new RegExp(`127\\.0\\.0\\.1:${proxy.port}`));
+    assert.match(result.stderr, /after 2 tries/);
+    assert.equal(occurrences(result.stderr, /cannot reach the database/), 2, result.stderr);
+    assert.ok(ms >= 200, `gave up after ${ms} ms, before DATABASE_WAIT`);
+    assert.ok(ms < 10_000, `took ${ms} ms to give up`);
+
+    // With enough tries, a database that comes back in time is used.
+    const cartd = runCartdInBackground(["serve", "--port", "0"], volume, {
+      ...env,
+      DATABASE_CONNECT_ATTEMPTS: "50",
+    });
+    try {
+      await eventually("a failed try is logged", () => cartd.stderr().includes("attempt=2"));
+      await proxy.restore();
+      await eventually("cartd serves", () => /cartd listening on/.test(cartd.stderr()));
+    } finally {
+      await cartd.stop();
+    }
+  } finally {
+    await proxy.close();
+    await dropDatabase(database);
+    await Deno.remove(volume, { recursive: true });
+  }
+});
 
 /** Runs `cartd ARGS` to its end (killed after `timeoutMs`); returns its exit code and stderr. */
 async function runCartd(
@@ -637,65 +605,55 @@ Deno.test("compose.yaml: the server and the workers share one environment; its c
   }
 });
 
-Deno.test(
-  needs(
-    BOTH,
-    "compose.yaml's environment on this machine: one server and two workers run carts through",
-  ),
-  async () => {
-    const archive = startFakeArchive();
-    const volume = await Deno.makeTempDir({ prefix: "cartd-compose-" });
-    const database = `cartd_e2e_${randomName()}`;
-    const queue = `cartd.e2e.${randomName()}`;
-    const stack = { archive, volume, database, queue };
-    const processes: Cartd[] = [];
-    try {
-      const serverArgs = compose.services.cartserver.command!.slice(1);
-      assert.deepEqual(serverArgs, ["--address", "0.0.0.0", "--port", "8081"]);
-      // Started by the harness on 127.0.0.1 and a free port instead of 0.0.0.0:8081.
-      const server = await startCartd({
-        role: "serve",
-        volume,
-        env: composeEnvironment("cartserver", stack),
-      });
-      processes.push(server);
-      for (let i = 0; i < 2; i++) {
-        processes.push(
-          await startCartd({
-            role: "worker",
-            volume,
-            env: composeEnvironment("cartworkers", stack),
-          }),
-        );
-      }
-      const carts = Array.from({ length: 12 }, (_, i) => makeCart(archive, `compose${i}`, 5));
-      for (const cart of carts) await post(server.url, cart);
-      for (const cart of carts) {
-        await waitReady(server.url, cart.uid);
-        await checkTar(server.url, cart);
-      }
-      for (const [i, w] of processes.slice(1).entries()) {
-        assert.match(w.output(), /cart claimed/, `worker ${i + 1} took no cart`);
-        assert.match(w.output(), /database=mysql queue=amqp/);
-      }
-      const connection = await rootConnection(database);
-      try {
-        const [rows] = await connection.query(
-          "SELECT COUNT(*) AS n FROM carts WHERE status = 'ready'",
-        );
-        assert.equal(Number((rows as { n: number }[])[0].n), 12, "the carts are in MariaDB");
-      } finally {
-        await connection.end();
-      }
-    } catch (e) {
-      for (const p of processes) console.error(p.output());
-      throw e;
-    } finally {
-      await Promise.all(processes.map((p) => p.stop()));
-      await archive.close();
-      await dropDatabase(database);
-      await deleteQueue(queue);
-      await Deno.remove(volume, { recursive: true }).catch(() => {});
+test.mysqlAndAmqp("compose.yaml's environment on this machine: one server and two workers run carts through", async () => {
+  const archive = startFakeArchive();
+  const volume = await Deno.makeTempDir({ prefix: "cartd-compose-" });
+  const database = `cartd_e2e_${randomName()}`;
+  const queue = `cartd.e2e.${randomName()}`;
+  const stack = { archive, volume, database, queue };
+  const processes: Cartd[] = [];
+  try {
+    const serverArgs = compose.services.cartserver.command!.slice(1);
+    assert.deepEqual(serverArgs, ["--address", "0.0.0.0", "--port", "8081"]);
+    // Started by the harness on 127.0.0.1 and a free port instead of 0.0.0.0:8081.
+    const server = await startCartd({
+      role: "serve",
+      volume,
+      env: composeEnvironment("cartserver", stack),
+    });
+    processes.push(server);
+    for (let i = 0; i < 2; i++) {
+      processes.push(
+        await startCartd({ role: "worker", volume, env: composeEnvironment("cartworkers", stack) }),
+      );
     }
-  },
-);
+    const carts = Array.from({ length: 12 }, (_, i) => makeCart(archive, `compose${i}`, 5));
+    for (const cart of carts) await post(server.url, cart);
+    for (const cart of carts) {
+      await waitReady(server.url, cart.uid);
+      await checkTar(server.url, cart);
+    }
+    for (const [i, w] of processes.slice(1).entries()) {
+      assert.match(w.output(), /cart claimed/, `worker ${i + 1} took no cart`);
+      assert.match(w.output(), /database=mysql queue=amqp/);
+    }
+    const connection = await rootConnection(database);
+    try {
+      const [rows] = await connection.query(
+        "SELECT COUNT(*) AS n FROM carts WHERE status = 'ready'",
+      );
+      assert.equal(Number((rows as { n: number }[])[0].n), 12, "the carts are in MariaDB");
+    } finally {
+      await connection.end();
+    }
+  } catch (e) {
+    for (const p of processes) console.error(p.output());
+    throw e;
+  } finally {
+    await Promise.all(processes.map((p) => p.stop()));
+    await archive.close();
+    await dropDatabase(database);
+    await deleteQueue(queue);
+    await Deno.remove(volume, { recursive: true }).catch(() => {});
+  }
+});
