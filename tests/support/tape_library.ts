@@ -517,8 +517,8 @@ export class TapeLibrary implements Disposable {
       }
     } finally {
       this.#flushing = false;
+      this.#arm(); // even after a listener threw
     }
-    this.#arm();
   }
 
   #arm(): void {
