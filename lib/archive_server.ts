@@ -71,6 +71,12 @@ export function checkArchiveFolder(prefix: string, flag = "--prefix"): void {
     if (e instanceof Deno.errors.NotFound) {
       throw new ConfigError(`${named} does not exist: give the folder whose files to serve`);
     }
+    if (e instanceof Deno.errors.NotCapable) {
+      throw new ConfigError(
+        `cartd may not read ${named}: grant it with --allow-read (a compiled cartd reads only ` +
+          "the folders it was built for: deno task compile --read DIR)",
+      );
+    }
     throw new ConfigError(`cannot read ${named}: ${e instanceof Error ? e.message : e}`);
   }
   if (!info.isDirectory) {

@@ -173,15 +173,10 @@ Deno.test("admin: purge --older-than removes carts unused for that long, and not
   assert.match(missing.stderr, /purge needs --older-than/);
 });
 
-Deno.test("admin: dbsync and dbchk; commands refuse a database without the schema", async () => {
+Deno.test("admin: dbsync and dbchk; on a fresh SQLite volume a command creates the schema", async () => {
   const volume = await Deno.makeTempDir({ prefix: "cartd-admin-" });
+  const other = await Deno.makeTempDir({ prefix: "cartd-admin-" });
   try {
-    const dump = await admin(volume, ["dump"]);
-    assert.equal(dump.code, 1);
-    assert.match(
-      dump.stderr,
-      /cartd admin dump: the database has no cartd schema: run 'cartd dbsync'/,
-    );
     const chk = await admin(volume, ["dbchk"]);
     assert.equal(chk.code, 1);
     assert.match(chk.stdout, /schema is at version 0; this cartd needs \d+: run 'cartd dbsync'/);
@@ -194,13 +189,27 @@ Deno.test("admin: dbsync and dbchk; commands refuse a database without the schem
     const empty = await admin(volume, ["dump"]);
     assert.equal(empty.code, 0, empty.stderr);
     assert.match(empty.stdout, /0 live carts/);
+
+    // No dbsync: the embedded database gets its schema from the first command, as the service
+    // gets it at start.
+    const fresh = await admin(other, ["dump"]);
+    assert.equal(fresh.code, 0, fresh.stderr);
+    assert.match(fresh.stdout, /^0 live carts$/m);
+    const created = await admin(other, ["dbchk"]);
+    assert.equal(created.code, 0, created.stdout + created.stderr);
+
     const unknown = await admin(volume, ["frobnicate"]);
     assert.equal(unknown.code, 2);
     assert.match(unknown.stderr, /unknown command "frobnicate"/);
     const help = await admin(volume, ["--help"]);
     assert.equal(help.code, 0);
     assert.match(help.stdout, /cartd admin purge --older-than DUR/);
+    const one = await admin(volume, ["fixit", "--help"]);
+    assert.equal(one.code, 0);
+    assert.match(one.stdout, /cartd admin fixit UID\.\.\./);
+    assert.doesNotMatch(one.stdout, /cartd admin purge/);
   } finally {
     await Deno.remove(volume, { recursive: true });
+    await Deno.remove(other, { recursive: true });
   }
 });

@@ -113,3 +113,36 @@ Deno.test("other methods answer 405 JSON", async () => {
   assert.equal(res.status, 405);
   assert.match((await res.json()).message, /PUT/);
 });
+
+Deno.test("serveArchive refuses a missing folder or a file, naming the path and the flag", async () => {
+  await using t = await setup();
+  const file = join(t.prefix, "sp ace#?.txt");
+  const missing = join(t.root, "nope");
+  assert.throws(
+    () => serveArchive({ prefix: missing, port: 0, hostname: "127.0.0.1" }),
+    new RegExp(`the archive folder ${missing} \\(--prefix ${missing}\\) does not exist`),
+  );
+  assert.throws(
+    () =>
+      serveArchive({ prefix: file, port: 0, hostname: "127.0.0.1", prefixFlag: "--archive-dir" }),
+    /\(--archive-dir .*sp ace#\?\.txt\) is not a folder/,
+  );
+});
+
+Deno.test("serveArchive on a taken port names the address and the flag that changes it", async () => {
+  await using t = await setup();
+  const port = new URL(t.url).port;
+  assert.throws(
+    () =>
+      serveArchive({
+        prefix: t.prefix,
+        port: Number(port),
+        hostname: "127.0.0.1",
+        portFlag: "--archive-port PORT",
+      }),
+    new RegExp(
+      `the archive cannot listen on 127\\.0\\.0\\.1:${port}: the address is already in use.*` +
+        "choose another with --archive-port PORT",
+    ),
+  );
+});
