@@ -69,10 +69,25 @@ function filenameProblem(name: string): string | null {
   return null;
 }
 
-/** `Content-Disposition` per RFC 6266, with `filename*` for non-ASCII names. */
+/**
+ * `Content-Disposition` per RFC 6266 for a name {@linkcode filenameProblem} accepts: the name
+ * quoted, and for a non-ASCII name `filename*` (UTF-8) after an ASCII `filename` fallback, its
+ * accents dropped and anything else outside printable ASCII (or a quote, slash or backslash a
+ * compatibility form folds to) made `_`. Clients that read only `filename` (curl -J) get the
+ * fallback.
+ *
+ * @example
+ * ```ts
+ * import { contentDisposition } from "./carts.ts";
+ * contentDisposition("x.tar"); // 'attachment; filename="x.tar"'
+ * contentDisposition("données.tar");
+ * // `attachment; filename="donnees.tar"; filename*=UTF-8''donn%C3%A9es.tar`
+ * ```
+ */
 export function contentDisposition(name: string): string {
   if (/^[\u0020-\u007e]*$/.test(name)) return `attachment; filename="${name}"`;
-  const fallback = name.replace(/[^\u0020-\u007e]/g, "_");
+  const fallback = name.normalize("NFKD").replace(/\p{M}/gu, "")
+    .replace(/[^\u0020-\u007e]|["/\\]/g, "_");
   const encoded = encodeURIComponent(name).replace(
     /['()*]/g,
     (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase(),
