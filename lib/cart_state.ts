@@ -59,15 +59,12 @@ export function parseStatus(value: string): CartStatus {
  */
 export type StatusWords = "compatible" | "precise";
 
-/** A word Pacifica's own service puts in `X-Pacifica-Status`. */
-export type PacificaStatus = "staging" | "ready" | "error";
-
 /**
  * The word `X-Pacifica-Status` gives for a cart in `status`. In `compatible` mode a waiting or
- * bundling cart says `staging`, because Pacifica's client library (`CartAPI.wait_for_cart`)
- * polls only while it reads `staging` and fails on any other word but `ready`; `ready` and
- * `error` are the same in both modes. In `precise` mode the status is said as it is. Either
- * way, the precise status goes in `X-Cartd-State`.
+ * bundling cart says `staging`, so only Pacifica's three words (`staging`, `ready`, `error`)
+ * are said: Pacifica's client library (`CartAPI.wait_for_cart`) polls only while it reads
+ * `staging` and fails on any other word but `ready`. In `precise` mode the status is said as
+ * it is. Either way, the precise status goes in `X-Cartd-State`.
  *
  * @example
  * ```ts
@@ -78,8 +75,6 @@ export type PacificaStatus = "staging" | "ready" | "error";
  * pacificaStatus("bundling", "precise"); // "bundling"
  * ```
  */
-export function pacificaStatus(status: CartStatus, words: "compatible"): PacificaStatus;
-export function pacificaStatus(status: CartStatus, words: StatusWords): CartStatus;
 export function pacificaStatus(status: CartStatus, words: StatusWords): CartStatus {
   if (words === "precise") return status;
   return status === "waiting" || status === "bundling" ? "staging" : status;

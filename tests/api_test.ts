@@ -349,6 +349,7 @@ Deno.test("archive faults end the cart in error with a message naming the file",
     const md5 = await archive.digest("bad-hash", "md5");
     const cases: [string, unknown, RegExp][] = [
       [
+        // Missing: HEAD answers 500 for CARTD_MISSING_AFTER seconds (1 here).
         "missing",
         { fileids: [{ id: "ok", path: "a" }, { id: "gone", path: "b" }] },
         /fileids\[1\].*gone/,
@@ -379,7 +380,7 @@ Deno.test("archive faults end the cart in error with a message naming the file",
       assert.match(body.message, rule);
       assert.doesNotMatch(JSON.stringify(body), /\.ts:\d+|\n\s+at /);
     }
-  });
+  }, { CARTD_MISSING_AFTER: "1" });
 });
 
 Deno.test("passing download faults are retried: corrupt, cut, short, 500 once", async () => {
