@@ -40,7 +40,26 @@ export interface Cartd {
   stop(): Promise<void>;
   /** SIGKILL, then waits for the exit: a crash. */
   kill(): Promise<void>;
+  /**
+   * Stops the process (as {@linkcode Cartd.stop}) and removes its volume when
+   * {@linkcode startCartd} made it, which `await using` does at the end of the test.
+   */
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** A temporary folder that `await using` removes (with everything in it) at the end of scope. */
+export interface TempDir extends AsyncDisposable {
+  /** Its path. */
+  path: string;
+}
+
+/** Makes a temporary folder named `prefix…`; see {@linkcode TempDir}. */
+export async function tempDir(prefix = "cartd-test-"): Promise<TempDir> {
+  const path = await Deno.makeTempDir({ prefix });
+  return {
+    path,
+    [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }).catch(() => {}),
+  };
 }
 
 /** Settings that make tests fast: short polls, retries and claims. */
@@ -124,13 +143,19 @@ export function spawnCollecting(
   };
 }
 
-/** Starts `cartd [role]` with `env` on a free port; resolves once it serves (or has started). */
+/**
+ * Starts `cartd [role]` with `env` on a free port; resolves once it serves (or has started).
+ * Without `volume`, it runs on a temporary folder of its own, removed when the process is
+ * disposed of (`await using`) or fails to start; `stop()` and `kill()` keep it, for a restart
+ * on the same volume (remove it afterwards, or dispose of the last process started on it).
+ */
 export async function startCartd(options: {
   env: Record<string, string>;
   role?: "all" | "serve" | "worker";
   volume?: string;
   args?: string[];
 }): Promise<Cartd> {
+  const ownVolume = options.volume === undefined;
   const volume = options.volume ?? await Deno.makeTempDir({ prefix: "cartd-test-" });
   const role = options.role ?? "all";
   const args = [
@@ -159,6 +184,7 @@ export async function startCartd(options: {
     url = await ready.promise;
   } catch (e) {
     await cartd.stop("SIGKILL");
+    if (ownVolume) await Deno.remove(volume, { recursive: true }).catch(() => {});
     throw e;
   } finally {
     clearTimeout(timer);
@@ -171,7 +197,10 @@ export async function startCartd(options: {
     output: cartd.output,
     stop: () => stop("SIGTERM"),
     kill: () => stop("SIGKILL"),
-    [Symbol.asyncDispose]: () => stop("SIGTERM"),
+    async [Symbol.asyncDispose]() {
+      await stop("SIGTERM");
+      if (ownVolume) await Deno.remove(volume, { recursive: true }).catch(() => {});
+    },
   };
 }
 
