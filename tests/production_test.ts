@@ -606,7 +606,7 @@ Deno.test("compose.yaml: the server and the workers share one environment; its c
 });
 
 test.mysqlAndAmqp("compose.yaml's environment on this machine: one server and two workers run carts through", async () => {
-  const archive = startFakeArchive();
+  const archive = startFakeArchive({ pathIds: true }); // its ids are path-like
   const volume = await Deno.makeTempDir({ prefix: "cartd-compose-" });
   const database = `cartd_e2e_${randomName()}`;
   const queue = `cartd.e2e.${randomName()}`;
