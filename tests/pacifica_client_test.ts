@@ -241,7 +241,7 @@ async function aheadAndBehind(
 Deno.test("Pacifica's client: a cart waiting behind CARTD_CARTS_IN_FLIGHT is followed to ready", async () => {
   await withCartd({ CARTD_CARTS_IN_FLIGHT: "1" }, async (cartd, archive, dir) => {
     const { ahead, behind } = await aheadAndBehind(cartd, archive, dir);
-    assert.equal(behind.raised, undefined, behind.message);
+    assert.equal(behind.raised, undefined, behind.message ?? "");
     assertSeen(behind, "waiting", "ready");
     const waiting = behind.seen.filter(([, , state]) => state === "waiting");
     // More than one: the client went on polling a waiting cart (as it did not before).
@@ -253,7 +253,7 @@ Deno.test("Pacifica's client: a cart waiting behind CARTD_CARTS_IN_FLIGHT is fol
       behind.members,
       await expectTar(archive, { "behind": null, "behind/w": null, "behind/w/w.txt": "w1" }),
     );
-    assert.equal(ahead.raised, undefined, ahead.message);
+    assert.equal(ahead.raised, undefined, ahead.message ?? "");
     assertSeen(ahead, "staging", "ready");
     assert.deepEqual(
       ahead.members,
@@ -288,7 +288,7 @@ Deno.test('Pacifica\'s client: a "bundle": true cart held in bundling is followe
     await Promise.race([polling.promise, report]);
     archive.put("b2", "from tape\n");
     const done = await report;
-    assert.equal(done.raised, undefined, done.message);
+    assert.equal(done.raised, undefined, done.message ?? "");
     assertSeen(done, states(done)[0], "ready");
     assert.deepEqual(states(done).slice(-2), ["bundling", "ready"]);
     const bundling = done.seen.filter(([, , state]) => state === "bundling");
@@ -323,7 +323,7 @@ Deno.test("Pacifica's client: a cart with a file on tape and a hashed file is fo
     const report = await client(dir, url, "normal", "my_cart.tar", (seen) => {
       if (seen.length === 3) archive.put("tape", "tape bytes\n");
     });
-    assert.equal(report.raised, undefined, report.message);
+    assert.equal(report.raised, undefined, report.message ?? "");
     assertSeen(report, states(report)[0], "ready");
     const staging = report.seen.filter(([, , state]) => state === "staging");
     assert.ok(staging.length >= 2, `HEADs while on tape: ${JSON.stringify(report.seen)}`);
