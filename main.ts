@@ -9,9 +9,9 @@
  */
 import { parseArgs } from "node:util";
 import denoJson from "./deno.json" with { type: "json" };
-import { type Config, ConfigError, type Env, loadConfig, SETTINGS } from "./lib/config.ts";
-import { errorMessage, log } from "./lib/log.ts";
-import { type Role, startService } from "./lib/service.ts";
+import { type Config, ConfigError, type Env, loadConfig, SETTINGS } from "./lib/config/config.ts";
+import { errorMessage, log } from "./lib/util/log.ts";
+import { type Role, startService } from "./app/service.ts";
 
 /** The version of this build, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -252,7 +252,7 @@ async function runService(role: Role, values: Values): Promise<number> {
 
   let archiveServer: Deno.HttpServer<Deno.NetAddr> | null = null;
   if (choice?.serve) {
-    const { serveArchive } = await import("./lib/archive_server.ts");
+    const { serveArchive } = await import("./lib/archive/server.ts");
     archiveServer = serveArchive({
       prefix: choice.serve.dir,
       prefixFlag: choice.serve.flag,
@@ -288,7 +288,7 @@ async function runArchive(values: Values): Promise<number> {
     throw new UsageError("cartd archive needs --prefix DIR: the folder to serve");
   }
   const hostname = values.address ?? "127.0.0.1";
-  const { serveArchive } = await import("./lib/archive_server.ts");
+  const { serveArchive } = await import("./lib/archive/server.ts");
   const server = serveArchive({
     prefix: values.prefix,
     port: port(values.port, 8080, "--port"),
@@ -320,7 +320,7 @@ export async function main(args: string[]): Promise<number> {
   const spelt = name === "all" ? "cartd" : `cartd ${name}`;
   if (wrong) throw new UsageError(`${spelt} does not take --${wrong}; see '${spelt} --help'`);
   if (name === "admin") {
-    const { admin } = await import("./lib/admin.ts");
+    const { admin } = await import("./app/admin.ts");
     const { help, json, "older-than": olderThan } = values;
     return await admin(() => loadConfig(), positionals.slice(1), {
       help,
@@ -343,7 +343,7 @@ export async function main(args: string[]): Promise<number> {
   if (name === "dbsync" || name === "dbchk") {
     const config = loadConfig();
     log.setLevel(config.logLevel);
-    const { schemaCommand } = await import("./lib/admin.ts");
+    const { schemaCommand } = await import("./app/admin.ts");
     return await schemaCommand(config, name);
   }
   return await runService(name as Role, values);

@@ -17,7 +17,11 @@
  *
  * @module
  */
-import { type FakeFileOptions, patternBytes, startFakeArchive } from "../tests/fake_archive.ts";
+import {
+  type FakeFileOptions,
+  patternBytes,
+  startFakeArchive,
+} from "../tests/support/fake_archive.ts";
 import { benchIds } from "./common.ts";
 
 /** A batch of files to add. */

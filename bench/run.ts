@@ -22,8 +22,8 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { defaultThreads, loadConfig, SETTINGS } from "../lib/config.ts";
-import { type Cartd, cartStatus, postCart, startCartd } from "../tests/harness.ts";
+import { defaultThreads, loadConfig, SETTINGS } from "../lib/config/config.ts";
+import { type Cartd, cartStatus, postCart, startCartd } from "../tests/support/harness.ts";
 import {
   type ArchiveProcess,
   BENCH_DIR,

@@ -1,7 +1,7 @@
 /**
  * `deno task build`: builds cartd into one self-contained JavaScript file, `dist/cartd.js`,
  * with its Web Worker thread as a second bundled entry beside it, `dist/thread.js`
- * (workers/pool.ts loads `./thread.js` next to the bundle). Both come from the same sources
+ * (threads/pool.ts loads `./thread.js` next to the bundle). Both come from the same sources
  * that `deno run main.ts` and `deno compile` use, so the end-to-end tests run against the
  * program graph of the binary.
  *
@@ -30,7 +30,7 @@ const ROOT = fileURLToPath(new URL("../", import.meta.url));
 /** The entries of the build: output file name → source module (relative to the root). */
 export const ENTRIES: ReadonlyArray<[output: string, source: string]> = [
   ["cartd.js", "main.ts"],
-  ["thread.js", "workers/thread.ts"],
+  ["thread.js", "threads/thread.ts"],
 ];
 
 /** What in a bundle would make it depend on files outside it; empty when it stands alone. */

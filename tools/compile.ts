@@ -1,6 +1,6 @@
 /**
  * `deno task compile`: builds the `cartd` binary with `deno compile`: main.ts with the Web
- * Worker thread (`--include workers/thread.ts`), and the narrowest permissions cartd works
+ * Worker thread (`--include threads/thread.ts`), and the narrowest permissions cartd works
  * with, baked in:
  *
  * - `--allow-net`, `--allow-env`, `--allow-sys=hostname,statfs` (the worker's owner id, and
@@ -61,7 +61,7 @@ export interface CompileOptions {
  *   semi-space) keeps the main thread and each Web Worker thread from holding tens of MiB of
  *   garbage between collections; measured on a 10,000-file cart, peak RSS fell from 360 to
  *   220 MiB at the same speed (see bench/);
- * - `--expose-gc` lets lib/memory.ts collect at a bounded pace (CARTD_GC_SLACK).
+ * - `--expose-gc` lets lib/util/memory.ts collect at a bounded pace (CARTD_GC_SLACK).
  */
 export const V8_FLAGS = "--v8-flags=--max-semi-space-size=2,--expose-gc";
 
@@ -71,7 +71,7 @@ export const V8_FLAGS = "--v8-flags=--max-semi-space-size=2,--expose-gc";
  *
  * - A download hands out fresh 1 MiB chunks. By default glibc maps each one afresh and unmaps
  *   it on free, so every byte sent costs a page fault. Buffers under 2 MiB from the heap, and
- *   up to 16 MiB of freed heap kept, let the chunks reuse warm memory (lib/memory.ts collects
+ *   up to 16 MiB of freed heap kept, let the chunks reuse warm memory (lib/util/memory.ts collects
  *   them every 8 MiB): a 1 GiB download went from about 600–900 to 1100–1300 MiB/s.
  * - One arena for all threads instead of one per thread: each thread's arena kept what
  *   staging had used (about 36 MiB each), which a shared arena reuses. Two arenas were 16 MiB
@@ -113,7 +113,7 @@ export function compileArgs(options: CompileOptions, envFile: string): string[] 
     options.output ?? `${ROOT}cartd`,
     ...(options.target ? ["--target", options.target] : []),
     "--include",
-    `${ROOT}workers/thread.ts`,
+    `${ROOT}threads/thread.ts`,
     `--env-file=${envFile}`,
     V8_FLAGS,
     ...permissionFlags(options),

@@ -1,0 +1,165 @@
+/**
+ * Assembles a cartd process from its parts: database and store, queue, volume, and, by role,
+ * the HTTP API (`serve`), the worker with its thread pool (`worker`), or both (`all`).
+ *
+ * @example
+ * ```ts
+ * import { loadConfig } from "../lib/config/config.ts";
+ * import { startService } from "./service.ts";
+ * const service = await startService(loadConfig(), { role: "all", port: 0 });
+ * console.log(service.url);
+ * await service.close();
+ * ```
+ * @module
+ */
+import { ArchiveClient } from "../lib/archive/client.ts";
+import type { Config } from "../lib/config/config.ts";
+import { openDb } from "../lib/db/open.ts";
+import { listenFailure } from "../lib/util/listen.ts";
+import { errorMessage, log } from "../lib/util/log.ts";
+import { canCollect, paceHeap } from "../lib/util/memory.ts";
+import { openQueue } from "../lib/queue/open.ts";
+import { syncSchema } from "../lib/store/schema.ts";
+import { Space } from "../lib/space/space.ts";
+import { CartStore } from "../lib/store/store.ts";
+import { Volume } from "../lib/volume/volume.ts";
+import { cartRoutes } from "../http/routes.ts";
+import { CartWorker } from "../worker/cart_worker.ts";
+import { ThreadPool } from "../threads/pool.ts";
+
+/** Which parts a process runs. */
+export type Role = "all" | "serve" | "worker";
+
+/** Where the API listens. */
+export interface ServiceOptions {
+  /** Which parts to run. */
+  role: Role;
+  /** The API's port (default 8081; 0 picks a free one). */
+  port?: number;
+  /** The address the API listens on (default 127.0.0.1). */
+  hostname?: string;
+}
+
+/** A running cartd process. */
+export interface Service {
+  /** The API's base URL (null for a worker-only process). */
+  url: string | null;
+  /** The process's cart store. */
+  store: CartStore;
+  /** Stops the API and the worker, and closes connections. */
+  close(): Promise<void>;
+}
+
+/** What the operator changes when the API's port is taken (the command's flags). */
+const API_LISTEN_FLAGS = "--port PORT (or --address ADDRESS)";
+
+/**
+ * Starts the parts of cartd that `options.role` names. Nothing is reported as started before
+ * it is: the API binds its port before the worker starts, and when any part fails (the port is
+ * taken, the threads do not load) the parts already open are closed again before the error
+ * (a `ListenError` naming the address, for a port) is thrown.
+ */
+export async function startService(config: Config, options: ServiceOptions): Promise<Service> {
+  log.setLevel(config.logLevel);
+  const volume = new Volume(config.volumePath);
+  try {
+    await Deno.mkdir(volume.cartsDir, { recursive: true });
+  } catch (e) {
+    throw new Error(
+      `cannot create the volume folder ${volume.cartsDir} (VOLUME_PATH=${config.volumePath}): ` +
+        `${errorMessage(e)}; set VOLUME_PATH to a folder this process may write`,
+      { cause: e },
+    );
+  }
+  // Closed in reverse order when a later part fails, and by close().
+  const opened: (() => Promise<void> | void)[] = [];
+  const closeOpened = async () => {
+    for (const close of opened.splice(0).reverse()) {
+      try {
+        await close();
+      } catch (e) {
+        log.warn("closing a part of cartd failed", { error: errorMessage(e) });
+      }
+    }
+  };
+  try {
+    const pacing = paceHeap({ slackBytes: config.limits.gcSlackBytes });
+    opened.push(() => pacing.stop());
+    if (config.limits.gcSlackBytes > 0 && !canCollect()) {
+      log.warn(
+        "V8 runs without --expose-gc: memory is left to V8's own pacing (CARTD_GC_SLACK has no effect)",
+      );
+    }
+    const db = await openDb(config.database);
+    opened.push(() => db.close());
+    await syncSchema(db);
+    const store = new CartStore(db);
+    const queue = await openQueue(config.queue);
+    opened.push(() => queue.close());
+
+    let url: string | null = null;
+    let server: Deno.HttpServer | null = null;
+    if (options.role !== "worker") {
+      const app = cartRoutes({ store, queue, volume, config });
+      const port = options.port ?? 8081;
+      const hostname = options.hostname ?? "127.0.0.1";
+      const listening = Promise.withResolvers<Deno.NetAddr>();
+      try {
+        server = Deno.serve({
+          port,
+          hostname,
+          onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
+        }, app.fetch);
+      } catch (e) {
+        throw listenFailure(e, hostname, port, "the API", API_LISTEN_FLAGS);
+      }
+      opened.push(() => server?.shutdown());
+      const addr = await listening.promise;
+      const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+      url = `http://${host}:${addr.port}/`;
+    }
+
+    if (options.role !== "serve") {
+      const pool = new ThreadPool(
+        config.limits.threads,
+        config.limits.filesInFlight,
+        config.limits.gcSlackBytes,
+      );
+      opened.push(() => pool.close());
+      await pool.ready().catch((e) => {
+        throw new Error(`${e.message}: the worker cannot stage or bundle; check the installation`);
+      });
+      const archive = new ArchiveClient(config.archiveUrl, {
+        requestTimeoutMs: config.staging.requestTimeoutMs,
+      });
+      const space = new Space(store, volume, config.space);
+      const worker = new CartWorker({ store, queue, volume, config, pool, archive, space });
+      // Stopped before the pool closes (the later entry closes first).
+      opened.push(() => worker.stop());
+      await worker.start();
+      log.info("worker started", { owner: worker.owner, threads: config.limits.threads });
+    }
+    log.info("cartd started", {
+      role: options.role,
+      url: url ?? undefined,
+      volume: config.volumePath,
+      database: config.database.kind,
+      queue: config.queue.kind,
+      archive: config.archiveUrl,
+    });
+    return {
+      url,
+      store,
+      async close() {
+        // The API stops taking requests first; then the worker, its threads, queue, database.
+        const api = server;
+        server = null;
+        await api?.shutdown();
+        await closeOpened();
+      },
+    };
+  } catch (e) {
+    await closeOpened();
+    throw e;
+  }
+}

@@ -1,0 +1,285 @@
+/**
+ * HTTP client of the Pacifica Archive Interface (SPEC §2).
+ *
+ * - `HEAD {base}{id}` → {@linkcode ArchiveStatus} (media, size, mtime, message)
+ * - `POST {base}{id}` → ask for a tape recall
+ * - `GET {base}{id}` → the file's bytes as a stream
+ *
+ * Every call has a time limit up to the response headers (`requestTimeoutMs`); every failure
+ * is an {@linkcode ArchiveError} that names the id and the cause and says whether trying
+ * again may help.
+ *
+ * @example
+ * ```ts
+ * import { ArchiveClient } from "./client.ts";
+ * const archive = new ArchiveClient("http://127.0.0.1:8080/");
+ * const st = await archive.status("1234");
+ * if (st.media === "tape") await archive.stage("1234");
+ * ```
+ * @module
+ */
+import { seconds } from "../util/log.ts";
+
+/** Where the archive keeps a file: ready on `disk`, on `tape` (needs a recall), or `error`. */
+export type Media = "disk" | "tape" | "error";
+
+/** What a HEAD tells about one archive file. */
+export interface ArchiveStatus {
+  /** `X-Pacifica-File-Storage-Media`. */
+  media: Media;
+  /** `X-Content-Length`, in bytes. */
+  size: number;
+  /**
+   * `Last-Modified`, seconds since the epoch (a float). When the header is missing or cannot
+   * be read, this is the time of the HEAD: the file is still deliverable, only its date is
+   * unknown.
+   */
+  mtime: number;
+  /** `X-Pacifica-Messsage` (sic, three s), or "" when absent. */
+  message: string;
+}
+
+/** A failed archive call. The message names the id and the cause, for a person. */
+export class ArchiveError extends Error {
+  /** True when the same call may well succeed later (network error, timeout, 5xx). */
+  readonly retryable: boolean;
+  /** The archive id the call was about. */
+  readonly id: string;
+  /** The cause without the id, e.g. `the archive answered 500 Internal Server Error to GET`. */
+  readonly reason: string;
+  /** The HTTP status when the archive answered, else undefined. */
+  readonly status?: number;
+  /** True when the archive did not answer (or send bytes) in time. */
+  readonly timedOut: boolean;
+  /**
+   * The archive's own words, when its answer had a body: the `message` of its JSON error page
+   * (Pacifica's, e.g. `File not found`), else a snippet of the text; "" when there is none (a
+   * HEAD answer never has one). Already part of `reason`.
+   */
+  readonly detail: string;
+
+  /** Builds the error; `message` becomes `archive id "<id>": <reason>`. */
+  constructor(
+    id: string,
+    reason: string,
+    opts: {
+      retryable: boolean;
+      status?: number;
+      timedOut?: boolean;
+      detail?: string;
+      cause?: unknown;
+    },
+  ) {
+    super(`archive id ${JSON.stringify(id)}: ${reason}`, { cause: opts.cause });
+    this.name = "ArchiveError";
+    this.id = id;
+    this.reason = reason;
+    this.retryable = opts.retryable;
+    this.status = opts.status;
+    this.timedOut = opts.timedOut ?? false;
+    this.detail = opts.detail ?? "";
+  }
+}
+
+/** Options of {@linkcode ArchiveClient}. */
+export interface ArchiveClientOptions {
+  /** Time limit of each call up to the response headers, in ms (default 60000). */
+  requestTimeoutMs?: number;
+  /** The fetch to use (default `globalThis.fetch`). */
+  fetch?: typeof fetch;
+}
+
+const MEDIA_HEADER = "X-Pacifica-File-Storage-Media";
+const SIZE_HEADER = "X-Content-Length";
+const MAX_ERROR_BODY = 4096;
+
+/**
+ * The URL path of an archive id below the base: characters a URL cannot carry are
+ * percent-encoded (as `encodeURIComponent` does). A `/` stays a `/` so that path-like ids
+ * (the quick-start archive's) read naturally, except when the id has a `.`/`..` segment or a
+ * segment that a URL parser would treat as one: then every `/` is encoded too, so that no
+ * parser can resolve the dots away and the archive sees the id exactly as given.
+ */
+export function encodeArchiveId(id: string): string {
+  const segments = id.split("/");
+  const dotty = segments.some((s) => /^(?:\.|%2e){1,2}$/i.test(s));
+  return dotty ? encodeURIComponent(id) : segments.map(encodeURIComponent).join("/");
+}
+
+/** HTTP client of one Pacifica Archive Interface. Stateless; safe to share. */
+export class ArchiveClient {
+  readonly #base: string;
+  readonly #timeoutMs: number;
+  readonly #fetch: typeof fetch;
+
+  /** `baseUrl` is the archive's base URL; a missing trailing `/` is added. */
+  constructor(baseUrl: string, options: ArchiveClientOptions = {}) {
+    this.#base = baseUrl.endsWith("/") ? baseUrl : `${baseUrl}/`;
+    this.#timeoutMs = options.requestTimeoutMs ?? 60_000;
+    this.#fetch = options.fetch ?? globalThis.fetch;
+  }
+
+  /** The URL of an archive id: the base followed by {@linkcode encodeArchiveId}. */
+  fileUrl(id: string): string {
+    return this.#base + encodeArchiveId(id);
+  }
+
+  /** HEAD: where the file is and how big. Missing or invalid required headers → ArchiveError. */
+  async status(id: string, signal?: AbortSignal): Promise<ArchiveStatus> {
+    const res = await this.#call(id, "HEAD", signal);
+    await res.body?.cancel().catch(() => {});
+    const h = res.headers;
+    const rawMedia = h.get(MEDIA_HEADER);
+    if (rawMedia === null) {
+      throw new ArchiveError(id, `the archive's HEAD answer has no ${MEDIA_HEADER} header`, {
+        retryable: false,
+        status: res.status,
+      });
+    }
+    const media = rawMedia.trim().toLowerCase();
+    if (media !== "disk" && media !== "tape" && media !== "error") {
+      throw new ArchiveError(
+        id,
+        `the archive's HEAD answer has an unknown ${MEDIA_HEADER}: ${JSON.stringify(rawMedia)}`,
+        { retryable: false, status: res.status },
+      );
+    }
+    const message = h.get("X-Pacifica-Messsage") ?? h.get("X-Pacifica-Message") ?? "";
+    const rawSize = h.get(SIZE_HEADER);
+    let size = NaN;
+    if (rawSize !== null && /^\s*\d+\s*$/.test(rawSize)) size = Number(rawSize);
+    if (!Number.isSafeInteger(size)) {
+      // A file in error may not know its size; do not let that hide the media error.
+      if (media === "error") size = 0;
+      else {
+        throw new ArchiveError(
+          id,
+          rawSize === null
+            ? `the archive's HEAD answer has no ${SIZE_HEADER} header`
+            : `the archive's HEAD answer has an invalid ${SIZE_HEADER}: ${JSON.stringify(rawSize)}`,
+          { retryable: false, status: res.status },
+        );
+      }
+    }
+    return { media, size, mtime: parseMtime(h.get("Last-Modified")), message };
+  }
+
+  /** POST with an empty body: asks the archive to bring the file to disk. Expects 2xx. */
+  async stage(id: string, signal?: AbortSignal): Promise<void> {
+    const res = await this.#call(id, "POST", signal);
+    await res.body?.cancel().catch(() => {});
+  }
+
+  /**
+   * GET: the file's bytes. The time limit covers the headers only; the caller watches the
+   * body (and may abort it through `signal`, which stays attached to the stream).
+   */
+  async open(id: string, signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
+    const res = await this.#call(id, "GET", signal);
+    if (res.body === null) return new ReadableStream({ start: (c) => c.close() });
+    return res.body;
+  }
+
+  async #call(id: string, method: string, signal?: AbortSignal): Promise<Response> {
+    signal?.throwIfAborted();
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(new TimeoutMarker()), this.#timeoutMs);
+    const combined = signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal;
+    const init: RequestInit = { method, signal: combined };
+    if (method === "POST") {
+      init.body = new Uint8Array(0);
+      init.headers = { "Content-Length": "0" };
+    }
+    let res: Response;
+    try {
+      res = await this.#fetch(this.fileUrl(id), init);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (timeout.signal.aborted) {
+        throw new ArchiveError(
+          id,
+          `the archive did not answer ${method} within ${seconds(this.#timeoutMs)} s`,
+          { retryable: true, timedOut: true, cause: err },
+        );
+      }
+      throw new ArchiveError(
+        id,
+        `${method} to the archive failed: ${err instanceof Error ? err.message : String(err)}`,
+        { retryable: true, cause: err },
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+    if (res.status >= 200 && res.status < 300) return res;
+    const detail = method === "HEAD" ? "" : await errorDetail(res);
+    throw new ArchiveError(
+      id,
+      `the archive answered ${res.status}${
+        res.statusText ? ` ${res.statusText}` : ""
+      } to ${method}` +
+        (detail ? `: ${detail}` : ""),
+      {
+        retryable: res.status >= 500 || res.status === 408 || res.status === 429,
+        status: res.status,
+        detail,
+      },
+    );
+  }
+}
+
+class TimeoutMarker extends Error {
+  constructor() {
+    super("archive request timed out");
+    this.name = "TimeoutError";
+  }
+}
+
+/** Float seconds, or an HTTP date; anything else (or absent) → now. */
+function parseMtime(raw: string | null): number {
+  if (raw !== null) {
+    const t = raw.trim();
+    if (/^\d+(?:\.\d*)?$/.test(t)) return Number(t);
+    const ms = Date.parse(t);
+    if (Number.isFinite(ms)) return ms / 1000;
+  }
+  return Date.now() / 1000;
+}
+
+/** The `message` of a JSON error page (Pacifica's), else a short text snippet. */
+async function errorDetail(res: Response): Promise<string> {
+  try {
+    const reader = res.body?.getReader();
+    if (!reader) return "";
+    const parts: Uint8Array[] = [];
+    let n = 0;
+    while (n < MAX_ERROR_BODY) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      n += value.byteLength;
+    }
+    await reader.cancel().catch(() => {});
+    const text = new TextDecoder().decode(concat(parts).subarray(0, MAX_ERROR_BODY)).trim();
+    try {
+      const json = JSON.parse(text);
+      if (json && typeof json.message === "string") return json.message.slice(0, 500);
+    } catch {
+      // not JSON: fall through to the raw text
+    }
+    // deno-lint-ignore no-control-regex
+    return text.replace(/[\x00-\x1f]+/g, " ").slice(0, 200);
+  } catch {
+    return "";
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.byteLength;
+  }
+  return out;
+}

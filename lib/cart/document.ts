@@ -1,0 +1,237 @@
+/**
+ * The cart document a client POSTs, and the rules it must follow (SPEC §1 "Cart document").
+ *
+ * {@linkcode parseCartDocument} turns an untrusted request body into a {@linkcode CartDocument}
+ * or throws a {@linkcode CartDocumentError} whose message names the first broken rule, for
+ * example `fileids[2].path: ".." is not allowed`.
+ *
+ * @example
+ * ```ts
+ * import { parseCartDocument } from "./document.ts";
+ * const doc = parseCartDocument('{"fileids": [{"id": 1, "path": "/a/b.txt"}]}');
+ * doc.files[0].path; // "a/b.txt"
+ * ```
+ * @module
+ */
+import { z } from "zod/v4";
+
+/** The hash algorithms a cart file may name in `hashtype`. */
+export const HASH_TYPES = ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] as const;
+/** One of {@linkcode HASH_TYPES}. */
+export type HashType = typeof HASH_TYPES[number];
+
+const HEX_LENGTH: Record<HashType, number> = {
+  md5: 32,
+  sha1: 40,
+  sha224: 56,
+  sha256: 64,
+  sha384: 96,
+  sha512: 128,
+};
+
+/** Longest bundle path, in UTF-8 bytes. */
+export const MAX_PATH_BYTES = 4096;
+
+/** One file of a validated cart. */
+export interface CartFileRequest {
+  /** The archive id, always as a string (integers are written in decimal). */
+  id: string;
+  /** The clean relative path of the file inside the bundle. */
+  path: string;
+  /** Algorithm of `hashsum`; given together with it or not at all. */
+  hashtype?: HashType;
+  /** Lowercase hex. */
+  hashsum?: string;
+}
+
+/** A validated cart document. */
+export interface CartDocument {
+  /** The files, in the order of `fileids`. */
+  files: CartFileRequest[];
+  /** Write the tar to disk once while bundling (Pacifica's `bundle` flag). */
+  bundle: boolean;
+  /** Put a BagIt-style sha256 manifest into the bundle. */
+  manifest: boolean;
+}
+
+/** Thrown for a cart document that breaks a rule; the message names the first broken rule. */
+export class CartDocumentError extends Error {
+  /** Builds the error; `message` names the broken rule. */
+  constructor(message: string) {
+    super(message);
+    this.name = "CartDocumentError";
+  }
+}
+
+const utf8 = new TextEncoder();
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+/** Checks one path and returns it without its leading "/" (or throws the broken rule). */
+function cleanPath(raw: string): string {
+  const path = raw.replace(/^\/+/, "");
+  if (path === "") return fail("must name a file, not be empty");
+  if (CONTROL.test(path)) return fail("control characters (including NUL) are not allowed");
+  // A UTF-16 code unit never takes more than 3 bytes of UTF-8: most paths need no encoding.
+  if (path.length * 3 > MAX_PATH_BYTES && utf8.encode(path).length > MAX_PATH_BYTES) {
+    return fail(`is longer than ${MAX_PATH_BYTES} bytes`);
+  }
+  if (path.includes("\\")) return fail('"\\" is not allowed; separate folders with "/"');
+  for (const segment of path.split("/")) {
+    if (segment === "") return fail('empty segments ("//" or a trailing "/") are not allowed');
+    if (segment === "..") return fail('".." is not allowed');
+    if (segment === ".") return fail('"." is not allowed');
+  }
+  return path;
+}
+
+function fail(rule: string): never {
+  throw new PathRuleError(rule);
+}
+
+class PathRuleError extends Error {}
+
+const fileSchema = z.looseObject({
+  id: z.union([
+    z.string().min(1, "must not be empty").max(1024, "is longer than 1024 characters")
+      .refine((s) => !CONTROL.test(s), "control characters are not allowed"),
+    z.number().int("must be an integer").nonnegative("must not be negative"),
+  ], {
+    // A string or a number that breaks a rule of its own says which; any other type gets this.
+    error: (issue) =>
+      (issue.code === "invalid_union" &&
+        issue.errors.map((member) => member[0]).find((first) =>
+          first && (first.code !== "invalid_type" || first.expected === "int")
+        )?.message) || "must be a string or a non-negative integer",
+  }),
+  path: z.string({
+    error: (issue) => issue.input === undefined ? "is required" : "must be a string",
+  }).transform((raw, ctx) => {
+    try {
+      return cleanPath(raw);
+    } catch (e) {
+      if (!(e instanceof PathRuleError)) throw e;
+      ctx.issues.push({ code: "custom", message: e.message, input: raw });
+      return z.NEVER;
+    }
+  }),
+  hashtype: z.enum(HASH_TYPES, { error: `must be one of ${HASH_TYPES.join(", ")}` }).optional(),
+  hashsum: z.string({ error: "must be a hex string" })
+    .regex(/^[0-9a-fA-F]+$/, "must be hexadecimal").optional(),
+}, { error: "must be an object with an id and a path" }).check((ctx) => {
+  const file = ctx.value;
+  if ((file.hashtype === undefined) !== (file.hashsum === undefined)) {
+    ctx.issues.push({
+      code: "custom",
+      path: [file.hashtype === undefined ? "hashtype" : "hashsum"],
+      message: "hashtype and hashsum go together: give both or neither",
+      input: file,
+    });
+  } else if (file.hashtype && file.hashsum && file.hashsum.length !== HEX_LENGTH[file.hashtype]) {
+    ctx.issues.push({
+      code: "custom",
+      path: ["hashsum"],
+      message: `a ${file.hashtype} sum has ${
+        HEX_LENGTH[file.hashtype]
+      } hex digits, not ${file.hashsum.length}`,
+      input: file,
+    });
+  }
+});
+
+/** Limits applied while parsing; both are configurable in the service. */
+export interface CartDocumentLimits {
+  /** Most files one cart may hold. */
+  maxFiles: number;
+}
+
+const schemas = new Map<number, ReturnType<typeof buildDocumentSchema>>();
+
+/** The document schema for these limits (built once per limit: building costs more than a parse). */
+function documentSchema(limits: CartDocumentLimits) {
+  let schema = schemas.get(limits.maxFiles);
+  if (!schema) schemas.set(limits.maxFiles, schema = buildDocumentSchema(limits));
+  return schema;
+}
+
+function buildDocumentSchema(limits: CartDocumentLimits) {
+  return z.looseObject({
+    fileids: z.array(fileSchema, {
+      error: (issue) =>
+        issue.input === undefined
+          ? "is required: a list of {id, path} objects"
+          : "must be a list of {id, path} objects",
+    }).min(1, "must list at least one file").max(
+      limits.maxFiles,
+      `must list at most ${limits.maxFiles} files`,
+    ),
+    bundle: z.boolean({ error: "must be true or false" }).optional(),
+    manifest: z.boolean({ error: "must be true or false" }).optional(),
+  }, { error: "the cart document must be a JSON object" });
+}
+
+function issuePath(path: PropertyKey[]): string {
+  return path.map((p, i) =>
+    typeof p === "number" ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`
+  ).join("");
+}
+
+/**
+ * Parses and validates a cart document from the raw request body.
+ * Throws {@linkcode CartDocumentError} naming the first broken rule.
+ */
+export function parseCartDocument(
+  body: string,
+  limits: CartDocumentLimits = { maxFiles: 100_000 },
+): CartDocument {
+  let json: unknown;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    throw new CartDocumentError(
+      "The request body is not valid JSON: send a cart document such as " +
+        '{"fileids": [{"id": "foo.txt", "path": "1/2/3/foo.txt"}]}',
+    );
+  }
+  const parsed = documentSchema(limits).safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issuePath(issue.path);
+    throw new CartDocumentError(where ? `${where}: ${issue.message}` : issue.message);
+  }
+  const files: CartFileRequest[] = parsed.data.fileids.map((f) => ({
+    id: String(f.id),
+    path: f.path,
+    ...(f.hashtype && f.hashsum ? { hashtype: f.hashtype, hashsum: f.hashsum.toLowerCase() } : {}),
+  }));
+  checkLayout(files);
+  return { files, bundle: parsed.data.bundle ?? false, manifest: parsed.data.manifest ?? false };
+}
+
+/** Two entries may not share a path, and no file may sit where another needs a folder. */
+function checkLayout(files: CartFileRequest[]): void {
+  const fileAt = new Map<string, number>();
+  files.forEach((f, i) => {
+    const earlier = fileAt.get(f.path);
+    if (earlier !== undefined) {
+      throw new CartDocumentError(
+        `fileids[${i}].path: "${f.path}" is already the path of fileids[${earlier}]`,
+      );
+    }
+    fileAt.set(f.path, i);
+  });
+  const folders = new Set<string>(); // checked already
+  files.forEach((f, i) => {
+    for (let slash = f.path.indexOf("/"); slash > 0; slash = f.path.indexOf("/", slash + 1)) {
+      const folder = f.path.slice(0, slash);
+      if (folders.has(folder)) continue;
+      const clash = fileAt.get(folder);
+      if (clash !== undefined) {
+        throw new CartDocumentError(
+          `fileids[${i}].path: "${folder}" is a file (fileids[${clash}]) and cannot also be a folder`,
+        );
+      }
+      folders.add(folder);
+    }
+  });
+}

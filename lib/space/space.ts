@@ -1,0 +1,232 @@
+/**
+ * Space under VOLUME_PATH (SPEC §4).
+ *
+ * **Reservation.** Before a cart's first file is fetched, the worker reserves the cart's whole
+ * size (every file's `X-Content-Length`, plus the tar when `"bundle": true`) with
+ * {@linkcode Space.reserve}. The check and the write of the reservation are one database
+ * transaction that every cartd process serialises on (SQLite: `BEGIN IMMEDIATE`; MySQL: the
+ * one row of `cartd_lock`, read `FOR UPDATE`), so two workers can never both take the last
+ * free bytes. A cart fits when both hold:
+ *
+ * - *cap* (only with `CARTD_VOLUME_SIZE`): the reservations of every other cart plus this one
+ *   stay within the cap;
+ * - *disk*: the file system's free space (for an unprivileged writer) covers what this cart
+ *   still has to write, plus what carts in progress still have to write (their reservation
+ *   less the files they have staged), plus one block per file of slack.
+ *
+ * Once a cart is final, {@linkcode Space.settle} sets its reservation to what its folder
+ * really holds (a ready cart's files and tar; a failed cart's staged files, kept for
+ * `cartd admin fixit`), so the cap counts real bytes.
+ *
+ * **LRU purge.** When a cart does not fit, whole ready carts are removed (as DELETE does),
+ * least recently used first — a download or a status check of a ready cart is a use — but
+ * never one used within `LRU_BUFFER_TIME`, never one in progress, and never the cart itself.
+ * When even removing every such cart could not make room, none is removed and the cart fails
+ * at once with {@linkcode NoSpaceError}: purging is all-or-nothing in intent, so carts are not
+ * destroyed for a cart that fails anyway. `CARTD_LRU_PURGE=false` turns purging off.
+ *
+ * @module
+ */
+import { statfs } from "node:fs/promises";
+import type { Config } from "../config/config.ts";
+import type { Db } from "../db/db.ts";
+import { log } from "../util/log.ts";
+import { removeCart } from "./remove_cart.ts";
+import type { Cart, CartStore } from "../store/store.ts";
+import type { Volume } from "../volume/volume.ts";
+
+/** The exact message SPEC §1 and §4 give for a cart that does not fit. */
+export const NO_SPACE = "No Space Available";
+
+/** A cart does not fit, even after purging what may be purged. */
+export class NoSpaceError extends Error {
+  constructor() {
+    super(NO_SPACE);
+    this.name = "NoSpaceError";
+  }
+}
+
+/** The file system that holds a path: free bytes for an unprivileged writer, block size. */
+export interface DiskInfo {
+  /** Free bytes for an unprivileged writer. */
+  free: number;
+  /** Block size, in bytes. */
+  blockSize: number;
+}
+
+/** Free bytes and block size of the file system that holds `path`. */
+export async function diskInfo(path: string): Promise<DiskInfo> {
+  const s = await statfs(path);
+  return { free: Number(s.bavail) * Number(s.bsize), blockSize: Number(s.bsize) };
+}
+
+/** Free bytes of the file system that holds `path`, for an unprivileged writer. */
+export async function freeBytes(path: string): Promise<number> {
+  return (await diskInfo(path)).free;
+}
+
+/** What one reservation attempt found. */
+export interface Fit {
+  /** True when the cart fits (its reservation is then recorded). */
+  ok: boolean;
+  /** Bytes missing under the cap (0 when it fits, or when there is no cap). */
+  capShort: number;
+  /** Bytes missing on the file system (0 when it fits). */
+  diskShort: number;
+}
+
+/** Where space stands now (for `cartd admin dump`). */
+export interface SpaceReport {
+  /** The cap, or null when only the file system limits. */
+  volumeSize: number | null;
+  /** Sum of every cart's reservation. */
+  reserved: number;
+  /** Free bytes of the file system under VOLUME_PATH. */
+  free: number;
+  /** Bytes that carts in progress have reserved but not staged yet. */
+  outstanding: number;
+}
+
+const IN_PROGRESS = "('waiting', 'staging', 'bundling')";
+
+/** Serialises space transactions of every process (SQLite serialises by itself). */
+async function lockSpace(tx: Db): Promise<void> {
+  if (tx.dialect === "mysql") {
+    await tx.all("SELECT name FROM cartd_lock WHERE name = 'space' FOR UPDATE");
+  }
+}
+
+/** Reserves space for carts and purges least-recently-used ones to make room. */
+export class Space {
+  /**
+   * `settings` are the config's `space` settings; `now` gives the time in ms since the epoch
+   * (tests replace it).
+   */
+  constructor(
+    readonly store: CartStore,
+    readonly volume: Volume,
+    readonly settings: Config["space"],
+    readonly now: () => number = Date.now,
+    /** Where free space is read from (tests replace it). */
+    readonly disk: (path: string) => Promise<DiskInfo> = diskInfo,
+  ) {}
+
+  /** Sum of reservations of carts other than `exceptId`, and what those in progress still owe. */
+  async #holdings(tx: Db, exceptId: string): Promise<{ reserved: number; outstanding: number }> {
+    const [sum] = await tx.all<{ reserved: number | null }>(
+      "SELECT SUM(reserved_bytes) AS reserved FROM carts WHERE id <> ?",
+      [exceptId],
+    );
+    const owed = await tx.all<{ reserved: number; staged: number | null }>(
+      `SELECT c.reserved_bytes AS reserved,
+         (SELECT SUM(f.size) FROM cart_files f WHERE f.cart_id = c.id AND f.status = 'staged')
+           AS staged
+       FROM carts c WHERE c.id <> ? AND c.status IN ${IN_PROGRESS} AND c.reserved_bytes > 0`,
+      [exceptId],
+    );
+    const outstanding = owed.reduce(
+      (total, r) => total + Math.max(0, Number(r.reserved) - Number(r.staged ?? 0)),
+      0,
+    );
+    return { reserved: Number(sum?.reserved ?? 0), outstanding };
+  }
+
+  /** One atomic attempt: does `bytes` fit for `cart`? Records the reservation if so. */
+  async tryReserve(cart: Cart, bytes: number): Promise<Fit> {
+    await Deno.mkdir(this.volume.cartsDir, { recursive: true });
+    return await this.store.db.transaction(async (tx) => {
+      await lockSpace(tx);
+      const { reserved, outstanding } = await this.#holdings(tx, cart.id);
+      const [own] = await tx.all<{ staged: number | null }>(
+        "SELECT SUM(size) AS staged FROM cart_files WHERE cart_id = ? AND status = 'staged'",
+        [cart.id],
+      );
+      // Read inside the lock, so no other reservation moves between this and the check.
+      const disk = await this.disk(this.volume.cartsDir);
+      const cap = this.settings.volumeSize;
+      const capShort = cap > 0 ? Math.max(0, reserved + bytes - cap) : 0;
+      const toWrite = Math.max(0, bytes - Number(own?.staged ?? 0));
+      const slack = (cart.fileCount + 2) * disk.blockSize;
+      const diskShort = Math.max(0, toWrite + slack + outstanding - disk.free);
+      const ok = capShort === 0 && diskShort === 0;
+      if (ok) {
+        await tx.run("UPDATE carts SET reserved_bytes = ? WHERE id = ?", [bytes, cart.id]);
+      }
+      return { ok, capShort, diskShort };
+    });
+  }
+
+  /** Ready live carts that may be purged now, least recently used first. */
+  async purgeable(exceptId = ""): Promise<Cart[]> {
+    return await this.store.purgeable(this.now() - this.settings.lruBufferMs, exceptId);
+  }
+
+  /**
+   * Reserves `bytes` for `cart`, purging least-recently-used ready carts as needed.
+   * Throws {@linkcode NoSpaceError} when it cannot fit.
+   */
+  async reserve(cart: Cart, bytes: number): Promise<void> {
+    const purged: string[] = [];
+    for (;;) {
+      const fit = await this.tryReserve(cart, bytes);
+      if (fit.ok) {
+        if (purged.length) {
+          log.info("space made by LRU purge", {
+            uid: cart.uid,
+            cart: cart.id,
+            purged: purged.join(", "),
+          });
+        }
+        return;
+      }
+      const short = Math.max(fit.capShort, fit.diskShort);
+      const candidates = this.settings.purge ? await this.purgeable(cart.id) : [];
+      const freeable = candidates.reduce((total, c) => total + c.reservedBytes, 0);
+      // A cart that cannot fit even after every allowed purge fails without destroying any.
+      if (!candidates.length || (purged.length === 0 && freeable < short)) {
+        log.warn("no space for cart", {
+          uid: cart.uid,
+          cart: cart.id,
+          bytes,
+          short,
+          purgeable: freeable,
+          purge: this.settings.purge,
+        });
+        throw new NoSpaceError();
+      }
+      const victim = candidates[0];
+      // The victim may have been used (or removed) since it was listed: only an idle one goes.
+      const safeSince = this.now() - this.settings.lruBufferMs;
+      if (await this.store.unliveReady(victim.id, { usedBefore: safeSince })) {
+        await removeCart(
+          this.store,
+          this.volume,
+          victim,
+          `LRU purge to make room for ${cart.uid}`,
+        );
+        purged.push(victim.uid);
+      }
+    }
+  }
+
+  /**
+   * Sets a final cart's reservation to what its folder holds: `bytes` when the caller knows
+   * it (a ready cart's checked files), else measured on disk.
+   */
+  async settle(cartId: string, bytes?: number): Promise<void> {
+    await this.store.setReserved(cartId, bytes ?? await this.volume.usage(cartId));
+  }
+
+  /** Where space stands now. */
+  async report(): Promise<SpaceReport> {
+    await Deno.mkdir(this.volume.cartsDir, { recursive: true });
+    const { reserved, outstanding } = await this.#holdings(this.store.db, "");
+    const disk = await this.disk(this.volume.cartsDir);
+    return {
+      volumeSize: this.settings.volumeSize || null,
+      reserved,
+      free: disk.free,
+      outstanding,
+    };
+  }
+}

@@ -1,0 +1,585 @@
+/**
+ * Brings one archive file to disk, verified (SPEC §2).
+ *
+ * HEAD ({@linkcode headFile}: a 5xx is asked again for a while before the file counts as
+ * missing) → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then,
+ * give up after a limit → GET streamed to `dest.part` while computing sha256 + crc32 (+ the
+ * requested hash), size checked against `X-Content-Length`, retried with a growing delay when
+ * short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_STAGE_SETTINGS, stageFile } from "./stage_file.ts";
+ * const staged = await stageFile({
+ *   archiveUrl: "http://127.0.0.1:8080/",
+ *   archiveId: "1234",
+ *   dest: "/volume/cart/1/2/3/foo.txt",
+ *   hashtype: "sha1",
+ *   hashsum: "…",
+ *   label: "fileids[0] (id 1234)",
+ * }, DEFAULT_STAGE_SETTINGS);
+ * console.log(staged.size, staged.sha256);
+ * ```
+ * @module
+ */
+
+import { createHash, type Hash } from "node:crypto";
+import { crc32 } from "node:zlib";
+import { dirname } from "node:path";
+import { ArchiveClient, ArchiveError, type ArchiveStatus } from "../archive/client.ts";
+import { backoffDelays, sleep } from "../util/backoff.ts";
+import { log, seconds } from "../util/log.ts";
+import { QuickFs } from "./quick_fs.ts";
+import type { StageSettings } from "../config/config.ts";
+
+/** Hash algorithms a cart document may name. */
+export type HashType = "md5" | "sha1" | "sha224" | "sha256" | "sha384" | "sha512";
+
+/** Defaults of {@linkcode StageSettings}. */
+export const DEFAULT_STAGE_SETTINGS: StageSettings = Object.freeze({
+  pollInitialMs: 500,
+  pollMaxMs: 30_000,
+  restageEveryMs: 300_000,
+  stageTimeoutMs: 24 * 3600 * 1000,
+  requestTimeoutMs: 60_000,
+  fetchAttempts: 3,
+  retryDelayMs: 2000,
+  missingAfterMs: 60_000,
+});
+
+/** One file to stage. */
+export interface StageJob {
+  /** The archive's base URL, ending with "/". */
+  archiveUrl: string;
+  /** The file's id in the archive. */
+  archiveId: string;
+  /** Absolute final path. The bytes go to `${dest}.part` first, renamed when verified. */
+  dest: string;
+  /** Algorithm of `hashsum`; both or neither. */
+  hashtype?: HashType;
+  /** Expected hex digest, compared case-insensitively. */
+  hashsum?: string;
+  /** How messages name the file, e.g. `fileids[3] (id 1234)`. */
+  label: string;
+  /** A HEAD the caller already did; with media `disk` no HEAD is sent before the GET. */
+  status?: ArchiveStatus;
+}
+
+/** What was written to `dest`. */
+export interface StagedFile {
+  /** Bytes written. */
+  size: number;
+  /** Modification time set on the file, seconds since the epoch (from `Last-Modified`). */
+  mtime: number;
+  /** Lowercase hex sha256 of the bytes. */
+  sha256: string;
+  /** CRC-32 of the bytes (as zlib / tar tools compute it), unsigned. */
+  crc32: number;
+}
+
+/** Why staging failed. */
+export type StageErrorCode = "hash" | "archive" | "timeout" | "size" | "nospace" | "io";
+
+/** A file that could not be staged; the message names `job.label` and the cause, for a person. */
+export class StageError extends Error {
+  /** Kind of failure. */
+  readonly code: StageErrorCode;
+  /** Builds the error. */
+  constructor(code: StageErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StageError";
+    this.code = code;
+  }
+}
+
+const WRITE_CHUNK = 1 << 20;
+
+/** This thread's choice between quick synchronous and asynchronous fs calls (see quick_fs.ts). */
+const quickFs = new QuickFs();
+
+/**
+ * Stages one file: see the module description. Resolves with the verified file at
+ * `job.dest`; rejects with a {@linkcode StageError}, or with the abort reason when `signal`
+ * aborts. Never leaves `${dest}.part` behind.
+ */
+export async function stageFile(
+  job: StageJob,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<StagedFile> {
+  signal?.throwIfAborted();
+  if ((job.hashtype === undefined) !== (job.hashsum === undefined)) {
+    throw new StageError("hash", `${job.label}: hashtype and hashsum must be given together`);
+  }
+  const client = new ArchiveClient(job.archiveUrl, {
+    requestTimeoutMs: settings.requestTimeoutMs,
+  });
+  const status = await waitForDisk(client, job, settings, signal);
+  const attempts = Math.max(1, settings.fetchAttempts);
+  let last: StageError | undefined;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    if (attempt > 1) await sleep(retryDelay(settings, attempt - 1), signal);
+    try {
+      return await download(client, job, status, settings, signal);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (!(err instanceof AttemptFailure)) throw err;
+      last = err.error;
+    }
+  }
+  throw last!;
+}
+
+/** A download attempt that may be retried; `error` is what to report if it was the last. */
+class AttemptFailure extends Error {
+  constructor(readonly error: StageError) {
+    super(error.message);
+  }
+}
+
+function retryDelay(settings: StageSettings, retry: number): number {
+  return settings.retryDelayMs * 2 ** (retry - 1);
+}
+
+function archiveFailure(job: StageJob, err: ArchiveError): StageError {
+  return new StageError(err.timedOut ? "timeout" : "archive", `${job.label}: ${err.reason}`, {
+    cause: err,
+  });
+}
+
+/** Runs one archive call, retrying retryable failures with a growing delay. */
+async function withRetries<T>(
+  job: StageJob,
+  settings: StageSettings,
+  signal: AbortSignal | undefined,
+  call: () => Promise<T>,
+): Promise<T> {
+  const attempts = Math.max(1, settings.fetchAttempts);
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (!(err instanceof ArchiveError)) throw err;
+      if (!err.retryable || attempt >= attempts) throw archiveFailure(job, err);
+    }
+    await sleep(retryDelay(settings, attempt), signal);
+  }
+}
+
+/** How {@linkcode headFile} names a file: its archive id, and its label for messages. */
+export interface FileRef {
+  /** The file's id in the archive. */
+  archiveId: string;
+  /** How messages name the file, e.g. `fileids[3] (id 1234)`. */
+  label: string;
+}
+
+/**
+ * HEAD of one archive file, by the rule of SPEC §2 that both the worker's size requests and
+ * {@linkcode stageFile} follow. The archive answers 500 to a missing file and to a passing
+ * failure alike, so an answer of 5xx (or 408/429, a connection failure, a time-out) is asked
+ * again on a growing delay ({@linkcode backoffDelays} from `retryDelayMs` up to `pollMaxMs`)
+ * until `missingAfterMs` have passed since the first such failure; only then does the file
+ * count as missing. Its error names the file, what the archive answered, for how long, and
+ * the archive's own message: a HEAD answer has no body, so one GET is sent then to read the
+ * `message` of the archive's JSON error page. Any other failure (a 404, a header missing) is
+ * final at once.
+ *
+ * @throws {StageError} naming `file.label`; or `signal.reason` when `signal` aborts.
+ */
+export async function headFile(
+  client: ArchiveClient,
+  file: FileRef,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<ArchiveStatus> {
+  let delays: Iterator<number, never> | undefined;
+  let firstFailure: number | undefined;
+  for (;;) {
+    try {
+      return await client.status(file.archiveId, signal);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (!(err instanceof ArchiveError)) throw err;
+      if (!err.retryable) throw headFailure(file, err);
+      const now = performance.now();
+      firstFailure ??= now;
+      const remaining = settings.missingAfterMs - (now - firstFailure);
+      if (remaining <= 0) throw await missingFile(client, file, err, now - firstFailure, signal);
+      delays ??= backoffDelays({ initialMs: settings.retryDelayMs, maxMs: settings.pollMaxMs });
+      await sleep(Math.min(delays.next().value, remaining), signal);
+    }
+  }
+}
+
+/** A HEAD failure that no retry can mend. */
+function headFailure(file: FileRef, err: ArchiveError): StageError {
+  // The Pacifica Archive Interface splits the URL path at "/" (encoded or not): such an id
+  // answers 404 to HEAD (and 500 to GET), however it is sent.
+  const hint = err.status === 404 && file.archiveId.includes("/")
+    ? ' (the Pacifica Archive Interface cannot serve an id that contains "/")'
+    : "";
+  return new StageError("archive", `${file.label}: ${err.reason}${hint}`, { cause: err });
+}
+
+/**
+ * The error of a file whose HEAD kept failing for `elapsedMs`. When the archive answered (5xx),
+ * one GET reads its own message for the file, since the HEAD answer had no body to carry it.
+ */
+async function missingFile(
+  client: ArchiveClient,
+  file: FileRef,
+  err: ArchiveError,
+  elapsedMs: number,
+  signal?: AbortSignal,
+): Promise<StageError> {
+  const during = `for ${seconds(elapsedMs)} s`;
+  if (err.status === undefined) {
+    return new StageError(
+      err.timedOut ? "timeout" : "archive",
+      `${file.label}: ${err.reason} (asked again ${during}); check that the archive is up`,
+      { cause: err },
+    );
+  }
+  let says = err.detail;
+  if (!says) {
+    try {
+      const body = await client.open(file.archiveId, signal);
+      await body.cancel().catch(() => {});
+    } catch (got) {
+      if (signal?.aborted) throw signal.reason;
+      if (got instanceof ArchiveError) says = got.detail;
+    }
+  }
+  return new StageError(
+    "archive",
+    `${file.label}: ${err.reason} ${during}, so the file counts as missing from the archive` +
+      (says ? ` (the archive says: ${says})` : ""),
+    { cause: err },
+  );
+}
+
+/** HEAD, and while on tape: stage, poll with a growing delay, re-stage, time out. */
+async function waitForDisk(
+  client: ArchiveClient,
+  job: StageJob,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<ArchiveStatus> {
+  const head = () => headFile(client, job, settings, signal);
+  let st = job.status ?? await head();
+  const start = performance.now();
+  const delays = backoffDelays({ initialMs: settings.pollInitialMs, maxMs: settings.pollMaxMs });
+  let lastPost: number | undefined;
+  for (;;) {
+    if (st.media === "disk") return st;
+    if (st.media === "error") {
+      throw new StageError(
+        "archive",
+        `${job.label}: the archive reports media "error"${st.message ? `: ${st.message}` : ""}`,
+      );
+    }
+    if (lastPost === undefined || performance.now() - lastPost >= settings.restageEveryMs) {
+      await withRetries(job, settings, signal, () => client.stage(job.archiveId, signal));
+      lastPost = performance.now();
+    }
+    const now = performance.now();
+    const remaining = settings.stageTimeoutMs - (now - start);
+    if (remaining <= 0) {
+      throw new StageError(
+        "timeout",
+        `${job.label}: still on tape after ${seconds(now - start)} s`,
+      );
+    }
+    const untilRestage = lastPost + settings.restageEveryMs - now;
+    await sleep(Math.max(0, Math.min(delays.next().value, remaining, untilRestage)), signal);
+    st = await head();
+  }
+}
+
+/** One GET into `dest.part`; verified and renamed, or `.part` removed. */
+async function download(
+  client: ArchiveClient,
+  job: StageJob,
+  status: ArchiveStatus,
+  settings: StageSettings,
+  signal?: AbortSignal,
+): Promise<StagedFile> {
+  const part = `${job.dest}.part`;
+  const ctl = new AbortController();
+  const fetchSignal = signal ? AbortSignal.any([signal, ctl.signal]) : ctl.signal;
+  const expected = status.size;
+  let file: Deno.FsFile | undefined;
+  let renamed = false;
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  let written = 0;
+  try {
+    let body: ReadableStream<Uint8Array>;
+    try {
+      body = await client.open(job.archiveId, fetchSignal);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (err instanceof ArchiveError) {
+        const failure = archiveFailure(job, err);
+        if (err.retryable) throw new AttemptFailure(failure);
+        throw failure;
+      }
+      throw err;
+    }
+    const reader = body.getReader();
+    // A file that fits the buffer is written in one call once it is all here (create, write
+    // and close in one trip to the I/O threads: a cart of 10,000 small files makes 20,000
+    // fewer); a bigger one goes to disk as it comes.
+    const whole = expected <= WRITE_CHUNK;
+    if (!whole) {
+      try {
+        file = await createPart(part);
+      } catch (err) {
+        await reader.cancel().catch(() => {});
+        throw fsError(job, err, "could not create");
+      }
+    }
+
+    // Idle watchdog: no bytes for requestTimeoutMs aborts the GET.
+    const idleMs = settings.requestTimeoutMs;
+    let lastByte = performance.now();
+    watchdog = setInterval(() => {
+      if (performance.now() - lastByte >= idleMs) {
+        ctl.abort(
+          new ArchiveError(job.archiveId, `the archive sent no bytes for ${seconds(idleMs)} s`, {
+            retryable: true,
+            timedOut: true,
+          }),
+        );
+      }
+    }, Math.max(10, Math.min(1000, idleMs / 4)));
+
+    const sha256 = createHash("sha256");
+    const wanted: Hash | undefined = job.hashtype && job.hashtype !== "sha256"
+      ? createHash(job.hashtype)
+      : undefined;
+    let crc = 0;
+    // No bigger than the file: a 1 KiB file must not cost a 1 MiB buffer (they add up fast
+    // between garbage collections when a cart has thousands of small files).
+    const buf = new Uint8Array(Math.max(1, Math.min(WRITE_CHUNK, expected)));
+    let filled = 0;
+    const out = file;
+    const writeAll = async (data: Uint8Array) => {
+      if (!out) return await writePart(part, data);
+      for (let off = 0; off < data.byteLength;) off += await out.write(data.subarray(off));
+    };
+    const flush = async (data: Uint8Array) => {
+      // The write runs off-thread while the hashes read the same bytes here.
+      const writing = writeAll(data);
+      writing.catch(() => {}); // handled below; avoids an unhandled rejection if hashing throws
+      sha256.update(data);
+      wanted?.update(data);
+      crc = crc32(data, crc);
+      try {
+        await writing;
+      } catch (err) {
+        throw fsError(job, err, "could not write");
+      }
+    };
+
+    for (;;) {
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await readUnlessAborted(reader, fetchSignal);
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        const reason = ctl.signal.aborted ? ctl.signal.reason : err;
+        if (reason instanceof ArchiveError) throw new AttemptFailure(archiveFailure(job, reason));
+        throw new AttemptFailure(
+          new StageError(
+            "archive",
+            `${job.label}: the download broke off after ${written} of ${expected} bytes: ${
+              reason instanceof Error ? reason.message : String(reason)
+            }`,
+            { cause: reason },
+          ),
+        );
+      }
+      if (chunk.done) break;
+      const data = chunk.value;
+      lastByte = performance.now();
+      written += data.byteLength;
+      if (written > expected) {
+        await reader.cancel().catch(() => {});
+        throw new AttemptFailure(
+          new StageError(
+            "size",
+            `${job.label}: the archive sent more than the ${expected} bytes it announced`,
+          ),
+        );
+      }
+      if (!whole && data.byteLength >= WRITE_CHUNK / 2) {
+        // Big chunks go straight to the file (after what is buffered, to keep the order).
+        if (filled > 0) await flush(buf.subarray(0, filled));
+        filled = 0;
+        await flush(data);
+      } else {
+        if (filled + data.byteLength > buf.length) {
+          await flush(buf.subarray(0, filled));
+          filled = 0;
+        }
+        buf.set(data, filled);
+        filled += data.byteLength;
+      }
+    }
+    if (filled > 0 || whole) await flush(buf.subarray(0, filled));
+    clearInterval(watchdog);
+    watchdog = undefined;
+
+    if (written !== expected) {
+      throw new AttemptFailure(
+        new StageError(
+          "size",
+          `${job.label}: the archive sent ${written} of the ${expected} bytes it announced`,
+        ),
+      );
+    }
+    const sha256Hex = sha256.digest("hex");
+    if (job.hashtype && job.hashsum !== undefined) {
+      const got = wanted ? wanted.digest("hex") : sha256Hex;
+      if (got !== job.hashsum.trim().toLowerCase()) {
+        throw new AttemptFailure(
+          new StageError("hash", `File hash does not match for ${job.label}`),
+        );
+      }
+    }
+    try {
+      file?.close();
+      file = undefined;
+      const { mtime } = status;
+      await quickFs.call(
+        () => Deno.utimeSync(part, mtime, mtime),
+        () => Deno.utime(part, mtime, mtime),
+      );
+      await quickFs.call(() => Deno.renameSync(part, job.dest), () => Deno.rename(part, job.dest));
+      renamed = true;
+    } catch (err) {
+      throw fsError(job, err, "could not finish");
+    }
+    return { size: written, mtime: status.mtime, sha256: sha256Hex, crc32: crc >>> 0 };
+  } finally {
+    if (watchdog !== undefined) clearInterval(watchdog);
+    ctl.abort();
+    if (file) {
+      try {
+        file.close();
+      } catch { /* already closed */ }
+    }
+    if (!renamed) await Deno.remove(part).catch(() => {});
+  }
+}
+
+/** Writes `data` to a new `path` in one call, creating its folder when that is missing. */
+function writePart(path: string, data: Uint8Array): Promise<void> {
+  return inFolder(
+    path,
+    () => quickFs.call(() => Deno.writeFileSync(path, data), () => Deno.writeFile(path, data)),
+  );
+}
+
+/** Creates `path`, and its folder when that is missing. */
+function createPart(path: string): Promise<Deno.FsFile> {
+  return inFolder(path, () => Deno.open(path, { write: true, create: true, truncate: true }));
+}
+
+/**
+ * Runs `create` for a new file at `path`; when its folder is missing, makes the folder and runs
+ * it again (usually the folder exists: one call).
+ */
+async function inFolder<T>(path: string, create: () => Promise<T>): Promise<T> {
+  try {
+    return await create();
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    await Deno.mkdir(dirname(path), { recursive: true });
+    return await create();
+  }
+}
+
+/**
+ * `reader.read()`, settled as soon as `signal` aborts. Aborting a fetch should fail a pending
+ * body read by itself, but a read that misses the abort would wait forever on a stalled
+ * archive; this makes the idle time limit hold whatever the fetch does.
+ */
+function readUnlessAborted(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  signal: AbortSignal,
+): Promise<ReadableStreamReadResult<Uint8Array>> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      reader.cancel(signal.reason).catch(() => {});
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    reader.read().then(resolve, reject).finally(() => {
+      signal.removeEventListener("abort", onAbort);
+    });
+  });
+}
+
+/** A file-system failure: ENOSPC → "No Space Available", else an "io" error naming the file. */
+function fsError(job: StageJob, err: unknown, what: string): StageError {
+  if (err instanceof StageError) return err;
+  const e = err as { code?: string; message?: string };
+  if (e?.code === "ENOSPC" || /No space left|os error 28/.test(String(e?.message))) {
+    return new StageError("nospace", "No Space Available", { cause: err });
+  }
+  // The path and the system's words go to the log; people get the file and the kind of error.
+  const detail = err instanceof Error ? err.message : String(err);
+  log.error("file system error while staging", { file: job.label, path: job.dest, error: detail });
+  const kind = e?.code ?? (err instanceof Error ? err.name : "error");
+  return new StageError(
+    "io",
+    `${job.label}: ${what} the file on the cart volume (${kind}); see the worker log`,
+    { cause: err },
+  );
+}
+
+/** What {@linkcode hashLocalFile} measured. */
+export interface LocalHashes {
+  /** Length in bytes. */
+  size: number;
+  /** Lowercase hex SHA-256 of the bytes. */
+  sha256: string;
+  /** Unsigned CRC-32 of the bytes. */
+  crc32: number;
+  /** The digest of `hashtype`, when one was asked for. */
+  wanted?: string;
+}
+
+/**
+ * Hashes a file that is already on disk: a staged file whose record a crash lost. It was
+ * renamed into place only after its size (and hash) were checked, so reading it again is all
+ * a resumed cart needs — far cheaper than a second tape recall.
+ */
+export async function hashLocalFile(path: string, hashtype?: HashType): Promise<LocalHashes> {
+  const sha256 = createHash("sha256");
+  const wanted = hashtype && hashtype !== "sha256" ? createHash(hashtype) : undefined;
+  let crc = 0;
+  let size = 0;
+  using file = await Deno.open(path, { read: true });
+  const buf = new Uint8Array(WRITE_CHUNK);
+  for (;;) {
+    const n = await file.read(buf);
+    if (n === null) break;
+    const data = buf.subarray(0, n);
+    sha256.update(data);
+    wanted?.update(data);
+    crc = crc32(data, crc);
+    size += n;
+  }
+  const sha256Hex = sha256.digest("hex");
+  return {
+    size,
+    sha256: sha256Hex,
+    crc32: crc >>> 0,
+    ...(hashtype ? { wanted: wanted ? wanted.digest("hex") : sha256Hex } : {}),
+  };
+}

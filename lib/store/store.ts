@@ -1,0 +1,664 @@
+/**
+ * The cart store: the database is the truth about every cart and its files. Routes write new
+ * carts and read status; workers claim carts, record each staged file and move the status —
+ * always through the state machine ({@linkcode ./cart_state.ts}), with a conditional update,
+ * so two processes can never disagree about a cart.
+ *
+ * The same SQL runs on SQLite and MySQL, behind the {@linkcode Db} interface.
+ *
+ * @module
+ */
+import { heapCheckpoint } from "../util/memory.ts";
+import { type CartStatus, isFinal, parseStatus, predecessorsOf } from "../cart/state.ts";
+import { type CartDocument, HASH_TYPES, type HashType } from "../cart/document.ts";
+import type { Db, Row, SqlValue } from "../db/db.ts";
+
+/** A cart as the store knows it. */
+export interface Cart {
+  /** Internal id (a UUID); the cart's folder under VOLUME_PATH is named after it. */
+  id: string;
+  /** The client's label. */
+  uid: string;
+  /** Where the cart stands in the state machine. */
+  status: CartStatus;
+  /** What went wrong, for a person (empty unless status is "error"). */
+  message: string;
+  /** SHA-256 (hex) of the validated document, to recognise an identical re-POST. */
+  documentHash: string;
+  /** Whether the tar is written to disk once while bundling (the document's `bundle`). */
+  bundle: boolean;
+  /** Whether the bundle carries a sha256 manifest (the document's `manifest`). */
+  manifest: boolean;
+  /** Number of files in the cart document. */
+  fileCount: number;
+  /** Sum of the files' sizes, once the archive has told them. */
+  totalBytes: number | null;
+  /** Bytes held for this cart against the volume's capacity. */
+  reservedBytes: number;
+  /** When the cart was stored (ms since the epoch). */
+  createdAt: number;
+  /** When the cart last changed status, size or liveness, or was requeued (ms since the epoch). */
+  updatedAt: number;
+  /** When the cart became ready (ms since the epoch), or null. */
+  readyAt: number | null;
+  /** When the cart was last used or moved (ms since the epoch); the LRU purge goes by it. */
+  lastUsedAt: number;
+  /** The worker that holds the claim on the cart, or null. */
+  claimOwner: string | null;
+  /** When that claim lapses unless renewed (ms since the epoch), or null. */
+  claimExpires: number | null;
+  /** How often a worker has claimed it. */
+  attempts: number;
+}
+
+/** Every {@linkcode FileStatus}. */
+export const FILE_STATUSES = ["pending", "staged", "error"] as const;
+
+/** Where one file of a cart stands. */
+export type FileStatus = typeof FILE_STATUSES[number];
+
+/** One file of a cart. */
+export interface CartFile {
+  /** Internal id of the cart the file belongs to. */
+  cartId: string;
+  /** Position in the cart document's `fileids`. */
+  idx: number;
+  /** The file's id in the archive. */
+  archiveId: string;
+  /** The clean relative path of the file inside the bundle. */
+  path: string;
+  /** Algorithm of `hashsum`, or null when the client gave none. */
+  hashtype: HashType | null;
+  /** Lowercase hex digest the client expects, or null. */
+  hashsum: string | null;
+  /** Whether the file is still to be fetched, staged, or failed. */
+  status: FileStatus;
+  /** Length in bytes, or null until the archive has told it. */
+  size: number | null;
+  /** Seconds since the epoch. */
+  mtime: number | null;
+  /** Lowercase hex SHA-256 measured at staging, or null until staged. */
+  sha256: string | null;
+  /** Unsigned CRC-32 measured at staging, or null until staged. */
+  crc32: number | null;
+  /** What went wrong with the file, or null. */
+  message: string | null;
+}
+
+/** What staging learned about one file. */
+export interface StagedFacts {
+  /** Length in bytes. */
+  size: number;
+  /** Modification time in seconds since the epoch, as the archive reported it. */
+  mtime: number;
+  /** Lowercase hex SHA-256 of the bytes. */
+  sha256: string;
+  /** Unsigned CRC-32 of the bytes. */
+  crc32: number;
+}
+
+/** The result of {@linkcode CartStore.createCart}. */
+export interface Created {
+  /** The cart now live under the uid: the new one, or the kept one. */
+  cart: Cart;
+  /** Carts of the same uid that this one replaced (their files must be removed). */
+  replaced: Cart[];
+  /** True when an identical live cart was kept instead of creating a new one. */
+  kept: boolean;
+}
+
+const num = (v: unknown): number => Number(v);
+const numOrNull = (v: unknown): number | null => v === null || v === undefined ? null : Number(v);
+
+function toCart(r: Row): Cart {
+  return {
+    id: String(r.id),
+    uid: String(r.uid),
+    status: parseStatus(String(r.status)),
+    message: String(r.message ?? ""),
+    documentHash: String(r.document_hash),
+    bundle: num(r.bundle) === 1,
+    manifest: num(r.manifest) === 1,
+    fileCount: num(r.file_count),
+    totalBytes: numOrNull(r.total_bytes),
+    reservedBytes: num(r.reserved_bytes),
+    createdAt: num(r.created_at),
+    updatedAt: num(r.updated_at),
+    readyAt: numOrNull(r.ready_at),
+    lastUsedAt: num(r.last_used_at),
+    claimOwner: r.claim_owner === null ? null : String(r.claim_owner),
+    claimExpires: numOrNull(r.claim_expires),
+    attempts: num(r.attempts),
+  };
+}
+
+/** The columns {@linkcode toFile} reads (not `cart_id`: every row of a query shares it). */
+const FILE_COLUMNS =
+  "idx, archive_id, path, hashtype, hashsum, status, size, mtime, sha256, crc32, message";
+
+/** One shared string per value, not one per row: a 40,000-file cart holds 40,000 rows. */
+function intern<T extends string>(values: readonly T[], value: unknown): T {
+  const text = String(value);
+  return values.find((v) => v === text) ?? text as T;
+}
+
+function toFile(cartId: string, r: Row): CartFile {
+  return {
+    cartId,
+    idx: num(r.idx),
+    archiveId: String(r.archive_id),
+    path: String(r.path),
+    hashtype: r.hashtype === null ? null : intern(HASH_TYPES, r.hashtype),
+    hashsum: r.hashsum === null ? null : String(r.hashsum),
+    status: intern(FILE_STATUSES, r.status),
+    size: numOrNull(r.size),
+    mtime: numOrNull(r.mtime),
+    sha256: r.sha256 === null ? null : String(r.sha256),
+    crc32: numOrNull(r.crc32),
+    message: r.message === null ? null : String(r.message),
+  };
+}
+
+/** Rows per query when a cart's files are read a page at a time. */
+const FILE_PAGE = 1000;
+
+/** Which files {@linkcode CartStore.eachFile} reads. */
+export type FileSelection =
+  /** Every file. */
+  | "all"
+  /** Those whose size the archive has not told yet. */
+  | "unsized"
+  /** Those not recorded as staged. */
+  | "unstaged";
+
+const SELECTIONS: Record<FileSelection, string> = {
+  all: "",
+  unsized: "AND size IS NULL",
+  unstaged: "AND status <> 'staged'",
+};
+
+const INSERT_BATCH = 512;
+const UPDATE_BATCH = 256;
+
+/**
+ * Cuts `rows` into batches whose sizes are powers of two up to `max` (itself one): full
+ * batches, then the rest in falling powers of two (300 → 256, 32, 8, 4). A batch becomes one
+ * statement whose text depends on its size, and the SQLite driver keeps prepared statements
+ * by text; with any size allowed, a busy service ends up holding a couple of hundred large
+ * prepared programs (about 4 MiB more for every 10,000-file cart, until the cache is full).
+ * With these sizes there are at most log2(max) + 1 texts per statement.
+ */
+export function* powerOfTwoBatches<T>(
+  rows: readonly T[],
+  max: number,
+): Generator<{ start: number; batch: readonly T[] }> {
+  let start = 0;
+  for (; rows.length - start >= max; start += max) {
+    yield { start, batch: rows.slice(start, start + max) };
+  }
+  for (let size = max >> 1; size >= 1; size >>= 1) {
+    if (rows.length - start >= size) {
+      yield { start, batch: rows.slice(start, start + size) };
+      start += size;
+    }
+  }
+}
+
+/** Reads and writes carts; every method is one short query or transaction. */
+export class CartStore {
+  /** A store on `db`; `now` gives the time in ms since the epoch (tests replace it). */
+  constructor(readonly db: Db, readonly now: () => number = Date.now) {}
+
+  /**
+   * Stores a new cart for `uid`, replacing the live one (SPEC: re-POST replaces). An identical
+   * document posted to a live cart that has not failed keeps that cart (`kept: true`).
+   */
+  async createCart(uid: string, doc: CartDocument, documentHash: string): Promise<Created> {
+    return await this.db.transaction(async (tx) => {
+      const live = (await tx.all("SELECT * FROM carts WHERE live_uid = ?", [uid])).map(toCart);
+      const same = live.find((c) => c.documentHash === documentHash && c.status !== "error");
+      if (same) return { cart: same, replaced: [], kept: true };
+      const now = this.now();
+      if (live.length) {
+        await tx.run("UPDATE carts SET live_uid = NULL, updated_at = ? WHERE live_uid = ?", [
+          now,
+          uid,
+        ]);
+      }
+      const id = crypto.randomUUID();
+      await tx.run(
+        `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
+          file_count, created_at, updated_at, last_used_at)
+         VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
+        [id, uid, uid, documentHash, +doc.bundle, +doc.manifest, doc.files.length, now, now, now],
+      );
+      for (const { start, batch } of powerOfTwoBatches(doc.files, INSERT_BATCH)) {
+        const params: SqlValue[] = [];
+        for (const [i, f] of batch.entries()) {
+          params.push(id, start + i, f.id, f.path, f.hashtype ?? null, f.hashsum ?? null);
+        }
+        await tx.run(
+          `INSERT INTO cart_files (cart_id, idx, archive_id, path, hashtype, hashsum, status)
+           VALUES ${batch.map(() => "(?, ?, ?, ?, ?, ?, 'pending')").join(", ")}`,
+          params,
+        );
+      }
+      const cart = toCart((await tx.all("SELECT * FROM carts WHERE id = ?", [id]))[0]);
+      return { cart, replaced: live, kept: false };
+    });
+  }
+
+  /** The live cart of `uid`, or null. */
+  async liveCart(uid: string): Promise<Cart | null> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE live_uid = ?", [uid]);
+    return rows.length ? toCart(rows[0]) : null;
+  }
+
+  /** The cart with internal id `id` (live or replaced, not deleted), or null. */
+  async cart(id: string): Promise<Cart | null> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE id = ?", [id]);
+    return rows.length ? toCart(rows[0]) : null;
+  }
+
+  /** Every cart that is still live, oldest first. */
+  async liveCarts(): Promise<Cart[]> {
+    const rows = await this.db.all(
+      "SELECT * FROM carts WHERE live_uid IS NOT NULL ORDER BY created_at",
+    );
+    return rows.map(toCart);
+  }
+
+  /** Every cart row, live or replaced (replaced ones are removed by the worker that notices). */
+  async allCarts(): Promise<Cart[]> {
+    return (await this.db.all("SELECT * FROM carts ORDER BY created_at")).map(toCart);
+  }
+
+  /** The files of a cart, in document order. */
+  async files(cartId: string): Promise<CartFile[]> {
+    const rows = await this.db.all(
+      `SELECT ${FILE_COLUMNS} FROM cart_files WHERE cart_id = ? ORDER BY idx`,
+      [cartId],
+    );
+    return rows.map((row) => toFile(cartId, row));
+  }
+
+  /**
+   * The files of a cart in document order, read {@linkcode FILE_PAGE} rows at a time, so that
+   * a cart of any size is walked with one page in memory. Rows changed while the walk goes on
+   * are seen as they are when their page is read (pages follow `idx`, not offsets).
+   *
+   * @example
+   * ```ts
+   * for await (const file of store.eachFile(cartId, "unsized")) console.log(file.archiveId);
+   * ```
+   */
+  async *eachFile(
+    cartId: string,
+    selection: FileSelection = "all",
+    pageSize = FILE_PAGE,
+  ): AsyncGenerator<CartFile> {
+    const where = SELECTIONS[selection];
+    for (let after = -1;;) {
+      const rows = await this.db.all(
+        `SELECT ${FILE_COLUMNS} FROM cart_files WHERE cart_id = ? AND idx > ? ${where}
+         ORDER BY idx LIMIT ${Math.max(1, Math.floor(pageSize))}`,
+        [cartId, after],
+      );
+      if (!rows.length) return;
+      const page = rows.map((row) => toFile(cartId, row));
+      rows.length = 0;
+      after = page[page.length - 1].idx;
+      yield* page;
+      if (page.length < pageSize) return;
+      heapCheckpoint(); // the pages walked so far are garbage by now
+    }
+  }
+
+  /** The sum of the sizes of a cart's files that the archive has told (0 when none). */
+  async totalSize(cartId: string): Promise<number> {
+    const [row] = await this.db.all(
+      "SELECT COALESCE(SUM(size), 0) AS total FROM cart_files WHERE cart_id = ?",
+      [cartId],
+    );
+    return Number(row.total);
+  }
+
+  /** Records the size and mtime the archive reported for a file. */
+  async setFileSize(cartId: string, idx: number, size: number, mtime: number): Promise<void> {
+    await this.setFileSizes(cartId, [{ idx, size, mtime }]);
+  }
+
+  /** Records the sizes and mtimes of many files, in a few statements. */
+  async setFileSizes(
+    cartId: string,
+    sizes: readonly { idx: number; size: number; mtime: number }[],
+  ): Promise<void> {
+    await this.#updateFiles(cartId, sizes, {
+      size: (f) => f.size,
+      mtime: (f) => f.mtime,
+    });
+  }
+
+  /** Records the cart's total size once every file's size is known. */
+  async setTotalBytes(cartId: string, total: number): Promise<void> {
+    await this.db.run("UPDATE carts SET total_bytes = ?, updated_at = ? WHERE id = ?", [
+      total,
+      this.now(),
+      cartId,
+    ]);
+  }
+
+  /** Marks a file staged, with what staging measured. */
+  async fileStaged(cartId: string, idx: number, facts: StagedFacts): Promise<void> {
+    await this.filesStaged(cartId, [{ idx, facts }]);
+  }
+
+  /** Marks many files staged, in a few statements (not one commit per file). */
+  async filesStaged(
+    cartId: string,
+    staged: readonly { idx: number; facts: StagedFacts }[],
+  ): Promise<void> {
+    await this.#updateFiles(cartId, staged, {
+      status: () => "staged",
+      size: (f) => f.facts.size,
+      mtime: (f) => f.facts.mtime,
+      sha256: (f) => f.facts.sha256,
+      crc32: (f) => f.facts.crc32,
+      message: () => null,
+    });
+  }
+
+  /**
+   * Sets columns of many files of one cart: one `UPDATE … SET col = CASE idx WHEN … END`
+   * per batch of rows (plain SQL that SQLite and MySQL share), all in one transaction.
+   */
+  async #updateFiles<T extends { idx: number }>(
+    cartId: string,
+    rows: readonly T[],
+    columns: Record<string, (row: T) => SqlValue>,
+  ): Promise<void> {
+    if (!rows.length) return;
+    await this.db.transaction(async (tx) => {
+      for (const { batch } of powerOfTwoBatches(rows, UPDATE_BATCH)) {
+        const params: SqlValue[] = [];
+        const sets = Object.entries(columns).map(([column, value]) => {
+          for (const row of batch) params.push(row.idx, value(row));
+          return `${column} = CASE idx ${batch.map(() => "WHEN ? THEN ?").join(" ")} END`;
+        });
+        params.push(cartId, ...batch.map((row) => row.idx));
+        await tx.run(
+          `UPDATE cart_files SET ${sets.join(", ")}
+           WHERE cart_id = ? AND idx IN (${batch.map(() => "?").join(", ")})`,
+          params,
+        );
+      }
+    });
+  }
+
+  /** Marks a file failed (or, with status "pending", due to be fetched again). */
+  async fileStatus(
+    cartId: string,
+    idx: number,
+    status: FileStatus,
+    message: string | null,
+  ): Promise<void> {
+    await this.db.run(
+      "UPDATE cart_files SET status = ?, message = ? WHERE cart_id = ? AND idx = ?",
+      [
+        status,
+        message,
+        cartId,
+        idx,
+      ],
+    );
+  }
+
+  /**
+   * Moves a cart to `to` if the state machine allows it from the status it has now.
+   * Returns false (and changes nothing) when it does not, or when the cart is gone.
+   * `readyAt` (with "ready") is the time the download name is made from; it defaults to now.
+   * With `owner`, only that owner's claim may move the cart (a worker whose claim was taken
+   * over changes nothing).
+   */
+  async move(
+    cartId: string,
+    to: CartStatus,
+    message = "",
+    readyAt: number | null = null,
+    owner: string | null = null,
+  ): Promise<boolean> {
+    const from = predecessorsOf(to);
+    if (!from.length) return false;
+    const now = this.now();
+    if (to === "ready") readyAt ??= now;
+    const { changes } = await this.db.run(
+      `UPDATE carts SET status = ?, message = ?, updated_at = ?, ready_at = COALESCE(?, ready_at),
+        last_used_at = ? ${isFinal(to) ? ", claim_owner = NULL, claim_expires = NULL" : ""}
+       WHERE id = ? AND status IN (${from.map(() => "?").join(", ")})
+        ${owner === null ? "" : "AND claim_owner = ?"}`,
+      [to, message, now, readyAt, now, cartId, ...from, ...(owner === null ? [] : [owner])],
+    );
+    return changes === 1;
+  }
+
+  /**
+   * Claims an unfinished cart for `owner` until `ttlMs` from now, counting the attempt.
+   * Returns the claimed cart, or null when another owner holds a valid claim, the cart is
+   * finished, or it is gone.
+   */
+  async claim(cartId: string, owner: string, ttlMs: number): Promise<Cart | null> {
+    const now = this.now();
+    const { changes } = await this.db.run(
+      `UPDATE carts SET claim_owner = ?, claim_expires = ?, attempts = attempts + 1
+       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling') AND live_uid IS NOT NULL
+         AND (claim_owner IS NULL OR claim_owner = ? OR claim_expires < ?)`,
+      [owner, now + ttlMs, cartId, owner, now],
+    );
+    return changes === 1 ? await this.cart(cartId) : null;
+  }
+
+  /** Extends `owner`'s claim; false when the claim was lost or the cart is gone or replaced. */
+  async renew(cartId: string, owner: string, ttlMs: number): Promise<boolean> {
+    const { changes } = await this.db.run(
+      `UPDATE carts SET claim_expires = ? WHERE id = ? AND claim_owner = ?
+        AND live_uid IS NOT NULL`,
+      [this.now() + ttlMs, cartId, owner],
+    );
+    return changes === 1;
+  }
+
+  /** Gives up `owner`'s claim (the cart can be taken by anyone again). */
+  async release(cartId: string, owner: string): Promise<void> {
+    await this.db.run(
+      "UPDATE carts SET claim_owner = NULL, claim_expires = NULL WHERE id = ? AND claim_owner = ?",
+      [cartId, owner],
+    );
+  }
+
+  /**
+   * Unfinished live carts that may need a new queue message: those whose worker's claim
+   * expired, and those nobody has claimed and nothing has touched since `quietSince`.
+   */
+  async orphans(quietSince: number): Promise<Cart[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM carts WHERE status IN ('waiting', 'staging', 'bundling')
+        AND live_uid IS NOT NULL
+        AND ((claim_owner IS NULL AND updated_at < ?) OR claim_expires < ?)
+       ORDER BY created_at`,
+      [quietSince, this.now()],
+    );
+    return rows.map(toCart);
+  }
+
+  /**
+   * Takes an orphan (see {@linkcode orphans}) for queueing: drops its expired claim and marks
+   * the time. Returns false when another process took it first, or it is no orphan now, so
+   * that one message is sent per orphan however many workers sweep.
+   */
+  async requeue(cartId: string, quietSince: number): Promise<boolean> {
+    const now = this.now();
+    const { changes } = await this.db.run(
+      `UPDATE carts SET claim_owner = NULL, claim_expires = NULL, updated_at = ?
+       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling')
+        AND ((claim_owner IS NULL AND updated_at < ?) OR claim_expires < ?)`,
+      [now, cartId, quietSince, now],
+    );
+    return changes === 1;
+  }
+
+  /**
+   * Records a use of the cart (a download, or a status check of a ready cart). With `until`,
+   * the cart counts as used until then (a download in flight holds it so: the LRU purge and
+   * retention pass over it). The time only moves forward: a hold is not cut short by a touch.
+   */
+  async touch(cartId: string, until = this.now()): Promise<void> {
+    await this.db.run(
+      `UPDATE carts SET last_used_at = CASE WHEN last_used_at > ? THEN last_used_at ELSE ? END
+       WHERE id = ?`,
+      [until, until, cartId],
+    );
+  }
+
+  /** Ends a hold of {@linkcode touch} (the download is over): the last use becomes now. */
+  async endHold(cartId: string): Promise<void> {
+    const now = this.now();
+    await this.db.run("UPDATE carts SET last_used_at = ? WHERE id = ? AND last_used_at > ?", [
+      now,
+      cartId,
+      now,
+    ]);
+  }
+
+  /** Ends a cart's life in the live set (DELETE): returns false when it was not live. */
+  async unlive(cartId: string): Promise<boolean> {
+    const { changes } = await this.db.run(
+      "UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ? AND live_uid IS NOT NULL",
+      [this.now(), cartId],
+    );
+    return changes === 1;
+  }
+
+  /** Removes the cart's rows for good (after its files are gone). */
+  async forget(cartId: string): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.run("DELETE FROM cart_files WHERE cart_id = ?", [cartId]);
+      await tx.run("DELETE FROM carts WHERE id = ?", [cartId]);
+    });
+  }
+
+  /** Replaced or deleted carts whose rows are still present (their files may remain). */
+  async dead(): Promise<Cart[]> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE live_uid IS NULL");
+    return rows.map(toCart);
+  }
+
+  /** Sets the bytes held for a cart against the volume capacity. */
+  async setReserved(cartId: string, bytes: number): Promise<void> {
+    await this.db.run("UPDATE carts SET reserved_bytes = ? WHERE id = ?", [bytes, cartId]);
+  }
+
+  /**
+   * Live ready carts last used before `usedBefore`, least recently used first, except
+   * `exceptId` (the LRU purge's candidates).
+   */
+  async purgeable(usedBefore: number, exceptId = ""): Promise<Cart[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM carts WHERE status = 'ready' AND live_uid IS NOT NULL AND last_used_at < ?
+        AND id <> ? ORDER BY last_used_at, created_at`,
+      [usedBefore, exceptId],
+    );
+    return rows.map(toCart);
+  }
+
+  /** Live ready carts that became ready before `readyBefore` (retention's candidates). */
+  async readyBefore(readyBefore: number): Promise<Cart[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM carts WHERE status = 'ready' AND live_uid IS NOT NULL AND ready_at < ?
+       ORDER BY ready_at`,
+      [readyBefore],
+    );
+    return rows.map(toCart);
+  }
+
+  /**
+   * Like {@linkcode unlive}, but only while the cart is still ready and, as given, last used
+   * before `usedBefore` / ready before `readyBefore`: a cart used meanwhile is spared.
+   */
+  async unliveReady(
+    cartId: string,
+    when: { usedBefore?: number; readyBefore?: number },
+  ): Promise<boolean> {
+    const { changes } = await this.db.run(
+      `UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ? AND live_uid IS NOT NULL
+        AND status = 'ready' AND last_used_at < ? AND ready_at < ?`,
+      [
+        this.now(),
+        cartId,
+        when.usedBefore ?? Number.MAX_SAFE_INTEGER,
+        when.readyBefore ?? Number.MAX_SAFE_INTEGER,
+      ],
+    );
+    return changes === 1;
+  }
+
+  /**
+   * Replaces the failed live cart `cartId` by a fresh `waiting` cart under the same uid (with
+   * internal id `newId`) that keeps the old one's staged files; the others are `pending` again
+   * with their size forgotten, so the archive is asked anew. `inside` runs within the
+   * transaction, after the rows are written (it moves the files; it must be repeatable).
+   * Returns the new cart, or null when `cartId` is not a live failed cart.
+   */
+  async retryFailed(
+    cartId: string,
+    newId: string,
+    inside: () => Promise<void> = () => Promise.resolve(),
+  ): Promise<Cart | null> {
+    return await this.db.transaction(async (tx) => {
+      const rows = await tx.all(
+        "SELECT * FROM carts WHERE id = ? AND status = 'error' AND live_uid IS NOT NULL",
+        [cartId],
+      );
+      if (!rows.length) return null;
+      const old = toCart(rows[0]);
+      const now = this.now();
+      await tx.run("UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ?", [now, old.id]);
+      await tx.run(
+        `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
+          file_count, created_at, updated_at, last_used_at)
+         VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
+        [
+          newId,
+          old.uid,
+          old.uid,
+          old.documentHash,
+          +old.bundle,
+          +old.manifest,
+          old.fileCount,
+          now,
+          now,
+          now,
+        ],
+      );
+      await tx.run(
+        `INSERT INTO cart_files (cart_id, idx, archive_id, path, hashtype, hashsum, status, size,
+          mtime, sha256, crc32, message)
+         SELECT ?, idx, archive_id, path, hashtype, hashsum,
+           CASE WHEN status = 'staged' THEN 'staged' ELSE 'pending' END,
+           CASE WHEN status = 'staged' THEN size ELSE NULL END,
+           CASE WHEN status = 'staged' THEN mtime ELSE NULL END,
+           CASE WHEN status = 'staged' THEN sha256 ELSE NULL END,
+           CASE WHEN status = 'staged' THEN crc32 ELSE NULL END,
+           NULL
+         FROM cart_files WHERE cart_id = ?`,
+        [newId, old.id],
+      );
+      await inside();
+      return toCart((await tx.all("SELECT * FROM carts WHERE id = ?", [newId]))[0]);
+    });
+  }
+
+  /** Releases the store's connections. */
+  close(): Promise<void> {
+    return this.db.close();
+  }
+}
