@@ -30,8 +30,18 @@ const CONNECT_TIMEOUT_MS = 5_000;
  * connection and the caller gets {@linkcode DbUnavailableError} instead of hanging.
  */
 const QUERY_TIMEOUT_MS = 30_000;
-/** How often a transaction (or statement) chosen as a deadlock victim is run again. */
-const DEADLOCK_RETRIES = 5;
+/**
+ * How often a transaction (or statement) chosen as a deadlock victim is run again. Under
+ * SERIALIZABLE, many writers on the same rows (50 carts posted at once while two workers
+ * claim) make several deadlocks in a row likely; the delay between tries grows (see
+ * {@linkcode deadlockPause}), so ten tries span about two seconds at worst.
+ */
+const DEADLOCK_RETRIES = 10;
+
+/** A random pause before deadlock retry `attempt` (1, 2, …): up to 10 ms · 1.6^attempt. */
+function deadlockPause(attempt: number): Promise<void> {
+  return sleep(Math.random() * 10 * 1.6 ** attempt);
+}
 
 /** Error codes (mysql2, Node sockets, server) that mean "the server cannot be reached". */
 const UNAVAILABLE_CODES = new Set([
@@ -133,7 +143,7 @@ class MysqlDb implements Db {
       } catch (e) {
         // Outside a transaction a deadlock victim statement was rolled back whole: run it again.
         if (!this.connection && isDeadlock(e) && attempt < DEADLOCK_RETRIES) {
-          await sleep(Math.random() * 20 * attempt);
+          await deadlockPause(attempt);
           continue;
         }
         throw translate(e, this.config);
@@ -159,7 +169,7 @@ class MysqlDb implements Db {
       } catch (e) {
         if (isDeadlock(e) && attempt < DEADLOCK_RETRIES) {
           if (this.config.logging) log.info("sql transaction deadlocked, retrying", { attempt });
-          await sleep(Math.random() * 20 * attempt);
+          await deadlockPause(attempt);
           continue;
         }
         throw e;
