@@ -2,28 +2,37 @@
  * Removing a cart: what DELETE, a replacing POST, the LRU purge and retention all do.
  * The cart leaves the live set at once (HEAD and GET answer 404), its folder is removed, and
  * its rows are forgotten. A worker still busy with it is told to stop: in this process at
- * once (through {@linkcode cancellations}), in other processes when their claim renewal finds
- * the row gone; that worker removes the folder once more after its last write, so no file is
- * left behind.
+ * once (through the process's {@linkcode Cancellations}), in other processes when their claim
+ * renewal finds the row gone; that worker removes the folder once more after its last write,
+ * so no file is left behind.
  *
  * @module
  */
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
 import { errorMessage, log } from "../util/log.ts";
+import { Cancellations } from "./cancellations.ts";
 
-/** Dispatches a `CustomEvent<string>` named "cancel" (detail: cart id) for local workers. */
-export const cancellations: EventTarget = new EventTarget();
+/**
+ * The cancellations used where none is passed: `cartd admin` (no worker runs in its process)
+ * and, until it takes the process's instance from its deps, the worker, which listens here.
+ * app/service.ts forwards its own instance's cancellations to this one meanwhile.
+ */
+export const cancellations: Cancellations = new Cancellations();
 
-/** Removes `cart` (see the module doc); `why` goes to the log. */
+/**
+ * Removes `cart` (see the module doc); `why` goes to the log. Workers listening on
+ * `cancel` (the process's instance) stop their work on it.
+ */
 export async function removeCart(
   store: CartStore,
   volume: Volume,
   cart: Cart,
   why: string,
+  cancel: Cancellations = cancellations,
 ): Promise<void> {
   await store.unlive(cart.id);
-  cancellations.dispatchEvent(new CustomEvent("cancel", { detail: cart.id }));
+  cancel.cancel(cart.id);
   try {
     await volume.remove(cart.id);
   } catch (error) {

@@ -8,19 +8,22 @@
  * @module
  */
 import { log } from "../util/log.ts";
-import { removeCart } from "./remove_cart.ts";
+import type { Cancellations } from "./cancellations.ts";
+import { cancellations as defaultCancellations, removeCart } from "./remove_cart.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
 
 /**
  * Removes every live cart that became ready more than `retentionMs` before `now`; returns the
- * removed carts. Does nothing when `retentionMs` is 0.
+ * removed carts. Does nothing when `retentionMs` is 0. Workers of this process busy with a
+ * removed cart hear it through `cancellations`.
  */
 export async function expireCarts(
   store: CartStore,
   volume: Volume,
   retentionMs: number,
   now: number = Date.now(),
+  cancellations: Cancellations = defaultCancellations,
 ): Promise<Cart[]> {
   if (!(retentionMs > 0)) return [];
   const readyBefore = now - retentionMs;
@@ -29,7 +32,8 @@ export async function expireCarts(
     // Another process may have removed (or replaced) it since the list was read.
     // A cart held by a download in flight (last use in the future: CartStore.touch) is spared.
     if (!(await store.unliveReady(cart.id, { readyBefore, usedBefore: now + 1 }))) continue;
-    await removeCart(store, volume, cart, `retention: ready for more than ${retentionMs} ms`);
+    const why = `retention: ready for more than ${retentionMs} ms`;
+    await removeCart(store, volume, cart, why, cancellations);
     removed.push(cart);
   }
   if (removed.length) log.info("retention removed carts", { carts: removed.length });

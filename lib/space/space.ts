@@ -29,9 +29,10 @@
  */
 import { statfs } from "node:fs/promises";
 import type { Config } from "../config/config.ts";
-import type { Db } from "../db/db.ts";
 import { log } from "../util/log.ts";
-import { removeCart } from "./remove_cart.ts";
+import type { Cancellations } from "./cancellations.ts";
+import { cancellations as defaultCancellations, removeCart } from "./remove_cart.ts";
+import { expireCarts } from "./retention.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
 
@@ -87,15 +88,6 @@ export interface SpaceReport {
   outstanding: number;
 }
 
-const IN_PROGRESS = "('waiting', 'staging', 'bundling')";
-
-/** Serialises space transactions of every process (SQLite serialises by itself). */
-async function lockSpace(tx: Db): Promise<void> {
-  if (tx.dialect === "mysql") {
-    await tx.all("SELECT name FROM cartd_lock WHERE name = 'space' FOR UPDATE");
-  }
-}
-
 /** Reserves space for carts and purges least-recently-used ones to make room. */
 export class Space {
   /**
@@ -109,50 +101,25 @@ export class Space {
     readonly now: () => number = Date.now,
     /** Where free space is read from (tests replace it). */
     readonly disk: (path: string) => Promise<DiskInfo> = diskInfo,
+    /** The process's cancellations: a worker busy with a purged cart hears it there. */
+    readonly cancellations: Cancellations = defaultCancellations,
   ) {}
 
-  /** Sum of reservations of carts other than `exceptId`, and what those in progress still owe. */
-  async #holdings(tx: Db, exceptId: string): Promise<{ reserved: number; outstanding: number }> {
-    const [sum] = await tx.all<{ reserved: number | null }>(
-      "SELECT SUM(reserved_bytes) AS reserved FROM carts WHERE id <> ?",
-      [exceptId],
-    );
-    const owed = await tx.all<{ reserved: number; staged: number | null }>(
-      `SELECT c.reserved_bytes AS reserved,
-         (SELECT SUM(f.size) FROM cart_files f WHERE f.cart_id = c.id AND f.status = 'staged')
-           AS staged
-       FROM carts c WHERE c.id <> ? AND c.status IN ${IN_PROGRESS} AND c.reserved_bytes > 0`,
-      [exceptId],
-    );
-    const outstanding = owed.reduce(
-      (total, r) => total + Math.max(0, Number(r.reserved) - Number(r.staged ?? 0)),
-      0,
-    );
-    return { reserved: Number(sum?.reserved ?? 0), outstanding };
-  }
-
-  /** One atomic attempt: does `bytes` fit for `cart`? Records the reservation if so. */
+  /**
+   * One atomic attempt: does `bytes` fit for `cart`? Records the reservation if so (see
+   * {@linkcode CartStore.reserveIf} for the lock that makes it atomic across processes).
+   */
   async tryReserve(cart: Cart, bytes: number): Promise<Fit> {
     await Deno.mkdir(this.volume.cartsDir, { recursive: true });
-    return await this.store.db.transaction(async (tx) => {
-      await lockSpace(tx);
-      const { reserved, outstanding } = await this.#holdings(tx, cart.id);
-      const [own] = await tx.all<{ staged: number | null }>(
-        "SELECT SUM(size) AS staged FROM cart_files WHERE cart_id = ? AND status = 'staged'",
-        [cart.id],
-      );
+    return await this.store.reserveIf(cart.id, bytes, async ({ reserved, outstanding, staged }) => {
       // Read inside the lock, so no other reservation moves between this and the check.
       const disk = await this.disk(this.volume.cartsDir);
       const cap = this.settings.volumeSize;
       const capShort = cap > 0 ? Math.max(0, reserved + bytes - cap) : 0;
-      const toWrite = Math.max(0, bytes - Number(own?.staged ?? 0));
+      const toWrite = Math.max(0, bytes - staged);
       const slack = (cart.fileCount + 2) * disk.blockSize;
       const diskShort = Math.max(0, toWrite + slack + outstanding - disk.free);
-      const ok = capShort === 0 && diskShort === 0;
-      if (ok) {
-        await tx.run("UPDATE carts SET reserved_bytes = ? WHERE id = ?", [bytes, cart.id]);
-      }
-      return { ok, capShort, diskShort };
+      return { ok: capShort === 0 && diskShort === 0, capShort, diskShort };
     });
   }
 
@@ -198,12 +165,8 @@ export class Space {
       // The victim may have been used (or removed) since it was listed: only an idle one goes.
       const safeSince = this.now() - this.settings.lruBufferMs;
       if (await this.store.unliveReady(victim.id, { usedBefore: safeSince })) {
-        await removeCart(
-          this.store,
-          this.volume,
-          victim,
-          `LRU purge to make room for ${cart.uid}`,
-        );
+        const why = `LRU purge to make room for ${cart.uid}`;
+        await removeCart(this.store, this.volume, victim, why, this.cancellations);
         purged.push(victim.uid);
       }
     }
@@ -217,10 +180,20 @@ export class Space {
     await this.store.setReserved(cartId, bytes ?? await this.volume.usage(cartId));
   }
 
+  /**
+   * Retention (`CARTD_RETENTION`, see {@linkcode expireCarts}) on this space's store, volume
+   * and clock: removes the ready carts kept longer than `settings.retentionMs`, telling this
+   * process's workers through its cancellations; returns them.
+   */
+  async expire(): Promise<Cart[]> {
+    const { store, volume, settings, cancellations } = this;
+    return await expireCarts(store, volume, settings.retentionMs, this.now(), cancellations);
+  }
+
   /** Where space stands now. */
   async report(): Promise<SpaceReport> {
     await Deno.mkdir(this.volume.cartsDir, { recursive: true });
-    const { reserved, outstanding } = await this.#holdings(this.store.db, "");
+    const { reserved, outstanding } = await this.store.spaceHoldings();
     const disk = await this.disk(this.volume.cartsDir);
     return {
       volumeSize: this.settings.volumeSize || null,

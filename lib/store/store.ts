@@ -204,6 +204,78 @@ export function* powerOfTwoBatches<T>(
   }
 }
 
+/** What a new cart row is made of (the rest starts as every new cart's does). */
+type NewCart = Pick<Cart, "id" | "uid" | "documentHash" | "bundle" | "manifest" | "fileCount">;
+
+/**
+ * The one INSERT of a cart: a live `waiting` cart under its uid, created, updated and used
+ * `now`. A POST ({@linkcode CartStore.createCart}) and `cartd admin fixit`
+ * ({@linkcode CartStore.retryFailed}) both make carts through it, inside their transaction.
+ */
+async function insertCart(tx: Db, cart: NewCart, now: number): Promise<void> {
+  await tx.run(
+    `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
+      file_count, created_at, updated_at, last_used_at)
+     VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
+    [
+      cart.id,
+      cart.uid,
+      cart.uid,
+      cart.documentHash,
+      +cart.bundle,
+      +cart.manifest,
+      cart.fileCount,
+      now,
+      now,
+      now,
+    ],
+  );
+}
+
+/** The statuses of a cart in progress, as SQL (those whose reservation is still being filled). */
+const IN_PROGRESS_SQL = "('waiting', 'staging', 'bundling')";
+
+/** What carts hold against the volume (SPEC §4): the sums {@linkcode CartStore.spaceHoldings} reads. */
+export interface SpaceHoldings {
+  /** Sum of the reservations of the carts counted. */
+  reserved: number;
+  /** Bytes that those of them in progress have reserved but not staged yet. */
+  outstanding: number;
+}
+
+/** What {@linkcode CartStore.reserveIf} shows its `decide` function, inside the space lock. */
+export interface ReservationView extends SpaceHoldings {
+  /** Bytes the cart asking has staged already (they are on disk, so need no free space). */
+  staged: number;
+}
+
+/** Serialises space transactions of every process (SQLite serialises by itself). */
+async function lockSpace(tx: Db): Promise<void> {
+  if (tx.dialect === "mysql") {
+    await tx.all("SELECT name FROM cartd_lock WHERE name = 'space' FOR UPDATE");
+  }
+}
+
+/** Sums of reservations of carts other than `exceptId`, and what those in progress still owe. */
+async function holdings(db: Db, exceptId: string): Promise<SpaceHoldings> {
+  const [sum] = await db.all<{ reserved: number | null }>(
+    "SELECT SUM(reserved_bytes) AS reserved FROM carts WHERE id <> ?",
+    [exceptId],
+  );
+  const owed = await db.all<{ reserved: number; staged: number | null }>(
+    `SELECT c.reserved_bytes AS reserved,
+       (SELECT SUM(f.size) FROM cart_files f WHERE f.cart_id = c.id AND f.status = 'staged')
+         AS staged
+     FROM carts c WHERE c.id <> ? AND c.status IN ${IN_PROGRESS_SQL} AND c.reserved_bytes > 0`,
+    [exceptId],
+  );
+  const outstanding = owed.reduce(
+    (total, r) => total + Math.max(0, Number(r.reserved) - Number(r.staged ?? 0)),
+    0,
+  );
+  return { reserved: Number(sum?.reserved ?? 0), outstanding };
+}
+
 /** Reads and writes carts; every method is one short query or transaction. */
 export class CartStore {
   /** A store on `db`; `now` gives the time in ms since the epoch (tests replace it). */
@@ -226,12 +298,14 @@ export class CartStore {
         ]);
       }
       const id = crypto.randomUUID();
-      await tx.run(
-        `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
-          file_count, created_at, updated_at, last_used_at)
-         VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
-        [id, uid, uid, documentHash, +doc.bundle, +doc.manifest, doc.files.length, now, now, now],
-      );
+      await insertCart(tx, {
+        id,
+        uid,
+        documentHash,
+        bundle: doc.bundle,
+        manifest: doc.manifest,
+        fileCount: doc.files.length,
+      }, now);
       for (const { start, batch } of powerOfTwoBatches(doc.files, INSERT_BATCH)) {
         const params: SqlValue[] = [];
         for (const [i, f] of batch.entries()) {
@@ -552,6 +626,42 @@ export class CartStore {
     return rows.map(toCart);
   }
 
+  /**
+   * What every cart except `exceptId` holds against the volume (all carts, with the default),
+   * read outside the space lock: a report, not a basis for a reservation.
+   */
+  async spaceHoldings(exceptId = ""): Promise<SpaceHoldings> {
+    return await holdings(this.db, exceptId);
+  }
+
+  /**
+   * The space reservation of SPEC §4 as one transaction that every cartd process serialises
+   * on (SQLite: the transaction itself; MySQL: the row `space` of `cartd_lock`, read
+   * `FOR UPDATE`): reads what the other carts hold and what cart `cartId` has staged, asks
+   * `decide` (which may read the file system's free space, inside the lock) whether `bytes`
+   * fit, and when its answer says `ok`, records `bytes` as the cart's reservation before the
+   * lock is let go. Returns `decide`'s answer.
+   */
+  async reserveIf<T extends { ok: boolean }>(
+    cartId: string,
+    bytes: number,
+    decide: (view: ReservationView) => Promise<T>,
+  ): Promise<T> {
+    return await this.db.transaction(async (tx) => {
+      await lockSpace(tx);
+      const held = await holdings(tx, cartId);
+      const [own] = await tx.all<{ staged: number | null }>(
+        "SELECT SUM(size) AS staged FROM cart_files WHERE cart_id = ? AND status = 'staged'",
+        [cartId],
+      );
+      const answer = await decide({ ...held, staged: Number(own?.staged ?? 0) });
+      if (answer.ok) {
+        await tx.run("UPDATE carts SET reserved_bytes = ? WHERE id = ?", [bytes, cartId]);
+      }
+      return answer;
+    });
+  }
+
   /** Sets the bytes held for a cart against the volume capacity. */
   async setReserved(cartId: string, bytes: number): Promise<void> {
     await this.db.run("UPDATE carts SET reserved_bytes = ? WHERE id = ?", [bytes, cartId]);
@@ -622,23 +732,7 @@ export class CartStore {
       const old = toCart(rows[0]);
       const now = this.now();
       await tx.run("UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ?", [now, old.id]);
-      await tx.run(
-        `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
-          file_count, created_at, updated_at, last_used_at)
-         VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
-        [
-          newId,
-          old.uid,
-          old.uid,
-          old.documentHash,
-          +old.bundle,
-          +old.manifest,
-          old.fileCount,
-          now,
-          now,
-          now,
-        ],
-      );
+      await insertCart(tx, { ...old, id: newId }, now);
       await tx.run(
         `INSERT INTO cart_files (cart_id, idx, archive_id, path, hashtype, hashsum, status, size,
           mtime, sha256, crc32, message)
