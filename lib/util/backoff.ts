@@ -1,14 +1,25 @@
 /**
- * Growing delays with jitter, and an abortable sleep.
+ * The one retry policy of the program: growing delays with jitter ({@linkcode backoffDelays},
+ * the one delay formula), an abortable {@linkcode sleep}, and {@linkcode retry}, which runs a
+ * call again on a retryable failure until its attempts or its time run out.
  *
- * Used to poll the archive while a file is on tape (SPEC §2: "poll with a growing delay")
- * and to space out retries of a failed download.
+ * Used to poll the archive while a file is on tape (SPEC §2: "poll with a growing delay"),
+ * to retry archive calls and downloads, to reconnect to the message broker, and to reach and
+ * retry the MySQL database.
  *
  * @example
  * ```ts
- * import { backoffDelays, sleep } from "./backoff.ts";
- * const delays = backoffDelays({ initialMs: 500, maxMs: 30_000 });
- * await sleep(delays.next().value); // about 500 ms, then about 1000, 2000, … up to 30000
+ * import assert from "node:assert/strict";
+ * import { backoffDelays, retry } from "./backoff.ts";
+ * const delays = backoffDelays({ initialMs: 1, maxMs: 4, jitter: 0 });
+ * assert.deepEqual([1, 2, 3, 4].map(() => delays.next().value), [1, 2, 4, 4]);
+ *
+ * let calls = 0;
+ * const answer = await retry(() => ++calls < 3 ? Promise.reject(new Error("busy")) : "done", {
+ *   attempts: 5,
+ *   delays: backoffDelays({ initialMs: 1, maxMs: 10 }),
+ * });
+ * assert.deepEqual([answer, calls], ["done", 3]);
  * ```
  * @module
  */
@@ -68,4 +79,64 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, Math.max(0, ms));
     signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/** What {@linkcode RetryOptions.onFailure} learns about one failed call. */
+export interface FailureInfo {
+  /** Which call failed: 1 for the first. */
+  attempt: number;
+  /** Milliseconds since the first failure (0 for the first). */
+  elapsedMs: number;
+  /** Whether the call will be made again (after a delay). */
+  retrying: boolean;
+}
+
+/** How {@linkcode retry} runs a call again. */
+export interface RetryOptions {
+  /** Most calls in all, the first included (at least 1; default: no limit). */
+  attempts?: number;
+  /**
+   * No call is started once this many milliseconds have passed since the first failure, and
+   * the last delay is cut short to end there (default: no limit).
+   */
+  deadlineMs?: number;
+  /** The delays between calls, in milliseconds: usually {@linkcode backoffDelays}. */
+  delays: Iterator<number>;
+  /** Whether a failure is worth another call (default: every failure is). */
+  isRetryable?: (error: unknown) => boolean;
+  /** Aborts the waiting: `retry` then rejects with `signal.reason`. */
+  signal?: AbortSignal;
+  /** Told of every failure, the last included (to log it, or to note the time it took). */
+  onFailure?: (error: unknown, info: FailureInfo) => void;
+}
+
+/**
+ * Runs `call` (given the attempt number, 1 for the first) until it resolves, and resolves
+ * with its value. A failure that `isRetryable` accepts is followed by the next delay and
+ * another call, as long as `attempts` and `deadlineMs` allow; otherwise `retry` rejects with
+ * that failure as it is, so the caller words it. When `signal` aborts, `retry` rejects with
+ * `signal.reason` instead, whatever the call threw.
+ */
+export async function retry<T>(
+  call: (attempt: number) => Promise<T> | T,
+  o: RetryOptions,
+): Promise<T> {
+  const attempts = o.attempts === undefined ? Infinity : Math.max(1, o.attempts);
+  let firstFailure: number | undefined;
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await call(attempt);
+    } catch (error) {
+      if (o.signal?.aborted) throw o.signal.reason;
+      const now = performance.now();
+      firstFailure ??= now;
+      const elapsedMs = now - firstFailure;
+      const remaining = (o.deadlineMs ?? Infinity) - elapsedMs;
+      const retrying = (o.isRetryable?.(error) ?? true) && attempt < attempts && remaining > 0;
+      o.onFailure?.(error, { attempt, elapsedMs, retrying });
+      if (!retrying) throw error;
+      const next = o.delays.next();
+      await sleep(Math.min(next.done ? 0 : next.value, remaining), o.signal);
+    }
+  }
 }

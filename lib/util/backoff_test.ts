@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { backoffDelays, sleep } from "./backoff.ts";
+import { backoffDelays, retry, sleep } from "./backoff.ts";
 
 function take(it: Iterator<number>, n: number): number[] {
   return Array.from({ length: n }, () => it.next().value);
@@ -59,4 +59,78 @@ Deno.test("sleep rejects with the abort reason, early", async () => {
 Deno.test("sleep on an aborted signal rejects at once", async () => {
   const reason = new Error("already");
   await assert.rejects(sleep(10, AbortSignal.abort(reason)), (e) => e === reason);
+});
+
+/** Delays of 0 ms, so the retry tests take no time. */
+const NO_WAIT = backoffDelays({ initialMs: 0, maxMs: 0 });
+
+Deno.test("retry calls again until the call resolves, numbering the attempts", async () => {
+  const seen: number[] = [];
+  const value = await retry((attempt) => {
+    seen.push(attempt);
+    if (attempt < 3) throw new Error(`busy ${attempt}`);
+    return "done";
+  }, { attempts: 5, delays: NO_WAIT });
+  assert.equal(value, "done");
+  assert.deepEqual(seen, [1, 2, 3]);
+});
+
+Deno.test("retry gives up after its attempts, with the last failure as it is", async () => {
+  const infos: { attempt: number; retrying: boolean }[] = [];
+  let calls = 0;
+  await assert.rejects(
+    retry(() => Promise.reject(new Error(`failure ${++calls}`)), {
+      attempts: 3,
+      delays: NO_WAIT,
+      onFailure: (_, { attempt, retrying }) => infos.push({ attempt, retrying }),
+    }),
+    { message: "failure 3" },
+  );
+  assert.deepEqual(infos, [
+    { attempt: 1, retrying: true },
+    { attempt: 2, retrying: true },
+    { attempt: 3, retrying: false },
+  ]);
+});
+
+Deno.test("retry stops at once on a failure that is not retryable", async () => {
+  let calls = 0;
+  await assert.rejects(
+    retry(() => {
+      calls++;
+      throw new TypeError("final");
+    }, { attempts: 5, delays: NO_WAIT, isRetryable: (e) => !(e instanceof TypeError) }),
+    TypeError,
+  );
+  assert.equal(calls, 1);
+});
+
+Deno.test("retry waits the delays it is given, and ends at the deadline", async () => {
+  const start = performance.now();
+  let calls = 0;
+  let elapsed = 0;
+  await assert.rejects(
+    retry(() => Promise.reject(new Error(`failure ${++calls}`)), {
+      deadlineMs: 100,
+      delays: backoffDelays({ initialMs: 40, maxMs: 40, jitter: 0 }),
+      onFailure: (_, info) => elapsed = info.elapsedMs,
+    }),
+  );
+  const took = performance.now() - start;
+  assert.ok(calls >= 3 && calls <= 4, `calls ${calls}`); // 0, 40, 80, 100 (the last delay cut)
+  assert.ok(elapsed >= 95, `elapsed ${elapsed}`);
+  assert.ok(took >= 95 && took < 1000, `took ${took}`);
+});
+
+Deno.test("retry rejects with the abort reason, also during a delay", async () => {
+  const ac = new AbortController();
+  const reason = new Error("stop");
+  setTimeout(() => ac.abort(reason), 20);
+  await assert.rejects(
+    retry(() => Promise.reject(new Error("busy")), {
+      delays: backoffDelays({ initialMs: 5000, maxMs: 5000 }),
+      signal: ac.signal,
+    }),
+    (e) => e === reason,
+  );
 });
