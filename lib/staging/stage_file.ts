@@ -27,13 +27,13 @@ import { createHash, type Hash } from "node:crypto";
 import { crc32 } from "node:zlib";
 import { dirname } from "node:path";
 import { ArchiveClient, ArchiveError, type ArchiveStatus } from "../archive/client.ts";
-import { backoffDelays, sleep } from "../util/backoff.ts";
+import { backoffDelays, retry, sleep } from "../util/backoff.ts";
+import { isNoSpace } from "../util/fs_errors.ts";
 import { log, seconds } from "../util/log.ts";
 import { QuickFs } from "./quick_fs.ts";
 import type { StageSettings } from "../config/config.ts";
-
-/** Hash algorithms a cart document may name. */
-export type HashType = "md5" | "sha1" | "sha224" | "sha256" | "sha384" | "sha512";
+import type { HashType } from "../cart/document.ts";
+import type { StagedFacts } from "../cart/staged.ts";
 
 /** Defaults of {@linkcode StageSettings}. */
 export const DEFAULT_STAGE_SETTINGS: StageSettings = Object.freeze({
@@ -65,17 +65,8 @@ export interface StageJob {
   status?: ArchiveStatus;
 }
 
-/** What was written to `dest`. */
-export interface StagedFile {
-  /** Bytes written. */
-  size: number;
-  /** Modification time set on the file, seconds since the epoch (from `Last-Modified`). */
-  mtime: number;
-  /** Lowercase hex sha256 of the bytes. */
-  sha256: string;
-  /** CRC-32 of the bytes (as zlib / tar tools compute it), unsigned. */
-  crc32: number;
-}
+/** What was written to `dest` (its mtime is set from `Last-Modified`): the store's facts. */
+export type StagedFile = StagedFacts;
 
 /** Why staging failed. */
 export type StageErrorCode = "hash" | "archive" | "timeout" | "size" | "nospace" | "io";
@@ -115,19 +106,16 @@ export async function stageFile(
     requestTimeoutMs: settings.requestTimeoutMs,
   });
   const status = await waitForDisk(client, job, settings, signal);
-  const attempts = Math.max(1, settings.fetchAttempts);
-  let last: StageError | undefined;
-  for (let attempt = 1; attempt <= attempts; attempt++) {
-    if (attempt > 1) await sleep(retryDelay(settings, attempt - 1), signal);
-    try {
-      return await download(client, job, status, settings, signal);
-    } catch (err) {
-      if (signal?.aborted) throw signal.reason;
-      if (!(err instanceof AttemptFailure)) throw err;
-      last = err.error;
-    }
+  try {
+    return await retry(() => download(client, job, status, settings, signal), {
+      attempts: settings.fetchAttempts,
+      delays: retryDelays(settings),
+      isRetryable: (err) => err instanceof AttemptFailure,
+      signal,
+    });
+  } catch (err) {
+    throw err instanceof AttemptFailure ? err.error : err;
   }
-  throw last!;
 }
 
 /** A download attempt that may be retried; `error` is what to report if it was the last. */
@@ -137,8 +125,9 @@ class AttemptFailure extends Error {
   }
 }
 
-function retryDelay(settings: StageSettings, retry: number): number {
-  return settings.retryDelayMs * 2 ** (retry - 1);
+/** The delays between tries of one archive call: `retryDelayMs`, doubling each retry. */
+function retryDelays(settings: StageSettings): Iterator<number> {
+  return backoffDelays({ initialMs: settings.retryDelayMs, maxMs: Infinity, jitter: 0 });
 }
 
 function archiveFailure(job: StageJob, err: ArchiveError): StageError {
@@ -154,16 +143,15 @@ async function withRetries<T>(
   signal: AbortSignal | undefined,
   call: () => Promise<T>,
 ): Promise<T> {
-  const attempts = Math.max(1, settings.fetchAttempts);
-  for (let attempt = 1;; attempt++) {
-    try {
-      return await call();
-    } catch (err) {
-      if (signal?.aborted) throw signal.reason;
-      if (!(err instanceof ArchiveError)) throw err;
-      if (!err.retryable || attempt >= attempts) throw archiveFailure(job, err);
-    }
-    await sleep(retryDelay(settings, attempt), signal);
+  try {
+    return await retry(call, {
+      attempts: settings.fetchAttempts,
+      delays: retryDelays(settings),
+      isRetryable: (err) => err instanceof ArchiveError && err.retryable,
+      signal,
+    });
+  } catch (err) {
+    throw err instanceof ArchiveError ? archiveFailure(job, err) : err;
   }
 }
 
@@ -194,22 +182,19 @@ export async function headFile(
   settings: StageSettings,
   signal?: AbortSignal,
 ): Promise<ArchiveStatus> {
-  let delays: Iterator<number, never> | undefined;
-  let firstFailure: number | undefined;
-  for (;;) {
-    try {
-      return await client.status(file.archiveId, signal);
-    } catch (err) {
-      if (signal?.aborted) throw signal.reason;
-      if (!(err instanceof ArchiveError)) throw err;
-      if (!err.retryable) throw headFailure(file, err);
-      const now = performance.now();
-      firstFailure ??= now;
-      const remaining = settings.missingAfterMs - (now - firstFailure);
-      if (remaining <= 0) throw await missingFile(client, file, err, now - firstFailure, signal);
-      delays ??= backoffDelays({ initialMs: settings.retryDelayMs, maxMs: settings.pollMaxMs });
-      await sleep(Math.min(delays.next().value, remaining), signal);
-    }
+  let failingMs = 0;
+  try {
+    return await retry(() => client.status(file.archiveId, signal), {
+      deadlineMs: settings.missingAfterMs,
+      delays: backoffDelays({ initialMs: settings.retryDelayMs, maxMs: settings.pollMaxMs }),
+      isRetryable: (err) => err instanceof ArchiveError && err.retryable,
+      signal,
+      onFailure: (_, { elapsedMs }) => failingMs = elapsedMs,
+    });
+  } catch (err) {
+    if (!(err instanceof ArchiveError) || signal?.aborted) throw err;
+    if (!err.retryable) throw headFailure(file, err);
+    throw await missingFile(client, file, err, failingMs, signal);
   }
 }
 
@@ -528,7 +513,7 @@ function readUnlessAborted(
 function fsError(job: StageJob, err: unknown, what: string): StageError {
   if (err instanceof StageError) return err;
   const e = err as { code?: string; message?: string };
-  if (e?.code === "ENOSPC" || /No space left|os error 28/.test(String(e?.message))) {
+  if (isNoSpace(err)) {
     return new StageError("nospace", "No Space Available", { cause: err });
   }
   // The path and the system's words go to the log; people get the file and the kind of error.

@@ -11,6 +11,7 @@
 import { heapCheckpoint } from "../util/memory.ts";
 import { type CartStatus, isFinal, parseStatus, predecessorsOf } from "../cart/state.ts";
 import { type CartDocument, HASH_TYPES, type HashType } from "../cart/document.ts";
+import type { StagedFacts } from "../cart/staged.ts";
 import type { Db, Row, SqlValue } from "../db/db.ts";
 
 /** A cart as the store knows it. */
@@ -85,17 +86,8 @@ export interface CartFile {
   message: string | null;
 }
 
-/** What staging learned about one file. */
-export interface StagedFacts {
-  /** Length in bytes. */
-  size: number;
-  /** Modification time in seconds since the epoch, as the archive reported it. */
-  mtime: number;
-  /** Lowercase hex SHA-256 of the bytes. */
-  sha256: string;
-  /** Unsigned CRC-32 of the bytes. */
-  crc32: number;
-}
+/** What staging learned about one file (its home is lib/cart/staged.ts). */
+export type { StagedFacts };
 
 /** The result of {@linkcode CartStore.createCart}. */
 export interface Created {

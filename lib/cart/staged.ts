@@ -1,0 +1,24 @@
+/**
+ * What staging learns about one file of a cart: the facts the worker records in the store
+ * (lib/store) once lib/staging has written and verified the file, and that a bundle's tar
+ * and zip headers are made from. One type for both layers, which may not import each other.
+ *
+ * @example
+ * ```ts
+ * import type { StagedFacts } from "./staged.ts";
+ * const facts: StagedFacts = { size: 3, mtime: 1_700_000_000, sha256: "ba7816bf…", crc32: 0 };
+ * ```
+ * @module
+ */
+
+/** What staging learned about one file. */
+export interface StagedFacts {
+  /** Length in bytes. */
+  size: number;
+  /** Modification time in seconds since the epoch, as the archive reported it (`Last-Modified`). */
+  mtime: number;
+  /** Lowercase hex SHA-256 of the bytes. */
+  sha256: string;
+  /** Unsigned CRC-32 of the bytes (as zlib and tar tools compute it). */
+  crc32: number;
+}
