@@ -24,7 +24,7 @@ import { Space } from "../lib/space/space.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 import { cartRoutes } from "../http/routes.ts";
-import { CartWorker } from "../worker/cart_worker.ts";
+import { CartWorker } from "../worker/dispatcher.ts";
 import { ThreadPool } from "../threads/pool.ts";
 
 /** Which parts a process runs. */

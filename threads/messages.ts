@@ -4,7 +4,8 @@
  *
  * @module
  */
-import type { HashType, LocalHashes, StagedFile, StageJob } from "../lib/staging/stage_file.ts";
+import type { HashType } from "../lib/cart/document.ts";
+import type { LocalHashes, StagedFile, StageJob } from "../lib/staging/stage_file.ts";
 import type { StageSettings } from "../lib/config/config.ts";
 import type { BundleFile, BundleOptions } from "../lib/bundle/plan.ts";
 import type { StagedColumns } from "../lib/bundle/staged_files.ts";

@@ -6,7 +6,8 @@
  *
  * @module
  */
-import type { HashType, LocalHashes, StagedFile, StageJob } from "../lib/staging/stage_file.ts";
+import type { HashType } from "../lib/cart/document.ts";
+import type { LocalHashes, StagedFile, StageJob } from "../lib/staging/stage_file.ts";
 import type { StageSettings } from "../lib/config/config.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
@@ -72,6 +73,8 @@ export class ThreadPool {
     readonly maxInFlight: number,
     readonly gcSlackBytes = 0,
   ) {
+    // Marks the promise handled, so that threads that cannot load do not end the process with
+    // an unhandled rejection before anyone asks; ready() hands the same rejection to its callers.
     this.#started.promise.catch(() => {});
     for (let i = 0; i < threads; i++) this.#slots.push(this.#spawn());
   }

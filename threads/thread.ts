@@ -9,6 +9,8 @@
 import { hashLocalFile, stageFile } from "../lib/staging/stage_file.ts";
 import { planBundle } from "../lib/bundle/plan.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
+import { isNoSpace } from "../lib/util/fs_errors.ts";
+import { errorMessage, log } from "../lib/util/log.ts";
 import { paceHeap } from "../lib/util/memory.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
@@ -25,7 +27,15 @@ async function writeBundle(job: BundleJob, signal: AbortSignal): Promise<Written
     await Deno.writeTextFile(`${job.dest}.etag`, bundle.etag);
     return { size: bundle.size, etag: bundle.etag };
   } catch (e) {
-    await Deno.remove(part).catch(() => {});
+    await Deno.remove(part).catch((removeError) => {
+      // NotFound: the open itself failed, there is nothing to remove. Any other leftover is
+      // truncated by the next write of this bundle, or removed with the cart's folder.
+      if (removeError instanceof Deno.errors.NotFound) return;
+      log.warn("could not remove a partial bundle", {
+        path: part,
+        error: errorMessage(removeError),
+      });
+    });
     throw e;
   }
 }
@@ -33,7 +43,7 @@ async function writeBundle(job: BundleJob, signal: AbortSignal): Promise<Written
 function describe(error: unknown): { name: string; message: string; code?: string } {
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;
-    const nospace = /ENOSPC|No space left/i.test(error.message);
+    const nospace = isNoSpace(error);
     return {
       name: error.name,
       message: error.message,

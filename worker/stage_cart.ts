@@ -1,0 +1,358 @@
+/**
+ * The staging stage: brings every file of a cart from the archive onto the cart volume.
+ *
+ * ```
+ * HEAD each file (its size) → reserve the room → fetch it in a thread (threads/pool.ts)
+ * ```
+ *
+ * A cart's first attempt does this a batch at a time: the first batches fetch while the
+ * archive is asked for the sizes of the rest, and no file is fetched before its bytes are
+ * reserved. A resumed cart (a worker died, or its claim was lost) asks for the sizes still
+ * unknown, reserves the whole cart, and fetches what is not staged, adopting the files it finds
+ * whole on disk. Files are read from the store a page at a time, so a cart of any size is
+ * worked through with one page in memory.
+ *
+ * @module
+ */
+import type { ArchiveStatus } from "../lib/archive/client.ts";
+import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
+import { StagedFiles } from "../lib/bundle/staged_files.ts";
+import { headFile, StageError } from "../lib/staging/stage_file.ts";
+import type { CartFile, StagedFacts } from "../lib/store/store.ts";
+import { Batcher } from "../lib/util/batcher.ts";
+import { Channel } from "../lib/util/channel.ts";
+import { forEachLimited } from "../lib/util/limit.ts";
+import { errorMessage, log } from "../lib/util/log.ts";
+import { TaskError } from "../threads/pool.ts";
+import type { CartRun } from "./context.ts";
+import { CartFailure } from "./errors.ts";
+
+/**
+ * A cart's first staging reserves room, and lets the files fetch, a batch at a time: the
+ * first batch of this many files, so that the first fetches start within milliseconds…
+ */
+const FIRST_BATCH_FILES = 256;
+/**
+ * …then batches of a quarter of the files released so far, up to this many: each reservation
+ * sums the cart's staged bytes (a pass over its rows), so their number must grow more slowly
+ * than the cart (a 40,000-file cart makes 15 of them; with batches of 256 it made 156, and they
+ * took 3 s of the main thread).
+ */
+const MOST_BATCH_FILES = 4096;
+/** A batch is also released once its files hold this many bytes. */
+const RESERVE_EVERY_BYTES = 64 * 1024 * 1024;
+
+/** A size the archive told, as the store records it. */
+type SizeRecord = { idx: number; size: number; mtime: number };
+
+/** What the archive told of each file (by index), kept until the file is fetched. */
+type Statuses = Map<number, ArchiveStatus>;
+
+/** What fetching a cart's files did. */
+export interface FetchCounts {
+  /** Files brought from the archive. */
+  fetched: number;
+  /** Files found whole on disk and recorded without a fetch. */
+  adopted: number;
+  /** Files found on disk that did not match, and were fetched again. */
+  again: number;
+}
+
+/** How messages name a file: `fileids[3] (id 1234)`. */
+export function fileLabel(file: Pick<CartFile, "idx" | "archiveId">): string {
+  return `fileids[${file.idx}] (id ${file.archiveId})`;
+}
+
+/** The size of the file at `path`, or -1 when there is none. */
+export function sizeOnDisk(path: string): Promise<number> {
+  return Deno.stat(path).then((s) => s.size, () => -1);
+}
+
+/**
+ * Stages every file of `run.cart` not recorded as staged: asks the archive for the sizes not
+ * known from an earlier attempt, reserves the space and fetches. Throws what stopped it: a
+ * {@linkcode CartFailure}, a thread's `TaskError`, `NoSpaceError`, or the signal's reason.
+ */
+export async function stageCart(run: CartRun): Promise<void> {
+  const { cart } = run;
+  await run.deps.volume.prepare(cart.id);
+  // What the archive told of each file, until the file is fetched (which then needs no HEAD
+  // of its own): a few dozen bytes a file.
+  const statuses: Statuses = new Map();
+  const done = cart.attempts > 1
+    ? await stageResumed(run, statuses)
+    : await stageFresh(run, statuses);
+  if (done.adopted || done.again) {
+    log.info("staged files found on disk", {
+      uid: cart.uid,
+      cart: cart.id,
+      files: done.adopted,
+      again: done.again || undefined,
+    });
+  }
+}
+
+/**
+ * A cart's first attempt: the files' sizes are asked for and their room reserved a batch
+ * at a time ({@linkcode FIRST_BATCH_FILES} files at first, growing with the cart, or
+ * {@linkcode RESERVE_EVERY_BYTES}), and each batch is fetched as soon as its room is
+ * reserved, while the archive is asked for the sizes of the rest. A cart that does not fit
+ * fails at the first batch that does not, and what it fetched goes with the cart.
+ */
+async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts> {
+  const { cart, signal, deps: { store, space, config } } = run;
+  const sizes = sizeRecorder(run);
+  const reserved = new Channel<CartFile>();
+  // Asking and fetching stop together: when either fails, or the cart's work is stopped.
+  const both = new AbortController();
+  const stop = () => both.abort(signal.reason);
+  signal.addEventListener("abort", stop, { once: true });
+  if (signal.aborted) stop();
+  let batch: CartFile[] = [];
+  let batchBytes = 0;
+  let releasedBytes = 0;
+  let releasedFiles = 0;
+  // Reservations are made one after another, each for all the bytes released so far.
+  let reserving = Promise.resolve();
+  const release = (): Promise<void> => {
+    const files = batch;
+    const upTo = releasedBytes + batchBytes;
+    batch = [];
+    batchBytes = 0;
+    releasedBytes = upTo;
+    releasedFiles += files.length;
+    reserving = reserving.then(async () => {
+      if (files.length === 0) return;
+      // Asking runs ahead of fetching by a batch at most, so what is held for the files in
+      // between stays small.
+      await reserved.room(FIRST_BATCH_FILES, both.signal);
+      await space.reserve(cart, upTo);
+      for (const file of files) reserved.push(file);
+    });
+    return reserving;
+  };
+  const asking = (async () => {
+    try {
+      await forEachLimited(
+        store.eachFile(cart.id, "unsized"),
+        config.limits.filesPerCart,
+        async (file, inner) => {
+          const status = await askSize(run, file, statuses, sizes, inner);
+          batch.push({ ...file, size: status.size, mtime: status.mtime });
+          batchBytes += status.size;
+          const most = Math.min(MOST_BATCH_FILES, Math.max(FIRST_BATCH_FILES, releasedFiles >> 2));
+          if (batch.length >= most || batchBytes >= RESERVE_EVERY_BYTES) await release();
+        },
+        both.signal,
+      );
+      await sizes.flush();
+      await release();
+      await reserveCart(run, releasedBytes);
+      reserved.close();
+    } catch (error) {
+      await flushAfterFailure(run, sizes, "sizes");
+      reserved.fail(error);
+      both.abort(error);
+      throw error;
+    }
+  })();
+  const fetching = fetchFiles({ ...run, signal: both.signal }, reserved, statuses).catch(
+    (error) => {
+      both.abort(error);
+      throw error;
+    },
+  );
+  try {
+    // The first failure is the cart's: the other side was stopped because of it.
+    const [asked, fetched] = await Promise.allSettled([asking, fetching]);
+    if (asked.status === "rejected") throw asked.reason;
+    if (fetched.status === "rejected") throw fetched.reason;
+    return fetched.value;
+  } finally {
+    signal.removeEventListener("abort", stop);
+  }
+}
+
+/**
+ * A cart tried before: the sizes still unknown are asked for, the whole cart's room is
+ * reserved, then every file not yet staged is fetched or, when it is found whole on disk,
+ * adopted.
+ */
+async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCounts> {
+  const { cart, signal, deps: { store, config } } = run;
+  const sizes = sizeRecorder(run);
+  try {
+    await forEachLimited(
+      store.eachFile(cart.id, "unsized"),
+      config.limits.filesPerCart,
+      async (file, inner) => void await askSize(run, file, statuses, sizes, inner),
+      signal,
+    );
+  } catch (error) {
+    await flushAfterFailure(run, sizes, "sizes");
+    throw error;
+  }
+  await sizes.flush();
+  await reserveCart(run, 0);
+  return await fetchFiles(run, store.eachFile(cart.id, "unstaged"), statuses);
+}
+
+/** Records the sizes the archive tells, in batches. */
+function sizeRecorder({ cart, deps: { store } }: CartRun): Batcher<SizeRecord> {
+  return new Batcher((items) => store.setFileSizes(cart.id, items), 256, 200);
+}
+
+/**
+ * Writes what a batcher still holds after the stage failed; the stage's own error is the one
+ * that counts, so a failure here is logged, not thrown. What is lost is found again on the
+ * next attempt (sizes are asked for again, staged files are adopted from disk).
+ */
+async function flushAfterFailure<T>(
+  { cart }: CartRun,
+  batcher: Batcher<T>,
+  what: "sizes" | "staged files",
+): Promise<void> {
+  try {
+    await batcher.flush();
+  } catch (e) {
+    log.warn(`could not record the last ${what} of a failed stage; the next attempt redoes them`, {
+      uid: cart.uid,
+      cart: cart.id,
+      error: errorMessage(e),
+    });
+  }
+}
+
+/**
+ * Asks the archive for a file's size, by the rule that staging follows too
+ * ({@linkcode headFile}: 5xx answers are asked again for `CARTD_MISSING_AFTER`); keeps the
+ * answer for the fetch and records the size.
+ */
+async function askSize(
+  run: CartRun,
+  file: CartFile,
+  statuses: Statuses,
+  sizes: Batcher<SizeRecord>,
+  signal: AbortSignal,
+): Promise<ArchiveStatus> {
+  const { archive, config } = run.deps;
+  const label = fileLabel(file);
+  let status: ArchiveStatus;
+  try {
+    status = await headFile(archive, { archiveId: file.archiveId, label }, config.staging, signal);
+  } catch (error) {
+    signal.throwIfAborted();
+    if (error instanceof StageError) throw new CartFailure(error.message);
+    throw error;
+  }
+  if (status.media === "error") {
+    throw new CartFailure(
+      `${label}: the archive reports the file's media as "error"` +
+        (status.message ? `: ${status.message}` : ""),
+    );
+  }
+  statuses.set(file.idx, status);
+  await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
+  return status;
+}
+
+/**
+ * Once every size is recorded: the cart's total, and its whole reservation (its files, and
+ * its tar when it is a `"bundle": true` cart) when that is more than `reservedBytes`.
+ */
+async function reserveCart(run: CartRun, reservedBytes: number): Promise<void> {
+  const { cart, deps: { store, space } } = run;
+  const total = await store.totalSize(cart.id);
+  await store.setTotalBytes(cart.id, total);
+  const tar = cart.bundle ? await tarSize(run) : 0;
+  if (total + tar !== reservedBytes) await space.reserve(cart, total + tar);
+  log.info("staging", { uid: cart.uid, cart: cart.id, files: cart.fileCount, bytes: total });
+}
+
+/** The size of a `"bundle": true` cart's tar, planned from the sizes the archive told. */
+async function tarSize({ cart, deps: { store, volume } }: CartRun): Promise<number> {
+  const files = await StagedFiles.load(store, cart, volume, true);
+  return planCartBundle(cart, files, { format: "tar" }).size;
+}
+
+/**
+ * Stages `files`, `CARTD_FILES_PER_CART` at a time, and records them as staged (in batches;
+ * a crash loses at most the last moments' records, and those files are found on disk on
+ * resume). After a first attempt a file may already sit on disk with its size but without a
+ * record (a crash came between the rename and the batched record): it was checked before the
+ * rename, so hashing it is enough (it is fetched after all when a requested hash does not
+ * match). The first file that fails is marked `error` in the store. Used by the bundling
+ * stage too, for files that went missing.
+ */
+export async function fetchFiles(
+  run: CartRun,
+  files: Iterable<CartFile> | AsyncIterable<CartFile>,
+  statuses: Statuses,
+): Promise<FetchCounts> {
+  const { cart, signal, deps: { store, volume, config, pool } } = run;
+  const counts = { fetched: 0, adopted: 0, again: 0 };
+  const staged = new Batcher<{ idx: number; facts: StagedFacts }>(
+    (items) => store.filesStaged(cart.id, items),
+    256,
+    200,
+  );
+  const lookOnDisk = cart.attempts > 1;
+  try {
+    await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
+      const dest = volume.filePath(cart.id, file.idx);
+      if (lookOnDisk && file.size !== null && (await sizeOnDisk(dest)) === file.size) {
+        const hashes = await pool.hash(dest, file.hashtype ?? undefined, inner);
+        if (file.hashsum === null || hashes.wanted === file.hashsum) {
+          const { size, sha256, crc32 } = hashes;
+          await staged.add({
+            idx: file.idx,
+            facts: { size, mtime: file.mtime ?? 0, sha256, crc32 },
+          });
+          counts.adopted++;
+          return;
+        }
+        // The fetch below replaces the file whole (it writes a part file and renames it), so
+        // a file that cannot be removed here does no harm.
+        await Deno.remove(dest).catch((e) =>
+          log.debug("could not remove a staged file that did not match", {
+            cart: cart.id,
+            file: fileLabel(file),
+            error: errorMessage(e),
+          })
+        );
+        counts.again++;
+      }
+      const status = statuses.get(file.idx);
+      statuses.delete(file.idx);
+      let facts: StagedFacts;
+      try {
+        facts = await pool.stage(
+          {
+            archiveUrl: config.archiveUrl,
+            archiveId: file.archiveId,
+            dest,
+            hashtype: file.hashtype ?? undefined,
+            hashsum: file.hashsum ?? undefined,
+            label: fileLabel(file),
+            status,
+          },
+          config.staging,
+          inner,
+        );
+      } catch (error) {
+        // The file that failed first is marked (those stopped because of it are not).
+        if (error instanceof TaskError && error.code !== "nospace" && !inner.aborted) {
+          await store.fileStatus(cart.id, file.idx, "error", error.message);
+        }
+        throw error;
+      }
+      await staged.add({ idx: file.idx, facts });
+      counts.fetched++;
+    }, signal);
+  } catch (error) {
+    await flushAfterFailure(run, staged, "staged files");
+    throw error;
+  }
+  await staged.flush();
+  return counts;
+}
