@@ -12,19 +12,38 @@
  * It is also fast enough for benchmarks: big files are served in large chunks from a repeated
  * pattern (no copy per chunk) or straight from a file on disk.
  *
+ * Tape: behind the fake sits a {@linkcode TapeLibrary} (tests/support/tape_library.ts), exposed
+ * as `archive.library`. A file put with `tape: { tape, position }` (or placed by the library's
+ * own `placement`) reports what the library says on HEAD (`tape` until a drive has read it);
+ * a successful stage POST joins the library's recall queue (HEAD never does). A GET of a file
+ * still on tape answers 500 (`getOnTape: "error"`, the default) or recalls it and waits
+ * (`getOnTape: "recall"`). `archive.evict(id)` pushes a file back to tape. The older per-file
+ * `tapeMs` delay still works beside it, for tests that need only a delay.
+ *
  * @example
  * ```ts
  * import { startFakeArchive } from "./fake_archive.ts";
- * await using archive = startFakeArchive();
- * archive.put("1234", new TextEncoder().encode("hello"), { tapeMs: 200 });
+ * await using archive = startFakeArchive({ tapeLibrary: { drives: 1, mountMs: 500, readMs: 10 } });
+ * archive.put("1234", new TextEncoder().encode("hello"), { tape: { tape: "T1", position: 0 } });
+ * archive.put("old", "hello", { tapeMs: 200 }); // a plain delay after the first POST
  * archive.put("big", { size: 64 << 20 });
  * const res = await fetch(archive.url + "1234", { method: "HEAD" }); // media: tape
  * archive.counts("1234"); // { head: 1, post: 0, get: 0 }
+ * await fetch(archive.url + "1234", { method: "POST" }); // queued; on disk 510 ms later
+ * archive.libraryStats().mounts; // 1
  * ```
  * @module
  */
 
 import { createHash } from "node:crypto";
+import {
+  TapeLibrary,
+  type TapeLibraryOptions,
+  type TapeSlot,
+  type TapeStats,
+} from "./tape_library.ts";
+
+export type { TapeLibraryOptions, TapeSlot, TapeStats };
 
 /**
  * The bytes of a fake file: literal bytes, a UTF-8 string, `size` bytes of a repeated
@@ -40,8 +59,15 @@ export type FakeContent = Uint8Array | string | { size: number; pattern?: Uint8A
  */
 export interface FakeFileOptions {
   /**
-   * The file is on tape: HEAD says `tape` until this many ms after the first stage POST
-   * (`Infinity`: forever). Before any POST it stays on tape. A GET meanwhile answers 500.
+   * The file is on this tape of the fake's {@linkcode TapeLibrary}, at this position: HEAD
+   * says `tape` until a stage POST has queued it and a drive has read it. Not with `tapeMs`.
+   */
+  tape?: TapeSlot;
+  /**
+   * The file is on tape, outside the library: HEAD says `tape` until this many ms after the
+   * first stage POST (`Infinity`: forever). Before any POST it stays on tape. A GET meanwhile
+   * answers 500 (or, with `getOnTape: "recall"`, counts as that POST and waits). Not with
+   * `tape`.
    */
   tapeMs?: number;
   /** HEAD reports media `error` (GET answers 500); `message` tells why. */
@@ -105,12 +131,28 @@ export interface FakeArchive extends AsyncDisposable {
   readonly url: string;
   /** The port it listens on (127.0.0.1). */
   readonly port: number;
-  /** Adds or replaces a file (resets its tape state, not its counts). */
+  /**
+   * Adds or replaces a file (resets its tape state, not its counts). With `tape` it is placed
+   * in the library (on tape); without, a file the fake had placed is taken off tape, and one
+   * the library's own `placement` put on tape stays there. Throws given both `tape` and
+   * `tapeMs`.
+   */
   put(id: string, content: FakeContent, options?: FakeFileOptions): void;
   /** Removes a file: from now on it answers 500 like a missing one. */
   remove(id: string): void;
+  /** The tape library behind the fake (one of default settings unless given). */
+  readonly library: TapeLibrary;
+  /**
+   * Pushes a file on disk back to tape (the library's, or a `tapeMs` file's, which then
+   * needs a new POST and its delay again); false when it was not on disk or not a tape file.
+   */
+  evict(id: string): boolean;
+  /** The library's counters now (mounts, files read, stage requests, …). */
+  libraryStats(): TapeStats;
   /** Requests of `id` so far (also counts requests for missing ids). */
   counts(id: string): FakeCounts;
+  /** Requests of every id so far (cheap: kept as running totals). */
+  totals(): FakeCounts;
   /** Every request of `id` so far, in order. */
   log(id: string): FakeRequest[];
   /** Forgets the counts and logs of every id. */
@@ -255,6 +297,18 @@ export interface FakeArchiveOptions {
    * the real Pacifica Archive Interface does (HEAD and POST 404, GET 500).
    */
   pathIds?: boolean;
+  /**
+   * The tape library behind the archive: its settings (the fake makes it and closes it), or
+   * one made by the caller (the caller closes it). Default: a library of default settings,
+   * holding only the files put with `tape`.
+   */
+  tapeLibrary?: TapeLibraryOptions | TapeLibrary;
+  /**
+   * A GET of a file on tape: `"error"` (default) answers 500 `File is on tape: <id>` and
+   * recalls nothing; `"recall"` sends the file's stage request, waits until it is on disk,
+   * then streams it (a wait cut by `close()` answers 500).
+   */
+  getOnTape?: "error" | "recall";
 }
 
 /**
@@ -262,6 +316,12 @@ export interface FakeArchiveOptions {
  * after the first "/".
  */
 export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
+  const ownLibrary = !(opts.tapeLibrary instanceof TapeLibrary);
+  const library = opts.tapeLibrary instanceof TapeLibrary
+    ? opts.tapeLibrary
+    : new TapeLibrary(opts.tapeLibrary ?? {});
+  const getOnTape = opts.getOnTape ?? "error";
+  const totals: FakeCounts = { head: 0, post: 0, get: 0 };
   const files = new Map<string, Entry>();
   const firstHead = new Map<string, number>();
   const logs = new Map<string, FakeRequest[]>();
@@ -281,13 +341,48 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
     }
     return c;
   };
-  const mediaOf = (e: Entry): "disk" | "tape" | "error" => {
+  const mediaOf = (id: string, e: Entry): "disk" | "tape" | "error" => {
     if (e.options.error) return "error";
     const tapeMs = e.options.tapeMs;
-    if (tapeMs === undefined) return "disk";
+    if (tapeMs === undefined) return library.media(id);
     if (e.stagedAt === undefined) return "tape";
     return performance.now() - e.stagedAt >= tapeMs ? "disk" : "tape";
   };
+
+  /**
+   * `getOnTape: "recall"`: stages a file on tape and waits until it is on disk; false when
+   * the fake closed first. (A client that goes away does not end the wait: `request.signal`
+   * of Deno.serve also aborts on every successful answer, and warns of it.)
+   */
+  function recall(id: string, e: Entry): Promise<boolean> {
+    const { promise, resolve } = Promise.withResolvers<boolean>();
+    let unsubscribe = () => {};
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const finish = (onDisk: boolean) => {
+      unsubscribe();
+      clearTimeout(timer);
+      live.delete(stop);
+      resolve(onDisk);
+    };
+    const stop = () => finish(false);
+    live.add(stop);
+    const tapeMs = e.options.tapeMs;
+    if (tapeMs === undefined) {
+      // Listen first: a file may reach disk within stage() itself (a zero delay).
+      unsubscribe = library.onDisk((event) => {
+        if (event.id === id) finish(true);
+      });
+      library.stage(id);
+      if (library.media(id) === "disk") finish(true);
+    } else {
+      const now = performance.now();
+      e.stagedAt ??= now;
+      const left = e.stagedAt + tapeMs - now;
+      if (left <= 0) finish(true);
+      else if (Number.isFinite(left)) timer = setTimeout(() => finish(true), left);
+    }
+    return promise;
+  }
 
   function body(e: Entry, nth: number): BodyInit | null {
     const o = e.options;
@@ -383,6 +478,9 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
       return json(500, "Invalid id encoding");
     }
     const method = req.method;
+    if (method === "HEAD") totals.head++;
+    else if (method === "POST") totals.post++;
+    else if (method === "GET") totals.get++;
     logOf(id).push({
       method,
       at: performance.now(),
@@ -407,7 +505,7 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
       if (o.failHeadsMs !== undefined && now - firstHead.get(id)! < o.failHeadsMs) {
         return headError(500);
       }
-      const media = mediaOf(e);
+      const media = mediaOf(id, e);
       const headers: Record<string, string> = {
         "X-Pacifica-Messsage": o.message ??
           (media === "disk"
@@ -432,8 +530,11 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
       await req.body?.cancel();
       if (o.postDelayMs) await delay(o.postDelayMs);
       if (!e) return json(500, `File not found: ${id}`);
-      e.stagedAt ??= performance.now();
+      if (o.tapeMs !== undefined) e.stagedAt ??= performance.now();
       if (o.postStatus && o.postStatus !== 200) return json(o.postStatus, "Stage failed");
+      // Only a stage request that succeeded joins the library's recall queue (one for a file
+      // on disk or in error is a no-op the library counts).
+      if (o.tapeMs === undefined && !o.error) library.stage(id);
       return new Response(JSON.stringify({ message: "File was staged", file: `/archive/${id}` }), {
         status: 200,
         headers: { "Content-Type": "application/json" },
@@ -443,8 +544,11 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
       const nth = countsOf(id).get;
       if (o.getDelayMs) await delay(o.getDelayMs);
       if (!e) return json(500, `File not found: ${id}`);
-      const media = mediaOf(e);
-      if (media !== "disk") return json(500, `File is on ${media}: ${id}`);
+      const media = mediaOf(id, e);
+      if (media === "tape" && getOnTape === "recall") {
+        if (!(await recall(id, e))) return json(500, `Recall cut short: ${id}`);
+        if (files.get(id) !== e) return json(500, `File not found: ${id}`); // replaced meanwhile
+      } else if (media !== "disk") return json(500, `File is on ${media}: ${id}`);
       if (within(nth, o.failGets)) return json(500, "Simulated archive failure");
       return new Response(body(e, nth), {
         status: 200,
@@ -471,16 +575,36 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
     url: base,
     port,
     put(id, content, options = {}) {
-      files.set(id, { source: makeSource(content, options.chunkSize ?? DEFAULT_CHUNK), options });
+      if (options.tape && options.tapeMs !== undefined) {
+        throw new TypeError(`fake archive: ${JSON.stringify(id)} has both tape and tapeMs`);
+      }
+      const source = makeSource(content, options.chunkSize ?? DEFAULT_CHUNK);
+      const old = files.get(id);
+      files.set(id, { source, options });
+      if (options.tape) library.place(id, options.tape);
+      else if (old?.options.tape) library.place(id, undefined);
     },
     remove(id) {
+      if (files.get(id)?.options.tape) library.place(id, undefined);
       files.delete(id);
     },
+    library,
+    evict(id) {
+      const e = files.get(id);
+      if (!e || e.options.error) return false;
+      if (e.options.tapeMs === undefined) return library.evict(id);
+      if (mediaOf(id, e) !== "disk") return false;
+      e.stagedAt = undefined;
+      return true;
+    },
+    libraryStats: () => library.stats(),
     counts: countsOf,
+    totals: () => ({ ...totals }),
     log: (id) => [...(logs.get(id) ?? [])],
     resetCounts: () => {
       logs.clear();
       firstHead.clear();
+      totals.head = totals.post = totals.get = 0;
     },
     async digest(id, hashtype) {
       const src = entry(id).source;
@@ -508,6 +632,7 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
       closed ??= (async () => {
         for (const stop of [...live]) stop();
         await server.shutdown();
+        if (ownLibrary) library.close();
       })();
       return closed;
     },
