@@ -15,31 +15,14 @@ import type { Cart } from "../store/store.ts";
 import { Volume } from "../volume/volume.ts";
 import { startFakeArchive } from "../../tests/support/fake_archive.ts";
 import { listFiles, postCart, startCartd, waitFor } from "../../tests/support/harness.ts";
+import { run } from "../../tests/support/run.ts";
 
 const MTIME = 1700000000; // 2023-11-14
 const decoder = new TextDecoder();
 
-interface Tool {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a command; `code` is -1 when the tool is not installed. */
-async function run(cmd: string, args: string[], cwd?: string): Promise<Tool> {
-  try {
-    const r = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" })
-      .output();
-    return { code: r.code, stdout: decoder.decode(r.stdout), stderr: decoder.decode(r.stderr) };
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return { code: -1, stdout: "", stderr: "" };
-    throw error;
-  }
-}
-
 /** Runs a tool that must succeed with an empty stderr; false when it is not installed. */
 async function clean(cmd: string, args: string[], cwd?: string): Promise<string | null> {
-  const r = await run(cmd, args, cwd);
+  const r = await run(cmd, args, { cwd, ifMissing: "code" });
   if (r.code === -1) {
     console.warn(`skipping ${cmd} check: ${cmd} is not installed`);
     return null;
@@ -218,7 +201,7 @@ Deno.test("bundle: zip read by Python zipfile, unzip and bsdtar", async () => {
       assert.ok(names.includes(`z/${LONG_PATH}`));
       await compareTree(`${dir}/py`, files, "z/", false);
     }
-    const unzip = await run("unzip", ["-t", zipPath]);
+    const unzip = await run("unzip", ["-t", zipPath], { ifMissing: "code" });
     if (unzip.code === -1) console.warn("skipping unzip check: unzip is not installed");
     else {
       assert.equal(unzip.code, 0, unzip.stdout + unzip.stderr);
@@ -258,7 +241,10 @@ Deno.test("bundle: manifest bags validate with sha256sum -c (tar and zip)", asyn
     // A tampered file makes sha256sum -c fail: the check above can fail.
     const out = `${dir}/x-tar`;
     await Deno.writeTextFile(`${out}/bag/data/1/2/3/foo.txt`, "tampered");
-    const bad = await run("sha256sum", ["-c", "manifest-sha256.txt"], `${out}/bag`);
+    const bad = await run("sha256sum", ["-c", "manifest-sha256.txt"], {
+      cwd: `${out}/bag`,
+      ifMissing: "code",
+    });
     assert.notEqual(bad.code, 0);
   });
 });
@@ -554,7 +540,7 @@ Deno.test("bundle: zip of a 4 GiB+ file uses zip64; tools read the sparse archiv
           `b'after the big one\\n'\n`,
       );
     }
-    const unzip = await run("unzip", ["-l", zipPath]);
+    const unzip = await run("unzip", ["-l", zipPath], { ifMissing: "code" });
     if (unzip.code === -1) console.warn("skipping unzip check: unzip is not installed");
     else {
       assert.equal(unzip.code, 0, unzip.stderr);

@@ -10,6 +10,7 @@ import {
   type ZipEntry,
   zipLocalHeaderLength,
 } from "./zip.ts";
+import { run } from "../../tests/support/run.ts";
 
 const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength);
 const MTIME = Date.UTC(2024, 0, 2, 3, 4, 6) / 1000;
@@ -18,15 +19,10 @@ function entry(name: string, size = 3, extra: Partial<ZipEntry> = {}): ZipEntry 
   return { name, type: "file", size, crc32: 0x12345678, mtime: MTIME, ...extra };
 }
 
+/** Runs a tool; `out` is its stdout then its stderr, `code` -1 when it is not installed. */
 async function tool(cmd: string, args: string[]): Promise<{ code: number; out: string }> {
-  try {
-    const r = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-    const dec = new TextDecoder();
-    return { code: r.code, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return { code: -1, out: `${cmd} not installed` };
-    throw error;
-  }
+  const r = await run(cmd, args, { ifMissing: "code" });
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 Deno.test("zip: DOS date and time in UTC, clamped to the DOS range", () => {

@@ -20,6 +20,7 @@ import {
   waitingMessages,
 } from "../../tests/support/services.ts";
 import { startProxy, type TcpProxy } from "../../tests/support/tcp_proxy.ts";
+import { eventually } from "../../tests/support/eventually.ts";
 
 /** Fast reconnection for tests (production: 1 s → 30 s). */
 const FAST: AmqpQueueOptions = { reconnectInitialMs: 50, reconnectMaxMs: 400 };
@@ -34,16 +35,6 @@ function viaProxy(proxy: TcpProxy): string {
 
 function uniqueQueue(): string {
   return `cartd.test.${crypto.randomUUID()}`;
-}
-
-/** Polls `check` until it holds, or fails after `ms`. */
-async function eventually(check: () => boolean | Promise<boolean>, ms: number, what: string) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
 }
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -123,7 +114,7 @@ function queueContract(name: string, makePair: () => Promise<Pair>, services: Se
     await consumer.consume(rec.handler, 4);
     const ids = Array.from({ length: 25 }, (_, i) => `cart-${i}`);
     for (const id of ids) await producer.publish(id);
-    await eventually(() => rec.seen.length >= ids.length, 10_000, "all deliveries");
+    await eventually("all deliveries", () => rec.seen.length >= ids.length, 10_000);
     assert.deepEqual([...rec.seen].sort(), [...ids].sort());
   });
 
@@ -133,7 +124,7 @@ function queueContract(name: string, makePair: () => Promise<Pair>, services: Se
     await consumer.consume(rec.handler, 3);
     const ids = Array.from({ length: 9 }, (_, i) => `p-${i}`);
     await Promise.all(ids.map((id) => producer.publish(id)));
-    await eventually(() => rec.running === 3, 10_000, "three handlers running");
+    await eventually("three handlers running", () => rec.running === 3, 10_000);
     await pause(100); // a fourth would arrive within this time if prefetch were not respected
     assert.equal(rec.running, 3);
     assert.equal(rec.seen.length, 3);
@@ -144,9 +135,9 @@ function queueContract(name: string, makePair: () => Promise<Pair>, services: Se
       releasedIds.add(waitingFor);
       rec.release(waitingFor);
       await eventually(
+        `delivery ${3 + done}`,
         () => rec.seen.length === Math.min(ids.length, 3 + done),
         10_000,
-        `delivery ${3 + done}`,
       );
       assert.ok(rec.maxRunning <= 3, `at most 3 at once, saw ${rec.maxRunning}`);
     }
@@ -160,11 +151,11 @@ function queueContract(name: string, makePair: () => Promise<Pair>, services: Se
     await consumer.consume(rec.handler, 1);
     await producer.publish("first");
     await producer.publish("second");
-    await eventually(() => rec.seen.includes("first"), 10_000, "first delivery");
+    await eventually("first delivery", () => rec.seen.includes("first"), 10_000);
     await pause(100);
     assert.deepEqual(rec.seen, ["first"], "nothing more while the only slot is busy");
     rec.release("first");
-    await eventually(() => rec.seen.includes("second"), 10_000, "second delivery");
+    await eventually("second delivery", () => rec.seen.includes("second"), 10_000);
     assert.deepEqual(rec.seen, ["first", "second"]);
   });
 
@@ -176,7 +167,7 @@ function queueContract(name: string, makePair: () => Promise<Pair>, services: Se
     await producer.publish("good-1");
     await producer.publish("good-2");
     // With prefetch 1, an unacknowledged "bad" would block everything after it.
-    await eventually(() => rec.seen.includes("good-2"), 10_000, "deliveries after a failure");
+    await eventually("deliveries after a failure", () => rec.seen.includes("good-2"), 10_000);
     assert.equal(rec.count("bad"), 1, "not delivered again");
     assert.deepEqual(rec.seen, ["bad", "good-1", "good-2"]);
   });
@@ -185,7 +176,7 @@ function queueContract(name: string, makePair: () => Promise<Pair>, services: Se
     const rec = new Recorder();
     await consumer.consume(rec.handler, 2);
     await producer.publish("before");
-    await eventually(() => rec.seen.includes("before"), 10_000, "delivery");
+    await eventually("delivery", () => rec.seen.includes("before"), 10_000);
     await consumer.close();
     if (producer !== consumer) {
       await producer.publish("after");
@@ -224,7 +215,7 @@ Deno.test("MemoryQueue: a cart waiting twice is queued once", async () => {
   assert.equal(queue.length, 2);
   const rec = new Recorder();
   await queue.consume(rec.handler, 1);
-  await eventually(() => rec.seen.length === 2, 1000, "deliveries");
+  await eventually("deliveries", () => rec.seen.length === 2, 1000);
   assert.deepEqual(rec.seen, ["a", "b"]);
   await queue.close();
 });
@@ -262,7 +253,7 @@ amqpTest(
     const producer = await AmqpQueue.connect(AMQP_URL, { queueName, ...FAST });
     queues.push(producer);
     await producer.publish("job");
-    await eventually(() => a.seen.includes("job"), 10_000, "first consumer gets the job");
+    await eventually("first consumer gets the job", () => a.seen.includes("job"), 10_000);
 
     const second = await AmqpQueue.connect(AMQP_URL, { queueName, ...FAST });
     queues.push(second);
@@ -272,12 +263,12 @@ amqpTest(
     assert.deepEqual(b.seen, [], "the job is held (unacknowledged) by the first consumer");
 
     await proxy.cut(); // the first consumer's connection dies before its handler settles
-    await eventually(() => b.seen.includes("job"), 10_000, "redelivery to the second consumer");
+    await eventually("redelivery to the second consumer", () => b.seen.includes("job"), 10_000);
     a.release("job"); // its late ack goes nowhere, and nothing breaks
     await proxy.restore();
-    await eventually(() => (first as AmqpQueue).connected, 10_000, "first reconnects");
+    await eventually("first reconnects", () => (first as AmqpQueue).connected, 10_000);
     await producer.publish("next");
-    await eventually(() => a.seen.includes("next") || b.seen.includes("next"), 10_000, "next");
+    await eventually("next", () => a.seen.includes("next") || b.seen.includes("next"), 10_000);
     assert.equal(b.count("job"), 1);
   },
 );
@@ -293,10 +284,10 @@ amqpTest(
     queues.push(producer);
 
     await producer.publish("before");
-    await eventually(() => rec.seen.includes("before"), 10_000, "delivery before the cut");
+    await eventually("delivery before the cut", () => rec.seen.includes("before"), 10_000);
 
     await proxy.cut();
-    await eventually(() => !consumer.connected, 10_000, "the consumer notices the cut");
+    await eventually("the consumer notices the cut", () => !consumer.connected, 10_000);
     const during = Array.from({ length: 10 }, (_, i) => `during-${i}`);
     for (const id of during) await producer.publish(id);
     // 11 when the ack of "before" was still on its way as the connection died: the broker
@@ -307,12 +298,12 @@ amqpTest(
 
     await proxy.restore();
     await eventually(
+      "all messages after reconnection",
       () => during.every((id) => rec.seen.includes(id)),
       15_000,
-      "all messages after reconnection",
     );
     assert.equal(rec.seen.filter((id) => id.startsWith("during-")).length, 10);
-    await eventually(async () => (await waitingMessages(queueName)) === 0, 5_000, "queue drained");
+    await eventually("queue drained", async () => (await waitingMessages(queueName)) === 0, 5_000);
   },
 );
 
@@ -324,7 +315,7 @@ amqpTest(
     const rec = new Recorder();
     await queue.consume(rec.handler, 4);
     for (let i = 0; i < 5; i++) await queue.publish(`a-${i}`);
-    await eventually(() => rec.seen.length === 5, 10_000, "first batch");
+    await eventually("first batch", () => rec.seen.length === 5, 10_000);
 
     await proxy.cut();
     // Publishing during the outage waits for the broker instead of dropping the message.
@@ -339,7 +330,7 @@ amqpTest(
     await proxy.restore();
     await Promise.all(pending);
     for (let i = 5; i < 8; i++) await queue.publish(`b-${i}`);
-    await eventually(() => rec.seen.length >= 13, 15_000, "every message after recovery");
+    await eventually("every message after recovery", () => rec.seen.length >= 13, 15_000);
     const expected = [
       ...Array.from({ length: 5 }, (_, i) => `a-${i}`),
       ...Array.from({ length: 8 }, (_, i) => `b-${i}`),
@@ -361,7 +352,7 @@ amqpTest(
     });
     queues.push(queue);
     await proxy.cut();
-    await eventually(() => !queue.connected, 10_000, "the cut is noticed");
+    await eventually("the cut is noticed", () => !queue.connected, 10_000);
     const started = Date.now();
     await assert.rejects(
       queue.publish("lost?"),
@@ -394,7 +385,7 @@ amqpTest("close() stops reconnecting", async (queueName, proxy) => {
   const queue = await AmqpQueue.connect(viaProxy(proxy), { queueName, ...FAST });
   await queue.consume(() => Promise.resolve(), 1);
   await proxy.cut();
-  await eventually(() => !queue.connected, 10_000, "the cut is noticed");
+  await eventually("the cut is noticed", () => !queue.connected, 10_000);
   await queue.close();
   await proxy.restore();
   const accepted = proxy.accepted;

@@ -26,6 +26,7 @@ import {
   testMysqlConfig,
 } from "../../tests/support/services.ts";
 import { startProxy } from "../../tests/support/tcp_proxy.ts";
+import { eventually } from "../../tests/support/eventually.ts";
 
 const mysqlConfig = testMysqlConfig;
 
@@ -704,16 +705,6 @@ storeContract("MariaDB", mysqlFactory, ["mysql"]);
 // ---------------------------------------------------------------------------------------------
 // The MariaDB driver itself.
 
-/** Polls `check` until it returns true or `ms` pass. */
-async function eventually(check: () => Promise<boolean>, ms: number, what: string) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
-}
-
 /** Collects what lib/util/log.ts writes while `work` runs. */
 async function captureLog<T>(work: () => Promise<T>): Promise<{ result: T; lines: string[] }> {
   const lines: string[] = [];
@@ -840,7 +831,11 @@ test.mysql("MariaDB driver: 503 while the server is away, recovers by itself whe
     assert.match(error.message, new RegExp(`127\\.0\\.0\\.1:${proxy.port}`));
 
     await proxy.restore();
-    await eventually(async () => (await db.all("SELECT 1 AS one")).length === 1, 10_000, "db");
+    await eventually(
+      "db",
+      () => db.all("SELECT 1 AS one").then((r) => r.length === 1, () => false),
+      10_000,
+    );
     const ids = (await db.all("SELECT id FROM t ORDER BY id")).map((r) => r.id);
     assert.deepEqual(ids, [1], "the cut transaction was rolled back");
     await db.transaction(async (tx) => {

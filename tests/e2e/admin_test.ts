@@ -7,14 +7,14 @@ import { startFakeArchive } from "../support/fake_archive.ts";
 import {
   cartStatus,
   ENTRY,
-  eventually,
   FAST_ENV,
   permissions,
   postCart,
-  run,
   startCartd,
   waitFor,
 } from "../support/harness.ts";
+import { eventually } from "../support/eventually.ts";
+import { run } from "../support/run.ts";
 import type { Dump } from "../../app/admin.ts";
 
 const KiB = 1024;
@@ -25,16 +25,10 @@ async function admin(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...permissions(volume), ENTRY, "admin", ...args],
+  return await run(Deno.execPath(), ["run", ...permissions(volume), ENTRY, "admin", ...args], {
     env: { ...FAST_ENV, VOLUME_PATH: volume, NO_COLOR: "1", ...env },
     clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+  });
 }
 
 /** Names inside a tar, via GNU tar. */

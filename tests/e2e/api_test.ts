@@ -9,13 +9,13 @@ import { FAKE_MTIME, startFakeArchive } from "../support/fake_archive.ts";
 import {
   type Cartd,
   cartStatus,
-  eventually,
   listFiles,
   postCart,
-  run,
   startCartd,
   waitFor,
 } from "../support/harness.ts";
+import { eventually } from "../support/eventually.ts";
+import { run } from "../support/run.ts";
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 

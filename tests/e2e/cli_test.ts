@@ -14,10 +14,10 @@ import {
   listFiles,
   postCart,
   ROOT,
-  run,
   startCartd,
   waitFor,
 } from "../support/harness.ts";
+import { run } from "../support/run.ts";
 
 const EXAMPLES = `${ROOT}examples/archive`;
 
@@ -48,17 +48,11 @@ async function cartd(
 
 /** Runs `cartd ARGS` with no permissions at all and an empty environment. */
 async function bare(args: string[]): Promise<Result> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ENTRY, ...args],
+  return await run(Deno.execPath(), ["run", "--no-prompt", ENTRY, ...args], {
     env: { NO_COLOR: "1" },
     clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
     signal: AbortSignal.timeout(30_000),
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+  });
 }
 
 /** Asserts the exit code, showing the output when it is wrong. */

@@ -21,7 +21,8 @@
  */
 import assert from "node:assert/strict";
 import { startFakeArchive } from "../support/fake_archive.ts";
-import { postCart, run, startCartd, waitFor } from "../support/harness.ts";
+import { postCart, startCartd, waitFor } from "../support/harness.ts";
+import { run } from "../support/run.ts";
 
 /** requests for the body, email for the header: prints what each way of reading gives. */
 const PYTHON = String.raw`

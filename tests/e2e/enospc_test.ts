@@ -13,22 +13,16 @@ import { join } from "node:path";
 import { DEFAULT_STAGE_SETTINGS, StageError, stageFile } from "../../lib/staging/stage_file.ts";
 import { TaskError, ThreadPool } from "../../threads/pool.ts";
 import { startFakeArchive } from "../support/fake_archive.ts";
-import {
-  cartStatus,
-  eventually,
-  listFiles,
-  postCart,
-  startCartd,
-  waitFor,
-} from "../support/harness.ts";
+import { cartStatus, listFiles, postCart, startCartd, waitFor } from "../support/harness.ts";
+import { eventually } from "../support/eventually.ts";
+import { run } from "../support/run.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 async function sh(cmd: string, ...args: string[]): Promise<{ ok: boolean; text: string }> {
-  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  const d = new TextDecoder();
-  return { ok: out.success, text: (d.decode(out.stdout) + d.decode(out.stderr)).trim() };
+  const r = await run(cmd, args);
+  return { ok: r.code === 0, text: (r.stdout + r.stderr).trim() };
 }
 
 /** Mounts a tmpfs of `size` at `dir` (created); null when the machine refuses. */

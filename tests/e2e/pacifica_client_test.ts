@@ -13,7 +13,9 @@
  */
 import assert from "node:assert/strict";
 import { startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, eventually, postCart, run, startCartd } from "../support/harness.ts";
+import { type Cartd, postCart, startCartd } from "../support/harness.ts";
+import { eventually } from "../support/eventually.ts";
+import { run } from "../support/run.ts";
 
 type Archive = ReturnType<typeof startFakeArchive>;
 

@@ -24,15 +24,15 @@ import {
   type Cartd,
   cartdCommand,
   cartStatus,
-  eventually,
   listFiles,
   postCart,
   ROOT,
-  run,
   spawnCollecting,
   startCartd,
   waitFor,
 } from "../support/harness.ts";
+import { eventually } from "../support/eventually.ts";
+import { run } from "../support/run.ts";
 import {
   AMQP_URL,
   BROKER_HOST,

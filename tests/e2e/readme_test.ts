@@ -14,6 +14,7 @@
 import assert from "node:assert/strict";
 import { SETTINGS } from "../../lib/config/config.ts";
 import { ROOT, startCartd } from "../support/harness.ts";
+import { run } from "../support/run.ts";
 
 /** One shell block of a document. */
 interface Block {
@@ -122,16 +123,10 @@ Deno.test("docs/configuration.md's table lists every setting", async () => {
 
 /** Runs `script` with bash -euo pipefail in `cwd`; fails the test after `ms`. */
 async function bash(script: string, cwd: string, ms = 60_000) {
-  const out = await new Deno.Command("bash", {
-    args: ["-euo", "pipefail", "-c", script],
+  return await run("bash", ["-euo", "pipefail", "-c", script], {
     cwd,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
     signal: AbortSignal.timeout(ms),
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+  });
 }
 
 function blockRun(name: string): Block {

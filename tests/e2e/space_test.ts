@@ -13,14 +13,8 @@ import { syncSchema } from "../../lib/store/schema.ts";
 import { type DiskInfo, NO_SPACE, NoSpaceError, Space } from "../../lib/space/space.ts";
 import { type Cart, CartStore } from "../../lib/store/store.ts";
 import { Volume } from "../../lib/volume/volume.ts";
-import {
-  cartStatus,
-  eventually,
-  listFiles,
-  postCart,
-  startCartd,
-  waitFor,
-} from "../support/harness.ts";
+import { cartStatus, listFiles, postCart, startCartd, waitFor } from "../support/harness.ts";
+import { eventually } from "../support/eventually.ts";
 import { startFakeArchive } from "../support/fake_archive.ts";
 import { MYSQL_OFF, testMysqlConfig } from "../support/services.ts";
 

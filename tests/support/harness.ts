@@ -5,6 +5,9 @@
  * `CARTD_TEST_ENTRY` picks what runs: `main.ts` (default) or the bundled single-file build
  * (`dist/cartd.js`), started with the permissions the compiled binary gets.
  *
+ * Polling and running other commands are not here but in ./eventually.ts and ./run.ts, which
+ * unit tests use without loading this harness.
+ *
  * @module
  */
 import { fileURLToPath } from "node:url";
@@ -233,48 +236,12 @@ export async function waitFor(
   }
 }
 
-/** Polls `check` until it returns true, or throws with `what` after `timeoutMs`. */
-export async function eventually(
-  what: string,
-  check: () => Promise<boolean> | boolean,
-  timeoutMs = 15_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 /** POSTs a cart document (any JSON value, or raw text) to `uid`. */
 export async function postCart(url: string, uid: string, doc: unknown): Promise<Response> {
   return await fetch(url + encodeURIComponent(uid), {
     method: "POST",
     body: typeof doc === "string" ? doc : JSON.stringify(doc),
   });
-}
-
-/** Runs a command; returns its exit code, stdout and stderr. */
-export async function run(
-  cmd: string,
-  args: string[],
-  options: { cwd?: string; stdin?: Uint8Array } = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = new Deno.Command(cmd, {
-    args,
-    cwd: options.cwd,
-    stdin: options.stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (options.stdin) {
-    const w = child.stdin.getWriter();
-    await w.write(options.stdin);
-    await w.close();
-  }
-  const out = await child.output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
 }
 
 /** Every file below `dir`, as paths relative to it. */
