@@ -15,10 +15,20 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planBundle } from "./plan.ts";
- * const bundle = planBundle(files, { top: "data_2024", format: "tar", manifest: false, mtime: readyAt });
+ * const files = [{
+ *   path: "a/b.txt", size: 6, mtime: 1700000000, source: "/srv/cartd/cart/0", // "hello\n"
+ *   sha256: "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03", crc32: 0x363a3020,
+ * }];
+ * const bundle = planBundle(files, { top: "data_2024", format: "tar", manifest: false, mtime: 1700000100 });
+ * // data_2024/, data_2024/a/, the header of b.txt, one block of data, two end blocks.
+ * assert.equal(bundle.size, 6 * 512);
+ * assert.match(bundle.etag, /^"[^"]+"$/);
  * // 200: new Response(bundle.stream(), { headers: { "content-length": String(bundle.size), etag: bundle.etag } })
- * // 206: bundle.stream(range.start, range.end, request.signal)
+ * // 206: bundle.stream(range.start, range.end, request.signal); a range of headers reads no file.
+ * const first = await new Response(bundle.stream(0, 511)).bytes();
+ * assert.equal(new TextDecoder().decode(first.subarray(0, 10)), "data_2024/");
  * ```
  * @module
  */
@@ -346,12 +356,20 @@ function layOut(entries: Entry[], options: BundleOptions): Segments {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planBundle } from "./plan.ts";
- * const bundle = planBundle([{
+ * const file = {
  *   path: "1/2/3/foo.txt", size: 6, mtime: 1700000000.5, source: "/var/cart/abc/0",
  *   sha256: "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03", crc32: 0x363a3020,
- * }], { top: "data", format: "tar", manifest: false, mtime: 1700000100 });
- * bundle.size; // 4096: TOP/, 1/, 1/2/, 1/2/3/, foo.txt header + 1 data block, 2 end blocks
+ * };
+ * const options = { top: "data", format: "tar" as const, manifest: false, mtime: 1700000100 };
+ * const bundle = planBundle([file], options);
+ * // TOP/, 1/, 1/2/, 1/2/3/, foo.txt header + 1 data block, 2 end blocks
+ * assert.equal(bundle.size, 4096);
+ * // The ETag is a hash of everything that makes the bytes: the same plan, the same ETag.
+ * assert.equal(planBundle([file], options).etag, bundle.etag);
+ * assert.notEqual(planBundle([file], { ...options, format: "zip" }).etag, bundle.etag);
+ * assert.throws(() => planBundle([{ ...file, path: "../x" }], options), TypeError);
  * ```
  */
 export function planBundle(files: FileList, options: BundleOptions): Bundle {
@@ -382,10 +400,23 @@ export function planBundle(files: FileList, options: BundleOptions): Bundle {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { bundleFromFile, planBundle } from "./plan.ts";
- * const planned = planBundle(files, options);
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${dir}/0`, "hello\n");
+ * const files = [{
+ *   path: "b.txt", size: 6, mtime: 1700000000, source: `${dir}/0`,
+ *   sha256: "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03", crc32: 0x363a3020,
+ * }];
+ * const planned = planBundle(files, { top: "t", format: "tar", manifest: false, mtime: 1700000000 });
+ * const tarPath = `${dir}/t.tar`;
  * await planned.stream().pipeTo((await Deno.create(tarPath)).writable);
  * const bundle = bundleFromFile(tarPath, planned.size, planned.etag);
+ * // The same bytes as the plan, any range of them, read from the one file.
+ * assert.deepEqual(await new Response(bundle.stream(1024, 1029)).text(), "hello\n");
+ * const bytes = (stream: ReadableStream<Uint8Array>) => new Response(stream).bytes();
+ * assert.deepEqual(await bytes(bundle.stream()), await bytes(planned.stream()));
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export function bundleFromFile(path: string, size: number, etag: string): Bundle {

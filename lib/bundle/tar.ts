@@ -10,11 +10,17 @@
  *
  * @example
  * ```ts
- * import { encodeTarHeader, TAR_BLOCK, tarPadding } from "./tar.ts";
+ * import assert from "node:assert/strict";
+ * import { encodeTarHeader, TAR_BLOCK, TAR_END, tarPadding } from "./tar.ts";
  * const data = new TextEncoder().encode("hello\n");
  * const header = encodeTarHeader({ name: "top/hello.txt", type: "file", size: data.length, mtime: 1700000000 });
- * // header.length === 512; then `data`, then tarPadding(data.length) zero bytes,
- * // and after the last entry two zero blocks (TAR_END).
+ * assert.equal(header.length, TAR_BLOCK); // one ustar block: the name fits
+ * assert.equal(new TextDecoder().decode(header.subarray(0, 13)), "top/hello.txt");
+ * assert.equal(new TextDecoder().decode(header.subarray(257, 263)), "ustar\0");
+ * // Then `data`, then tarPadding(data.length) zero bytes up to the next block,
+ * assert.equal(data.length + tarPadding(data.length), TAR_BLOCK);
+ * // and after the last entry two zero blocks.
+ * assert.deepEqual(TAR_END, new Uint8Array(2 * TAR_BLOCK));
  * ```
  * @module
  */
@@ -158,8 +164,10 @@ function paxRecordLength(key: string, value: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodePaxRecords } from "./tar.ts";
- * new TextDecoder().decode(encodePaxRecords([["path", "é.txt"]])); // "15 path=é.txt\n"
+ * // The length counts itself and bytes, not characters: "é" is two bytes in UTF-8.
+ * assert.equal(new TextDecoder().decode(encodePaxRecords([["path", "é.txt"]])), "15 path=é.txt\n");
  * ```
  */
 export function encodePaxRecords(records: Iterable<readonly [string, string]>): Uint8Array {
@@ -248,10 +256,14 @@ function ustarBlock(
  *
  * @example
  * ```ts
- * import { encodeTarHeader } from "./tar.ts";
+ * import assert from "node:assert/strict";
+ * import { encodeTarHeader, tarHeaderLength } from "./tar.ts";
  * const long = "top/" + "d/".repeat(150) + "file.txt"; // 312 bytes: needs pax
- * const bytes = encodeTarHeader({ name: long, type: "file", size: 3, mtime: 1700000000 });
- * bytes.length; // 1536: x header, one block of records, ustar header
+ * const entry = { name: long, type: "file" as const, size: 3, mtime: 1700000000 };
+ * const bytes = encodeTarHeader(entry);
+ * assert.equal(bytes.length, 1536); // x header, one block of records, ustar header
+ * assert.equal(tarHeaderLength(entry), bytes.length);
+ * assert.equal(String.fromCharCode(bytes[156]), "x"); // the pax header's typeflag
  * ```
  */
 export function encodeTarHeader(entry: TarEntry): Uint8Array {

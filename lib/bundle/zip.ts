@@ -13,12 +13,20 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeZipCentralHeader, encodeZipEnd, encodeZipLocalHeader } from "./zip.ts";
  * const entry = { name: "a.txt", type: "file" as const, size: 0, crc32: 0, mtime: 1700000000 };
  * const local = encodeZipLocalHeader(entry); // at offset 0, no data follows
  * const central = encodeZipCentralHeader(entry, 0);
  * const end = encodeZipEnd({ entries: 1, centralOffset: local.length, centralSize: central.length });
- * // local + central + end is a valid zip holding one empty file.
+ * // local + central + end is a valid zip holding one empty file: each part starts with its
+ * // signature, and the end record (22 bytes, no comment) points back at the central header.
+ * const view = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset);
+ * const signatures = [local, central, end].map((b) => view(b).getUint32(0, true));
+ * assert.deepEqual(signatures, [0x04034b50, 0x02014b50, 0x06054b50]);
+ * assert.equal(end.length, 22);
+ * const [entries, size, offset] = [view(end).getUint16(10, true), view(end).getUint32(12, true), view(end).getUint32(16, true)];
+ * assert.deepEqual([entries, size, offset], [1, central.length, local.length]);
  * ```
  * @module
  */
@@ -97,8 +105,11 @@ function hasUnixTime(mtime: number): boolean {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { dosDateTime } from "./zip.ts";
- * dosDateTime(Date.UTC(2024, 0, 2, 3, 4, 6) / 1000); // [0x1883, 0x5822]
+ * // 03:04:06 is 3 << 11 | 4 << 5 | 6 / 2; 2024-01-02 is (2024 - 1980) << 9 | 1 << 5 | 2.
+ * assert.deepEqual(dosDateTime(Date.UTC(2024, 0, 2, 3, 4, 6) / 1000), [0x1883, 0x5822]);
+ * assert.deepEqual(dosDateTime(0), [0, 0x21]); // before 1980: 1980-01-01 00:00:00
  * ```
  */
 export function dosDateTime(mtime: number): [time: number, date: number] {

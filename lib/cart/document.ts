@@ -7,9 +7,12 @@
  *
  * @example
  * ```ts
- * import { parseCartDocument } from "./document.ts";
+ * import assert from "node:assert/strict";
+ * import { CartDocumentError, parseCartDocument } from "./document.ts";
  * const doc = parseCartDocument('{"fileids": [{"id": 1, "path": "/a/b.txt"}]}');
- * doc.files[0].path; // "a/b.txt"
+ * assert.equal(doc.files[0].path, "a/b.txt"); // the leading "/" is dropped
+ * const outside = '{"fileids": [{"id": 1, "path": "../b.txt"}]}';
+ * assert.throws(() => parseCartDocument(outside), CartDocumentError);
  * ```
  * @module
  */

@@ -7,9 +7,11 @@
  *
  * @example
  * ```ts
- * import { canMove } from "./state.ts";
- * canMove("staging", "bundling"); // true
- * canMove("ready", "staging"); // false
+ * import assert from "node:assert/strict";
+ * import { assertMove, canMove, TransitionError } from "./state.ts";
+ * assert.equal(canMove("staging", "bundling"), true);
+ * assert.equal(canMove("ready", "staging"), false);
+ * assert.throws(() => assertMove("ready", "staging"), TransitionError);
  * ```
  * @module
  */
@@ -68,11 +70,12 @@ export type StatusWords = "compatible" | "precise";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { pacificaStatus } from "./state.ts";
- * pacificaStatus("waiting", "compatible"); // "staging"
- * pacificaStatus("bundling", "compatible"); // "staging"
- * pacificaStatus("ready", "compatible"); // "ready"
- * pacificaStatus("bundling", "precise"); // "bundling"
+ * assert.equal(pacificaStatus("waiting", "compatible"), "staging");
+ * assert.equal(pacificaStatus("bundling", "compatible"), "staging");
+ * assert.equal(pacificaStatus("ready", "compatible"), "ready");
+ * assert.equal(pacificaStatus("bundling", "precise"), "bundling");
  * ```
  */
 export function pacificaStatus(status: CartStatus, words: StatusWords): CartStatus {
