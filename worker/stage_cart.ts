@@ -46,7 +46,7 @@ const RESERVE_EVERY_BYTES = 64 * 1024 * 1024;
 type SizeRecord = { idx: number; size: number; mtime: number };
 
 /** What the archive told of each file (by index), kept until the file is fetched. */
-type Statuses = Map<number, ArchiveStatus>;
+export type Statuses = Map<number, ArchiveStatus>;
 
 /** What fetching a cart's files did. */
 export interface FetchCounts {
