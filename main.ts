@@ -106,10 +106,20 @@ const COMMANDS: Record<string, Command> = {
   },
 };
 
+/** The settings table (lib/config/settings.ts) as `--help` shows it, wrapped at 100 columns. */
 function settingsTable(): string {
-  return SETTINGS.map(([name, meaning, fallback]) =>
-    `  ${name.padEnd(27)}${meaning}${fallback ? ` [${fallback}]` : ""}`
-  ).join("\n");
+  const indent = " ".repeat(29);
+  return SETTINGS.map(([name, meaning, fallback]) => {
+    const words = `${meaning}${fallback ? ` [${fallback}]` : ""}`.split(" ");
+    const lines = [`  ${name.padEnd(27)}`];
+    for (const word of words) {
+      const last = lines.length - 1;
+      if (lines[last].length > indent.length && lines[last].length + word.length >= 100) {
+        lines.push(indent + word);
+      } else lines[last] += (lines[last].length > indent.length ? " " : "") + word;
+    }
+    return lines.join("\n");
+  }).join("\n");
 }
 
 function flagLines(flags: Flag[], own: Command["flagHelp"] = {}): string {

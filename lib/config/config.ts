@@ -12,7 +12,30 @@
  * @module
  */
 import { resolve } from "node:path";
-import { z } from "zod";
+import type { z } from "zod/v4";
+import {
+  ConfigError,
+  defaultOf,
+  type Env,
+  readSettings,
+  readVariable,
+  schemas,
+  type Setting,
+  SETTING_TABLE,
+  type SettingTable,
+  type SettingValues,
+} from "./settings.ts";
+
+export {
+  ConfigError,
+  defaultThreads,
+  type Env,
+  parseBytes,
+  parseDuration,
+  SETTING_TABLE,
+  SETTINGS,
+  settingsMarkdown,
+} from "./settings.ts";
 
 /** Time limits and retry counts of staging a file (lib/staging/stage_file.ts). All times in milliseconds. */
 export interface StageSettings {
@@ -123,83 +146,34 @@ export interface Config {
   logLevel: "debug" | "info" | "warn" | "error";
 }
 
-/** A setting that cannot be understood; the message names the variable. */
-export class ConfigError extends Error {
-  /** Builds the error; `message` names the variable. */
-  constructor(message: string) {
-    super(message);
-    this.name = "ConfigError";
-  }
-}
+/** A field of {@linkcode Config} that one setting fills as it is (see settings.ts `fills`). */
+type Plain = Omit<Config, "database" | "queue" | "archiveUrl">;
+/** `volumePath`, `staging.pollInitialMs`, …: each field that a plain setting fills. */
+type Field = {
+  [K in keyof Plain & string]: Plain[K] extends object ? `${K}.${keyof Plain[K] & string}` : K;
+}[keyof Plain & string];
+/** The type of the field at path `F`. */
+type FieldValue<F> = F extends `${infer S extends keyof Plain}.${infer K}`
+  ? K extends keyof Plain[S] ? Plain[S][K] : never
+  : F extends keyof Plain ? Plain[F]
+  : never;
+/** The rows that fill one field as it is, by name. */
+type PlainRows = {
+  [K in keyof SettingTable as SettingTable[K] extends { combined: true } ? never : K]:
+    SettingTable[K];
+};
+/** Each plain row's field, checked: its path exists in Config and its value type fits. */
+type Checked = {
+  [K in keyof PlainRows]: PlainRows[K] extends { fills: infer F; schema: z.ZodType<infer T> }
+    ? F extends Field ? T extends FieldValue<F> ? F : never : never
+    : never;
+};
+/** Fields of Config that no setting fills (none: `loadConfig` fills every one). */
+type Unfilled = Exclude<Field, Checked[keyof Checked]>;
+const EVERY_FIELD_FILLED: [Unfilled] extends [never] ? true : Unfilled = true;
+void EVERY_FIELD_FILLED;
 
-/** Environment variables by name (an unset variable is undefined). */
-export type Env = Record<string, string | undefined>;
-
-function read<T>(
-  env: Env,
-  name: string,
-  schema: z.ZodType<T, z.ZodTypeDef, unknown>,
-  fallback: T,
-): T {
-  const raw = env[name];
-  if (raw === undefined || raw.trim() === "") return fallback;
-  const parsed = schema.safeParse(raw.trim());
-  if (!parsed.success) {
-    throw new ConfigError(
-      `${name}=${JSON.stringify(raw)} is not valid: ${parsed.error.issues[0].message}`,
-    );
-  }
-  return parsed.data;
-}
-
-const seconds = z.coerce.number({ invalid_type_error: "expected a number of seconds" })
-  .finite("expected a number of seconds").nonnegative("must not be negative");
-const positiveInt = z.coerce.number({ invalid_type_error: "expected a whole number" })
-  .int("expected a whole number").positive("must be at least 1");
-const bytes = z.string().transform((s, ctx) => {
-  const n = parseBytes(s);
-  if (n === null) {
-    ctx.addIssue({ code: "custom", message: "expected bytes such as 1073741824, 512M or 2G" });
-    return z.NEVER;
-  }
-  return n;
-});
-const flag = z.string().transform((s, ctx) => {
-  const v = s.toLowerCase();
-  if (["1", "true", "yes", "on"].includes(v)) return true;
-  if (["0", "false", "no", "off"].includes(v)) return false;
-  ctx.addIssue({ code: "custom", message: "expected true or false" });
-  return z.NEVER;
-});
-const url = (protocols: string[]) =>
-  z.string().refine((s) => {
-    try {
-      return protocols.includes(new URL(s).protocol);
-    } catch {
-      return false;
-    }
-  }, `expected a URL starting with ${protocols.map((p) => p + "//").join(" or ")}`);
-
-/** Parses "1073741824", "512K", "512M", "2G", "1T" (powers of 1024) into bytes. */
-export function parseBytes(text: string): number | null {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?$/i.exec(text.trim());
-  if (!m) return null;
-  const power = " kmgtp".indexOf(m[2].toLowerCase() || " ");
-  return Math.floor(Number(m[1]) * 1024 ** power);
-}
-
-/** Parses a duration such as "90", "90s", "15m", "12h" or "7d" into milliseconds. */
-export function parseDuration(text: string): number | null {
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?$/i.exec(text.trim());
-  if (!m) return null;
-  const unit = { ms: 1, s: 1e3, m: 6e4, h: 36e5, d: 864e5, w: 6048e5 }[
-    (m[2] ?? "s").toLowerCase() as "s"
-  ];
-  return Number(m[1]) * unit;
-}
-
-function archiveUrl(env: Env): string {
-  const explicit = read(env, "ARCHIVE_INTERFACE_URL", url(["http:", "https:"]), "");
+function archiveUrl(env: Env, explicit: string | undefined): string {
   const base = explicit ||
     `http://${env.ARCHIVEI_PORT_8080_TCP_ADDR || "127.0.0.1"}:${
       env.ARCHIVEI_PORT_8080_TCP_PORT || "8080"
@@ -207,11 +181,11 @@ function archiveUrl(env: Env): string {
   return base.endsWith("/") ? base : base + "/";
 }
 
-function database(env: Env, volumePath: string): DatabaseConfig {
-  const logging = read(env, "DATABASE_LOGGING", flag, false);
-  const connectAttempts = read(env, "DATABASE_CONNECT_ATTEMPTS", positiveInt, 3);
-  const waitMs = read(env, "DATABASE_WAIT", seconds, 10) * 1000;
-  const dbUrl = read(env, "DATABASE_URL", url(["mysql:", "sqlite:"]), "");
+function database(env: Env, v: SettingValues): DatabaseConfig {
+  const logging = v.DATABASE_LOGGING;
+  const connectAttempts = v.DATABASE_CONNECT_ATTEMPTS;
+  const waitMs = v.DATABASE_WAIT;
+  const dbUrl = v.DATABASE_URL;
   if (dbUrl) {
     const u = new URL(dbUrl);
     if (u.protocol === "sqlite:") {
@@ -239,7 +213,7 @@ function database(env: Env, volumePath: string): DatabaseConfig {
     return {
       kind: "mysql",
       host: env.MYSQL_PORT_3306_TCP_ADDR || "127.0.0.1",
-      port: read(env, "MYSQL_PORT_3306_TCP_PORT", positiveInt, 3306),
+      port: readVariable(env, "MYSQL_PORT_3306_TCP_PORT", schemas.positiveInt, 3306),
       user: env.MYSQL_ENV_MYSQL_USER || "cartd",
       password: env.MYSQL_ENV_MYSQL_PASSWORD ?? "cartd",
       database: env.MYSQL_ENV_MYSQL_DATABASE || "pacifica_cart",
@@ -248,18 +222,13 @@ function database(env: Env, volumePath: string): DatabaseConfig {
       waitMs,
     };
   }
-  const path = env.CARTD_SQLITE_PATH || `${volumePath}/cartd.sqlite3`;
+  const path = v.CARTD_SQLITE_PATH || `${v.VOLUME_PATH}/cartd.sqlite3`;
   return { kind: "sqlite", path: resolve(path), logging };
 }
 
-const queueName = z.string().regex(
-  /^[\w.:-]{1,255}$/,
-  "expected a queue name of letters, digits, '.', ':', '_' or '-' (at most 255)",
-);
-
-function queue(env: Env): QueueConfig {
-  const broker = read(env, "BROKER_URL", url(["amqp:", "amqps:", "memory:"]), "");
-  const name = read(env, "CARTD_QUEUE", queueName, "cartd.carts");
+function queue(env: Env, v: SettingValues): QueueConfig {
+  const broker = v.BROKER_URL;
+  const name = v.CARTD_QUEUE;
   if (broker) {
     return broker === "memory:" ? { kind: "memory" } : { kind: "amqp", url: broker, queue: name };
   }
@@ -267,7 +236,7 @@ function queue(env: Env): QueueConfig {
     const user = encodeURIComponent(env.AMQP_USER || "guest");
     const pass = encodeURIComponent(env.AMQP_PASS ?? "guest");
     const host = env.AMQP_PORT_5672_TCP_ADDR || "127.0.0.1";
-    const port = read(env, "AMQP_PORT_5672_TCP_PORT", positiveInt, 5672);
+    const port = readVariable(env, "AMQP_PORT_5672_TCP_PORT", schemas.positiveInt, 5672);
     const vhost = encodeURIComponent(env.AMQP_VHOST || "/");
     return {
       kind: "amqp",
@@ -279,100 +248,44 @@ function queue(env: Env): QueueConfig {
 }
 
 /**
- * Web Worker threads when `CARTD_THREADS` is not set: a core each, but one core stays with the
- * main thread (the API, the database, the archive's status requests); at least 1, at most 4.
- * On 2 cores that is 1 thread: a second one cost about 30 MiB of memory at peak, for about
- * 25 % faster staging of big files (1 GiB: 3.2 → 2.4 s) and 10–15 % of many small ones
- * (see bench/). Set CARTD_THREADS=2 there to trade the memory for that speed.
+ * Reads every setting from `env` (defaults to the process environment): each row of
+ * {@linkcode SETTING_TABLE} fills its field, and the database, the queue and the archive URL
+ * are worked out from their settings and container-link names (SPEC §3).
+ *
+ * @throws {ConfigError} naming the first variable that cannot be understood.
  */
-export function defaultThreads(cores: number = navigator.hardwareConcurrency): number {
-  return Math.max(1, Math.min(4, (cores || 2) - 1));
-}
-
-/** Reads every setting from `env` (defaults to the process environment). */
 export function loadConfig(env: Env = Deno.env.toObject()): Config {
-  const volumePath = resolve(env.VOLUME_PATH || "var/volume");
-  const s = (name: string, fallback: number) => read(env, name, seconds, fallback) * 1000;
-  const n = (name: string, fallback: number) => read(env, name, positiveInt, fallback);
+  const values = readSettings(env);
+  const sections: Record<string, Record<string, unknown>> = {};
+  const top: Record<string, unknown> = {};
+  for (const [name, row] of Object.entries(SETTING_TABLE) as [string, Setting][]) {
+    if (row.combined) continue;
+    const [section, key] = row.fills.split(".");
+    const value = (values as Record<string, unknown>)[name];
+    if (key === undefined) top[section] = value;
+    else (sections[section] ??= {})[key] = value;
+  }
+  // The type check above (EVERY_FIELD_FILLED) makes sure that every field is filled.
   return {
-    volumePath,
-    archiveUrl: archiveUrl(env),
-    database: database(env, volumePath),
-    queue: queue(env),
-    staging: {
-      pollInitialMs: s("CARTD_POLL_INITIAL", 0.5),
-      pollMaxMs: s("CARTD_POLL_MAX", 30),
-      restageEveryMs: s("CARTD_RESTAGE_EVERY", 300),
-      stageTimeoutMs: s("CARTD_STAGE_TIMEOUT", 86400),
-      requestTimeoutMs: s("CARTD_REQUEST_TIMEOUT", 60),
-      fetchAttempts: n("CARTD_FETCH_ATTEMPTS", 3),
-      retryDelayMs: s("CARTD_RETRY_DELAY", 2),
-      missingAfterMs: s("CARTD_MISSING_AFTER", 60),
-    },
-    limits: {
-      filesInFlight: n("CARTD_FILES_IN_FLIGHT", 16),
-      filesPerCart: n("CARTD_FILES_PER_CART", 8),
-      cartsInFlight: n("CARTD_CARTS_IN_FLIGHT", 16),
-      threads: n("CARTD_THREADS", defaultThreads()),
-      maxFiles: n("CARTD_MAX_FILES", 100_000),
-      maxBodyBytes: read(env, "CARTD_MAX_BODY", bytes, 64 * 1024 * 1024),
-      gcSlackBytes: read(env, "CARTD_GC_SLACK", bytes, 8 * 1024 * 1024),
-    },
-    work: {
-      claimTtlMs: s("CARTD_CLAIM_TTL", 30),
-      maxAttempts: n("CARTD_MAX_ATTEMPTS", 5),
-    },
-    space: {
-      volumeSize: read(env, "CARTD_VOLUME_SIZE", bytes, 0),
-      lruBufferMs: s("LRU_BUFFER_TIME", 0),
-      purge: read(env, "CARTD_LRU_PURGE", flag, true),
-      retentionMs: s("CARTD_RETENTION", 0),
-    },
-    api: {
-      statusWords: read(env, "CARTD_STATUS_WORDS", z.enum(["compatible", "precise"]), "compatible"),
-    },
-    logLevel: read(env, "CARTD_LOG_LEVEL", z.enum(["debug", "info", "warn", "error"]), "info"),
-  };
+    ...top,
+    ...sections,
+    archiveUrl: archiveUrl(env, values.ARCHIVE_INTERFACE_URL),
+    database: database(env, values),
+    queue: queue(env, values),
+  } as unknown as Config;
 }
 
-/** One row of the configuration table that `--help` and the README show. */
-export const SETTINGS: ReadonlyArray<[name: string, meaning: string, fallback: string]> = [
-  ["VOLUME_PATH", "root folder for all cart files", "var/volume"],
-  ["ARCHIVE_INTERFACE_URL", "archive base URL, ending in /", "http://127.0.0.1:8080/"],
-  ["LRU_BUFFER_TIME", "seconds a used cart is safe from LRU purge", "0"],
-  ["DATABASE_URL", "mysql://user:pass@host:port/db or sqlite:///path", "SQLite in VOLUME_PATH"],
-  ["MYSQL_ENV_MYSQL_USER …", "MySQL by container-link names (see README)", ""],
-  ["DATABASE_LOGGING", "print every database query", "false"],
-  ["DATABASE_CONNECT_ATTEMPTS", "tries to reach the database", "3"],
-  ["DATABASE_WAIT", "seconds between those tries", "10"],
-  ["BROKER_URL", "amqp://user:pass@host:port/vhost (RabbitMQ)", "in-process queue"],
-  ["AMQP_USER …", "RabbitMQ by container-link names (see README)", ""],
-  ["CARTD_QUEUE", "RabbitMQ queue the servers and workers share", "cartd.carts"],
-  ["CARTD_SQLITE_PATH", "SQLite file when no MySQL is configured", "VOLUME_PATH/cartd.sqlite3"],
-  ["CARTD_POLL_INITIAL", "first delay (s) between archive status polls", "0.5"],
-  ["CARTD_POLL_MAX", "longest delay (s) between polls", "30"],
-  ["CARTD_RESTAGE_EVERY", "re-send the stage request this often (s)", "300"],
-  ["CARTD_STAGE_TIMEOUT", "give up on a file still on tape after (s)", "86400"],
-  ["CARTD_REQUEST_TIMEOUT", "time limit of one archive request (s)", "60"],
-  ["CARTD_FETCH_ATTEMPTS", "download attempts per file", "3"],
-  ["CARTD_RETRY_DELAY", "first delay (s) before a download retry", "2"],
-  ["CARTD_MISSING_AFTER", "seconds HEAD 500s are retried before a file counts as missing", "60"],
-  ["CARTD_FILES_IN_FLIGHT", "files fetched at once per worker process", "16"],
-  ["CARTD_FILES_PER_CART", "files of one cart fetched at once", "8"],
-  ["CARTD_CARTS_IN_FLIGHT", "carts one worker process works on at once", "16"],
-  ["CARTD_THREADS", "Web Worker threads for staging and bundling", "cores - 1 (1 to 4)"],
-  ["CARTD_MAX_FILES", "most files in one cart", "100000"],
-  ["CARTD_MAX_BODY", "largest cart document (bytes, K/M/G)", "64M"],
-  ["CARTD_GC_SLACK", "heap growth that starts a collection (0 = V8 decides)", "8M"],
-  ["CARTD_CLAIM_TTL", "seconds a worker's claim on a cart lasts unrenewed", "30"],
-  ["CARTD_MAX_ATTEMPTS", "tries of one cart (worker crashes included)", "5"],
-  ["CARTD_VOLUME_SIZE", "cap on bytes used under VOLUME_PATH (K/M/G/T)", "free space"],
-  ["CARTD_LRU_PURGE", "purge least-recently-used carts to make room", "true"],
-  ["CARTD_RETENTION", "delete ready carts older than this (s; 0 = never)", "0"],
-  [
-    "CARTD_STATUS_WORDS",
-    "X-Pacifica-Status words: compatible (Pacifica's three) or precise (all five)",
-    "compatible",
-  ],
-  ["CARTD_LOG_LEVEL", "debug, info, warn or error", "info"],
-];
+/**
+ * The defaults of one section of {@linkcode Config} (such as `staging`), from the table: what
+ * `loadConfig({})` gives that section, without reading anything else.
+ */
+export function sectionDefaults<S extends "staging" | "limits" | "work" | "space" | "api">(
+  section: S,
+): Config[S] {
+  const defaults: Record<string, unknown> = {};
+  for (const [name, row] of Object.entries(SETTING_TABLE) as [string, Setting][]) {
+    const [of, key] = row.fills.split(".");
+    if (!row.combined && of === section && key) defaults[key] = defaultOf(name, row);
+  }
+  return defaults as Config[S];
+}

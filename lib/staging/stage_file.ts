@@ -31,21 +31,12 @@ import { backoffDelays, retry, sleep } from "../util/backoff.ts";
 import { isNoSpace } from "../util/fs_errors.ts";
 import { log, seconds } from "../util/log.ts";
 import { QuickFs } from "./quick_fs.ts";
-import type { StageSettings } from "../config/config.ts";
+import { sectionDefaults, type StageSettings } from "../config/config.ts";
 import type { HashType } from "../cart/document.ts";
 import type { StagedFacts } from "../cart/staged.ts";
 
-/** Defaults of {@linkcode StageSettings}. */
-export const DEFAULT_STAGE_SETTINGS: StageSettings = Object.freeze({
-  pollInitialMs: 500,
-  pollMaxMs: 30_000,
-  restageEveryMs: 300_000,
-  stageTimeoutMs: 24 * 3600 * 1000,
-  requestTimeoutMs: 60_000,
-  fetchAttempts: 3,
-  retryDelayMs: 2000,
-  missingAfterMs: 60_000,
-});
+/** Defaults of {@linkcode StageSettings}: those of the settings table (lib/config/settings.ts). */
+export const DEFAULT_STAGE_SETTINGS: StageSettings = Object.freeze(sectionDefaults("staging"));
 
 /** One file to stage. */
 export interface StageJob {

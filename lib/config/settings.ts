@@ -1,0 +1,477 @@
+/**
+ * The table of settings: every environment variable cartd reads, once, with its meaning, its
+ * schema (zod), its default and the config field it fills. {@linkcode loadConfig} is made from
+ * it (lib/config/config.ts), and so are the `Settings` section of `cartd --help`
+ * ({@linkcode SETTINGS}) and the table in docs/configuration.md ({@linkcode settingsMarkdown};
+ * tests/e2e/readme_test.ts checks that the document shows exactly this table).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { readSettings, SETTING_TABLE } from "./settings.ts";
+ * assert.equal(SETTING_TABLE.CARTD_POLL_INITIAL.default, "0.5");
+ * assert.equal(readSettings({}).CARTD_POLL_INITIAL, 500); // milliseconds
+ * assert.equal(readSettings({ CARTD_POLL_INITIAL: "2" }).CARTD_POLL_INITIAL, 2000);
+ * ```
+ * @module
+ */
+import { resolve } from "node:path";
+import { z } from "zod/v4";
+
+/** A setting that cannot be understood; the message names the variable. */
+export class ConfigError extends Error {
+  /** Builds the error; `message` names the variable. */
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/** Environment variables by name (an unset variable is undefined). */
+export type Env = Record<string, string | undefined>;
+
+/**
+ * Reads one variable with `schema` (its text trimmed); `fallback` when it is unset or blank.
+ *
+ * @throws {ConfigError} `NAME="value" is not valid: <the schema's first message>`.
+ */
+export function readVariable<T>(env: Env, name: string, schema: z.ZodType<T>, fallback: T): T {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
+  const parsed = schema.safeParse(raw.trim());
+  if (!parsed.success) {
+    throw new ConfigError(
+      `${name}=${JSON.stringify(raw)} is not valid: ${parsed.error.issues[0].message}`,
+    );
+  }
+  return parsed.data;
+}
+
+/** Parses "1073741824", "512K", "512M", "2G", "1T" (powers of 1024) into bytes. */
+export function parseBytes(text: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?$/i.exec(text.trim());
+  if (!m) return null;
+  const power = " kmgtp".indexOf(m[2].toLowerCase() || " ");
+  return Math.floor(Number(m[1]) * 1024 ** power);
+}
+
+/** Parses a duration such as "90", "90s", "15m", "12h" or "7d" into milliseconds. */
+export function parseDuration(text: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?$/i.exec(text.trim());
+  if (!m) return null;
+  const unit = { ms: 1, s: 1e3, m: 6e4, h: 36e5, d: 864e5, w: 6048e5 }[
+    (m[2] ?? "s").toLowerCase() as "s"
+  ];
+  return Number(m[1]) * unit;
+}
+
+/**
+ * Web Worker threads when `CARTD_THREADS` is not set: a core each, but one core stays with the
+ * main thread (the API, the database, the archive's status requests); at least 1, at most 4.
+ * On 2 cores that is 1 thread: a second one cost about 30 MiB of memory at peak, for about
+ * 25 % faster staging of big files (1 GiB: 3.2 → 2.4 s) and 10–15 % of many small ones
+ * (see bench/). Set CARTD_THREADS=2 there to trade the memory for that speed.
+ */
+export function defaultThreads(cores: number = navigator.hardwareConcurrency): number {
+  return Math.max(1, Math.min(4, (cores || 2) - 1));
+}
+
+/** The schemas of the settings' kinds of value; each message says what was expected. */
+export const schemas = {
+  /** Seconds (a fraction allowed), read as milliseconds. */
+  seconds: z.coerce.number({ error: "expected a number of seconds" })
+    .nonnegative("must not be negative").transform((s) => s * 1000),
+  /** A whole number, at least 1. */
+  positiveInt: z.coerce.number({ error: "expected a whole number" })
+    .int("expected a whole number").positive("must be at least 1"),
+  /** Bytes, or a number with K, M, G or T. */
+  bytes: z.string().transform((s, ctx) => {
+    const n = parseBytes(s);
+    if (n === null) {
+      ctx.addIssue({ code: "custom", message: "expected bytes such as 1073741824, 512M or 2G" });
+      return z.NEVER;
+    }
+    return n;
+  }),
+  /** A switch: true/false, 1/0, yes/no, on/off. */
+  flag: z.string().transform((s, ctx) => {
+    const v = s.toLowerCase();
+    if (["1", "true", "yes", "on"].includes(v)) return true;
+    if (["0", "false", "no", "off"].includes(v)) return false;
+    ctx.addIssue({ code: "custom", message: "expected true or false" });
+    return z.NEVER;
+  }),
+  /** A URL with one of `protocols` (each as "http:"). */
+  url: (protocols: readonly string[]) =>
+    z.string().refine((s) => {
+      try {
+        return protocols.includes(new URL(s).protocol);
+      } catch {
+        return false;
+      }
+    }, `expected a URL starting with ${protocols.map((p) => p + "//").join(" or ")}`),
+  /** One of `words`. */
+  oneOf: <const W extends readonly [string, ...string[]]>(words: W) =>
+    z.enum(words, {
+      error: (issue) =>
+        `Invalid enum value. Expected ${words.map((w) => `'${w}'`).join(" | ")}, received '${
+          String(issue.input)
+        }'`,
+    }),
+  /** A RabbitMQ queue name. */
+  queueName: z.string().regex(
+    /^[\w.:-]{1,255}$/,
+    "expected a queue name of letters, digits, '.', ':', '_' or '-' (at most 255)",
+  ),
+  /** A path, as given. */
+  path: z.string(),
+  /** A path, made absolute. */
+  absolutePath: z.string().transform((p) => resolve(p)),
+} as const;
+
+/** A default that is not one value written as in the environment: worked out, and described. */
+export interface WorkedOutDefault<T> {
+  /** How docs/configuration.md and `--help` describe it (Markdown code spans allowed). */
+  shown: string;
+  /** The value; `undefined` leaves it to the code that combines settings (see `fills`). */
+  value: () => T;
+}
+
+/** One row of {@linkcode SETTING_TABLE}. */
+export interface Setting<T = unknown> {
+  /** What the setting means, as docs/configuration.md says it (Markdown code spans allowed). */
+  readonly meaning: string;
+  /** Reads the variable's (trimmed) text. A group row ({@linkcode Setting.group}) has none. */
+  readonly schema?: z.ZodType<T>;
+  /** The default, written as in the environment (parsed by `schema`), or worked out. */
+  readonly default: string | WorkedOutDefault<T>;
+  /**
+   * The field of `Config` (lib/config/config.ts) the setting fills: a path such as
+   * `staging.pollInitialMs`, which `loadConfig` fills by itself; or the name of a field
+   * (`database`, `queue`, `archiveUrl`) that `loadConfig` works out from several settings.
+   */
+  readonly fills: string;
+  /**
+   * True when `loadConfig` combines the value with other settings into `fills` (a database, a
+   * queue, the archive URL) rather than putting it there as it is.
+   */
+  readonly combined?: boolean;
+  /** A row that stands for a group of container-link names (SPEC §3), read together. */
+  readonly group?: readonly string[];
+}
+
+/** A row whose value `loadConfig` puts into one field, `fills`, as it is. */
+function field<F extends string, T>(
+  fills: F,
+  schema: z.ZodType<T>,
+  fallback: string | WorkedOutDefault<T>,
+  meaning: string,
+): Setting<T> & { fills: F; schema: z.ZodType<T> } {
+  return { fills, schema, default: fallback, meaning };
+}
+
+/** A row whose value `loadConfig` combines with other settings into `fills`. */
+function input<T>(
+  fills: string,
+  schema: z.ZodType<T>,
+  fallback: string | WorkedOutDefault<T>,
+  meaning: string,
+): Setting<T> & { schema: z.ZodType<T> } {
+  return { fills, schema, default: fallback, meaning, combined: true };
+}
+
+/**
+ * A row that `loadConfig` combines with other settings into `fills`; unset, it is undefined
+ * and the other settings decide (`shown` says what that comes to).
+ */
+function part<T>(
+  fills: string,
+  schema: z.ZodType<T>,
+  shown: string,
+  meaning: string,
+): Setting<T | undefined> & { schema: z.ZodType<T> } {
+  return input<T | undefined>(fills, schema, { shown, value: () => undefined }, meaning) as
+    & Setting<T | undefined>
+    & { schema: z.ZodType<T> };
+}
+
+/** A row for a group of container-link names that `loadConfig` reads into `fills`. */
+function group(fills: string, names: readonly string[], meaning: string): Setting<never> {
+  return {
+    fills,
+    group: names,
+    default: { shown: "", value: () => undefined as never },
+    meaning,
+    combined: true,
+  };
+}
+
+const { seconds, positiveInt, bytes, flag, url, oneOf, queueName, path, absolutePath } = schemas;
+
+/**
+ * Every setting, in the order docs/configuration.md and `--help` show them: the name (the
+ * key), its meaning, schema, default and the config field it fills.
+ */
+export const SETTING_TABLE = {
+  VOLUME_PATH: field(
+    "volumePath",
+    absolutePath,
+    "var/volume",
+    "the folder for all cart files (and the SQLite file, unless configured otherwise)",
+  ),
+  ARCHIVE_INTERFACE_URL: part(
+    "archiveUrl",
+    url(["http:", "https:"]),
+    "`http://127.0.0.1:8080/`",
+    "the archive's base URL, ending in `/`",
+  ),
+  LRU_BUFFER_TIME: field(
+    "space.lruBufferMs",
+    seconds,
+    "0",
+    "seconds after its last use during which a cart is never deleted to make room",
+  ),
+  DATABASE_URL: part(
+    "database",
+    url(["mysql:", "sqlite:"]),
+    "SQLite in `VOLUME_PATH`",
+    "the database: `mysql://user:pass@host:port/db` or `sqlite:///path/file`",
+  ),
+  "MYSQL_ENV_MYSQL_USER …": group("database", [
+    "MYSQL_ENV_MYSQL_USER",
+    "MYSQL_ENV_MYSQL_PASSWORD",
+    "MYSQL_ENV_MYSQL_DATABASE",
+    "MYSQL_PORT_3306_TCP_ADDR",
+    "MYSQL_PORT_3306_TCP_PORT",
+  ], "MySQL in container-link names, see [below](#container-link-names)"),
+  DATABASE_LOGGING: input("database.logging", flag, "false", "print every database query"),
+  DATABASE_CONNECT_ATTEMPTS: input(
+    "database.connectAttempts",
+    positiveInt,
+    "3",
+    "tries to reach MySQL at start before giving up",
+  ),
+  DATABASE_WAIT: input("database.waitMs", seconds, "10", "seconds between those tries"),
+  BROKER_URL: part(
+    "queue",
+    url(["amqp:", "amqps:", "memory:"]),
+    "the in-process queue",
+    "the RabbitMQ broker: `amqp://user:pass@host:port/vhost`",
+  ),
+  "AMQP_USER …": group("queue", [
+    "AMQP_USER",
+    "AMQP_PASS",
+    "AMQP_VHOST",
+    "AMQP_PORT_5672_TCP_ADDR",
+    "AMQP_PORT_5672_TCP_PORT",
+  ], "RabbitMQ in container-link names, see [below](#container-link-names)"),
+  CARTD_QUEUE: input(
+    "queue.queue",
+    queueName,
+    "cartd.carts",
+    "the RabbitMQ queue that servers and workers share",
+  ),
+  CARTD_SQLITE_PATH: part(
+    "database.path",
+    path,
+    "`VOLUME_PATH/cartd.sqlite3`",
+    "the SQLite file, when no MySQL is configured",
+  ),
+  CARTD_POLL_INITIAL: field(
+    "staging.pollInitialMs",
+    seconds,
+    "0.5",
+    "first delay (s) before asking the archive again about a file on tape",
+  ),
+  CARTD_POLL_MAX: field(
+    "staging.pollMaxMs",
+    seconds,
+    "30",
+    "longest delay (s) between those questions; the delay doubles up to it",
+  ),
+  CARTD_RESTAGE_EVERY: field(
+    "staging.restageEveryMs",
+    seconds,
+    "300",
+    "how often (s) the recall of a file still on tape is asked for again",
+  ),
+  CARTD_STAGE_TIMEOUT: field(
+    "staging.stageTimeoutMs",
+    seconds,
+    "86400",
+    "seconds a file may stay on tape before its cart fails",
+  ),
+  CARTD_REQUEST_TIMEOUT: field(
+    "staging.requestTimeoutMs",
+    seconds,
+    "60",
+    "time limit (s) of one archive request, and the longest silence inside a download",
+  ),
+  CARTD_FETCH_ATTEMPTS: field(
+    "staging.fetchAttempts",
+    positiveInt,
+    "3",
+    "tries to download one file",
+  ),
+  CARTD_RETRY_DELAY: field(
+    "staging.retryDelayMs",
+    seconds,
+    "2",
+    "first delay (s) before a download is tried again; it grows from there",
+  ),
+  CARTD_MISSING_AFTER: field(
+    "staging.missingAfterMs",
+    seconds,
+    "60",
+    "seconds a `HEAD` that answers `500` is asked again before the file counts as missing",
+  ),
+  CARTD_FILES_IN_FLIGHT: field(
+    "limits.filesInFlight",
+    positiveInt,
+    "16",
+    "files one worker process fetches at once, over all its carts",
+  ),
+  CARTD_FILES_PER_CART: field(
+    "limits.filesPerCart",
+    positiveInt,
+    "8",
+    "files of one cart fetched at once",
+  ),
+  CARTD_CARTS_IN_FLIGHT: field(
+    "limits.cartsInFlight",
+    positiveInt,
+    "16",
+    "carts one worker process works on at once; further carts wait",
+  ),
+  CARTD_THREADS: field(
+    "limits.threads",
+    positiveInt,
+    { shown: "one per core but one (1 to 4)", value: () => defaultThreads() },
+    "threads that stage and bundle files",
+  ),
+  CARTD_MAX_FILES: field("limits.maxFiles", positiveInt, "100000", "most files in one cart"),
+  CARTD_MAX_BODY: field("limits.maxBodyBytes", bytes, "64M", "largest cart document accepted"),
+  CARTD_GC_SLACK: field(
+    "limits.gcSlackBytes",
+    bytes,
+    "8M",
+    "heap growth after which memory is collected (`0`: the runtime decides)",
+  ),
+  CARTD_CLAIM_TTL: field(
+    "work.claimTtlMs",
+    seconds,
+    "30",
+    "seconds a worker's claim on a cart lasts without being renewed",
+  ),
+  CARTD_MAX_ATTEMPTS: field(
+    "work.maxAttempts",
+    positiveInt,
+    "5",
+    "times one cart is tried (worker crashes included) before it fails",
+  ),
+  CARTD_VOLUME_SIZE: field(
+    "space.volumeSize",
+    bytes,
+    { shown: "the file system's free space", value: () => 0 },
+    "the most bytes carts may take under `VOLUME_PATH`",
+  ),
+  CARTD_LRU_PURGE: field(
+    "space.purge",
+    flag,
+    "true",
+    "delete the least recently used ready carts to make room for a new one",
+  ),
+  CARTD_RETENTION: field(
+    "space.retentionMs",
+    seconds,
+    "0",
+    "seconds a ready cart is kept at most (`0`: no limit)",
+  ),
+  CARTD_STATUS_WORDS: field(
+    "api.statusWords",
+    oneOf(["compatible", "precise"]),
+    "compatible",
+    "the words of `X-Pacifica-Status`: `compatible` (Pacifica's three) or `precise` (all five)",
+  ),
+  CARTD_LOG_LEVEL: field(
+    "logLevel",
+    oneOf(["debug", "info", "warn", "error"]),
+    "info",
+    "the lowest level logged: `debug`, `info`, `warn` or `error`",
+  ),
+} as const;
+
+/** The table's rows. */
+export type SettingTable = typeof SETTING_TABLE;
+
+/** The name of a setting that has a value of its own (group rows left out). */
+export type SettingName = {
+  [K in keyof SettingTable]: SettingTable[K] extends { schema: z.ZodType } ? K : never;
+}[keyof SettingTable];
+
+/** The value of each setting, by name, after reading (defaults filled in). */
+export type SettingValues = {
+  [K in SettingName]: SettingTable[K] extends Setting<infer T> ? T : never;
+};
+
+/** The value a row's default stands for (`name` is the row's key, for a message). */
+export function defaultOf<T>(name: string, row: Setting<T>): T {
+  if (typeof row.default !== "string") return row.default.value();
+  return readVariable({ [name]: row.default }, name, row.schema!, undefined as T);
+}
+
+/**
+ * Reads every setting of the table from `env`: each variable by its schema, or its default.
+ *
+ * @throws {ConfigError} naming the first variable that cannot be understood.
+ */
+export function readSettings(env: Env): SettingValues {
+  const values: Record<string, unknown> = {};
+  for (const [name, row] of Object.entries(SETTING_TABLE) as [string, Setting][]) {
+    if (!row.schema) continue;
+    values[name] = readVariable(env, name, row.schema, defaultOf(name, row));
+  }
+  return values as SettingValues;
+}
+
+/** A row's default as a person reads it: Markdown in the docs, plain text in `--help`. */
+function shownDefault(row: Setting, markdown: boolean): string {
+  if (typeof row.default === "string") return markdown ? `\`${row.default}\`` : row.default;
+  return markdown ? row.default.shown : plain(row.default.shown);
+}
+
+/**
+ * Markdown as plain text: code spans lose their backquotes; a link to a section of
+ * docs/configuration.md becomes that section's address, a link elsewhere its words.
+ */
+function plain(markdown: string): string {
+  return markdown.replaceAll("`", "")
+    .replace(/\[[^\]]*\]\((#[^)]*)\)/g, "docs/configuration.md$1")
+    .replace(/\[([^\]]*)\]\([^)]*\)/g, "$1");
+}
+
+/** The table as `--help` shows it: name, meaning and default of each row, in plain text. */
+export const SETTINGS: ReadonlyArray<[name: string, meaning: string, fallback: string]> = Object
+  .entries(SETTING_TABLE).map((
+    [name, row],
+  ) => [name, plain(row.meaning), shownDefault(row as Setting, false)]);
+
+/**
+ * The table as docs/configuration.md shows it under "Every setting": a Markdown table of
+ * variable, meaning and default, its columns padded as `deno fmt` pads them.
+ */
+export function settingsMarkdown(): string {
+  const rows = [
+    ["variable", "meaning", "default"],
+    ...Object.entries(SETTING_TABLE).map(([name, row]) => [
+      `\`${name}\``,
+      row.meaning,
+      shownDefault(row as Setting, true),
+    ]),
+  ];
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => [...r[c]].length)));
+  const line = (cells: string[]) =>
+    `| ${cells.map((cell, c) => cell + " ".repeat(widths[c] - [...cell].length)).join(" | ")} |`;
+  return [line(rows[0]), line(widths.map((w) => "-".repeat(w))), ...rows.slice(1).map(line)]
+    .join("\n") + "\n";
+}
