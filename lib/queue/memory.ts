@@ -4,11 +4,16 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { MemoryQueue } from "./memory.ts";
  * const queue = new MemoryQueue();
- * await queue.consume(async (cartId) => console.log("work on", cartId), 4);
  * await queue.publish("42");
+ * await queue.publish("42"); // a cart that waits already is not queued twice
+ * assert.equal(queue.length, 1);
+ * const seen: string[] = [];
+ * await queue.consume(async (cartId) => void seen.push(cartId), 4);
  * await queue.close();
+ * assert.deepEqual(seen, ["42"]);
  * ```
  * @module
  */

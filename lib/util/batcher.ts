@@ -5,10 +5,13 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { Batcher } from "./batcher.ts";
- * const batch = new Batcher<number>((items) => Promise.resolve(console.log(items)), 100, 50);
- * await batch.add(1);
- * await batch.flush(); // [1]
+ * const written: number[][] = [];
+ * const batch = new Batcher<number>(async (items) => void written.push(items), 2, 50);
+ * for (const n of [1, 2, 3]) await batch.add(n); // 1 and 2 make a full batch
+ * await batch.flush(); // 3 goes now rather than after 50 ms
+ * assert.deepEqual(written, [[1, 2], [3]]);
  * ```
  * @module
  */

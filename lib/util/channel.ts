@@ -8,12 +8,15 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { Channel } from "./channel.ts";
  * const sized = new Channel<number>();
  * sized.push(1);
  * sized.push(2);
  * sized.close();
- * for await (const n of sized) console.log(n); // 1, 2
+ * const taken: number[] = [];
+ * for await (const n of sized) taken.push(n);
+ * assert.deepEqual(taken, [1, 2]);
  * ```
  * @module
  */

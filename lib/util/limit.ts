@@ -3,8 +3,17 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { forEachLimited } from "./limit.ts";
- * await forEachLimited([1, 2, 3], 2, async (n) => console.log(n));
+ * let running = 0, most = 0;
+ * const done: number[] = [];
+ * await forEachLimited([1, 2, 3, 4, 5], 2, async (n) => {
+ *   most = Math.max(most, ++running);
+ *   await new Promise((r) => setTimeout(r, 1));
+ *   done.push(n);
+ *   running--;
+ * });
+ * assert.deepEqual([done.sort(), most], [[1, 2, 3, 4, 5], 2]); // all of them, two at a time
  * ```
  * @module
  */
@@ -21,9 +30,20 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { forEachLimited } from "./limit.ts";
- * async function* ids() { for (let i = 0; i < 1000; i++) yield i; }
- * await forEachLimited(ids(), 8, async (id, signal) => { await fetch(`http://archive/${id}`, { signal }); });
+ * let pulled = 0;
+ * async function* ids() { for (let i = 0; i < 1000; i++) yield pulled = i; }
+ * // Item 3 fails: nothing new starts, the others' signal aborts, and the error is thrown.
+ * const aborted: number[] = [];
+ * const work = async (id: number, signal: AbortSignal) => {
+ *   if (id === 3) throw new Error("archive said 500");
+ *   await new Promise((r) => setTimeout(r, 10));
+ *   if (signal.aborted) aborted.push(id);
+ * };
+ * await assert.rejects(forEachLimited(ids(), 8, work), { message: "archive said 500" });
+ * assert.ok(pulled < 16, `pulled ${pulled}`); // the source is pulled as lanes free up
+ * assert.ok(aborted.length > 0);
  * ```
  */
 export async function forEachLimited<T>(
