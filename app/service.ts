@@ -20,7 +20,8 @@ import { errorMessage, log } from "../lib/util/log.ts";
 import { canCollect, paceHeap } from "../lib/util/memory.ts";
 import { openQueue } from "../lib/queue/open.ts";
 import { syncSchema } from "../lib/store/schema.ts";
-import { Space } from "../lib/space/space.ts";
+import { Cancellations } from "../lib/space/cancellations.ts";
+import { diskInfo, Space } from "../lib/space/space.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 import { cartRoutes } from "../http/routes.ts";
@@ -96,11 +97,14 @@ export async function startService(config: Config, options: ServiceOptions): Pro
     const store = new CartStore(db);
     const queue = await openQueue(config.queue);
     opened.push(() => queue.close());
+    // The process's cancellations: the routes and the space tell the worker through it which
+    // carts were removed, so that it stops their work at once.
+    const cancellations = new Cancellations();
 
     let url: string | null = null;
     let server: Deno.HttpServer | null = null;
     if (options.role !== "worker") {
-      const app = cartRoutes({ store, queue, volume, config });
+      const app = cartRoutes({ store, queue, volume, config, cancellations });
       const port = options.port ?? 8081;
       const hostname = options.hostname ?? "127.0.0.1";
       const listening = Promise.withResolvers<Deno.NetAddr>();
@@ -132,8 +136,17 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       const archive = new ArchiveClient(config.archiveUrl, {
         requestTimeoutMs: config.staging.requestTimeoutMs,
       });
-      const space = new Space(store, volume, config.space);
-      const worker = new CartWorker({ store, queue, volume, config, pool, archive, space });
+      const space = new Space(store, volume, config.space, Date.now, diskInfo, cancellations);
+      const worker = new CartWorker({
+        store,
+        queue,
+        volume,
+        config,
+        pool,
+        archive,
+        space,
+        cancellations,
+      });
       // Stopped before the pool closes (the later entry closes first).
       opened.push(() => worker.stop());
       await worker.start();

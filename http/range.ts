@@ -3,11 +3,12 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseRange } from "./range.ts";
- * parseRange("bytes=0-99", 1000); // [{ start: 0, end: 99 }]
- * parseRange("bytes=-100", 1000); // [{ start: 900, end: 999 }]
- * parseRange("bytes=2000-", 1000); // "unsatisfiable" (answer 416)
- * parseRange("items=0-1", 1000); // null (ignore the header, answer 200)
+ * assert.deepEqual(parseRange("bytes=0-99", 1000), [{ start: 0, end: 99 }]);
+ * assert.deepEqual(parseRange("bytes=-100", 1000), [{ start: 900, end: 999 }]);
+ * assert.equal(parseRange("bytes=2000-", 1000), "unsatisfiable"); // answer 416
+ * assert.equal(parseRange("items=0-1", 1000), null); // ignore the header, answer 200
  * ```
  * @module
  */
@@ -35,9 +36,10 @@ const OWS = /^[ \t]+|[ \t]+$/g;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseRange } from "./range.ts";
- * parseRange("bytes=0-0, -1", 10); // [{ start: 0, end: 0 }, { start: 9, end: 9 }]
- * parseRange("bytes=5-1", 10); // null: invalid, so ignored
+ * assert.deepEqual(parseRange("bytes=0-0, -1", 10), [{ start: 0, end: 0 }, { start: 9, end: 9 }]);
+ * assert.equal(parseRange("bytes=5-1", 10), null); // invalid, so ignored
  * ```
  */
 export function parseRange(

@@ -1,7 +1,14 @@
 /**
  * The cart API of SPEC §1, as Hono routes: create (POST), status (HEAD), download (GET) and
- * delete (DELETE) of `/{uid}`. Routes only talk to the store and the queue; workers do the
- * staging and bundling.
+ * delete (DELETE) of `/{uid}`, and `GET /`. Routes only talk to the store and the queue;
+ * workers do the staging and bundling.
+ *
+ * Beside this file: {@linkcode ./download.ts} serves a ready cart's bundle,
+ * {@linkcode ./downloads.ts} keeps the downloads in flight of one app,
+ * {@linkcode ./content_disposition.ts} checks and sends the download name,
+ * {@linkcode ./range.ts} and {@linkcode ./conditional.ts} read `Range`, `If-Range` and
+ * `If-None-Match`, {@linkcode ./body.ts} reads the POST's body, {@linkcode ./json.ts} makes
+ * the JSON answers.
  *
  * @module
  */
@@ -10,16 +17,20 @@ import { createHash } from "node:crypto";
 import { pacificaStatus } from "../lib/cart/state.ts";
 import { CartDocumentError, parseCartDocument } from "../lib/cart/document.ts";
 import type { Bundle } from "../lib/bundle/plan.ts";
-import { cartBundle, defaultName } from "../lib/bundle/cart_bundle.ts";
-import { StagedFiles } from "../lib/bundle/staged_files.ts";
+import { defaultName } from "../lib/bundle/cart_bundle.ts";
 import type { Config } from "../lib/config/config.ts";
 import { DbUnavailableError } from "../lib/db/db.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import type { Queue } from "../lib/queue/queue.ts";
-import { parseRange } from "./range.ts";
+import type { Cancellations } from "../lib/space/cancellations.ts";
 import { removeCart } from "../lib/space/remove_cart.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
+import { readBody } from "./body.ts";
+import { filenameProblem } from "./content_disposition.ts";
+import { serveDownload } from "./download.ts";
+import { Downloads } from "./downloads.ts";
+import { json } from "./json.ts";
 
 /** What the routes need. */
 export interface RouteDeps {
@@ -31,22 +42,15 @@ export interface RouteDeps {
   volume: Volume;
   /** The service's settings (the routes use its request limits). */
   config: Config;
+  /** The process's cancellations: a local worker busy with a removed cart hears it there. */
+  cancellations: Cancellations;
 }
 
-const JSON_TYPE = "application/json";
 /** cartd's own HEAD header: the precise status of the cart, whatever CARTD_STATUS_WORDS says. */
 export const STATE_HEADER = "X-Cartd-State";
 /** How long a POST waits for the queue before answering (the cart is stored either way). */
 const PUBLISH_WAIT_MS = 2_000;
 const utf8 = new TextEncoder();
-
-/** A JSON answer: every JSON answer has `Content-Type: application/json`. */
-function json(body: unknown, status: number, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "Content-Type": JSON_TYPE, ...headers },
-  });
-}
 
 /** Why a uid is not acceptable, or null when it is. */
 function uidProblem(uid: string): string | null {
@@ -56,82 +60,28 @@ function uidProblem(uid: string): string | null {
   return null;
 }
 
-// deno-lint-ignore no-control-regex
-const BAD_NAME = /[/\\"\u0000-\u001f\u007f]/;
-
-/** Why a `?filename=` is not acceptable, or null when it is. */
-function filenameProblem(name: string): string | null {
-  if (name === "" || name === "." || name === "..") return "filename must name a file";
-  if (BAD_NAME.test(name)) {
-    return "filename may not contain /, \\, quotes or control characters";
-  }
-  if (utf8.encode(name).length > 255) return "filename is longer than 255 bytes";
-  return null;
-}
-
-/**
- * `Content-Disposition` per RFC 6266 for a name {@linkcode filenameProblem} accepts: the name
- * quoted, and for a non-ASCII name `filename*` (UTF-8) after an ASCII `filename` fallback, its
- * accents dropped and anything else outside printable ASCII (or a quote, slash or backslash a
- * compatibility form folds to) made `_`. Clients that read only `filename` (curl -J) get the
- * fallback.
- *
- * @example
- * ```ts
- * import { contentDisposition } from "./routes.ts";
- * contentDisposition("x.tar"); // 'attachment; filename="x.tar"'
- * contentDisposition("données.tar");
- * // `attachment; filename="donnees.tar"; filename*=UTF-8''donn%C3%A9es.tar`
- * ```
- */
-export function contentDisposition(name: string): string {
-  if (/^[\u0020-\u007e]*$/.test(name)) return `attachment; filename="${name}"`;
-  const fallback = name.normalize("NFKD").replace(/\p{M}/gu, "")
-    .replace(/[^\u0020-\u007e]|["/\\]/g, "_");
-  const encoded = encodeURIComponent(name).replace(
-    /['()*]/g,
-    (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase(),
-  );
-  return `attachment; filename="${fallback}"; filename*=UTF-8''${encoded}`;
-}
-
-/** Reads the body as text, refusing more than `limit` bytes. */
-async function readBody(request: Request, limit: number): Promise<string | null> {
-  const declared = Number(request.headers.get("content-length") ?? NaN);
-  if (declared > limit) return null;
-  if (!request.body) return "";
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of request.body) {
-    size += chunk.length;
-    if (size > limit) return null;
-    chunks.push(chunk);
-  }
-  return new TextDecoder().decode(concat(chunks, size));
-}
-
-function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-}
-
 /** A stable fingerprint of a validated document, so an identical re-POST can be recognised. */
 function documentHash(doc: unknown): string {
   return createHash("sha256").update(JSON.stringify(doc)).digest("hex");
 }
 
-/** A Hono app, as {@linkcode cartRoutes} returns it. */
-export type CartApp = Hono;
+/** The cart API as {@linkcode cartRoutes} returns it (a Hono app), with its downloads in flight. */
+export interface CartApp {
+  /** Answers one request: the handler to give `Deno.serve`. */
+  fetch(request: Request): Response | Promise<Response>;
+  /** This app's downloads in flight (no other app instance shares them). */
+  readonly downloads: Downloads<Bundle>;
+}
 
-/** The Hono app that serves the cart API. */
+/**
+ * The Hono app that serves the cart API. Each app has its own downloads in flight: two apps
+ * in one process share no plan.
+ */
 export function cartRoutes(deps: RouteDeps): CartApp {
-  const { store, queue, volume, config } = deps;
-  const app = new Hono();
+  const { store, queue, volume, config, cancellations } = deps;
+  const downloads = new Downloads<Bundle>();
+  const app = Object.assign(new Hono(), { downloads });
+  const remove = (cart: Cart, why: string) => removeCart(store, volume, cart, why, cancellations);
 
   app.onError((error) => {
     if (error instanceof DbUnavailableError) {
@@ -193,7 +143,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     }
     const created = await store.createCart(uid, doc, documentHash(doc));
     if (!created.kept) await publishSoon(created.cart.id, uid);
-    for (const old of created.replaced) await removeCart(store, volume, old, "replaced by a POST");
+    for (const old of created.replaced) await remove(old, "replaced by a POST");
     log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
       uid,
       cart: created.cart.id,
@@ -249,215 +199,21 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     const problem = filenameProblem(name);
     if (problem) return json({ message: problem }, 400);
     const manifest = ["1", "true", "yes"].includes(c.req.query("manifest") ?? "");
-    return await download(c.req.raw, cart, { name, format, manifest });
+    return await serveDownload({ store, volume, downloads }, c.req.raw, cart, {
+      name,
+      format,
+      manifest,
+    });
   });
-
-  async function download(
-    request: Request,
-    cart: Cart,
-    asked: { name: string; format: "tar" | "zip"; manifest: boolean },
-  ): Promise<Response> {
-    const form = JSON.stringify([asked.name, asked.format, asked.manifest]);
-    const { bundle, release, shared } = await inFlight.take(cart.id, form, async () => {
-      const files = await StagedFiles.load(store, cart, volume);
-      // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
-      return files.length === cart.fileCount ? await cartBundle(cart, files, volume, asked) : null;
-    });
-    try {
-      return await respond(request, cart, asked, bundle, release, shared);
-    } catch (error) {
-      release();
-      throw error;
-    }
-  }
-
-  /**
-   * The answer to a GET whose plan is `bundle` (null: the cart is gone): 404, 416, or the
-   * bytes asked for. `release` is called when the plan is no longer needed (at once, or when
-   * the body has been sent, cut off or cancelled).
-   */
-  async function respond(
-    request: Request,
-    cart: Cart,
-    asked: { name: string },
-    bundle: Bundle | null,
-    release: () => number,
-    shared: boolean,
-  ): Promise<Response> {
-    if (!bundle) {
-      release();
-      return json({ message: "The cart does not exist or has already been deleted" }, 404);
-    }
-    const headers: Record<string, string> = {
-      "Content-Type": "application/octet-stream",
-      "Content-Disposition": contentDisposition(asked.name),
-      "Accept-Ranges": "bytes",
-      "ETag": bundle.etag,
-      "Last-Modified": new Date(cart.readyAt ?? cart.updatedAt).toUTCString(),
-    };
-    const ifRange = request.headers.get("if-range");
-    const rangeApplies = ifRange === null || ifRange === bundle.etag;
-    const ranges = rangeApplies ? parseRange(request.headers.get("range"), bundle.size) : null;
-    if (ranges === "unsatisfiable") {
-      await store.touch(cart.id);
-      release();
-      return json({ message: `The range is outside the ${bundle.size} bytes of this cart` }, 416, {
-        "Content-Range": `bytes */${bundle.size}`,
-      });
-    }
-    log.info("download", {
-      uid: cart.uid,
-      cart: cart.id,
-      bytes: bundle.size,
-      range: ranges?.length === 1 ? `${ranges[0].start}-${ranges[0].end}` : undefined,
-      plan: shared ? "shared" : undefined, // with a download of the cart in flight
-    });
-    // The use, recorded before the answer: held while the body is sent (holdWhileSent).
-    await store.touch(cart.id, store.now() + DOWNLOAD_HOLD_MS);
-    const held = (body: ReadableStream<Uint8Array>) => holdWhileSent(store, cart.id, body, release);
-    if (ranges && ranges.length === 1) {
-      const { start, end } = ranges[0];
-      return new Response(held(bundle.stream(start, end)), {
-        status: 206,
-        headers: {
-          ...headers,
-          "Content-Range": `bytes ${start}-${end}/${bundle.size}`,
-          "Content-Length": String(end - start + 1),
-        },
-      });
-    }
-    // Several ranges: RFC 9110 lets a server answer with the whole representation.
-    return new Response(held(bundle.stream(0, bundle.size - 1)), {
-      status: 200,
-      headers: { ...headers, "Content-Length": String(bundle.size) },
-    });
-  }
 
   app.delete("/:uid", async (c) => {
     const cart = await store.liveCart(c.req.param("uid"));
     if (!cart) return json({ message: "Not Found" }, 404);
-    await removeCart(store, volume, cart, "DELETE");
+    await remove(cart, "DELETE");
     return json({ message: "Cart Deleted Successfully" }, 200);
   });
 
   return app;
-}
-
-/** How long a download in flight keeps its cart from the LRU purge and retention, renewed. */
-export const DOWNLOAD_HOLD_MS = 30_000;
-
-/**
- * The downloads in flight in this process and their plans, by cart. Downloads of one cart asked
- * for in the same form share a plan: four clients fetching a 40,000-file cart at once hold one
- * plan (and read the store once), not four. A plan goes when its last download ends.
- */
-class InFlightDownloads {
-  readonly #carts = new Map<string, Map<string, { plan: Promise<Bundle | null>; users: number }>>();
-
-  /**
-   * The plan of cart `cartId` asked for in `form`, made by `make` unless a download in flight
-   * has it already (null: the cart is gone). Call `release` once the download has ended; it
-   * tells how many downloads of the cart are still in flight.
-   */
-  async take(
-    cartId: string,
-    form: string,
-    make: () => Promise<Bundle | null>,
-  ): Promise<{ bundle: Bundle | null; release: () => number; shared: boolean }> {
-    let plans = this.#carts.get(cartId);
-    if (!plans) this.#carts.set(cartId, plans = new Map());
-    let entry = plans.get(form);
-    const shared = entry !== undefined;
-    if (!entry) {
-      const made = { plan: make(), users: 0 };
-      plans.set(form, made);
-      made.plan.then((b) => b ?? this.#forget(cartId, form, made), () => {
-        this.#forget(cartId, form, made);
-      });
-      entry = made;
-    }
-    const taken = entry;
-    taken.users++;
-    let released = false;
-    const release = () => {
-      if (!released) {
-        released = true;
-        if (--taken.users === 0) this.#forget(cartId, form, taken);
-      }
-      return this.downloads(cartId);
-    };
-    try {
-      return { bundle: await taken.plan, release, shared };
-    } catch (error) {
-      release();
-      throw error;
-    }
-  }
-
-  /** How many downloads of the cart are in flight in this process. */
-  downloads(cartId: string): number {
-    let n = 0;
-    for (const entry of this.#carts.get(cartId)?.values() ?? []) n += entry.users;
-    return n;
-  }
-
-  #forget(cartId: string, form: string, entry: { users: number }): void {
-    const plans = this.#carts.get(cartId);
-    if (plans?.get(form) !== entry) return;
-    plans.delete(form);
-    if (!plans.size) this.#carts.delete(cartId);
-  }
-}
-
-const inFlight = new InFlightDownloads();
-
-/**
- * `body`, passed through unchanged, while the cart counts as used: its last use, which the
- * caller set {@linkcode DOWNLOAD_HOLD_MS} ahead, is moved that far ahead again every third of
- * that, so the LRU purge and retention (from whichever process) never delete the files of a
- * download in flight, whatever LRU_BUFFER_TIME is. `release` is called once, when the body is sent, cut off or cancelled;
- * when it tells that no other download of the cart is in flight here, the cart's last use
- * becomes that moment. A process that dies mid-download holds the cart for at most
- * {@linkcode DOWNLOAD_HOLD_MS}.
- */
-function holdWhileSent(
-  store: CartStore,
-  cartId: string,
-  body: ReadableStream<Uint8Array>,
-  release: () => number,
-): ReadableStream<Uint8Array> {
-  const warn = (e: unknown) =>
-    log.warn("could not record a download's hold on its cart", {
-      cart: cartId,
-      error: errorMessage(e),
-    });
-  const hold = () => store.touch(cartId, store.now() + DOWNLOAD_HOLD_MS).catch(warn);
-  const timer = setInterval(hold, DOWNLOAD_HOLD_MS / 3);
-  let ended = false;
-  const end = async () => {
-    if (ended) return;
-    ended = true;
-    clearInterval(timer);
-    if (release() === 0) await store.endHold(cartId).catch(warn);
-  };
-  const reader = body.getReader();
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { done, value } = await reader.read();
-        if (!done) return controller.enqueue(value);
-        await end(); // before the client sees the end
-        controller.close();
-      } catch (error) {
-        await end();
-        controller.error(error);
-      }
-    },
-    async cancel(reason) {
-      await end();
-      await reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
 }
 
 /** Header values cannot carry newlines or non-Latin-1 text; keep the message readable. */

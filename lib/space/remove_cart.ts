@@ -11,28 +11,22 @@
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
 import { errorMessage, log } from "../util/log.ts";
-import { Cancellations } from "./cancellations.ts";
-
-/**
- * The cancellations used where none is passed: `cartd admin` (no worker runs in its process)
- * and, until it takes the process's instance from its deps, the worker, which listens here.
- * app/service.ts forwards its own instance's cancellations to this one meanwhile.
- */
-export const cancellations: Cancellations = new Cancellations();
+import type { Cancellations } from "./cancellations.ts";
 
 /**
  * Removes `cart` (see the module doc); `why` goes to the log. Workers listening on
- * `cancel` (the process's instance) stop their work on it.
+ * `cancellations` (the process's) stop their work on it; without it (`cartd admin`, whose
+ * process runs no worker) no local worker is told.
  */
 export async function removeCart(
   store: CartStore,
   volume: Volume,
   cart: Cart,
   why: string,
-  cancel: Cancellations = cancellations,
+  cancellations?: Cancellations,
 ): Promise<void> {
   await store.unlive(cart.id);
-  cancel.cancel(cart.id);
+  cancellations?.cancel(cart.id);
   try {
     await volume.remove(cart.id);
   } catch (error) {

@@ -9,21 +9,21 @@
  */
 import { log } from "../util/log.ts";
 import type { Cancellations } from "./cancellations.ts";
-import { cancellations as defaultCancellations, removeCart } from "./remove_cart.ts";
+import { removeCart } from "./remove_cart.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
 
 /**
  * Removes every live cart that became ready more than `retentionMs` before `now`; returns the
  * removed carts. Does nothing when `retentionMs` is 0. Workers of this process busy with a
- * removed cart hear it through `cancellations`.
+ * removed cart hear it through `cancellations` (see {@linkcode removeCart}).
  */
 export async function expireCarts(
   store: CartStore,
   volume: Volume,
   retentionMs: number,
   now: number = Date.now(),
-  cancellations: Cancellations = defaultCancellations,
+  cancellations?: Cancellations,
 ): Promise<Cart[]> {
   if (!(retentionMs > 0)) return [];
   const readyBefore = now - retentionMs;

@@ -30,8 +30,8 @@
 import { statfs } from "node:fs/promises";
 import type { Config } from "../config/config.ts";
 import { log } from "../util/log.ts";
-import type { Cancellations } from "./cancellations.ts";
-import { cancellations as defaultCancellations, removeCart } from "./remove_cart.ts";
+import { Cancellations } from "./cancellations.ts";
+import { removeCart } from "./remove_cart.ts";
 import { expireCarts } from "./retention.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
@@ -101,8 +101,11 @@ export class Space {
     readonly now: () => number = Date.now,
     /** Where free space is read from (tests replace it). */
     readonly disk: (path: string) => Promise<DiskInfo> = diskInfo,
-    /** The process's cancellations: a worker busy with a purged cart hears it there. */
-    readonly cancellations: Cancellations = defaultCancellations,
+    /**
+     * The process's cancellations: a worker busy with a purged or expired cart hears it there
+     * (a new instance, that no one else hears, when not given).
+     */
+    readonly cancellations: Cancellations = new Cancellations(),
   ) {}
 
   /**

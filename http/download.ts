@@ -1,0 +1,192 @@
+/**
+ * Serving a ready cart's bundle (SPEC §1, Download): the plan (shared with the downloads of the
+ * same cart and form in flight, {@linkcode ./downloads.ts}), `If-None-Match` → 304, `Range`
+ * and `If-Range` → 206 or 416, `ETag`, `Last-Modified`, `Content-Disposition`, and the hold
+ * that keeps the cart from the LRU purge and retention while its bytes are sent.
+ *
+ * @module
+ */
+import type { Bundle } from "../lib/bundle/plan.ts";
+import { cartBundle } from "../lib/bundle/cart_bundle.ts";
+import { StagedFiles } from "../lib/bundle/staged_files.ts";
+import { errorMessage, log } from "../lib/util/log.ts";
+import type { Cart, CartStore } from "../lib/store/store.ts";
+import type { Volume } from "../lib/volume/volume.ts";
+import { noneMatch, rangeApplies } from "./conditional.ts";
+import { contentDisposition } from "./content_disposition.ts";
+import type { Downloads } from "./downloads.ts";
+import { json } from "./json.ts";
+import { parseRange } from "./range.ts";
+
+/** How long a download in flight keeps its cart from the LRU purge and retention, renewed. */
+export const DOWNLOAD_HOLD_MS = 30_000;
+
+/** What serving a download needs. */
+export interface DownloadDeps {
+  /** Where the cart's files are listed and its uses recorded. */
+  store: CartStore;
+  /** Where the staged files and the tar are read. */
+  volume: Volume;
+  /** The downloads in flight of this app instance. */
+  downloads: Downloads<Bundle>;
+}
+
+/** How the client asked for the cart (the GET's query, checked). */
+export interface DownloadAsk {
+  /** The download name (`?filename=`, or the default name). */
+  name: string;
+  /** The archive format (`?format=`). */
+  format: "tar" | "zip";
+  /** Add a sha256 manifest (`?manifest=`). */
+  manifest: boolean;
+}
+
+/** The answer when the cart went away between the status read and the plan. */
+const gone = () => json({ message: "The cart does not exist or has already been deleted" }, 404);
+
+/**
+ * The answer to a GET of the ready cart `cart` asked for as `asked`: 404 (the cart was removed
+ * meanwhile), 304 (`If-None-Match` names its ETag), 416, or the bytes asked for (200 or 206),
+ * held while they are sent.
+ */
+export async function serveDownload(
+  deps: DownloadDeps,
+  request: Request,
+  cart: Cart,
+  asked: DownloadAsk,
+): Promise<Response> {
+  const { store, volume, downloads } = deps;
+  const form = JSON.stringify([asked.name, asked.format, asked.manifest]);
+  const { bundle, release, shared } = await downloads.take(cart.id, form, async () => {
+    const files = await StagedFiles.load(store, cart, volume);
+    // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
+    return files.length === cart.fileCount ? await cartBundle(cart, files, volume, asked) : null;
+  });
+  try {
+    return await respond(store, request, cart, asked, bundle, release, shared);
+  } catch (error) {
+    release();
+    throw error;
+  }
+}
+
+/**
+ * The answer to a GET whose plan is `bundle` (null: the cart is gone). `release` is called
+ * when the plan is no longer needed (at once, or when the body has been sent, cut off or
+ * cancelled).
+ */
+async function respond(
+  store: CartStore,
+  request: Request,
+  cart: Cart,
+  asked: { name: string },
+  bundle: Bundle | null,
+  release: () => number,
+  shared: boolean,
+): Promise<Response> {
+  if (!bundle) {
+    release();
+    return gone();
+  }
+  const validators: Record<string, string> = {
+    "ETag": bundle.etag,
+    "Last-Modified": new Date(cart.readyAt ?? cart.updatedAt).toUTCString(),
+  };
+  if (!noneMatch(request.headers.get("if-none-match"), bundle.etag)) {
+    // The client has these bytes: a use of the cart, without a body (RFC 9110, 15.4.5).
+    await store.touch(cart.id);
+    release();
+    return new Response(null, { status: 304, headers: validators });
+  }
+  const headers: Record<string, string> = {
+    "Content-Type": "application/octet-stream",
+    "Content-Disposition": contentDisposition(asked.name),
+    "Accept-Ranges": "bytes",
+    ...validators,
+  };
+  const ranges = rangeApplies(request.headers.get("if-range"), bundle.etag)
+    ? parseRange(request.headers.get("range"), bundle.size)
+    : null;
+  if (ranges === "unsatisfiable") {
+    await store.touch(cart.id);
+    release();
+    return json({ message: `The range is outside the ${bundle.size} bytes of this cart` }, 416, {
+      "Content-Range": `bytes */${bundle.size}`,
+    });
+  }
+  log.info("download", {
+    uid: cart.uid,
+    cart: cart.id,
+    bytes: bundle.size,
+    range: ranges?.length === 1 ? `${ranges[0].start}-${ranges[0].end}` : undefined,
+    plan: shared ? "shared" : undefined, // with a download of the cart in flight
+  });
+  // The use, recorded before the answer: held while the body is sent (holdWhileSent).
+  await store.touch(cart.id, store.now() + DOWNLOAD_HOLD_MS);
+  const held = (body: ReadableStream<Uint8Array>) => holdWhileSent(store, cart.id, body, release);
+  if (ranges && ranges.length === 1) {
+    const { start, end } = ranges[0];
+    return new Response(held(bundle.stream(start, end)), {
+      status: 206,
+      headers: {
+        ...headers,
+        "Content-Range": `bytes ${start}-${end}/${bundle.size}`,
+        "Content-Length": String(end - start + 1),
+      },
+    });
+  }
+  // Several ranges: RFC 9110 lets a server answer with the whole representation.
+  return new Response(held(bundle.stream(0, bundle.size - 1)), {
+    status: 200,
+    headers: { ...headers, "Content-Length": String(bundle.size) },
+  });
+}
+
+/**
+ * `body`, passed through unchanged, while the cart counts as used: its last use, which the
+ * caller set {@linkcode DOWNLOAD_HOLD_MS} ahead, is moved that far ahead again every third of
+ * that, so the LRU purge and retention (from whichever process) never delete the files of a
+ * download in flight, whatever LRU_BUFFER_TIME is. `release` is called once, when the body is
+ * sent, cut off or cancelled; when it tells that no other download of the cart is in flight
+ * here, the cart's last use becomes that moment. A process that dies mid-download holds the
+ * cart for at most {@linkcode DOWNLOAD_HOLD_MS}.
+ */
+function holdWhileSent(
+  store: CartStore,
+  cartId: string,
+  body: ReadableStream<Uint8Array>,
+  release: () => number,
+): ReadableStream<Uint8Array> {
+  const warn = (e: unknown) =>
+    log.warn("could not record a download's hold on its cart", {
+      cart: cartId,
+      error: errorMessage(e),
+    });
+  const hold = () => store.touch(cartId, store.now() + DOWNLOAD_HOLD_MS).catch(warn);
+  const timer = setInterval(hold, DOWNLOAD_HOLD_MS / 3);
+  let ended = false;
+  const end = async () => {
+    if (ended) return;
+    ended = true;
+    clearInterval(timer);
+    if (release() === 0) await store.endHold(cartId).catch(warn);
+  };
+  const reader = body.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { done, value } = await reader.read();
+        if (!done) return controller.enqueue(value);
+        await end(); // before the client sees the end
+        controller.close();
+      } catch (error) {
+        await end();
+        controller.error(error);
+      }
+    },
+    async cancel(reason) {
+      await end();
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}

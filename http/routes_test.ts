@@ -1,0 +1,101 @@
+/**
+ * Tests of the routes on a ready cart made directly in a SQLite store (no worker, no archive):
+ * `If-None-Match` → 304, and that each app instance has its own downloads in flight.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { loadConfig } from "../lib/config/config.ts";
+import { openSqlite } from "../lib/db/sqlite.ts";
+import { MemoryQueue } from "../lib/queue/memory.ts";
+import { Cancellations } from "../lib/space/cancellations.ts";
+import { syncSchema } from "../lib/store/schema.ts";
+import { CartStore } from "../lib/store/store.ts";
+import { Volume } from "../lib/volume/volume.ts";
+import { type CartApp, cartRoutes } from "./routes.ts";
+
+/** A store holding the ready cart `uid` of one file, and `apps` apps on it. */
+async function readyCart(uid: string, apps: number) {
+  const dir = await Deno.makeTempDir({ prefix: "routes_test_" });
+  const db = openSqlite(join(dir, "cartd.sqlite3"));
+  await syncSchema(db);
+  const store = new CartStore(db);
+  const volume = new Volume(join(dir, "volume"));
+  const doc = { files: [{ id: "1", path: "a.txt" }], bundle: false, manifest: false };
+  const { cart } = await store.createCart(uid, doc, "0".repeat(64));
+  await volume.prepare(cart.id);
+  const bytes = new Uint8Array(256 * 1024).fill(97);
+  await Deno.writeFile(volume.filePath(cart.id, 0), bytes);
+  const facts = { size: bytes.length, mtime: 0, sha256: "0".repeat(64), crc32: 0 };
+  await store.fileStaged(cart.id, 0, facts);
+  for (const to of ["staging", "bundling", "ready"] as const) {
+    assert.ok(await store.move(cart.id, to), `the cart moves to ${to}`);
+  }
+  const config = loadConfig({ VOLUME_PATH: join(dir, "volume") });
+  const queue = new MemoryQueue();
+  const cancellations = new Cancellations();
+  const made: CartApp[] = [];
+  for (let i = 0; i < apps; i++) {
+    made.push(cartRoutes({ store, queue, volume, config, cancellations }));
+  }
+  return {
+    cartId: cart.id,
+    apps: made,
+    get: (app: CartApp, headers: Record<string, string> = {}) =>
+      app.fetch(new Request(`http://cartd/${uid}`, { headers })),
+    async [Symbol.asyncDispose]() {
+      await queue.close();
+      await db.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test("GET with If-None-Match naming the bundle's ETag answers 304 without a body", async () => {
+  await using w = await readyCart("nm", 1);
+  const [app] = w.apps;
+  const full = await w.get(app);
+  assert.equal(full.status, 200);
+  const etag = full.headers.get("etag")!;
+  const lastModified = full.headers.get("last-modified")!;
+  await full.body?.cancel();
+
+  const same = await w.get(app, { "If-None-Match": etag });
+  assert.equal(same.status, 304);
+  assert.equal(same.headers.get("etag"), etag);
+  assert.equal(same.headers.get("last-modified"), lastModified);
+  assert.equal(await same.text(), "");
+  const listed = await w.get(app, { "If-None-Match": `"other", W/${etag}`, Range: "bytes=0-9" });
+  assert.equal(listed.status, 304, "a weak match in a list counts, and wins over Range");
+  await listed.body?.cancel();
+  const any = await w.get(app, { "If-None-Match": "*" });
+  assert.equal(any.status, 304);
+  await any.body?.cancel();
+  assert.equal(app.downloads.downloads(w.cartId), 0, "a 304 holds no plan");
+
+  const other = await w.get(app, { "If-None-Match": '"stale"' });
+  assert.equal(other.status, 200, "another tag: the whole bundle");
+  assert.equal((await other.arrayBuffer()).byteLength, Number(full.headers.get("content-length")));
+});
+
+Deno.test("two app instances in one process do not share their downloads in flight", async () => {
+  await using w = await readyCart("two", 2);
+  const [a, b] = w.apps;
+  const first = await w.get(a);
+  assert.equal(first.status, 200);
+  const reader = first.body!.getReader();
+  try {
+    await reader.read(); // under way, then stalled
+    assert.equal(a.downloads.downloads(w.cartId), 1);
+    assert.equal(b.downloads.downloads(w.cartId), 0, "b does not see a's download");
+    const second = await w.get(b);
+    assert.equal(b.downloads.downloads(w.cartId), 1, "b planned its own");
+    assert.equal(a.downloads.downloads(w.cartId), 1);
+    const length = Number(second.headers.get("content-length"));
+    assert.ok(length > 256 * 1024);
+    assert.equal((await second.arrayBuffer()).byteLength, length);
+    assert.equal(b.downloads.downloads(w.cartId), 0, "b's download ended");
+  } finally {
+    await reader.cancel();
+  }
+  assert.equal(a.downloads.downloads(w.cartId), 0, "a's download ended when cancelled");
+});
