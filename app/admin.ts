@@ -313,7 +313,15 @@ async function fixit(
     try {
       cart = await store.retryFailed(old.id, newId, adopt);
     } catch (e) {
-      if (moved) await Deno.rename(to, from).catch(() => {});
+      if (moved) {
+        await Deno.rename(to, from).catch((back) => {
+          // The failed cart keeps its id but its files now sit under the new one: say where.
+          console.error(
+            `cartd admin fixit: could not move ${to} back to ${from} (${errorMessage(back)}); ` +
+              `move it by hand before retrying ${JSON.stringify(uid)}`,
+          );
+        });
+      }
       throw e;
     }
     if (!cart) {

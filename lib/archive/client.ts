@@ -127,6 +127,7 @@ export class ArchiveClient {
   /** HEAD: where the file is and how big. Missing or invalid required headers → ArchiveError. */
   async status(id: string, signal?: AbortSignal): Promise<ArchiveStatus> {
     const res = await this.#call(id, "HEAD", signal);
+    // A HEAD answer has no body to lose: cancelling only frees the connection.
     await res.body?.cancel().catch(() => {});
     const h = res.headers;
     const rawMedia = h.get(MEDIA_HEADER);
@@ -167,6 +168,7 @@ export class ArchiveClient {
   /** POST with an empty body: asks the archive to bring the file to disk. Expects 2xx. */
   async stage(id: string, signal?: AbortSignal): Promise<void> {
     const res = await this.#call(id, "POST", signal);
+    // The status said it all; a body that fails while being dropped changes nothing.
     await res.body?.cancel().catch(() => {});
   }
 
@@ -258,6 +260,7 @@ async function errorDetail(res: Response): Promise<string> {
       parts.push(value);
       n += value.byteLength;
     }
+    // The first MAX_ERROR_BODY bytes are read; the rest of an error page is dropped unread.
     await reader.cancel().catch(() => {});
     const text = new TextDecoder().decode(concat(parts).subarray(0, MAX_ERROR_BODY)).trim();
     try {

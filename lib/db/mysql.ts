@@ -276,7 +276,12 @@ export async function openMysql(config: MysqlConfig): Promise<Db> {
       try {
         await pool.query("SELECT 1");
       } catch (e) {
-        await pool.end().catch(() => {});
+        await pool.end().catch((end) => {
+          log.debug("closing the pool of a failed connection attempt failed", {
+            database: where(config),
+            error: errorMessage(end),
+          });
+        });
         throw e;
       }
       if (attempt > 1) log.info("database reachable", { database: where(config) });

@@ -203,7 +203,7 @@ export class AmqpQueue implements Queue {
     const link = this.#link;
     this.#link = null;
     this.#generation++;
-    if (link) await link.model.close().catch(() => {});
+    if (link) await this.#closeModel(link.model, "closing the queue");
     await this.#reconnecting;
   }
 
@@ -229,7 +229,7 @@ export class AmqpQueue implements Queue {
       this.#watch(publisher, generation, "publish channel");
       await publisher.assertQueue(this.queueName, { durable: true });
       if (this.#closed || generation !== this.#generation) {
-        await model.close().catch(() => {});
+        await this.#closeModel(model, "closed while opening");
         return;
       }
       const link: Link = { generation, model, publisher, consumer: null, subscribing: null };
@@ -237,7 +237,7 @@ export class AmqpQueue implements Queue {
       if (this.#handler) await this.#subscribe(link);
     } catch (e) {
       if (this.#link?.generation === generation) this.#link = null;
-      await model.close().catch(() => {});
+      await this.#closeModel(model, "opening failed");
       throw e;
     }
     for (const wake of this.#waiters) wake();
@@ -273,7 +273,7 @@ export class AmqpQueue implements Queue {
     if (message === null) {
       // The broker cancelled the consumer (the queue was deleted, say): start afresh.
       this.#lost(link.generation, "the broker cancelled the consumer");
-      link.model.close().catch(() => {});
+      this.#closeModel(link.model, "the consumer was cancelled");
       return;
     }
     const cartId = message.content.toString("utf8");
@@ -316,8 +316,23 @@ export class AmqpQueue implements Queue {
       broker: this.broker,
       error: errorMessage(reason),
     });
-    link.model.close().catch(() => {});
+    this.#closeModel(link.model, "the connection was lost");
     this.#startReconnecting();
+  }
+
+  /**
+   * Closes a connection that is given up (`why`). It is often half gone already, so closing
+   * it may fail; nothing then depends on it (its messages go back to the broker unacknowledged),
+   * and the failure is only logged.
+   */
+  #closeModel(model: ChannelModel, why: string): Promise<void> {
+    return model.close().catch((e: unknown) => {
+      log.debug("closing a message broker connection failed", {
+        broker: this.broker,
+        why,
+        error: errorMessage(e),
+      });
+    });
   }
 
   #startReconnecting(): void {

@@ -17,6 +17,7 @@
  * ```
  * @module
  */
+import { errorMessage, log } from "../util/log.ts";
 import type { Queue, QueueHandler } from "./queue.ts";
 
 /** The embedded queue: a list in this process, deduplicated while a cart waits. */
@@ -57,7 +58,10 @@ export class MemoryQueue implements Queue {
       const cartId = this.#waiting.shift()!;
       this.#queued.delete(cartId);
       this.#running++;
-      this.#handler(cartId).catch(() => {}).finally(() => {
+      this.#handler(cartId).catch((e) => {
+        // As AmqpQueue does: the cart stays as the handler left it; the sweep finds it again.
+        log.warn("queue handler failed", { cart: cartId, error: errorMessage(e) });
+      }).finally(() => {
         this.#running--;
         this.#pump();
       });

@@ -29,7 +29,7 @@ import { dirname } from "node:path";
 import { ArchiveClient, ArchiveError, type ArchiveStatus } from "../archive/client.ts";
 import { backoffDelays, retry, sleep } from "../util/backoff.ts";
 import { isNoSpace } from "../util/fs_errors.ts";
-import { log, seconds } from "../util/log.ts";
+import { errorMessage, log, seconds } from "../util/log.ts";
 import { QuickFs } from "./quick_fs.ts";
 import { sectionDefaults, type StageSettings } from "../config/config.ts";
 import type { HashType } from "../cart/document.ts";
@@ -222,6 +222,7 @@ async function missingFile(
   if (!says) {
     try {
       const body = await client.open(file.archiveId, signal);
+      // Only the archive's error message was wanted; a body dropped unread changes nothing.
       await body.cancel().catch(() => {});
     } catch (got) {
       if (signal?.aborted) throw signal.reason;
@@ -312,6 +313,7 @@ async function download(
       try {
         file = await createPart(part);
       } catch (err) {
+        // The download is given up for this error; the body dropped unread changes nothing.
         await reader.cancel().catch(() => {});
         throw fsError(job, err, "could not create");
       }
@@ -382,6 +384,7 @@ async function download(
       lastByte = performance.now();
       written += data.byteLength;
       if (written > expected) {
+        // The attempt fails for the size; the rest of the body dropped unread changes nothing.
         await reader.cancel().catch(() => {});
         throw new AttemptFailure(
           new StageError(
@@ -447,7 +450,17 @@ async function download(
         file.close();
       } catch { /* already closed */ }
     }
-    if (!renamed) await Deno.remove(part).catch(() => {});
+    if (!renamed) {
+      await Deno.remove(part).catch((err) => {
+        // NotFound: the .part was never made. Another failure leaves it behind: say so.
+        if (err instanceof Deno.errors.NotFound) return;
+        log.warn("could not remove a partial download", {
+          file: job.label,
+          path: part,
+          error: errorMessage(err),
+        });
+      });
+    }
   }
 }
 
@@ -490,6 +503,7 @@ function readUnlessAborted(
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise((resolve, reject) => {
     const onAbort = () => {
+      // The read is given up with signal.reason (rejected below); the body is not wanted.
       reader.cancel(signal.reason).catch(() => {});
       reject(signal.reason);
     };

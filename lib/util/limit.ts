@@ -17,6 +17,7 @@
  * ```
  * @module
  */
+import { errorMessage, log } from "./log.ts";
 
 /**
  * Runs `work` for every item, at most `limit` at once. On the first failure no new item
@@ -65,6 +66,7 @@ export async function forEachLimited<T>(
   let exhausted = false;
   const next = (): Promise<IteratorResult<T>> => {
     const pull = pulls.then(() => iterator.next());
+    // The chain only keeps pulls in order; the same rejection reaches the lane through `pull`.
     pulls = pull.catch(() => {});
     return pull;
   };
@@ -98,7 +100,12 @@ export async function forEachLimited<T>(
     await Promise.all(Array.from({ length: Math.max(1, lanes) }, lane));
   } finally {
     signal?.removeEventListener("abort", onAbort);
-    if (!exhausted) await pulls.then(() => iterator.return?.()).catch(() => {});
+    if (!exhausted) {
+      await pulls.then(() => iterator.return?.()).catch((error) => {
+        // The work is over either way; a source that fails to close is worth a line in the log.
+        log.warn("could not close the source of a limited loop", { error: errorMessage(error) });
+      });
+    }
   }
   if (failure) throw (failure as { error: unknown }).error;
   signal?.throwIfAborted();
