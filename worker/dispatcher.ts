@@ -116,7 +116,7 @@ export class CartWorker {
     const run: CartRun = { deps: this.deps, cart, owner: this.owner, signal: controller.signal };
     let again = false;
     try {
-      await this.#run(run);
+      await this.#runStages(run);
     } catch (error) {
       // When the work was stopped, the stop is the cause, whatever the stage threw for it.
       const failure = classify(stopOf(controller.signal) ?? error, cart.id);
@@ -168,7 +168,7 @@ export class CartWorker {
   }
 
   /** Runs the stages a claimed cart still needs, in order, from the status it has. */
-  async #run(run: CartRun): Promise<void> {
+  async #runStages(run: CartRun): Promise<void> {
     const { cart } = run;
     const { store, config } = this.deps;
     if (cart.attempts > config.work.maxAttempts) {
