@@ -17,7 +17,7 @@ import mysql from "mysql2/promise";
 import { type Db, DbUnavailableError, type Row, type SqlValue } from "./db.ts";
 import type { DatabaseConfig } from "../config/config.ts";
 import { errorMessage, log } from "../util/log.ts";
-import { sleep } from "../util/backoff.ts";
+import { backoffDelays, retry } from "../util/backoff.ts";
 
 /** The settings {@linkcode openMysql} needs. */
 export type MysqlConfig = Extract<DatabaseConfig, { kind: "mysql" }>;
@@ -38,9 +38,12 @@ const QUERY_TIMEOUT_MS = 30_000;
  */
 const DEADLOCK_RETRIES = 10;
 
-/** A random pause before deadlock retry `attempt` (1, 2, …): up to 10 ms · 1.6^attempt. */
-function deadlockPause(attempt: number): Promise<void> {
-  return sleep(Math.random() * 10 * 1.6 ** attempt);
+/**
+ * The random pauses before deadlock retries 1, 2, …: up to 10 ms · 1.6^retry (full jitter:
+ * 8 ms · 1.6^(retry-1), spread over 0 to twice that).
+ */
+function deadlockPauses(): Iterator<number> {
+  return backoffDelays({ initialMs: 8, factor: 1.6, maxMs: Infinity, jitter: 1 });
 }
 
 /** Error codes (mysql2, Node sockets, server) that mean "the server cannot be reached". */
@@ -136,18 +139,18 @@ class MysqlDb implements Db {
       log.info("sql", { sql, params: JSON.stringify(params, bigintJson) });
     }
     const runner: Runner = this.connection ?? this.pool;
-    for (let attempt = 1;; attempt++) {
-      try {
+    try {
+      return await retry(async () => {
         const [result] = await runner.query({ sql, timeout: QUERY_TIMEOUT_MS }, params);
         return result;
-      } catch (e) {
+      }, {
         // Outside a transaction a deadlock victim statement was rolled back whole: run it again.
-        if (!this.connection && isDeadlock(e) && attempt < DEADLOCK_RETRIES) {
-          await deadlockPause(attempt);
-          continue;
-        }
-        throw translate(e, this.config);
-      }
+        attempts: this.connection ? 1 : DEADLOCK_RETRIES,
+        delays: deadlockPauses(),
+        isRetryable: isDeadlock,
+      });
+    } catch (e) {
+      throw translate(e, this.config);
     }
   }
 
@@ -163,18 +166,16 @@ class MysqlDb implements Db {
 
   async transaction<T>(work: (tx: Db) => Promise<T>): Promise<T> {
     if (this.connection) return await work(this);
-    for (let attempt = 1;; attempt++) {
-      try {
-        return await this.#transactionOnce(work);
-      } catch (e) {
-        if (isDeadlock(e) && attempt < DEADLOCK_RETRIES) {
-          if (this.config.logging) log.info("sql transaction deadlocked, retrying", { attempt });
-          await deadlockPause(attempt);
-          continue;
+    return await retry(() => this.#transactionOnce(work), {
+      attempts: DEADLOCK_RETRIES,
+      delays: deadlockPauses(),
+      isRetryable: isDeadlock,
+      onFailure: (_, { attempt, retrying }) => {
+        if (retrying && this.config.logging) {
+          log.info("sql transaction deadlocked, retrying", { attempt });
         }
-        throw e;
-      }
-    }
+      },
+    });
   }
 
   async #transactionOnce<T>(work: (tx: Db) => Promise<T>): Promise<T> {
@@ -268,9 +269,8 @@ function createPool(config: MysqlConfig): mysql.Pool {
  */
 export async function openMysql(config: MysqlConfig): Promise<Db> {
   const attempts = Math.max(1, config.connectAttempts);
-  let last: unknown;
-  for (let attempt = 1; attempt <= attempts; attempt++) {
-    try {
+  try {
+    return await retry(async (attempt) => {
       await createDatabase(config);
       const pool = createPool(config);
       try {
@@ -286,24 +286,28 @@ export async function openMysql(config: MysqlConfig): Promise<Db> {
       }
       if (attempt > 1) log.info("database reachable", { database: where(config) });
       return new MysqlDb(pool, config);
-    } catch (e) {
-      last = e;
-      log.warn("cannot reach the database", {
-        database: where(config),
-        attempt,
-        of: attempts,
-        error: errorMessage(e),
-      });
-      if (attempt < attempts) await sleep(config.waitMs);
-    }
+    }, {
+      attempts,
+      // DATABASE_WAIT apart, always the same (SPEC §3): a delay that does not grow.
+      delays: backoffDelays({ initialMs: config.waitMs, maxMs: config.waitMs, jitter: 0 }),
+      onFailure: (e, { attempt }) => {
+        log.warn("cannot reach the database", {
+          database: where(config),
+          attempt,
+          of: attempts,
+          error: errorMessage(e),
+        });
+      },
+    });
+  } catch (last) {
+    throw new DbUnavailableError(
+      `Cannot reach the MySQL database "${config.database}" at ${where(config)} as user ` +
+        `"${config.user}" after ${attempts} ${attempts === 1 ? "try" : "tries"} ` +
+        `(last error: ${errorMessage(last)}). Check that MySQL/MariaDB runs and listens there, ` +
+        "that the user and password are right (DATABASE_URL or MYSQL_ENV_MYSQL_USER / " +
+        "MYSQL_ENV_MYSQL_PASSWORD, MYSQL_PORT_3306_TCP_ADDR / _PORT), or wait longer with " +
+        "DATABASE_CONNECT_ATTEMPTS and DATABASE_WAIT.",
+      { cause: last },
+    );
   }
-  throw new DbUnavailableError(
-    `Cannot reach the MySQL database "${config.database}" at ${where(config)} as user ` +
-      `"${config.user}" after ${attempts} ${attempts === 1 ? "try" : "tries"} ` +
-      `(last error: ${errorMessage(last)}). Check that MySQL/MariaDB runs and listens there, ` +
-      "that the user and password are right (DATABASE_URL or MYSQL_ENV_MYSQL_USER / " +
-      "MYSQL_ENV_MYSQL_PASSWORD, MYSQL_PORT_3306_TCP_ADDR / _PORT), or wait longer with " +
-      "DATABASE_CONNECT_ATTEMPTS and DATABASE_WAIT.",
-    { cause: last },
-  );
 }
