@@ -1,6 +1,7 @@
 /**
  * Tests of the routes on a ready cart made directly in a SQLite store (no worker, no archive):
- * `If-None-Match` → 304, and that each app instance has its own downloads in flight.
+ * `If-None-Match` → 304, that each app instance has its own downloads in flight, and that a
+ * DELETE is told on the cancellations the routes were given.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -40,6 +41,7 @@ async function readyCart(uid: string, apps: number) {
   return {
     cartId: cart.id,
     apps: made,
+    cancellations,
     get: (app: CartApp, headers: Record<string, string> = {}) =>
       app.fetch(new Request(`http://cartd/${uid}`, { headers })),
     async [Symbol.asyncDispose]() {
@@ -98,4 +100,15 @@ Deno.test("two app instances in one process do not share their downloads in flig
     await reader.cancel();
   }
   assert.equal(a.downloads.downloads(w.cartId), 0, "a's download ended when cancelled");
+});
+
+Deno.test("DELETE tells the routes' cancellations, so a local worker stops the cart's work", async () => {
+  await using w = await readyCart("del", 1);
+  const heard: string[] = [];
+  const stop = w.cancellations.onCancel((cartId) => heard.push(cartId));
+  const deleted = await w.apps[0].fetch(new Request("http://cartd/del", { method: "DELETE" }));
+  stop();
+  assert.equal(deleted.status, 200);
+  assert.deepEqual(heard, [w.cartId]);
+  assert.equal((await w.get(w.apps[0])).status, 404);
 });

@@ -9,7 +9,13 @@
  * @module
  */
 import { heapCheckpoint } from "../util/memory.ts";
-import { type CartStatus, isFinal, parseStatus, predecessorsOf } from "../cart/state.ts";
+import {
+  CART_STATUSES,
+  type CartStatus,
+  isFinal,
+  parseStatus,
+  predecessorsOf,
+} from "../cart/state.ts";
 import { type CartDocument, HASH_TYPES, type HashType } from "../cart/document.ts";
 import type { StagedFacts } from "../cart/staged.ts";
 import type { Db, Row, SqlValue } from "../db/db.ts";
@@ -224,8 +230,13 @@ async function insertCart(tx: Db, cart: NewCart, now: number): Promise<void> {
   );
 }
 
-/** The statuses of a cart in progress, as SQL (those whose reservation is still being filled). */
-const IN_PROGRESS_SQL = "('waiting', 'staging', 'bundling')";
+/**
+ * The statuses of a cart in progress (every status that is not final in the state machine),
+ * as an SQL list: `('waiting', 'staging', 'bundling')`.
+ */
+const IN_PROGRESS_SQL = `(${
+  CART_STATUSES.filter((status) => !isFinal(status)).map((status) => `'${status}'`).join(", ")
+})`;
 
 /** What carts hold against the volume (SPEC §4): the sums {@linkcode CartStore.spaceHoldings} reads. */
 export interface SpaceHoldings {
@@ -516,7 +527,7 @@ export class CartStore {
     const now = this.now();
     const { changes } = await this.db.run(
       `UPDATE carts SET claim_owner = ?, claim_expires = ?, attempts = attempts + 1
-       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling') AND live_uid IS NOT NULL
+       WHERE id = ? AND status IN ${IN_PROGRESS_SQL} AND live_uid IS NOT NULL
          AND (claim_owner IS NULL OR claim_owner = ? OR claim_expires < ?)`,
       [owner, now + ttlMs, cartId, owner, now],
     );
@@ -547,7 +558,7 @@ export class CartStore {
    */
   async orphans(quietSince: number): Promise<Cart[]> {
     const rows = await this.db.all(
-      `SELECT * FROM carts WHERE status IN ('waiting', 'staging', 'bundling')
+      `SELECT * FROM carts WHERE status IN ${IN_PROGRESS_SQL}
         AND live_uid IS NOT NULL
         AND ((claim_owner IS NULL AND updated_at < ?) OR claim_expires < ?)
        ORDER BY created_at`,
@@ -565,7 +576,7 @@ export class CartStore {
     const now = this.now();
     const { changes } = await this.db.run(
       `UPDATE carts SET claim_owner = NULL, claim_expires = NULL, updated_at = ?
-       WHERE id = ? AND status IN ('waiting', 'staging', 'bundling')
+       WHERE id = ? AND status IN ${IN_PROGRESS_SQL}
         AND ((claim_owner IS NULL AND updated_at < ?) OR claim_expires < ?)`,
       [now, cartId, quietSince, now],
     );
