@@ -12,13 +12,13 @@
  * @module
  */
 import { resolve } from "node:path";
-import type { z } from "zod/v4";
 import {
   ConfigError,
   defaultOf,
   type Env,
   readSettings,
   readVariable,
+  type Schema,
   schemas,
   type Setting,
   SETTING_TABLE,
@@ -164,7 +164,7 @@ type PlainRows = {
 };
 /** Each plain row's field, checked: its path exists in Config and its value type fits. */
 type Checked = {
-  [K in keyof PlainRows]: PlainRows[K] extends { fills: infer F; schema: z.ZodType<infer T> }
+  [K in keyof PlainRows]: PlainRows[K] extends { fills: infer F; schema: Schema<infer T> }
     ? F extends Field ? T extends FieldValue<F> ? F : never : never
     : never;
 };

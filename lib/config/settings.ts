@@ -30,12 +30,20 @@ export class ConfigError extends Error {
 /** Environment variables by name (an unset variable is undefined). */
 export type Env = Record<string, string | undefined>;
 
+/** What a setting's schema does (every zod schema of {@linkcode schemas} is one). */
+export interface Schema<T> {
+  /** Reads `input`: its value, or the issues, the first of which says what was expected. */
+  safeParse(
+    input: unknown,
+  ): { success: true; data: T } | { success: false; error: { issues: { message: string }[] } };
+}
+
 /**
  * Reads one variable with `schema` (its text trimmed); `fallback` when it is unset or blank.
  *
  * @throws {ConfigError} `NAME="value" is not valid: <the schema's first message>`.
  */
-export function readVariable<T>(env: Env, name: string, schema: z.ZodType<T>, fallback: T): T {
+export function readVariable<T>(env: Env, name: string, schema: Schema<T>, fallback: T): T {
   const raw = env[name];
   if (raw === undefined || raw.trim() === "") return fallback;
   const parsed = schema.safeParse(raw.trim());
@@ -142,7 +150,7 @@ export interface Setting<T = unknown> {
   /** What the setting means, as docs/configuration.md says it (Markdown code spans allowed). */
   readonly meaning: string;
   /** Reads the variable's (trimmed) text. A group row ({@linkcode Setting.group}) has none. */
-  readonly schema?: z.ZodType<T>;
+  readonly schema?: Schema<T>;
   /** The default, written as in the environment (parsed by `schema`), or worked out. */
   readonly default: string | WorkedOutDefault<T>;
   /**
@@ -406,7 +414,7 @@ export type SettingTable = typeof SETTING_TABLE;
 
 /** The name of a setting that has a value of its own (group rows left out). */
 export type SettingName = {
-  [K in keyof SettingTable]: SettingTable[K] extends { schema: z.ZodType } ? K : never;
+  [K in keyof SettingTable]: SettingTable[K] extends { schema: Schema<unknown> } ? K : never;
 }[keyof SettingTable];
 
 /** The value of each setting, by name, after reading (defaults filled in). */
