@@ -16,6 +16,9 @@
  *   It runs in the background, beside the other scenarios (its cartd is idle but for timers).
  * - `production`: the 1 GiB download and the 10,000-file cart on MariaDB + RabbitMQ with one
  *   `cartd serve` and two `cartd worker` processes, beside the embedded default.
+ * - `tape`: against a fake archive with a tape library (bench/tape.ts): mounts and time to
+ *   ready of 96 files on 4 tapes, 1,000 files on 5 s recalls, a cart on disk behind carts on
+ *   tape, two carts sharing 50 files. `tape-big` (only when named): 100,000 files on tape.
  *
  * `--large` adds a 4 GiB cart (64 × 64 MiB) and a 40,000 × 1 KiB cart.
  *
@@ -24,6 +27,7 @@
 import { parseArgs } from "node:util";
 import { defaultThreads, loadConfig, SETTINGS } from "../lib/config/config.ts";
 import { type Cartd, cartStatus, postCart, startCartd } from "../tests/support/harness.ts";
+import { tapeScenarios, type TapeSection } from "./tape.ts";
 import {
   type ArchiveProcess,
   BENCH_DIR,
@@ -46,7 +50,16 @@ import {
   type Transfer,
 } from "./common.ts";
 
-const SCENARIOS = ["download", "range", "small", "memory", "polling", "production"] as const;
+const SCENARIOS = [
+  "download",
+  "range",
+  "small",
+  "memory",
+  "polling",
+  "production",
+  "tape",
+  "tape-big",
+] as const;
 type Scenario = typeof SCENARIOS[number];
 
 const { values, positionals } = parseArgs({
@@ -61,7 +74,7 @@ const { values, positionals } = parseArgs({
 if (values.help) {
   console.log(
     `deno task bench [${SCENARIOS.join(" ")}] [--large] [--rounds N]\n` +
-      "No scenario named: all of them. --large adds the 4 GiB / 40,000-file carts.",
+      "No scenario named: all of them but tape-big. --large adds the 4 GiB / 40,000-file carts.",
   );
   Deno.exit(0);
 }
@@ -72,7 +85,7 @@ for (const p of positionals) {
   }
 }
 const selected = new Set<Scenario>(
-  positionals.length ? positionals as Scenario[] : [...SCENARIOS],
+  positionals.length ? positionals as Scenario[] : SCENARIOS.filter((s) => s !== "tape-big"),
 );
 if (selected.has("memory")) {
   selected.add("download");
@@ -632,6 +645,16 @@ async function main(): Promise<void> {
       prod = await production(archive);
     }
     const polled = poll ? await poll : undefined;
+    let tape: TapeSection[] = [];
+    if (selected.has("tape") || selected.has("tape-big")) {
+      tape = await tapeScenarios({
+        env: BENCH_ENV,
+        tape: selected.has("tape"),
+        big: selected.has("tape-big"),
+        tempDir,
+        progress,
+      });
+    }
 
     // ---- the table
     for (const d of selected.has("download") ? downloads : []) {
@@ -849,6 +872,7 @@ async function main(): Promise<void> {
       }
       if (prod.error) rows.push({ figure: "PENDING: the run failed", cartd: prod.error });
     }
+    sections.push(...tape);
     printTable();
     console.log("");
     console.log(
