@@ -400,6 +400,31 @@ export class CartStore {
     return Number(row.total);
   }
 
+  /**
+   * The files recorded as staged, in any live cart, whose archive id is one of `archiveIds`
+   * (matched exactly: MySQL's case-insensitive comparison is undone here). Read a few hundred
+   * ids per query; `cart_files` has no index on `archive_id`, so each query scans the table.
+   * The estimate of `POST /_cartd/estimate` uses it to tell what is on the volume already; the
+   * caller checks the hashes (a row's `hashtype`/`hashsum` were verified, `sha256` measured).
+   */
+  async stagedInLiveCarts(archiveIds: Iterable<string>): Promise<CartFile[]> {
+    const wanted = new Set(archiveIds);
+    const found: CartFile[] = [];
+    for (const { batch } of powerOfTwoBatches([...wanted], INSERT_BATCH)) {
+      const rows = await this.db.all(
+        `SELECT cart_id, ${FILE_COLUMNS} FROM cart_files
+          WHERE status = 'staged' AND archive_id IN (${batch.map(() => "?").join(", ")})
+            AND cart_id IN (SELECT id FROM carts WHERE live_uid IS NOT NULL)`,
+        [...batch],
+      );
+      for (const row of rows) {
+        const file = toFile(String(row.cart_id), row);
+        if (wanted.has(file.archiveId)) found.push(file);
+      }
+    }
+    return found;
+  }
+
   /** Records the size and mtime the archive reported for a file. */
   async setFileSize(cartId: string, idx: number, size: number, mtime: number): Promise<void> {
     await this.setFileSizes(cartId, [{ idx, size, mtime }]);
