@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { hashLocalFile, stageFile } from "../lib/staging/stage_file.ts";
+import { hashLocalFile, StageError, stageFile } from "../lib/staging/stage_file.ts";
+import { ArchiveError } from "../lib/archive/client.ts";
 import { planBundle } from "../lib/bundle/plan.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { isNoSpace } from "../lib/util/fs_errors.ts";
@@ -40,14 +41,23 @@ async function writeBundle(job: BundleJob, signal: AbortSignal): Promise<Written
   }
 }
 
+/**
+ * A task's error as it crosses to the main thread. A {@linkcode StageError} keeps its own code,
+ * and an {@linkcode ArchiveError} has none: their messages may quote the archive (whose own
+ * disk may be full), which says nothing of ours. Only a raw file-system error is classified
+ * here, by {@linkcode isNoSpace}: a full disk becomes `"nospace"`.
+ */
 function describe(error: unknown): { name: string; message: string; code?: string } {
+  if (error instanceof StageError) {
+    return { name: error.name, message: error.message, code: error.code };
+  }
+  if (error instanceof ArchiveError) return { name: error.name, message: error.message };
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;
-    const nospace = isNoSpace(error);
     return {
       name: error.name,
       message: error.message,
-      code: nospace ? "nospace" : typeof code === "string" ? code : undefined,
+      code: isNoSpace(error) ? "nospace" : typeof code === "string" ? code : undefined,
     };
   }
   return { name: "Error", message: String(error) };
