@@ -1,6 +1,8 @@
 /**
- * Serving a ready cart's bundle (SPEC §1, Download): the plan (shared with the downloads of the
- * same cart and form in flight, {@linkcode ./downloads.ts}), `If-None-Match` → 304, `Range`
+ * Serving a ready cart's bundle (SPEC §1, Download): the bundle (`cartBundle`: the tar written
+ * for a `"bundle": true` cart, with the size and ETag the store recorded, else the plan of its
+ * staged files; shared with the downloads of the same cart and form in flight,
+ * {@linkcode ./downloads.ts}), `If-None-Match` → 304, `Range`
  * and `If-Range` → 206 or 416, `ETag`, `Last-Modified`, `Content-Disposition`, and the hold
  * that keeps the cart from the LRU purge and retention while its bytes are sent.
  *
@@ -57,11 +59,16 @@ export async function serveDownload(
 ): Promise<Response> {
   const { store, volume, downloads } = deps;
   const form = JSON.stringify([asked.name, asked.format, asked.manifest]);
-  const { bundle, release, shared } = await downloads.take(cart.id, form, async () => {
-    const files = await StagedFiles.load(store, cart, volume);
-    // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
-    return files.length === cart.fileCount ? await cartBundle(cart, files, volume, asked) : null;
-  });
+  const { bundle, release, shared } = await downloads.take(
+    cart.id,
+    form,
+    () =>
+      cartBundle(cart, volume, asked, async () => {
+        const files = await StagedFiles.load(store, cart, volume);
+        // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
+        return files.length === cart.fileCount ? files : null;
+      }),
+  );
   try {
     return await respond(store, request, cart, asked, bundle, release, shared);
   } catch (error) {

@@ -5,6 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
+import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { loadConfig } from "../lib/config/config.ts";
 import { openSqlite } from "../lib/db/sqlite.ts";
 import { MemoryQueue } from "../lib/queue/memory.ts";
@@ -28,9 +30,12 @@ async function readyCart(uid: string, apps: number) {
   await Deno.writeFile(volume.filePath(cart.id, 0), bytes);
   const facts = { size: bytes.length, mtime: 0, sha256: "0".repeat(64), crc32: 0 };
   await store.fileStaged(cart.id, 0, facts);
-  for (const to of ["staging", "bundling", "ready"] as const) {
-    assert.ok(await store.move(cart.id, to), `the cart moves to ${to}`);
-  }
+  assert.ok(await store.startStaging(cart.id, null), "the cart moves to staging");
+  assert.ok(await store.startBundling(cart.id, null), "the cart moves to bundling");
+  const ready = { ...cart, readyAt: Date.now() };
+  const plan = planCartBundle(ready, await StagedFiles.load(store, cart, volume));
+  const download = { readyAt: ready.readyAt, size: plan.size, etag: plan.etag };
+  assert.ok(await store.markReady(cart.id, null, download), "the cart moves to ready");
   const config = loadConfig({ VOLUME_PATH: join(dir, "volume") });
   const queue = new MemoryQueue();
   const cancellations = new Cancellations();

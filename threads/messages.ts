@@ -7,15 +7,19 @@
 import type { HashType } from "../lib/cart/document.ts";
 import type { LocalHashes, StagedFile, StageJob } from "../lib/staging/stage_file.ts";
 import type { StageSettings } from "../lib/config/config.ts";
-import type { BundleFile, BundleOptions } from "../lib/bundle/plan.ts";
+import type { BundleFile } from "../lib/bundle/plan.ts";
+import type { BundleCart } from "../lib/bundle/cart_bundle.ts";
 import type { StagedColumns } from "../lib/bundle/staged_files.ts";
 
-/** Write a bundle to `dest` (via `dest.part`), and its ETag to `dest.etag`. */
+/**
+ * Write the default download of a cart (a tar, planned by `planCartBundle`) to `dest`, via
+ * `dest.part`.
+ */
 export interface BundleJob {
+  /** The cart as it becomes ready (its `readyAt` set): what the tar is laid out from. */
+  cart: BundleCart;
   /** The staged files, in bundle order: a list, or a cart's files in columns (compact). */
   files: BundleFile[] | StagedColumns;
-  /** How the bundle is laid out. */
-  options: BundleOptions;
   /** Absolute path of the bundle to write. */
   dest: string;
 }
@@ -24,7 +28,7 @@ export interface BundleJob {
 export interface WrittenBundle {
   /** Length in bytes. */
   size: number;
-  /** The bundle's strong ETag, quoted (also written to `dest.etag`). */
+  /** The bundle's strong ETag, quoted (the store records it with the ready cart). */
   etag: string;
 }
 

@@ -8,7 +8,7 @@
  */
 import { hashLocalFile, StageError, stageFile } from "../lib/staging/stage_file.ts";
 import { ArchiveError } from "../lib/archive/client.ts";
-import { planBundle } from "../lib/bundle/plan.ts";
+import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { isNoSpace } from "../lib/util/fs_errors.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
@@ -19,13 +19,12 @@ const running = new Map<number, AbortController>();
 
 async function writeBundle(job: BundleJob, signal: AbortSignal): Promise<WrittenBundle> {
   const files = Array.isArray(job.files) ? job.files : new StagedFiles(job.files);
-  const bundle = planBundle(files, job.options);
+  const bundle = planCartBundle(job.cart, files);
   const part = `${job.dest}.part`;
   try {
     const file = await Deno.open(part, { write: true, create: true, truncate: true });
     await bundle.stream(0, bundle.size - 1, signal).pipeTo(file.writable, { signal });
     await Deno.rename(part, job.dest);
-    await Deno.writeTextFile(`${job.dest}.etag`, bundle.etag);
     return { size: bundle.size, etag: bundle.etag };
   } catch (e) {
     await Deno.remove(part).catch((removeError) => {

@@ -2,20 +2,20 @@
  * The bundling stage: the last step of a cart's work, after staging.
  *
  * ```
- * check every staged file (fetch again the ones missing) → plan the tar
- *   → write it in a thread when "bundle": true → ready → settle the reservation
+ * check every staged file (fetch again the ones missing)
+ *   → "bundle": true: the tar planned and written in a thread; else: the tar planned here
+ *   → ready, with the tar's size and ETag → settle the reservation
  * ```
  *
  * @module
  */
-import { cartBundleOptions } from "../lib/bundle/cart_bundle.ts";
-import { planBundle } from "../lib/bundle/plan.ts";
+import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import type { CartFile } from "../lib/store/store.ts";
 import { forEachLimited } from "../lib/util/limit.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import type { CartRun } from "./context.ts";
-import { CartFailure, Stopped } from "./errors.ts";
+import { Stopped } from "./errors.ts";
 import { fetchFiles, sizeOnDisk } from "./stage_cart.ts";
 
 /** Files whose size on disk is checked at once. */
@@ -23,33 +23,29 @@ const CHECKS_IN_FLIGHT = 32;
 
 /**
  * Checks every file against the store and the disk (one fetched again when it is missing),
- * plans the tar, writes it for a `"bundle": true` cart, and moves the cart to `ready`.
+ * has the tar of a `"bundle": true` cart written in a thread, and moves the cart to `ready`
+ * with the size and ETag of its default download (the written tar, or for another cart the
+ * tar it would get, planned here). Either way the plan is made once, by `planCartBundle`.
  * Throws {@linkcode Stopped} when the cart cannot be moved (deleted, replaced, or its claim
- * lost), a {@linkcode CartFailure} when the written tar does not match its plan, or what
- * fetching and writing threw.
+ * lost), or what fetching and writing threw.
  */
 export async function bundleCart(run: CartRun): Promise<void> {
   const { cart, signal, owner, deps: { store, volume, pool, space } } = run;
   const files = await checkedFiles(run);
   const readyAt = Date.now();
+  // The plan's folder times come from readyAt: the cart is planned as it will be when ready.
   const ready = { ...cart, readyAt };
-  // The tar of a "bundle": true cart is laid out as downloads plan it (under the cart's uid).
-  const options = cartBundleOptions(ready, { format: "tar" });
-  const plan = planBundle(files, options);
-  if (cart.bundle) {
-    const written = await pool.bundle({
-      files: files.columns,
-      options,
-      dest: volume.bundlePath(cart.id),
-    }, signal);
-    if (written.etag !== plan.etag || written.size !== plan.size) {
-      throw new CartFailure("The tar written to disk does not match its plan; POST the cart again");
-    }
-  }
+  const download = cart.bundle
+    ? await pool.bundle(
+      { cart: ready, files: files.columns, dest: volume.bundlePath(cart.id) },
+      signal,
+    )
+    : planCartBundle(ready, files);
   signal.throwIfAborted();
-  if (!(await store.move(cart.id, "ready", "", readyAt, owner))) throw new Stopped("gone");
+  const facts = { readyAt, size: download.size, etag: download.etag };
+  if (!(await store.markReady(cart.id, owner, facts))) throw new Stopped("gone");
   // The reservation of a ready cart is what it holds on disk: its checked files, and the tar.
-  const held = files.bytes + (cart.bundle ? plan.size : 0);
+  const held = files.bytes + (cart.bundle ? download.size : 0);
   await space.settle(cart.id, held).catch((e) =>
     log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
   );

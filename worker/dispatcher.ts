@@ -181,14 +181,12 @@ export class CartWorker {
     const started = Date.now();
     let status = cart.status;
     if (status === "waiting") {
-      if (!(await store.move(cart.id, "staging", "", null, this.owner))) throw new Stopped("gone");
+      if (!(await store.startStaging(cart.id, this.owner))) throw new Stopped("gone");
       status = "staging";
     }
     if (status === "staging") {
       await stageCart(run);
-      if (!(await store.move(cart.id, "bundling", "", null, this.owner))) {
-        throw new Stopped("gone");
-      }
+      if (!(await store.startBundling(cart.id, this.owner))) throw new Stopped("gone");
     }
     await bundleCart(run);
     log.info("cart ready", { uid: cart.uid, cart: cart.id, ms: Date.now() - started });
@@ -247,7 +245,7 @@ export class CartWorker {
         })
       );
     }
-    if (await store.move(cart.id, "error", failure.message, null, this.owner)) {
+    if (await store.fail(cart.id, failure.message, this.owner)) {
       log.warn("cart failed", { uid: cart.uid, cart: cart.id, error: failure.message });
     } else {
       await this.#removeIfDead(cart.id); // deleted or replaced meanwhile

@@ -111,14 +111,21 @@ async function rig(): Promise<Rig> {
   };
 }
 
-/** Every status the store is asked to move `cartId` to, in order. */
+/** Every status the store is asked to move `cartId` to (by its named transitions), in order. */
 function recordMoves(store: CartStore, cartId: string): CartStatus[] {
   const moves: CartStatus[] = [];
-  const move = store.move.bind(store);
-  store.move = (id, to, ...rest) => {
-    if (id === cartId) moves.push(to);
-    return move(id, to, ...rest);
-  };
+  const heard = (id: string, to: CartStatus) => id === cartId && moves.push(to);
+  const { startStaging, startBundling, markReady, fail } = store;
+  store.startStaging = (
+    id,
+    ...rest
+  ) => (heard(id, "staging"), startStaging.call(store, id, ...rest));
+  store.startBundling = (
+    id,
+    ...rest
+  ) => (heard(id, "bundling"), startBundling.call(store, id, ...rest));
+  store.markReady = (id, ...rest) => (heard(id, "ready"), markReady.call(store, id, ...rest));
+  store.fail = (id, ...rest) => (heard(id, "error"), fail.call(store, id, ...rest));
   return moves;
 }
 
@@ -209,12 +216,10 @@ Deno.test("a lost claim stops the work, and the cart is left to the claim's new 
   const ended = workEnded(worker, cart.id);
   await queue.publish(cart.id);
   await eventually("the worker polls the tape", () => r.archive.counts("31").head > 1, 10_000);
-  // Another worker takes the claim over (as when ours expired while the database was away).
-  await r.db.run("UPDATE carts SET claim_owner = ?, claim_expires = ? WHERE id = ?", [
-    "another-worker",
-    Date.now() + 60_000,
-    cart.id,
-  ]);
+  // Another worker takes the claim over (as when ours expired while the database was away):
+  // ours is let go, and the other claims the cart.
+  await r.store.release(cart.id, worker.owner);
+  assert.ok(await r.store.claim(cart.id, "another-worker", 60_000), "the other worker claims it");
   let timer: ReturnType<typeof setTimeout> | undefined;
   const outcome = await Promise.race([
     ended.then(() => "stopped"),

@@ -272,7 +272,7 @@ async function reserveCart(run: CartRun, reservedBytes: number): Promise<void> {
 /** The size of a `"bundle": true` cart's tar, planned from the sizes the archive told. */
 async function tarSize({ cart, deps: { store, volume } }: CartRun): Promise<number> {
   const files = await StagedFiles.load(store, cart, volume, true);
-  return planCartBundle(cart, files, { format: "tar" }).size;
+  return planCartBundle(cart, files).size;
 }
 
 /**

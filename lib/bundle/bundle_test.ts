@@ -632,6 +632,8 @@ function readyCart(over: Partial<Cart> = {}): Cart {
     claimOwner: null,
     claimExpires: null,
     attempts: 1,
+    downloadSize: null,
+    downloadEtag: null,
     ...over,
   };
 }

@@ -33,7 +33,10 @@ export interface DownloadRequest {
 }
 
 /** `data_YYYY_MM_DD_HH_MM_SS.tar` (or `.zip`) from the time the cart became ready (UTC). */
-export function defaultName(cart: Cart, format: BundleFormat): string {
+export function defaultName(
+  cart: Pick<Cart, "readyAt" | "createdAt">,
+  format: BundleFormat,
+): string {
   const d = new Date(cart.readyAt ?? cart.createdAt);
   const p = (n: number) => String(n).padStart(2, "0");
   return `data_${d.getUTCFullYear()}_${p(d.getUTCMonth() + 1)}_${p(d.getUTCDate())}_${
@@ -60,12 +63,22 @@ export function uidFolder(uid: string): string {
   return safe === "" || safe === "." || safe === ".." ? "_".repeat(Math.max(1, safe.length)) : safe;
 }
 
+/** What a cart's bundle is laid out from: its uid, its choices and its times. */
+export type BundleCart = Pick<Cart, "uid" | "bundle" | "manifest" | "readyAt" | "createdAt">;
+
+/**
+ * The download a client gets without asking for anything: a tar under the default name, with
+ * a manifest only when the cart asked for one. It is what bundling writes for a `"bundle":
+ * true` cart, and what the store's `markReady` records the size and ETag of.
+ */
+export const DEFAULT_DOWNLOAD: DownloadRequest = { format: "tar" };
+
 /**
  * The layout of a ready cart's bundle for `request`: the top folder (see the module
- * description), the format, the manifest and the time of its folders. Bundling (which writes
- * the tar of a `"bundle": true` cart) and downloads both plan from this, so that they agree.
+ * description), the format, the manifest and the time of its folders; what
+ * {@linkcode planCartBundle} plans with.
  */
-export function cartBundleOptions(cart: Cart, request: DownloadRequest): BundleOptions {
+export function cartBundleOptions(cart: BundleCart, request: DownloadRequest): BundleOptions {
   const top = cart.bundle
     ? uidFolder(cart.uid)
     : topFolder(request.name ?? defaultName(cart, request.format));
@@ -77,42 +90,52 @@ export function cartBundleOptions(cart: Cart, request: DownloadRequest): BundleO
   };
 }
 
-/** Plans the bundle of a cart whose files are all staged. */
+/**
+ * The one place where a cart and its files become a plan: the bundle of `cart` asked for as
+ * `request` ({@linkcode DEFAULT_DOWNLOAD} when not given). Staging sizes the tar of a
+ * `"bundle": true` cart with it (from the sizes the archive told), the bundling thread writes
+ * that tar from it, and downloads that are not the written tar are served from it; so they
+ * all agree, byte for byte.
+ */
 export function planCartBundle(
-  cart: Cart,
+  cart: BundleCart,
   files: FileList,
-  request: DownloadRequest,
+  request: DownloadRequest = DEFAULT_DOWNLOAD,
 ): Bundle {
   return planBundle(files, cartBundleOptions(cart, request));
 }
 
 /**
- * The bundle to serve: the tar on disk when the cart has one with exactly the planned bytes,
- * else the planned bundle itself.
+ * True when `request` asks for the bytes of the cart's default download
+ * ({@linkcode DEFAULT_DOWNLOAD}): a tar, without a manifest the cart did not ask for, and,
+ * for a cart assembled at download time, under the default name (which is its top folder).
+ */
+export function isDefaultDownload(cart: BundleCart, request: DownloadRequest): boolean {
+  if (request.format !== "tar" || (request.manifest && !cart.manifest)) return false;
+  return cart.bundle || request.name === undefined ||
+    request.name === defaultName(cart, request.format);
+}
+
+/**
+ * The bundle to serve for `request`, or null when the cart is gone (`loadFiles` said so).
+ * A ready `"bundle": true` cart asked for its default download is served from the tar written
+ * at bundling, with the size and ETag the store recorded, without its files being read; when
+ * that tar is not on disk with that size, or nothing was recorded (a cart made ready by a
+ * cartd of schema 1), or anything else is asked for, the files (`loadFiles`) are planned by
+ * {@linkcode planCartBundle}: the same bytes and ETag either way.
  */
 export async function cartBundle(
   cart: Cart,
-  files: FileList,
   volume: Volume,
   request: DownloadRequest,
-): Promise<Bundle> {
-  const planned = planCartBundle(cart, files, request);
-  if (!cart.bundle || request.format !== "tar") return planned;
-  try {
-    const stat = await Deno.stat(volume.bundlePath(cart.id));
-    if (stat.size === planned.size && (await readEtag(volume, cart)) === planned.etag) {
-      return bundleFromFile(volume.bundlePath(cart.id), planned.size, planned.etag);
-    }
-  } catch {
-    // No tar on disk (or unreadable): the staged files serve the same bytes.
+  loadFiles: () => Promise<FileList | null>,
+): Promise<Bundle | null> {
+  const { downloadSize: size, downloadEtag: etag } = cart;
+  if (cart.bundle && size !== null && etag !== null && isDefaultDownload(cart, request)) {
+    const path = volume.bundlePath(cart.id);
+    const onDisk = await Deno.stat(path).then((s) => s.size, () => -1);
+    if (onDisk === size) return bundleFromFile(path, size, etag);
   }
-  return planned;
-}
-
-async function readEtag(volume: Volume, cart: Cart): Promise<string | null> {
-  try {
-    return (await Deno.readTextFile(volume.bundlePath(cart.id) + ".etag")).trim();
-  } catch {
-    return null;
-  }
+  const files = await loadFiles();
+  return files ? planCartBundle(cart, files, request) : null;
 }

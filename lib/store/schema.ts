@@ -2,15 +2,20 @@
  * The database schema, for SQLite and MySQL, with its version. `cartd dbsync` creates or
  * upgrades it ({@linkcode syncSchema}); `cartd dbchk` reports whether it is current
  * ({@linkcode schemaState}). Every process also runs {@linkcode syncSchema} at start: it is
- * idempotent.
+ * idempotent. A new database gets the tables of version 1 and then every migration, so the
+ * path of an upgrade is the path of every new database too.
  *
  * @module
  */
 import type { Db } from "../db/db.ts";
 
 /** The schema version this build of cartd writes and reads. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
+/**
+ * The tables of schema version 1, which every database starts from; {@linkcode MIGRATIONS}
+ * then bring it to {@linkcode SCHEMA_VERSION}.
+ */
 function tables(dialect: Db["dialect"]): string[] {
   const mysql = dialect === "mysql";
   // Bytes, not a collation: MySQL collations ignore trailing spaces, and uids are exact.
@@ -64,6 +69,29 @@ function tables(dialect: Db["dialect"]): string[] {
   ];
 }
 
+/**
+ * The upgrades, by the version they lead to: `MIGRATIONS[v]` turns a version `v - 1` schema
+ * into version `v`. Each statement is plain DDL that SQLite and MySQL share; a statement whose
+ * work is already done (a column that exists) is skipped, so an upgrade cut short runs again.
+ *
+ * - 2: `download_size` and `download_etag` of a ready cart: the size and ETag of its default
+ *   download (a tar under the default name), recorded by `markReady`; for a `"bundle": true`
+ *   cart, those of the tar written to disk. NULL before ready, and for carts made ready by a
+ *   cartd of schema 1 (their downloads are planned from their staged files).
+ */
+const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>> = {
+  2: (dialect) => {
+    const big = dialect === "mysql" ? "BIGINT" : "INTEGER";
+    return [
+      `ALTER TABLE carts ADD COLUMN download_size ${big} NULL`,
+      "ALTER TABLE carts ADD COLUMN download_etag VARCHAR(128) NULL",
+    ];
+  },
+};
+
+/** Errors of DDL whose work is already done: an index or a column that exists. */
+const ALREADY_DONE = /already exists|Duplicate key name|duplicate column name/i;
+
 /** What `dbchk` reports. */
 export interface SchemaState {
   /** The version found in the database (0 when there is no schema). */
@@ -96,12 +124,17 @@ export async function syncSchema(db: Db): Promise<number> {
     );
   }
   if (found === SCHEMA_VERSION) return found;
-  for (const ddl of tables(db.dialect)) {
+  const ddl = [...tables(db.dialect)];
+  for (let version = Math.max(found, 1) + 1; version <= SCHEMA_VERSION; version++) {
+    ddl.push(...MIGRATIONS[version](db.dialect));
+  }
+  for (const statement of ddl) {
     try {
-      await db.run(ddl);
+      await db.run(statement);
     } catch (e) {
-      // CREATE INDEX has no IF NOT EXISTS in every MySQL; an existing index is fine.
-      if (!/already exists|Duplicate key name/i.test(String(e))) throw e;
+      // CREATE INDEX has no IF NOT EXISTS in every MySQL, nor ADD COLUMN in SQLite: an index
+      // or a column that exists (an upgrade cut short, run again) is fine.
+      if (!ALREADY_DONE.test(String(e))) throw e;
     }
   }
   await db.transaction(async (tx) => {

@@ -1,8 +1,10 @@
 /**
  * The cart store: the database is the truth about every cart and its files. Routes write new
  * carts and read status; workers claim carts, record each staged file and move the status —
- * always through the state machine ({@linkcode ./cart_state.ts}), with a conditional update,
- * so two processes can never disagree about a cart.
+ * by named transitions ({@linkcode CartStore.startStaging}, {@linkcode CartStore.startBundling},
+ * {@linkcode CartStore.markReady}, {@linkcode CartStore.fail}), each checked against the state
+ * machine (lib/cart/state.ts) in one conditional update, so two processes can never disagree
+ * about a cart.
  *
  * The same SQL runs on SQLite and MySQL, behind the {@linkcode Db} interface.
  *
@@ -56,6 +58,25 @@ export interface Cart {
   claimExpires: number | null;
   /** How often a worker has claimed it. */
   attempts: number;
+  /**
+   * Length in bytes of the cart's default download (a tar under the default name, without a
+   * manifest the cart did not ask for), recorded when it became ready; for a `"bundle": true`
+   * cart, the length of the tar written to disk. Null before ready, and for a cart made ready
+   * by a cartd of schema version 1.
+   */
+  downloadSize: number | null;
+  /** The strong ETag (quoted) of that download, beside {@linkcode Cart.downloadSize}. */
+  downloadEtag: string | null;
+}
+
+/** What {@linkcode CartStore.markReady} records with a ready cart. */
+export interface ReadyFacts {
+  /** When the cart became ready (ms since the epoch): its download name and folder times. */
+  readyAt: number;
+  /** Length in bytes of its default download (for `"bundle": true`, of the written tar). */
+  size: number;
+  /** The strong ETag (quoted) of that download. */
+  etag: string;
 }
 
 /** Every {@linkcode FileStatus}. */
@@ -127,6 +148,10 @@ function toCart(r: Row): Cart {
     claimOwner: r.claim_owner === null ? null : String(r.claim_owner),
     claimExpires: numOrNull(r.claim_expires),
     attempts: num(r.attempts),
+    downloadSize: numOrNull(r.download_size),
+    downloadEtag: r.download_etag === null || r.download_etag === undefined
+      ? null
+      : String(r.download_etag),
   };
 }
 
@@ -516,29 +541,76 @@ export class CartStore {
   }
 
   /**
-   * Moves a cart to `to` if the state machine allows it from the status it has now.
-   * Returns false (and changes nothing) when it does not, or when the cart is gone.
-   * `readyAt` (with "ready") is the time the download name is made from; it defaults to now.
-   * With `owner`, only that owner's claim may move the cart (a worker whose claim was taken
-   * over changes nothing).
+   * Starts a claimed cart's staging: `waiting → staging`. Returns false (and changes nothing)
+   * when the cart is not waiting, is gone, or (with `owner`) is claimed by someone else.
+   *
+   * @param owner the claim's owner that may move the cart; null moves it whoever holds it
    */
-  async move(
+  async startStaging(cartId: string, owner: string | null): Promise<boolean> {
+    return await this.#transition(cartId, "staging", { owner });
+  }
+
+  /**
+   * Starts bundling a cart whose files are all staged: `staging → bundling`. Returns false as
+   * {@linkcode startStaging} does.
+   */
+  async startBundling(cartId: string, owner: string | null): Promise<boolean> {
+    return await this.#transition(cartId, "bundling", { owner });
+  }
+
+  /**
+   * Makes a bundled cart ready for download, `bundling → ready`, with the facts of its default
+   * download (`ready.readyAt` is the time its download name and folder times were made from).
+   * The claim is dropped: the cart is final. Returns false as {@linkcode startStaging} does.
+   */
+  async markReady(cartId: string, owner: string | null, ready: ReadyFacts): Promise<boolean> {
+    return await this.#transition(cartId, "ready", { owner, ready });
+  }
+
+  /**
+   * Fails an unfinished cart with `message` (what a person reads in its status):
+   * `waiting | staging | bundling → error`. The claim is dropped: the cart is final. Returns
+   * false when the cart is final already, is gone, or (with `owner`) is claimed by someone
+   * else.
+   */
+  async fail(cartId: string, message: string, owner: string | null = null): Promise<boolean> {
+    return await this.#transition(cartId, "error", { owner, message });
+  }
+
+  /**
+   * The one transition: moves a cart to `to` if the state machine allows it from the status
+   * it has now (a conditional update, so two processes never both move it). Returns false
+   * (and changes nothing) when it does not, or when the cart is gone. With `owner`, only that
+   * owner's claim may move the cart (a worker whose claim was taken over changes nothing).
+   * A final status drops the claim.
+   */
+  async #transition(
     cartId: string,
     to: CartStatus,
-    message = "",
-    readyAt: number | null = null,
-    owner: string | null = null,
+    how: { owner: string | null; message?: string; ready?: ReadyFacts },
   ): Promise<boolean> {
     const from = predecessorsOf(to);
     if (!from.length) return false;
+    const { owner, message = "", ready } = how;
     const now = this.now();
-    if (to === "ready") readyAt ??= now;
     const { changes } = await this.db.run(
       `UPDATE carts SET status = ?, message = ?, updated_at = ?, ready_at = COALESCE(?, ready_at),
+        download_size = COALESCE(?, download_size), download_etag = COALESCE(?, download_etag),
         last_used_at = ? ${isFinal(to) ? ", claim_owner = NULL, claim_expires = NULL" : ""}
        WHERE id = ? AND status IN (${from.map(() => "?").join(", ")})
         ${owner === null ? "" : "AND claim_owner = ?"}`,
-      [to, message, now, readyAt, now, cartId, ...from, ...(owner === null ? [] : [owner])],
+      [
+        to,
+        message,
+        now,
+        ready?.readyAt ?? null,
+        ready?.size ?? null,
+        ready?.etag ?? null,
+        now,
+        cartId,
+        ...from,
+        ...(owner === null ? [] : [owner]),
+      ],
     );
     return changes === 1;
   }

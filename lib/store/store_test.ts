@@ -17,6 +17,7 @@ import { openMysql } from "../db/mysql.ts";
 import { SCHEMA_VERSION, schemaState, syncSchema } from "./schema.ts";
 import { type Cart, CartStore, powerOfTwoBatches } from "./store.ts";
 import type { CartDocument } from "../cart/document.ts";
+import type { CartStatus } from "../cart/state.ts";
 import {
   MYSQL_HOST,
   MYSQL_PORT,
@@ -29,6 +30,10 @@ import { startProxy } from "../../tests/support/tcp_proxy.ts";
 import { eventually } from "../../tests/support/eventually.ts";
 
 const mysqlConfig = testMysqlConfig;
+
+/** The download facts the tests make carts ready with. */
+const READY_SIZE = 10240;
+const READY_ETAG = '"tar-test"';
 
 /** Drops the test database through the same connection and closes it. */
 async function dropAndClose(db: Db, database: string): Promise<void> {
@@ -97,6 +102,15 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
     const { store, dispose } = await factory(() => clock.now);
     const db = store.db;
     const create = (u: string, d: CartDocument, hash: string) => store.createCart(u, d, hash);
+    /** Moves a cart to `to` by the store's named transition for it, whoever holds it. */
+    const moveTo = (id: string, to: Exclude<CartStatus, "waiting">, message = "") =>
+      to === "staging"
+        ? store.startStaging(id, null)
+        : to === "bundling"
+        ? store.startBundling(id, null)
+        : to === "ready"
+        ? store.markReady(id, null, { readyAt: clock.now, size: READY_SIZE, etag: READY_ETAG })
+        : store.fail(id, message);
     /** A fresh cart in "waiting". */
     const fresh = async (label: string): Promise<Cart> =>
       (await create(uid(label), doc(2, label), `hash-${label}`)).cart;
@@ -197,14 +211,14 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
       await t.step("identical re-POST keeps the live cart, unless it failed", async () => {
         const u = uid("keep");
         const first = (await create(u, doc(2, "k"), "h-k")).cart;
-        assert.equal(await store.move(first.id, "staging"), true);
+        assert.equal(await moveTo(first.id, "staging"), true);
         const again = await create(u, doc(2, "k"), "h-k");
         assert.equal(again.kept, true);
         assert.deepEqual(again.replaced, []);
         assert.equal(again.cart.id, first.id);
         assert.equal((await store.liveCart(u))?.id, first.id);
 
-        assert.equal(await store.move(first.id, "error", "archive said no"), true);
+        assert.equal(await moveTo(first.id, "error", "archive said no"), true);
         const retry = await create(u, doc(2, "k"), "h-k");
         assert.equal(retry.kept, false);
         assert.notEqual(retry.cart.id, first.id);
@@ -234,20 +248,18 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.deepEqual([c.kept, d.kept].sort(), [false, true]);
       });
 
-      await t.step("move() obeys the state machine", async () => {
+      await t.step("the named transitions obey the state machine", async () => {
         const cart = await fresh("move");
         // Forward only, one step at a time.
-        assert.equal(await store.move(cart.id, "bundling"), false);
-        assert.equal(await store.move(cart.id, "ready"), false);
-        assert.equal(await store.move(cart.id, "waiting"), false);
-        assert.equal(await store.move(cart.id, "staging"), true);
-        assert.equal(await store.move(cart.id, "staging"), false);
-        assert.equal(await store.move(cart.id, "waiting"), false);
-        assert.equal(await store.move(cart.id, "bundling"), true);
-        assert.equal(await store.move(cart.id, "staging"), false);
+        assert.equal(await moveTo(cart.id, "bundling"), false);
+        assert.equal(await moveTo(cart.id, "ready"), false);
+        assert.equal(await moveTo(cart.id, "staging"), true);
+        assert.equal(await moveTo(cart.id, "staging"), false);
+        assert.equal(await moveTo(cart.id, "bundling"), true);
+        assert.equal(await moveTo(cart.id, "staging"), false);
         assert.equal(await store.claim(cart.id, "w1", 10_000) !== null, true);
         clock.now += 5000;
-        assert.equal(await store.move(cart.id, "ready"), true);
+        assert.equal(await moveTo(cart.id, "ready"), true);
         const ready = await store.cart(cart.id);
         assert.equal(ready?.status, "ready");
         assert.equal(ready?.readyAt, clock.now);
@@ -255,31 +267,33 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.equal(ready?.lastUsedAt, clock.now);
         assert.equal(ready?.claimOwner, null, "a final status clears the claim");
         assert.equal(ready?.claimExpires, null);
-        // Nothing leaves ready.
-        for (const to of ["waiting", "staging", "bundling", "ready", "error"] as const) {
-          assert.equal(await store.move(cart.id, to), false, `ready → ${to}`);
+        assert.equal(ready?.downloadSize, READY_SIZE, "markReady records the download's size");
+        assert.equal(ready?.downloadEtag, READY_ETAG, "and its ETag");
+        // Nothing leaves ready (and no method moves a cart back to waiting).
+        for (const to of ["staging", "bundling", "ready", "error"] as const) {
+          assert.equal(await moveTo(cart.id, to), false, `ready → ${to}`);
         }
         assert.equal((await store.cart(cart.id))?.status, "ready");
 
         // error from every unfinished status, with its message; nothing leaves error.
         for (const path of [[], ["staging"], ["staging", "bundling"]] as const) {
           const c = await fresh("err");
-          for (const step of path) assert.equal(await store.move(c.id, step), true);
-          assert.equal(await store.move(c.id, "error", `failed after ${path.length}`), true);
+          for (const step of path) assert.equal(await moveTo(c.id, step), true);
+          assert.equal(await moveTo(c.id, "error", `failed after ${path.length}`), true);
           const failed = await store.cart(c.id);
           assert.equal(failed?.status, "error");
           assert.equal(failed?.message, `failed after ${path.length}`);
           assert.equal(failed?.readyAt, null);
-          for (const to of ["waiting", "staging", "bundling", "ready", "error"] as const) {
-            assert.equal(await store.move(c.id, to), false, `error → ${to}`);
+          for (const to of ["staging", "bundling", "ready", "error"] as const) {
+            assert.equal(await moveTo(c.id, to), false, `error → ${to}`);
           }
         }
         // A cart that is gone.
-        assert.equal(await store.move(crypto.randomUUID(), "staging"), false);
+        assert.equal(await moveTo(crypto.randomUUID(), "staging"), false);
         const gone = await fresh("gone");
         await store.forget(gone.id);
-        assert.equal(await store.move(gone.id, "staging"), false);
-        assert.equal(await store.move(gone.id, "error"), false);
+        assert.equal(await moveTo(gone.id, "staging"), false);
+        assert.equal(await moveTo(gone.id, "error"), false);
       });
 
       await t.step("claim is exclusive until it expires, then taken over", async () => {
@@ -318,7 +332,7 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.equal((await store.claim(cart.id, "worker-c", 1000))?.claimOwner, "worker-c");
 
         // Finished or missing carts cannot be claimed.
-        assert.equal(await store.move(cart.id, "error", "x"), true);
+        assert.equal(await moveTo(cart.id, "error", "x"), true);
         assert.equal(await store.claim(cart.id, "worker-c", 1000), null);
         assert.equal(await store.claim(crypto.randomUUID(), "worker-c", 1000), null);
       });
@@ -363,7 +377,7 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.ok(await store.claim(held.id, "w", 60_000));
         assert.ok(await store.claim(expiring.id, "w", 1_000));
         for (const s of ["staging", "bundling", "ready"] as const) {
-          assert.ok(await store.move(done.id, s));
+          assert.ok(await moveTo(done.id, s));
         }
         // quietSince in the future: every unclaimed cart counts, however recently touched.
         const ids = async () => new Set((await store.orphans(clock.now + 1)).map((c) => c.id));
@@ -377,7 +391,7 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         orphans = await ids();
         assert.ok(orphans.has(expiring.id));
         assert.ok(!orphans.has(held.id));
-        assert.ok(await store.move(free.id, "staging"));
+        assert.ok(await moveTo(free.id, "staging"));
         assert.ok((await ids()).has(free.id), "staging carts are unfinished too");
         const list = await store.orphans(clock.now + 1);
         const created = list.map((c) => c.createdAt);
@@ -408,8 +422,8 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
           assert.equal(await store.requeue(lost.id, clock.now), true, "quiet since then");
           assert.ok(await store.claim(lost.id, "new-worker", 1_000), "claimable again");
           // The worker that lost the claim can no longer move the cart; the new owner can.
-          assert.equal(await store.move(lost.id, "staging", "", null, "dead-worker"), false);
-          assert.equal(await store.move(lost.id, "staging", "", null, "new-worker"), true);
+          assert.equal(await store.startStaging(lost.id, "dead-worker"), false);
+          assert.equal(await store.startStaging(lost.id, "new-worker"), true);
           assert.equal((await store.cart(lost.id))!.status, "staging");
         },
       );
@@ -590,7 +604,7 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
           const readyCart = async (label: string) => {
             const c = await fresh(label);
             for (const s of ["staging", "bundling", "ready"] as const) {
-              assert.ok(await store.move(c.id, s));
+              assert.ok(await moveTo(c.id, s));
             }
             return (await store.cart(c.id))!;
           };
@@ -633,7 +647,7 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         await store.setFileSize(failed.id, 1, 20, 6);
         await store.fileStatus(failed.id, 2, "error", "gone");
         assert.equal(await store.retryFailed(failed.id, crypto.randomUUID()), null, "not failed");
-        assert.ok(await store.move(failed.id, "error", "gone"));
+        assert.ok(await moveTo(failed.id, "error", "gone"));
 
         let calls = 0;
         const newId = crypto.randomUUID();
@@ -663,7 +677,7 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.equal((await store.files(failed.id)).length, 3, "the old rows stay until forgotten");
         assert.equal(await store.retryFailed(failed.id, crypto.randomUUID()), null, "not live");
         // A failing `inside` leaves everything as it was.
-        assert.ok(await store.move(newId, "error", "again"));
+        assert.ok(await moveTo(newId, "error", "again"));
         await assert.rejects(
           store.retryFailed(newId, crypto.randomUUID(), () => Promise.reject(new Error("disk"))),
           /disk/,

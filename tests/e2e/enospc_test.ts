@@ -141,7 +141,7 @@ test("enospc: the thread pool reports nospace for staging and for writing a bund
           sha256: createHash("sha256").update(bytes).digest("hex"),
           crc32: crc32(bytes) >>> 0,
         }],
-        options: { top: "data", format: "tar", manifest: false, mtime: 0 },
+        cart: { uid: "data", bundle: true, manifest: false, readyAt: 0, createdAt: 0 },
         dest: join(disk.dir, "bundle.tar"),
       }),
       (e: unknown) => {

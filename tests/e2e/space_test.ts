@@ -5,6 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { planCartBundle } from "../../lib/bundle/cart_bundle.ts";
+import { StagedFiles } from "../../lib/bundle/staged_files.ts";
 import type { CartDocument } from "../../lib/cart/document.ts";
 import type { Config } from "../../lib/config/config.ts";
 import { openSqlite } from "../../lib/db/sqlite.ts";
@@ -51,7 +53,7 @@ async function world(space: Partial<Config["space"]> = {}) {
     };
     const { cart } = await store.createCart(uid, doc, String(++n).padStart(64, "0"));
     if (status === "waiting") return cart;
-    await store.move(cart.id, "staging");
+    await store.startStaging(cart.id, null);
     await volume.prepare(cart.id);
     const total = sizes.reduce((a, b) => a + b, 0);
     await sp.reserve(cart, total);
@@ -61,10 +63,13 @@ async function world(space: Partial<Config["space"]> = {}) {
       await store.fileStaged(cart.id, i, { size, mtime: 0, sha256: "0".repeat(64), crc32: 0 });
     }
     if (status === "error") {
-      await store.move(cart.id, "error", "broken");
+      await store.fail(cart.id, "broken");
     } else {
-      await store.move(cart.id, "bundling");
-      await store.move(cart.id, "ready");
+      await store.startBundling(cart.id, null);
+      const ready = { ...cart, readyAt: Date.now() };
+      const plan = planCartBundle(ready, await StagedFiles.load(store, cart, volume));
+      const facts = { readyAt: ready.readyAt, size: plan.size, etag: plan.etag };
+      await store.markReady(cart.id, null, facts);
     }
     await sp.settle(cart.id);
     return (await store.cart(cart.id))!;
