@@ -103,8 +103,14 @@ export async function startService(config: Config, options: ServiceOptions): Pro
 
     let url: string | null = null;
     let server: Deno.HttpServer | null = null;
+    // One client and one space for the API's estimates and the worker (the API only reads).
+    const archive = new ArchiveClient(config.archiveUrl, {
+      requestTimeoutMs: config.staging.requestTimeoutMs,
+    });
+    const space = new Space(store, volume, config.space, Date.now, diskInfo, cancellations);
     if (options.role !== "worker") {
-      const app = cartRoutes({ store, queue, volume, config, cancellations });
+      const estimate = { archive, space };
+      const app = cartRoutes({ store, queue, volume, config, cancellations, estimate });
       const port = options.port ?? 8081;
       const hostname = options.hostname ?? "127.0.0.1";
       const listening = Promise.withResolvers<Deno.NetAddr>();
@@ -133,10 +139,6 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       await pool.ready().catch((e) => {
         throw new Error(`${e.message}: the worker cannot stage or bundle; check the installation`);
       });
-      const archive = new ArchiveClient(config.archiveUrl, {
-        requestTimeoutMs: config.staging.requestTimeoutMs,
-      });
-      const space = new Space(store, volume, config.space, Date.now, diskInfo, cancellations);
       const worker = new CartWorker({
         store,
         queue,

@@ -30,6 +30,7 @@ import { readBody } from "./body.ts";
 import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { Downloads } from "./downloads.ts";
+import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
 import { json } from "./json.ts";
 
 /** What the routes need. */
@@ -44,6 +45,8 @@ export interface RouteDeps {
   config: Config;
   /** The process's cancellations: a local worker busy with a removed cart hears it there. */
   cancellations: Cancellations;
+  /** The archive and space `POST /_cartd/estimate` reads (./estimate.ts); not served without. */
+  estimate?: EstimateSources;
 }
 
 /** cartd's own HEAD header: the precise status of the cart, whatever CARTD_STATUS_WORDS says. */
@@ -122,6 +125,8 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   }
 
   app.get("/", () => json({ message: "Pacifica Cartd Interface Up and Running" }, 200));
+  const sources = deps.estimate;
+  if (sources) app.post(ESTIMATE_PATH, (c) => estimate({ store, config, ...sources }, c.req.raw));
 
   app.post("/:uid", async (c) => {
     const uid = c.req.param("uid");
