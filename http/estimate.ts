@@ -19,7 +19,7 @@
  * @module
  */
 import { type ArchiveClient, ArchiveError, type ArchiveStatus } from "../lib/archive/client.ts";
-import { planBundle } from "../lib/bundle/plan.ts";
+import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
 import {
   type CartDocument,
   CartDocumentError,
@@ -305,21 +305,21 @@ function sameBytes(want: CartFileRequest, copy: CartFile): boolean {
 }
 
 /**
- * The size of the tar a `"bundle": true` cart writes, planned as the worker plans it from the
- * sizes alone. The top folder is the cart's uid, which an estimate does not know; a short one
- * stands in (a long uid adds pax headers to long paths: a few hundred bytes per such file).
+ * The size of the tar a `"bundle": true` cart writes, planned as the worker plans it
+ * ({@linkcode planCartBundle}, from the sizes alone). Its top folder is the cart's uid, which
+ * an estimate does not know; a short one stands in (a long uid adds pax headers to long
+ * paths: a few hundred bytes per such file).
  */
 function tarSize(
   doc: CartDocument,
   files: { path: string; size: number; mtime: number }[],
 ): number {
   const placeholder = { source: "-", sha256: "0".repeat(64), crc32: 0 };
-  return planBundle(files.map((f) => ({ ...f, ...placeholder })), {
-    top: "cart",
-    format: "tar",
-    manifest: doc.manifest,
-    mtime: Math.floor(Date.now() / 1000),
-  }).size;
+  const cart = { uid: "cart", bundle: true, manifest: doc.manifest, readyAt: null };
+  return planCartBundle(
+    { ...cart, createdAt: Date.now() },
+    files.map((f) => ({ ...f, ...placeholder })),
+  ).size;
 }
 
 /**
