@@ -32,7 +32,7 @@ async function readyCart(uid: string, apps: number) {
   await store.fileStaged(cart.id, 0, facts);
   assert.ok(await store.startStaging(cart.id, null), "the cart moves to staging");
   assert.ok(await store.startBundling(cart.id, null), "the cart moves to bundling");
-  const ready = { ...cart, readyAt: Date.now() };
+  const ready = { ...cart, readyAt: store.now() };
   const plan = planCartBundle(ready, await StagedFiles.load(store, cart, volume));
   const download = { readyAt: ready.readyAt, size: plan.size, etag: plan.etag };
   assert.ok(await store.markReady(cart.id, null, download), "the cart moves to ready");

@@ -2,7 +2,7 @@
  * `cartd dbsync` and `cartd dbchk` as an operator runs them: against a fresh MariaDB database
  * (named by a `mysql://` URL and by the link-style names) and a fresh SQLite file. dbchk exits
  * 1 before dbsync and 0 after; dbsync is idempotent, upgrades an older schema and refuses a
- * newer one;
+ * newer one (and a version-1 database with a ready bundle cart still serves it once upgraded);
  * `DATABASE_LOGGING=true` prints every query.
  *
  * `CARTD_TEST_MYSQL_HOST` / `_PORT` point the MariaDB cases elsewhere (user root, no password);
@@ -11,7 +11,8 @@
 import assert from "node:assert/strict";
 import mysql from "mysql2/promise";
 import { SCHEMA_VERSION } from "../../lib/store/schema.ts";
-import { cartdCommand } from "../support/harness.ts";
+import { cartdCommand, postCart, startCartd, waitFor } from "../support/harness.ts";
+import { startFakeArchive } from "../support/fake_archive.ts";
 import { MYSQL_HOST, MYSQL_PORT, test } from "../support/services.ts";
 
 /** Runs `cartd ARGS` with exactly `env` (plus VOLUME_PATH); returns its exit code and output. */
@@ -223,6 +224,53 @@ test.mysql("DATABASE_LOGGING=true prints every query, on MariaDB and SQLite", as
     );
   } finally {
     await rootQuery(`DROP DATABASE IF EXISTS \`${database}\``);
+    await Deno.remove(volume, { recursive: true });
+  }
+});
+
+Deno.test("a version-1 database with a ready bundle cart is upgraded and still serves it", async () => {
+  const volume = await Deno.makeTempDir({ prefix: "cartd-dbcli-upgrade-" });
+  await using fake = startFakeArchive();
+  fake.put("a", "the bytes of a staged file, more than a few of them");
+  const env = { ARCHIVE_INTERFACE_URL: fake.url };
+  const get = async (url: string, headers: Record<string, string> = {}) => {
+    const res = await fetch(`${url}up`, { headers });
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    return { status: res.status, etag: res.headers.get("etag"), bytes };
+  };
+  try {
+    let before;
+    {
+      await using served = await startCartd({ env, volume });
+      const doc = { fileids: [{ id: "a", path: "a.txt" }], bundle: true };
+      assert.equal((await postCart(served.url, "up", doc)).status, 201);
+      assert.equal((await waitFor(served.url, "up", "ready"))[1], "ready");
+      before = {
+        full: await get(served.url),
+        range: await get(served.url, { range: "bytes=510-530" }),
+      };
+      assert.equal(before.full.status, 200);
+      assert.equal(before.range.status, 206);
+    }
+    // What cartd of schema 1 left: no download columns (its ETag was in bundle.tar.etag).
+    const { DatabaseSync } = await import("node:sqlite");
+    const db = new DatabaseSync(`${volume}/cartd.sqlite3`);
+    try {
+      db.exec("ALTER TABLE carts DROP COLUMN download_size");
+      db.exec("ALTER TABLE carts DROP COLUMN download_etag");
+      db.exec("UPDATE cartd_schema SET version = 1");
+    } finally {
+      db.close();
+    }
+    const out = exits(await cartd(["dbsync"], {}, volume), 0, "dbsync from version 1");
+    assert.match(out, /was at version 1; it is current now/);
+    await using again = await startCartd({ env, volume });
+    const after = {
+      full: await get(again.url),
+      range: await get(again.url, { range: "bytes=510-530" }),
+    };
+    assert.deepEqual(after, before, "the same bytes, ETag and range after the upgrade");
+  } finally {
     await Deno.remove(volume, { recursive: true });
   }
 });

@@ -66,7 +66,7 @@ async function world(space: Partial<Config["space"]> = {}) {
       await store.fail(cart.id, "broken");
     } else {
       await store.startBundling(cart.id, null);
-      const ready = { ...cart, readyAt: Date.now() };
+      const ready = { ...cart, readyAt: store.now() };
       const plan = planCartBundle(ready, await StagedFiles.load(store, cart, volume));
       const facts = { readyAt: ready.readyAt, size: plan.size, etag: plan.etag };
       await store.markReady(cart.id, null, facts);
