@@ -60,6 +60,8 @@ const BLOCKS: Record<string, { run: string } | { skip: string }> = {
   "docs/benchmarks.md: deno task bench                      # every scenario": {
     skip: "takes minutes and the whole machine; it measures and asserts nothing",
   },
+  "docs/benchmarks.md: deno task bench tape            # the tape cases (a few minutes: two of them wait on purpose)":
+    { skip: "takes minutes; it measures and asserts nothing" },
   "docs/configuration.md: deno task cartd --help": { run: "help" },
   "docs/deploy.md: docker compose up -d                              # everything but the archive interface":
     {
