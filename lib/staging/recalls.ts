@@ -1,0 +1,806 @@
+/**
+ * The process-wide tape recall manager (issue 14, item 1; SPEC §2 on tape-backed archives).
+ *
+ * A file on tape needs a stage request (`POST {base}{id}`) and then HEAD polls until the
+ * archive says `disk`. {@linkcode RecallManager} does this for every file of every cart of
+ * the process without holding a fetch slot or a thread, so that the worker fetches only files
+ * that are already on disk:
+ *
+ * - **One recall per archive id.** Carts that wait for the same id share one entry: one stage
+ *   POST, one poll schedule. The entry goes away with its last waiter.
+ * - **Everything asked at once.** A new recall sends its stage POST at once, as long as fewer
+ *   than `maxOutstanding` recalls are outstanding (POSTed, not yet seen on disk); the tape
+ *   library can only order what it has been asked for. Beyond the cap, recalls wait in order,
+ *   round-robin by cart: each freed slot goes to the next cart in turn, so a 100,000-file cart
+ *   cannot starve a 10-file cart. (At most `postsInFlight` POSTs are on the wire at once, to
+ *   bound sockets; they go out in admission order.)
+ * - **One poller.** A single timer over a min-heap of entries keyed by their next poll time.
+ *   Each file's delay starts at `pollInitialMs` and grows by `pollFactor` (≤ 1.5) per HEAD up
+ *   to `pollMaxMs`. HEADs pass a token bucket whose guarantee is exact: at most
+ *   `headsPerSecond` HEADs start in any window of one second. When more polls are due than the
+ *   budget allows, those due soonest go first (heap order). The stage POST is re-sent every
+ *   `restageEveryMs` per file; a file still on tape `stageTimeoutMs` after its first POST fails.
+ * - **The HEAD rule of SPEC §2**, as `headFile` (stage_file.ts) applies it: a retryable failure
+ *   (5xx, 408/429, no answer, a time-out) is not final; the file counts as missing only when
+ *   its calls have kept failing for `missingAfterMs`; any other failure is final at once. Here
+ *   the asking again happens on the file's poll schedule, inside the HEAD ceiling, rather than
+ *   in `headFile`'s own sleep loop (which would give each failing file a timer of its own and
+ *   bypass the ceiling during an archive outage), so `headFile` itself is not called.
+ *
+ * **How late a file that reached disk is noticed.** With `i = pollInitialMs`,
+ * `f = pollFactor`, `m = pollMaxMs`, `r = headsPerSecond`, a file POSTed at `t0` is polled at
+ * `t0 + i·(f^k − 1)/(f − 1)` while the ceiling does not bind; the gap after a poll at `t` is
+ * `(f − 1)·(t − t0) + i`, capped at `m`. So a file that reaches disk at `T` is noticed by
+ *
+ *     T + min(m, (f − 1)·(T − t0) + i) + B/r + one HEAD round trip
+ *
+ * where `B` is the number of polls due before its own (at most the outstanding recalls − 1)
+ * and `B/r` the queueing behind the ceiling. With the defaults (500 ms, ×1.5, 30 s) a file on
+ * disk after 10 s is noticed within about 5.5 s (doubling: up to 10.5 s), after an hour within
+ * 30 s; with 10,000 recalls polled at 50 HEADs/s, `B/r` can add up to 200 s, which is what the
+ * ceiling costs (raise `headsPerSecond` if the archive takes it).
+ *
+ * **Memory.** An outstanding recall costs one small entry object (id, next poll time, delay,
+ * times of its first and last POST, heap index) plus one waiter per cart (label, promise
+ * callbacks); see `recalls_test.ts` for the measured bytes per recall.
+ *
+ * @example
+ * ```ts
+ * import { ArchiveClient } from "../archive/client.ts";
+ * import { RecallManager } from "./recalls.ts";
+ * const recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"), {
+ *   headsPerSecond: 50,
+ * });
+ * const cart = new AbortController(); // aborted when the cart is deleted
+ * const st = await recalls.recall("1234", {
+ *   cart: "cart-7",
+ *   label: "fileids[3] (id 1234)",
+ *   signal: cart.signal,
+ * });
+ * console.log(st.media, st.size); // "disk", then fetch it
+ * await recalls.close();
+ * ```
+ * @module
+ */
+
+import { type ArchiveClient, ArchiveError, type ArchiveStatus } from "../archive/client.ts";
+import { errorMessage, seconds } from "../util/log.ts";
+import { DEFAULT_STAGE_SETTINGS, StageError } from "./stage_file.ts";
+
+/** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
+export interface RecallClock {
+  /** Milliseconds, monotonic (default `performance.now()`). */
+  now(): number;
+  /** Runs `fn` after `ms` milliseconds; returns a handle for `clear`. */
+  set(fn: () => void, ms: number): unknown;
+  /** Cancels a handle of `set`. */
+  clear(handle: unknown): void;
+}
+
+/** Options of {@linkcode RecallManager}; every field has a default. */
+export interface RecallOptions {
+  /** Recalls POSTed and not yet seen on disk, at most (default 10,000). */
+  maxOutstanding?: number;
+  /** Ceiling on HEAD polls sent to the archive per second, process-wide (default 50). */
+  headsPerSecond?: number;
+  /** Stage POSTs on the wire at once, at most (default 100; bounds sockets, not recalls). */
+  postsInFlight?: number;
+  /** First delay between a file's stage POST and its first HEAD, then between HEADs (default 500). */
+  pollInitialMs?: number;
+  /** Longest delay between two HEADs of one file (default 30,000). */
+  pollMaxMs?: number;
+  /** Each delay is the previous one times this; 1 to 1.5 (default 1.5). */
+  pollFactor?: number;
+  /** Re-send a file's stage POST this often while it stays on tape (default 300,000). */
+  restageEveryMs?: number;
+  /** A file still on tape this long after its first stage POST fails (default 24 h). */
+  stageTimeoutMs?: number;
+  /** A file whose HEADs / POSTs keep failing (5xx, no answer) this long counts as missing (default 60,000). */
+  missingAfterMs?: number;
+  /** Clock and timer (default `performance.now`, `setTimeout`). */
+  clock?: RecallClock;
+}
+
+/** Who waits for a recall: see {@linkcode RecallManager.recall}. */
+export interface RecallRequest {
+  /** The cart that waits; fairness beyond the cap is round-robin by this key. */
+  cart: string;
+  /** How messages name the file, e.g. `fileids[3] (id 1234)`. */
+  label: string;
+  /** Aborts this cart's wait only (the cart was deleted); other carts keep the recall. */
+  signal?: AbortSignal;
+}
+
+/** Counters of {@linkcode RecallManager.stats}. */
+export interface RecallStats {
+  /** Recalls whose stage POST was sent (or is being sent) and that are not yet on disk. */
+  outstanding: number;
+  /** Recalls waiting for the `maxOutstanding` cap. */
+  waiting: number;
+  /** Carts waiting, over all recalls (a recall shared by two carts counts 2). */
+  waiters: number;
+  /** Waiters that share a recall another cart asked for first. */
+  shared: number;
+  /** HEADs sent so far. */
+  heads: number;
+  /** Stage POSTs sent so far (re-sends included). */
+  posts: number;
+}
+
+const DEFAULTS = {
+  maxOutstanding: 10_000,
+  headsPerSecond: 50,
+  postsInFlight: 100,
+  pollFactor: 1.5,
+  pollInitialMs: DEFAULT_STAGE_SETTINGS.pollInitialMs,
+  pollMaxMs: DEFAULT_STAGE_SETTINGS.pollMaxMs,
+  restageEveryMs: DEFAULT_STAGE_SETTINGS.restageEveryMs,
+  stageTimeoutMs: DEFAULT_STAGE_SETTINGS.stageTimeoutMs,
+  missingAfterMs: DEFAULT_STAGE_SETTINGS.missingAfterMs,
+};
+
+const SYSTEM_CLOCK: RecallClock = {
+  now: () => performance.now(),
+  set: (fn, ms) => setTimeout(fn, ms),
+  clear: (handle) => clearTimeout(handle as number),
+};
+
+/** Where an entry is in its life. */
+const QUEUED = 0; // waiting for the cap
+const POSTING = 1; // admitted, first stage POST queued or on the wire
+const POLLING = 2; // in the heap, or its poll on the wire
+const DONE = 3; // settled or abandoned: ignored wherever it is still referenced
+
+/** One cart waiting for a recall. */
+interface Waiter {
+  readonly cart: string;
+  readonly label: string;
+  readonly signal: AbortSignal | undefined;
+  readonly resolve: (st: ArchiveStatus) => void;
+  readonly reject: (err: unknown) => void;
+  entry: Entry;
+}
+
+/** A run of failed archive calls of one entry (allocated only while they fail). */
+interface Failure {
+  since: number;
+  error: ArchiveError;
+  /** The archive's own words from any call of the run (POST error pages carry them). */
+  says: string;
+}
+
+/** One archive id being recalled. Kept small: there may be 100,000 of them. */
+class Entry {
+  state = QUEUED;
+  /** Heap position, -1 when not in the heap. */
+  heapIndex = -1;
+  /** Next poll time (heap key). */
+  dueAt = 0;
+  /** Delay before the next HEAD. */
+  delay = 0;
+  /** Time of the first stage POST (NaN until admitted). */
+  startedAt = NaN;
+  /** Time of the last successful stage POST (NaN: one is owed). */
+  postedAt = NaN;
+  failure: Failure | undefined = undefined;
+  /** The cart queue that holds it while QUEUED. */
+  queue: CartQueue | undefined = undefined;
+  /** One waiter, or several when carts share the recall. */
+  waiters: Waiter | Waiter[];
+  constructor(readonly id: string, first: Waiter) {
+    this.waiters = first;
+  }
+}
+
+/** The waiters of one abort signal; settled ones stay in `list` until it goes. */
+interface Watch {
+  list: Waiter[];
+  live: number;
+  onAbort: () => void;
+}
+
+/** The recalls of one cart waiting for the cap, in order. */
+interface CartQueue {
+  items: (Entry | undefined)[];
+  head: number;
+  /** Entries of `items` still QUEUED. */
+  live: number;
+}
+
+/**
+ * Recalls archive files from tape for every cart of the process: see the module description.
+ *
+ * @example
+ * ```ts
+ * import { ArchiveClient } from "../archive/client.ts";
+ * import { RecallManager } from "./recalls.ts";
+ * await using recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"));
+ * const st = await recalls.recall("1234", { cart: "7", label: "fileids[0] (id 1234)" });
+ * console.log(st.size, st.mtime, recalls.stats().heads);
+ * ```
+ */
+export class RecallManager implements AsyncDisposable {
+  readonly #client: ArchiveClient;
+  readonly #clock: RecallClock;
+  readonly #max: number;
+  readonly #postsInFlight: number;
+  readonly #initial: number;
+  readonly #pollMax: number;
+  readonly #factor: number;
+  readonly #restage: number;
+  readonly #timeout: number;
+  readonly #missing: number;
+  /** Token bucket: capacity, refill per ms, tokens, time of the last refill. */
+  readonly #capacity: number;
+  readonly #refillPerMs: number;
+  #tokens: number;
+  #refilledAt: number;
+
+  readonly #byId = new Map<string, Entry>();
+  readonly #heap: Entry[] = [];
+  /** Carts with recalls waiting for the cap; Map order is the round-robin order. */
+  readonly #queues = new Map<string, CartQueue>();
+  /** Admitted entries whose first POST waits for a free POST slot. */
+  #postQueue: (Entry | undefined)[] = [];
+  #postHead = 0;
+  #posting = 0;
+  /**
+   * The waiters of each signal (one per cart, usually), to find them when it aborts. An
+   * append-only list with a count of the unsettled ones costs a slot per recall where a Set
+   * would cost ~70 bytes; the list goes with its last unsettled waiter.
+   */
+  readonly #bySignal = new Map<AbortSignal, Watch>();
+  /**
+   * One controller per archive call on the wire, aborted by close(). Not one long-lived
+   * signal: the client combines it with its time-out signal by `AbortSignal.any`, and Deno
+   * keeps every such combination (~0.9 KiB) alive for as long as the long-lived signal lives.
+   */
+  readonly #calls = new Set<AbortController>();
+  readonly #inFlight = new Set<Promise<void>>();
+  #timer: unknown = undefined;
+  #timerAt = Infinity;
+  #closed = false;
+
+  #outstanding = 0;
+  #waiting = 0;
+  #waiters = 0;
+  #shared = 0;
+  #heads = 0;
+  #posts = 0;
+
+  /** Starts a manager over `client` (its `requestTimeoutMs` bounds each call). */
+  constructor(client: ArchiveClient, options: RecallOptions = {}) {
+    const o = { ...DEFAULTS, ...dropUndefined(options) };
+    const positive = (name: string, v: number) => {
+      if (!(v > 0)) throw new RangeError(`recalls: ${name} must be a positive number, got ${v}`);
+      return v;
+    };
+    this.#client = client;
+    this.#clock = options.clock ?? SYSTEM_CLOCK;
+    this.#max = Math.floor(positive("maxOutstanding", o.maxOutstanding));
+    this.#postsInFlight = Math.floor(positive("postsInFlight", o.postsInFlight));
+    this.#initial = positive("pollInitialMs", o.pollInitialMs);
+    this.#pollMax = Math.max(this.#initial, positive("pollMaxMs", o.pollMaxMs));
+    if (!(o.pollFactor >= 1 && o.pollFactor <= 1.5)) {
+      throw new RangeError(`recalls: pollFactor must be between 1 and 1.5, got ${o.pollFactor}`);
+    }
+    this.#factor = o.pollFactor;
+    this.#restage = positive("restageEveryMs", o.restageEveryMs);
+    this.#timeout = positive("stageTimeoutMs", o.stageTimeoutMs);
+    this.#missing = Math.max(0, o.missingAfterMs);
+    const rate = positive("headsPerSecond", o.headsPerSecond);
+    // A bucket of capacity c refilled at r' per second lets c − 1 + r' HEADs start in any
+    // one-second window; with r' = r − (c − 1) that is exactly r. c holds 10 ms of HEADs, so
+    // that a fast ceiling does not need a timer per HEAD.
+    this.#capacity = Math.max(1, Math.floor(rate / 100));
+    this.#refillPerMs = (rate - (this.#capacity - 1)) / 1000;
+    this.#tokens = this.#capacity;
+    this.#refilledAt = this.#clock.now();
+  }
+
+  /**
+   * Waits until archive file `archiveId` is on disk, recalling it from tape if need be, and
+   * resolves with the HEAD that said `disk` (its size and mtime). Rejects with a
+   * {@linkcode StageError} that names `request.label` when the archive reports media
+   * `error`, when the file is still on tape after `stageTimeoutMs`, or when its archive calls
+   * kept failing for `missingAfterMs` (or failed in a way no retry mends); with
+   * `request.signal.reason` when the signal aborts (other carts waiting for the same id keep
+   * their recall).
+   *
+   * @example
+   * ```ts
+   * import { ArchiveClient } from "../archive/client.ts";
+   * import { RecallManager } from "./recalls.ts";
+   * await using recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"));
+   * const st = await recalls.recall("1234", { cart: "7", label: "fileids[0] (id 1234)" });
+   * ```
+   */
+  recall(archiveId: string, request: RecallRequest): Promise<ArchiveStatus> {
+    if (this.#closed) {
+      return Promise.reject(
+        new StageError("io", `${request.label}: the recall manager is closed (cartd is stopping)`),
+      );
+    }
+    const signal = request.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    let waiter!: Waiter;
+    const promise = new Promise<ArchiveStatus>((resolve, reject) => {
+      waiter = {
+        cart: request.cart,
+        label: request.label,
+        signal,
+        resolve,
+        reject,
+        entry: undefined as unknown as Entry,
+      };
+    });
+    this.#waiters++;
+    const known = this.#byId.get(archiveId);
+    if (known) {
+      waiter.entry = known;
+      if (Array.isArray(known.waiters)) known.waiters.push(waiter);
+      else known.waiters = [known.waiters, waiter];
+      this.#shared++;
+    } else {
+      const entry = new Entry(archiveId, waiter);
+      waiter.entry = entry;
+      this.#byId.set(archiveId, entry);
+      if (this.#outstanding < this.#max && this.#queues.size === 0) this.#admit(entry);
+      else this.#enqueue(entry, request.cart);
+    }
+    if (signal) this.#watch(signal, waiter);
+    return promise;
+  }
+
+  /**
+   * Counters for tests, benchmarks and metrics.
+   *
+   * @example
+   * ```ts
+   * import { ArchiveClient } from "../archive/client.ts";
+   * import { RecallManager } from "./recalls.ts";
+   * await using recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"));
+   * const { outstanding, waiting, heads } = recalls.stats();
+   * ```
+   */
+  stats(): RecallStats {
+    return {
+      outstanding: this.#outstanding,
+      waiting: this.#waiting,
+      waiters: this.#waiters,
+      shared: this.#shared,
+      heads: this.#heads,
+      posts: this.#posts,
+    };
+  }
+
+  /**
+   * Stops: clears the poll timer, aborts the archive calls on the wire and waits for them,
+   * and rejects every waiting recall with a {@linkcode StageError} that says cartd is
+   * stopping. Later calls of {@linkcode recall} reject at once.
+   *
+   * @example
+   * ```ts
+   * import { ArchiveClient } from "../archive/client.ts";
+   * import { RecallManager } from "./recalls.ts";
+   * const recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"));
+   * await recalls.close();
+   * ```
+   */
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      if (this.#timer !== undefined) this.#clock.clear(this.#timer);
+      this.#timer = undefined;
+      this.#timerAt = Infinity;
+      for (const call of this.#calls) call.abort(new Error("the recall manager was closed"));
+      this.#queues.clear();
+      for (const entry of [...this.#byId.values()]) {
+        this.#settle(entry, undefined, "the recall manager was closed (cartd is stopping)", "io");
+      }
+      this.#postQueue = [];
+      this.#postHead = 0;
+    }
+    while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
+  }
+
+  /** Same as {@linkcode close}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // --- the cap and its round-robin queue -------------------------------------------------
+
+  #enqueue(entry: Entry, cart: string): void {
+    let q = this.#queues.get(cart);
+    if (!q) this.#queues.set(cart, q = { items: [], head: 0, live: 0 });
+    q.items.push(entry);
+    q.live++;
+    entry.queue = q;
+    this.#waiting++;
+  }
+
+  /** Admits queued recalls while the cap allows, one per cart in turn. */
+  #admitNext(): void {
+    while (!this.#closed && this.#outstanding < this.#max && this.#queues.size > 0) {
+      const [cart, q] = this.#queues.entries().next().value!;
+      this.#queues.delete(cart);
+      let next: Entry | undefined;
+      while (q.head < q.items.length && next === undefined) {
+        const e = q.items[q.head];
+        q.items[q.head++] = undefined;
+        if (e && e.state === QUEUED) next = e;
+      }
+      if (next) {
+        q.live--;
+        this.#waiting--;
+        next.queue = undefined;
+      }
+      if (q.live > 0) {
+        if (q.head > 1024 && q.head * 2 > q.items.length) {
+          q.items = q.items.slice(q.head);
+          q.head = 0;
+        }
+        this.#queues.set(cart, q); // to the back of the round
+      }
+      if (next) this.#admit(next);
+    }
+  }
+
+  /** A QUEUED entry leaves its cart queue (it stays in `items`, skipped when its turn comes). */
+  #unqueue(entry: Entry): void {
+    this.#waiting--;
+    const q = entry.queue!;
+    entry.queue = undefined;
+    if (--q.live === 0) {
+      for (const [cart, each] of this.#queues) {
+        if (each === q) {
+          this.#queues.delete(cart);
+          break;
+        }
+      }
+    }
+  }
+
+  #admit(entry: Entry): void {
+    entry.state = POSTING;
+    entry.startedAt = this.#clock.now();
+    entry.delay = this.#initial;
+    this.#outstanding++;
+    this.#postQueue.push(entry);
+    this.#pumpPosts();
+  }
+
+  // --- first stage POSTs -----------------------------------------------------------------
+
+  #pumpPosts(): void {
+    while (this.#posting < this.#postsInFlight && this.#postHead < this.#postQueue.length) {
+      const entry = this.#postQueue[this.#postHead];
+      this.#postQueue[this.#postHead++] = undefined;
+      if (!entry || entry.state !== POSTING) continue;
+      this.#posting++;
+      this.#track(
+        entry,
+        this.#firstPost(entry).finally(() => {
+          this.#posting--;
+          this.#pumpPosts();
+        }),
+      );
+    }
+    if (this.#postHead === this.#postQueue.length) {
+      this.#postQueue = [];
+      this.#postHead = 0;
+    } else if (this.#postHead > 1024 && this.#postHead * 2 > this.#postQueue.length) {
+      this.#postQueue = this.#postQueue.slice(this.#postHead);
+      this.#postHead = 0;
+    }
+  }
+
+  async #firstPost(entry: Entry): Promise<void> {
+    const error = await this.#post(entry);
+    if (entry.state !== POSTING) return;
+    const now = this.#clock.now();
+    if (error && !error.retryable) return this.#fail(entry, error.reason);
+    if (error) this.#noteFailure(entry, error, now);
+    entry.state = POLLING;
+    this.#schedule(entry, now);
+  }
+
+  /** One stage POST; the error when it failed, else undefined. */
+  async #post(entry: Entry): Promise<ArchiveError | undefined> {
+    this.#posts++;
+    try {
+      await this.#call((signal) => this.#client.stage(entry.id, signal));
+      entry.postedAt = this.#clock.now();
+      return undefined;
+    } catch (err) {
+      if (err instanceof ArchiveError) return err;
+      if (this.#closed) return undefined;
+      throw err;
+    }
+  }
+
+  // --- the poller ------------------------------------------------------------------------
+
+  /** Puts a polling entry back in the heap for its next HEAD after `now`. */
+  #schedule(entry: Entry, now: number): void {
+    // A POST that is owed (postedAt NaN) is retried with the next HEAD.
+    let at = now + entry.delay;
+    if (!Number.isNaN(entry.postedAt)) at = Math.min(at, entry.postedAt + this.#restage);
+    at = Math.min(at, entry.startedAt + this.#timeout);
+    entry.dueAt = at;
+    this.#heapPush(entry);
+    this.#arm(now);
+  }
+
+  /** Sets the one timer for the earliest due poll the bucket allows. */
+  #arm(now: number): void {
+    if (this.#closed || this.#heap.length === 0) return;
+    this.#refill(now);
+    let at = this.#heap[0].dueAt;
+    if (this.#tokens < 1) at = Math.max(at, now + (1 - this.#tokens) / this.#refillPerMs);
+    if (this.#timer !== undefined) {
+      if (this.#timerAt <= at) return;
+      this.#clock.clear(this.#timer);
+    }
+    this.#timerAt = at;
+    this.#timer = this.#clock.set(this.#tick, Math.max(0, at - now));
+  }
+
+  readonly #tick = (): void => {
+    this.#timer = undefined;
+    this.#timerAt = Infinity;
+    if (this.#closed) return;
+    const now = this.#clock.now();
+    this.#refill(now);
+    while (this.#heap.length > 0 && this.#heap[0].dueAt <= now && this.#tokens >= 1) {
+      this.#tokens -= 1;
+      const entry = this.#heapPop();
+      this.#track(entry, this.#poll(entry));
+    }
+    this.#arm(now);
+  };
+
+  #refill(now: number): void {
+    const tokens = this.#tokens + (now - this.#refilledAt) * this.#refillPerMs;
+    this.#tokens = Math.min(this.#capacity, tokens);
+    this.#refilledAt = now;
+  }
+
+  /** One poll: the stage POST when one is owed, then a HEAD; then settle or reschedule. */
+  async #poll(entry: Entry): Promise<void> {
+    let failed: ArchiveError | undefined;
+    let now = this.#clock.now();
+    if (Number.isNaN(entry.postedAt) || now - entry.postedAt >= this.#restage) {
+      failed = await this.#post(entry);
+      if (entry.state !== POLLING) return;
+      if (failed && !failed.retryable) return this.#fail(entry, failed.reason);
+    }
+    let st: ArchiveStatus | undefined;
+    this.#heads++;
+    try {
+      st = await this.#call((signal) => this.#client.status(entry.id, signal));
+    } catch (err) {
+      if (!(err instanceof ArchiveError)) {
+        if (this.#closed) return;
+        throw err;
+      }
+      failed = err;
+    }
+    if (entry.state !== POLLING) return;
+    now = this.#clock.now();
+    if (st?.media === "disk") return this.#settle(entry, st);
+    if (st?.media === "error") {
+      return this.#fail(
+        entry,
+        `the archive reports media "error"${st.message ? `: ${st.message}` : ""}`,
+      );
+    }
+    if (failed && !failed.retryable) return this.#fail(entry, failed.reason);
+    if (failed) {
+      const f = this.#noteFailure(entry, failed, now);
+      if (now - f.since >= this.#missing) return this.#fail(entry, missingReason(f, now));
+    } else entry.failure = undefined;
+    const waited = now - entry.startedAt;
+    if (waited >= this.#timeout) {
+      const f = entry.failure;
+      return this.#fail(
+        entry,
+        (f
+          ? `the archive kept failing (${f.error.reason}) and the file was not on disk`
+          : "the file was still on tape") +
+          ` after ${seconds(waited)} s, the stage time-out (CARTD_STAGE_TIMEOUT ${
+            seconds(this.#timeout)
+          } s); ask the archive's operators about the tape, or raise the time-out`,
+        "timeout",
+      );
+    }
+    entry.delay = Math.min(this.#pollMax, entry.delay * this.#factor);
+    this.#schedule(entry, now);
+  }
+
+  /** Runs one archive call with a signal that close() aborts. */
+  async #call<T>(run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const ctl = new AbortController();
+    this.#calls.add(ctl);
+    try {
+      return await run(ctl.signal);
+    } finally {
+      this.#calls.delete(ctl);
+    }
+  }
+
+  #noteFailure(entry: Entry, error: ArchiveError, now: number): Failure {
+    const f = entry.failure ??= { since: now, error, says: "" };
+    f.error = error;
+    if (error.detail) f.says = error.detail;
+    return f;
+  }
+
+  /** Keeps `p` for close(); an unexpected error fails the entry rather than losing it. */
+  #track(entry: Entry, p: Promise<void>): void {
+    const tracked = p.catch((err) => {
+      if (entry.state !== DONE) {
+        this.#fail(entry, `the recall failed unexpectedly (${errorMessage(err)}); see the log`);
+      }
+    }).finally(() => this.#inFlight.delete(tracked));
+    this.#inFlight.add(tracked);
+  }
+
+  // --- settling and leaving --------------------------------------------------------------
+
+  #fail(entry: Entry, reason: string, code: "archive" | "timeout" | "io" = "archive"): void {
+    this.#settle(entry, undefined, reason, code);
+  }
+
+  /** Ends an entry: resolves its waiters with `st`, or rejects them with `reason`. */
+  #settle(
+    entry: Entry,
+    st: ArchiveStatus | undefined,
+    reason = "",
+    code: "archive" | "timeout" | "io" = "archive",
+  ): void {
+    this.#drop(entry);
+    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
+    this.#waiters -= waiters.length;
+    this.#shared -= waiters.length - 1;
+    for (const w of waiters) {
+      this.#unwatch(w);
+      if (st) w.resolve({ ...st });
+      else w.reject(new StageError(code, `${w.label}: ${reason}`));
+    }
+    this.#admitNext();
+  }
+
+  /** Takes an entry out of every structure (its waiters are the caller's business). */
+  #drop(entry: Entry): void {
+    if (entry.state === QUEUED) this.#unqueue(entry);
+    else if (entry.state !== DONE) this.#outstanding--;
+    entry.state = DONE;
+    if (entry.heapIndex >= 0) this.#heapRemove(entry);
+    if (this.#byId.get(entry.id) === entry) this.#byId.delete(entry.id);
+  }
+
+  /**
+   * A waiter's signal aborted: it leaves; the recall ends with its last waiter. The caller
+   * runs #admitNext() once afterwards (a deleted cart must not have its own queued recalls
+   * admitted into the slots it frees while its waiters leave one by one).
+   */
+  #leave(w: Waiter): void {
+    const entry = w.entry;
+    if (entry.state === DONE) return;
+    if (Array.isArray(entry.waiters)) {
+      const list = entry.waiters;
+      const i = list.indexOf(w);
+      if (i < 0) return;
+      list.splice(i, 1);
+      this.#shared--;
+      if (list.length === 1) entry.waiters = list[0];
+    } else if (entry.waiters === w) this.#drop(entry);
+    else return;
+    this.#waiters--;
+    w.reject(w.signal!.reason);
+  }
+
+  #watch(signal: AbortSignal, w: Waiter): void {
+    let watch = this.#bySignal.get(signal);
+    if (!watch) {
+      const created: Watch = {
+        list: [],
+        live: 0,
+        onAbort: () => {
+          this.#bySignal.delete(signal);
+          // A settled waiter's entry is DONE: #leave skips it.
+          for (const each of created.list) this.#leave(each);
+          this.#admitNext();
+        },
+      };
+      watch = created;
+      this.#bySignal.set(signal, watch);
+      signal.addEventListener("abort", watch.onAbort, { once: true });
+    }
+    watch.list.push(w);
+    watch.live++;
+  }
+
+  #unwatch(w: Waiter): void {
+    if (!w.signal) return;
+    const watch = this.#bySignal.get(w.signal);
+    if (!watch) return;
+    if (--watch.live === 0) {
+      w.signal.removeEventListener("abort", watch.onAbort);
+      this.#bySignal.delete(w.signal);
+    }
+  }
+
+  // --- the min-heap by dueAt -------------------------------------------------------------
+
+  #heapPush(e: Entry): void {
+    e.heapIndex = this.#heap.length;
+    this.#heap.push(e);
+    this.#siftUp(e.heapIndex);
+  }
+
+  #heapPop(): Entry {
+    const top = this.#heap[0];
+    this.#heapRemove(top);
+    return top;
+  }
+
+  #heapRemove(e: Entry): void {
+    const h = this.#heap;
+    const i = e.heapIndex;
+    const last = h.pop()!;
+    e.heapIndex = -1;
+    if (last === e) return;
+    h[i] = last;
+    last.heapIndex = i;
+    this.#siftUp(i);
+    this.#siftDown(last.heapIndex);
+  }
+
+  #siftUp(i: number): void {
+    const h = this.#heap;
+    const e = h[i];
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (h[p].dueAt <= e.dueAt) break;
+      h[i] = h[p];
+      h[i].heapIndex = i;
+      i = p;
+    }
+    h[i] = e;
+    e.heapIndex = i;
+  }
+
+  #siftDown(i: number): void {
+    const h = this.#heap;
+    const e = h[i];
+    const n = h.length;
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && h[c + 1].dueAt < h[c].dueAt) c++;
+      if (h[c].dueAt >= e.dueAt) break;
+      h[i] = h[c];
+      h[i].heapIndex = i;
+      i = c;
+    }
+    h[i] = e;
+    e.heapIndex = i;
+  }
+}
+
+/** The message of a file whose archive calls kept failing for `missingAfterMs`. */
+function missingReason(f: Failure, now: number): string {
+  const during = `for ${seconds(now - f.since)} s`;
+  if (f.error.status === undefined) {
+    return `${f.error.reason} (asked again ${during}); check that the archive is up`;
+  }
+  return `${f.error.reason} ${during}, so the file counts as missing from the archive` +
+    (f.says ? ` (the archive says: ${f.says})` : "");
+}
+
+function dropUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
