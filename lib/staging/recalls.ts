@@ -42,7 +42,8 @@
  *
  * **Memory.** An outstanding recall costs one small entry object (id, next poll time, delay,
  * times of its first and last POST, heap index) plus one waiter per cart (label, promise
- * callbacks); see `recalls_test.ts` for the measured bytes per recall.
+ * callbacks): measured at about 680 bytes of heap per outstanding recall, the caller's
+ * promise included, so about 65 MiB for 100,000 (`recalls_test.ts`, with `--expose-gc`).
  *
  * @example
  * ```ts
@@ -126,6 +127,9 @@ export interface RecallStats {
   /** Stage POSTs sent so far (re-sends included). */
   posts: number;
 }
+
+/** What a HEAD said of the file (from lib/archive/client.ts), re-exported for callers. */
+export type { ArchiveStatus };
 
 const DEFAULTS = {
   maxOutstanding: 10_000,
