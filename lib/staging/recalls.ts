@@ -64,7 +64,12 @@
  * @module
  */
 
-import { type ArchiveClient, ArchiveError, type ArchiveStatus } from "../archive/client.ts";
+import {
+  type ArchiveClient,
+  ArchiveError,
+  type ArchiveStatus,
+  type Media,
+} from "../archive/client.ts";
 import { errorMessage, seconds } from "../util/log.ts";
 import { DEFAULT_STAGE_SETTINGS, StageError } from "./stage_file.ts";
 
@@ -128,8 +133,8 @@ export interface RecallStats {
   posts: number;
 }
 
-/** What a HEAD said of the file (from lib/archive/client.ts), re-exported for callers. */
-export type { ArchiveStatus };
+/** What a HEAD said of the file, and its media (from lib/archive/client.ts), re-exported for callers. */
+export type { ArchiveStatus, Media };
 
 const DEFAULTS = {
   maxOutstanding: 10_000,
