@@ -1,41 +1,94 @@
 /**
  * Reading a request body within a size limit (the POST's cart document, `CARTD_MAX_BODY`):
  * a body larger than the limit is refused as soon as its declared length or its bytes so far
- * say so, without holding more than the limit in memory.
+ * say so, and the memory held while reading is bounded by the limit too: each chunk is copied
+ * into one growing buffer and let go, so a body sent as thousands of one-byte chunks (each a
+ * view that would pin the whole buffer it was read into) holds no more than its bytes, and
+ * the spent buffers are collected as they pile up.
+ *
+ * The text must be UTF-8: a body that is not is refused ({@linkcode BodyEncodingError}), so
+ * that no replaced character ever changes an archive id or a path the client sent.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { readBody } from "./body.ts";
- * const post = (text: string) => new Request("http://cartd/x", { method: "POST", body: text });
+ * import { BodyEncodingError, readBody } from "./body.ts";
+ * const post = (body: BodyInit) => new Request("http://cartd/x", { method: "POST", body });
  * assert.equal(await readBody(post("{}"), 10), "{}");
  * assert.equal(await readBody(post("x".repeat(11)), 10), null);
+ * await assert.rejects(readBody(post(new Uint8Array([0x22, 0xff, 0x22])), 10), BodyEncodingError);
  * ```
  * @module
  */
 
-/** The body of `request` as UTF-8 text, or null when it is longer than `limit` bytes. */
+import { spentBuffers } from "../lib/util/memory.ts";
+
+/** The first buffer of a body of unknown length; it doubles as needed, up to the limit. */
+const FIRST_BUFFER = 16 * 1024;
+
+/** Thrown by {@linkcode readBody} for a body that is not UTF-8; the message says where. */
+export class BodyEncodingError extends Error {
+  /** Builds the error; `message` says what is wrong and what to send instead. */
+  constructor(message: string) {
+    super(message);
+    this.name = "BodyEncodingError";
+  }
+}
+
+/**
+ * The body of `request` as UTF-8 text, or null when it is longer than `limit` bytes. Throws
+ * {@linkcode BodyEncodingError} when the bytes are not UTF-8 (a leading BOM is dropped).
+ */
 export async function readBody(request: Request, limit: number): Promise<string | null> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
   if (!request.body) return "";
-  const chunks: Uint8Array[] = [];
+  // A declared length is only a hint: the bytes that come are what count.
+  let buffer = new Uint8Array(Math.min(limit, declared >= 0 ? declared : FIRST_BUFFER));
   let size = 0;
   for await (const chunk of request.body) {
+    if (size + chunk.length > limit) return null; // leaving the loop cancels the body
+    if (size + chunk.length > buffer.length) {
+      const grown = new Uint8Array(
+        Math.min(limit, Math.max(buffer.length * 2, size + chunk.length, FIRST_BUFFER)),
+      );
+      grown.set(buffer.subarray(0, size));
+      buffer = grown;
+    }
+    buffer.set(chunk, size);
     size += chunk.length;
-    if (size > limit) return null;
-    chunks.push(chunk);
+    // The chunk's whole buffer (often 64 KiB for one byte) is garbage now: collect it soon.
+    spentBuffers(chunk.buffer.byteLength);
   }
-  return new TextDecoder().decode(concat(chunks, size));
+  return decodeUtf8(buffer.subarray(0, size));
 }
 
-/** `chunks` (of `size` bytes in all) as one array. */
-function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
+/** `bytes` as text, or a {@linkcode BodyEncodingError} naming the first byte that is not UTF-8. */
+function decodeUtf8(bytes: Uint8Array): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new BodyEncodingError(
+      `The request body is not valid UTF-8 (from byte ${firstInvalid(bytes)}): ` +
+        "send the cart document as UTF-8 JSON",
+    );
   }
-  return out;
+}
+
+/** The offset of the first byte of `bytes` where UTF-8 decoding fails (slow; errors only). */
+function firstInvalid(bytes: Uint8Array): number {
+  // The longest prefix that decodes as the start of a stream (an unfinished sequence at its
+  // end is no error) ends just before the first bad byte; such prefixes only get worse longer.
+  let good = 0;
+  let bad = bytes.length;
+  while (bad - good > 1) {
+    const mid = (good + bad) >>> 1;
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, mid), { stream: true });
+      good = mid;
+    } catch {
+      bad = mid;
+    }
+  }
+  return good;
 }

@@ -19,19 +19,19 @@ import { CartDocumentError, parseCartDocument } from "../lib/cart/document.ts";
 import type { Bundle } from "../lib/bundle/plan.ts";
 import { defaultName } from "../lib/bundle/cart_bundle.ts";
 import type { Config } from "../lib/config/config.ts";
-import { DbUnavailableError } from "../lib/db/db.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import type { Queue } from "../lib/queue/queue.ts";
 import type { Cancellations } from "../lib/space/cancellations.ts";
 import { removeCart } from "../lib/space/remove_cart.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
-import { readBody } from "./body.ts";
+import { BodyEncodingError, readBody } from "./body.ts";
 import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
 import { json } from "./json.ts";
+import { unavailable } from "./unavailable.ts";
 
 /** What the routes need. */
 export interface RouteDeps {
@@ -87,13 +87,15 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   const remove = (cart: Cart, why: string) => removeCart(store, volume, cart, why, cancellations);
 
   app.onError((error) => {
-    if (error instanceof DbUnavailableError) {
-      log.warn("database unavailable", { error: error.message });
-      return json(
-        { message: "The cart database is unavailable right now; try again shortly" },
-        503,
-        { "Retry-After": "5" },
-      );
+    // A body that is not UTF-8 (POST /{uid} and the estimate alike): the client's to fix.
+    if (error instanceof BodyEncodingError) return json({ message: error.message }, 400);
+    // The database away, busy, full or read-only, or a full volume: 503 naming the cause.
+    const down = unavailable(error);
+    if (down) {
+      log.warn(down.logMessage, { error: errorMessage(error) });
+      return json({ message: down.message }, 503, {
+        "Retry-After": String(down.retryAfterSeconds),
+      });
     }
     log.error("request failed", { error: errorMessage(error) });
     return json({ message: "Internal error: the request could not be completed" }, 500);

@@ -1,0 +1,62 @@
+/**
+ * Tests of the body reader: bodies of many small chunks, the limit at its edge, and bodies that
+ * are not UTF-8.
+ */
+import assert from "node:assert/strict";
+import { BodyEncodingError, readBody } from "./body.ts";
+
+/** A POST whose body comes as `chunks`, one read each. */
+function chunked(chunks: Uint8Array[], headers: Record<string, string> = {}): Request {
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(chunk);
+      controller.close();
+    },
+  });
+  return new Request("http://cartd/x", { method: "POST", body, headers });
+}
+
+/** `text` as one-byte views, each into a 64 KiB buffer (as Deno's HTTP server reads them). */
+function oneByteViews(text: string): Uint8Array[] {
+  return [...new TextEncoder().encode(text)].map((byte) => {
+    const view = new Uint8Array(new ArrayBuffer(64 * 1024), 100, 1);
+    view[0] = byte;
+    return view;
+  });
+}
+
+Deno.test("a body of thousands of one-byte chunks is read whole", async () => {
+  const text = JSON.stringify({
+    fileids: [{ id: "é", path: "données.txt" }],
+    pad: "x".repeat(5000),
+  });
+  assert.equal(await readBody(chunked(oneByteViews(text)), 10_000), text);
+});
+
+Deno.test("the limit: exactly at it is read, one byte more is refused", async () => {
+  assert.equal(await readBody(chunked(oneByteViews("x".repeat(100))), 100), "x".repeat(100));
+  assert.equal(await readBody(chunked(oneByteViews("x".repeat(101))), 100), null);
+  // A declared length over the limit is refused before reading; one under it is only a hint.
+  const declared = { "content-length": "101" };
+  assert.equal(await readBody(chunked(oneByteViews("x"), declared), 100), null);
+  assert.equal(
+    await readBody(chunked([new Uint8Array(50).fill(120)], { "content-length": "2" }), 100),
+    "x".repeat(50),
+  );
+  assert.equal(await readBody(chunked([new Uint8Array(0)]), 0), "");
+});
+
+Deno.test("a body that is not UTF-8 is refused, saying from which byte", async () => {
+  const bad = (bytes: number[]) => readBody(chunked([new Uint8Array(bytes)]), 100);
+  await assert.rejects(bad([0x7b, 0x22, 0xff, 0x22]), (e: unknown) => {
+    assert.ok(e instanceof BodyEncodingError);
+    assert.equal(
+      e.message,
+      "The request body is not valid UTF-8 (from byte 2): send the cart document as UTF-8 JSON",
+    );
+    return true;
+  });
+  await assert.rejects(bad([0x22, 0xed, 0xa0, 0x80, 0x22]), BodyEncodingError); // a surrogate
+  await assert.rejects(bad([0x22, 0xc3]), BodyEncodingError); // cut in the middle of "é"
+  assert.equal(await bad([0xef, 0xbb, 0xbf, 0x7b, 0x7d]), "{}"); // a BOM is dropped
+});
