@@ -146,14 +146,20 @@ Deno.test("admin: purge --older-than removes carts unused for that long, and not
   assert.equal((await postCart(url, "old", { fileids: [{ id: "x", path: "x" }] })).status, 201);
   assert.deepEqual(await waitFor(url, "old", "ready"), [204, "ready", ""]);
   assert.equal((await postCart(url, "busy", { fileids: [{ id: "t", path: "t" }] })).status, 201);
-  await new Promise((r) => setTimeout(r, 1200));
+  // "old" was last used GAP ms before "new"; the limit falls between the two with 2.5 s to
+  // spare, so an admin process that is slow to start (a loaded machine) still sees "new" as
+  // recently used.
+  const GAP = 5000;
+  await new Promise((r) => setTimeout(r, GAP));
   assert.equal((await postCart(url, "new", { fileids: [{ id: "x", path: "y" }] })).status, 201);
   assert.deepEqual(await waitFor(url, "new", "ready"), [204, "ready", ""]);
+  const newReady = Date.now();
 
-  const purged = await admin(volume, ["purge", "--older-than", "1s"]);
+  const limit = `${Date.now() - newReady + GAP / 2}ms`;
+  const purged = await admin(volume, ["purge", "--older-than", limit]);
   assert.equal(purged.code, 0, purged.stderr);
   assert.match(purged.stdout, /removed "old" \(ready, last used .*, 100 B\)/);
-  assert.match(purged.stdout, /Purged 1 cart not used for 1s, 100 B freed\./);
+  assert.match(purged.stdout, new RegExp(`Purged 1 cart not used for ${limit}, 100 B freed\\.`));
   assert.deepEqual(await cartStatus(url, "old"), [404, "error", "No cart with uid old found"]);
   assert.equal(await fetch(url + "old").then(async (r) => (await r.body?.cancel(), r.status)), 404);
   assert.equal((await cartStatus(url, "new"))[1], "ready");
