@@ -101,6 +101,11 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     return json({ message: "Internal error: the request could not be completed" }, 500);
   });
   app.notFound(() => json({ message: "Not Found" }, 404));
+  app.use("*", async (c, next) => {
+    const refused = protocolProblem(c.req.raw);
+    if (refused) return refused;
+    await next();
+  });
 
   /**
    * Queues a stored cart, waiting at most PUBLISH_WAIT_MS: the cart is safe in the store as
@@ -221,6 +226,32 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   });
 
   return app;
+}
+
+/**
+ * The answer to a request that breaks HTTP's own rules as cartd applies them, or null: a
+ * request without `Host` (RFC 9112 §3.2: `400`; the server cannot tell HTTP/1.0 from 1.1,
+ * so it asks every request for one, as every client sends it anyway), and a body with a
+ * `Content-Encoding` other than `identity` (`415`, with `Accept-Encoding: identity` as RFC
+ * 9110 §15.5.16 asks): cartd reads cart documents as they are and never inflates a body,
+ * which would let a small request grow past `CARTD_MAX_BODY` in memory.
+ */
+function protocolProblem(request: Request): Response | null {
+  if (request.headers.get("host") === null) {
+    return json({ message: "The request has no Host header, which HTTP/1.1 requires" }, 400);
+  }
+  const encoding = request.headers.get("content-encoding");
+  if (encoding !== null && encoding.split(",").some((e) => e.trim().toLowerCase() !== "identity")) {
+    return json(
+      {
+        message: `The request body is encoded (Content-Encoding: ${headerSafe(encoding)}); ` +
+          "cartd accepts only bodies without an encoding: send the cart document as plain JSON",
+      },
+      415,
+      { "Accept-Encoding": "identity" },
+    );
+  }
+  return null;
 }
 
 /** Header values cannot carry newlines or non-Latin-1 text; keep the message readable. */

@@ -48,7 +48,7 @@ async function readyCart(uid: string, apps: number) {
     apps: made,
     cancellations,
     get: (app: CartApp, headers: Record<string, string> = {}) =>
-      app.fetch(new Request(`http://cartd/${uid}`, { headers })),
+      app.fetch(new Request(`http://cartd/${uid}`, { headers: { host: "cartd", ...headers } })),
     async [Symbol.asyncDispose]() {
       await queue.close();
       await db.close();
@@ -111,7 +111,9 @@ Deno.test("DELETE tells the routes' cancellations, so a local worker stops the c
   await using w = await readyCart("del", 1);
   const heard: string[] = [];
   const stop = w.cancellations.onCancel((cartId) => heard.push(cartId));
-  const deleted = await w.apps[0].fetch(new Request("http://cartd/del", { method: "DELETE" }));
+  const deleted = await w.apps[0].fetch(
+    new Request("http://cartd/del", { method: "DELETE", headers: { host: "cartd" } }),
+  );
   stop();
   assert.equal(deleted.status, 200);
   assert.deepEqual(heard, [w.cartId]);

