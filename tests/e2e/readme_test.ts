@@ -54,9 +54,10 @@ const BLOCKS: Record<string, { run: string } | { skip: string }> = {
     skip: "a service that runs until stopped; the walk-through runs against the same command line",
   },
   "README.md: deno task test": { skip: "the test suite itself, this test included" },
-  "README.md: curl -X POST --upload-file examples/foo.json http://127.0.0.1:8081/mycart": {
-    run: "walkthrough",
-  },
+  "README.md: curl -sS -X POST --upload-file examples/foo.json http://127.0.0.1:8081/mycart; echo":
+    {
+      run: "walkthrough",
+    },
   "docs/benchmarks.md: deno task bench                      # every scenario": {
     skip: "takes minutes and the whole machine; it measures and asserts nothing",
   },
