@@ -33,3 +33,52 @@ export class DbUnavailableError extends Error {
     this.name = "DbUnavailableError";
   }
 }
+
+/** Why the database cannot be written (see {@linkcode DbWriteError}). */
+export type DbWriteCause = "full" | "readonly" | "io";
+
+/**
+ * The database can be read but not written: its disk is full, its file (or the file system)
+ * is read-only, or the disk failed a write. It is a {@linkcode DbUnavailableError}: the API
+ * answers 503 naming the cause, the worker resumes the cart later instead of failing it.
+ */
+export class DbWriteError extends DbUnavailableError {
+  /**
+   * Builds the error: `cause` says why, `detail` is the driver's words (such as "database or
+   * disk is full"), `options.cause` the driver's error.
+   */
+  constructor(readonly why: DbWriteCause, readonly detail: string, options?: ErrorOptions) {
+    super(`The database cannot be written: ${detail}`, options);
+    this.name = "DbWriteError";
+  }
+}
+
+/** The driver's words for each cause a write can fail on, as SQLite and MySQL put them. */
+const WRITE_FAILURES: readonly [DbWriteCause, RegExp][] = [
+  ["full", /database or disk is full|No space left|ENOSPC|os error 28|The table .* is full/i],
+  ["readonly", /readonly database|read-only|read only|EROFS|os error 30/i],
+  ["io", /disk I\/O error/i],
+];
+
+/**
+ * The {@linkcode DbWriteError} a driver's error stands for, or null when it is about
+ * something else (a constraint, a bad statement). An error that is one already is returned
+ * as it is.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { asWriteError } from "./db.ts";
+ * assert.equal(asWriteError(new Error("database or disk is full"))?.why, "full");
+ * assert.equal(asWriteError(new Error("attempt to write a readonly database"))?.why, "readonly");
+ * assert.equal(asWriteError(new Error("UNIQUE constraint failed: carts.id")), null);
+ * ```
+ */
+export function asWriteError(error: unknown): DbWriteError | null {
+  if (error instanceof DbWriteError) return error;
+  if (!(error instanceof Error)) return null;
+  for (const [why, words] of WRITE_FAILURES) {
+    if (words.test(error.message)) return new DbWriteError(why, error.message, { cause: error });
+  }
+  return null;
+}

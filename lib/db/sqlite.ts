@@ -7,8 +7,8 @@
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { type Db, DbUnavailableError, type Row, type SqlValue } from "./db.ts";
-import { log } from "../util/log.ts";
+import { asWriteError, type Db, DbUnavailableError, type Row, type SqlValue } from "./db.ts";
+import { errorMessage, log } from "../util/log.ts";
 
 /** Serialises transactions: SQLite has one writer, and node:sqlite is synchronous. */
 class Lock {
@@ -66,10 +66,15 @@ class SqliteDb implements Db {
   }
 
   #exec<T>(work: () => T): Promise<T> {
+    const translated = () => {
+      try {
+        return Promise.resolve(work());
+      } catch (e) {
+        return Promise.reject(translate(e));
+      }
+    };
     // Outside a transaction, wait for any open one so our statement is not swept into it.
-    return this.#inTransaction
-      ? Promise.resolve(work())
-      : this.#lock.run(() => Promise.resolve(work()));
+    return this.#inTransaction ? translated() : this.#lock.run(translated);
   }
 
   all<T extends Row = Row>(sql: string, params: SqlValue[] = []): Promise<T[]> {
@@ -100,10 +105,27 @@ class SqliteDb implements Db {
         this.sqlite.exec("COMMIT");
         return result;
       } catch (e) {
-        this.sqlite.exec("ROLLBACK");
-        throw e;
+        this.#rollback(e);
+        throw translate(e);
       }
     });
+  }
+
+  /**
+   * Rolls back the open transaction after `first` ended it. SQLite may have rolled it back by
+   * itself already (a full disk, an I/O error do): then there is nothing to do. A ROLLBACK that
+   * fails anyway is logged, never thrown: `first` is the error that tells what happened.
+   */
+  #rollback(first: unknown): void {
+    if (!this.sqlite.isTransaction) return;
+    try {
+      this.sqlite.exec("ROLLBACK");
+    } catch (e) {
+      log.warn("rollback failed after an error", {
+        error: errorMessage(first),
+        rollback: errorMessage(e),
+      });
+    }
   }
 
   close(): Promise<void> {
@@ -117,25 +139,99 @@ class SqliteDb implements Db {
 /**
  * Another process has held the database longer than `busy_timeout`: that is the database
  * being unavailable for a moment (the API answers 503, the worker resumes), not a failed cart.
+ * A write that fails on a full disk, a read-only file or an I/O error becomes a
+ * {@linkcode DbWriteError} naming that cause.
  */
 function translate(e: unknown): unknown {
+  if (e instanceof DbUnavailableError) return e;
   if (e instanceof Error && /database is (locked|busy)/i.test(e.message)) {
     return new DbUnavailableError(`The SQLite database is busy: ${e.message}`, { cause: e });
   }
-  return e;
+  return asWriteError(e) ?? e;
 }
 
 function bigintJson(_key: string, value: unknown): unknown {
   return typeof value === "bigint" ? value.toString() : value;
 }
 
-/** Opens (creating when needed) the SQLite file at `path`. */
+/** The database cannot be opened for writing; the message names the file and what to do. */
+export class SqliteOpenError extends Error {
+  /** Builds the error; `message` names the file. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SqliteOpenError";
+  }
+}
+
+/**
+ * Checks that the database file and its `-wal` and `-shm` files, those that exist, can be
+ * opened for writing. SQLite falls back to reading a file it cannot write, and maps the
+ * `-shm` file into memory: an immutable `-shm` killed the process with SIGBUS and no word.
+ *
+ * @throws {SqliteOpenError} naming the first file that cannot be written.
+ */
+export function checkSqliteFiles(path: string): void {
+  if (path === ":memory:" || path.startsWith("file:")) return;
+  for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+    let handle: Deno.FsFile;
+    try {
+      handle = Deno.openSync(file, { write: true });
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) continue;
+      throw new SqliteOpenError(
+        `The SQLite file ${file} cannot be opened for writing (${errorMessage(e)}); make it ` +
+          "writable for this process (permissions, a read-only mount, the immutable attribute: " +
+          "lsattr/chattr -i), or point CARTD_SQLITE_PATH at a writable copy",
+        { cause: e },
+      );
+    }
+    handle.close();
+  }
+}
+
+/**
+ * Writes in a transaction that is rolled back, so that a database SQLite opened for reading
+ * only (a read-only file or mount) is found at start, not at the first POST.
+ *
+ * @throws {SqliteOpenError} naming the file when the write is refused.
+ */
+function probeWrite(sqlite: DatabaseSync, path: string): void {
+  try {
+    sqlite.exec("BEGIN IMMEDIATE");
+    try {
+      sqlite.exec("CREATE TABLE cartd_write_probe (x INTEGER)");
+    } finally {
+      if (sqlite.isTransaction) sqlite.exec("ROLLBACK");
+    }
+  } catch (e) {
+    throw new SqliteOpenError(
+      `The SQLite database ${path} cannot be written (${errorMessage(e)}); make the file and ` +
+        "its folder writable for this process, or point CARTD_SQLITE_PATH at a writable copy",
+      { cause: e },
+    );
+  }
+}
+
+/**
+ * Opens (creating when needed) the SQLite file at `path`, after checking that it and its
+ * `-wal`/`-shm` files can be written ({@linkcode checkSqliteFiles}, then a write that is
+ * rolled back).
+ *
+ * @throws {SqliteOpenError} naming the file that cannot be written.
+ */
 export function openSqlite(path: string, logging = false): Db {
   if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+  checkSqliteFiles(path);
   const sqlite = new DatabaseSync(path);
-  sqlite.exec("PRAGMA busy_timeout = 10000");
-  sqlite.exec("PRAGMA journal_mode = WAL");
-  sqlite.exec("PRAGMA synchronous = NORMAL");
-  sqlite.exec("PRAGMA foreign_keys = ON");
+  try {
+    sqlite.exec("PRAGMA busy_timeout = 10000");
+    sqlite.exec("PRAGMA journal_mode = WAL");
+    sqlite.exec("PRAGMA synchronous = NORMAL");
+    sqlite.exec("PRAGMA foreign_keys = ON");
+    probeWrite(sqlite, path);
+  } catch (e) {
+    sqlite.close();
+    throw e;
+  }
   return new SqliteDb(sqlite, logging);
 }

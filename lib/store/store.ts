@@ -20,7 +20,8 @@ import {
 } from "../cart/state.ts";
 import { type CartDocument, HASH_TYPES, type HashType } from "../cart/document.ts";
 import type { StagedFacts } from "../cart/staged.ts";
-import type { Db, Row, SqlValue } from "../db/db.ts";
+import { type Db, DbUnavailableError, type Row, type SqlValue } from "../db/db.ts";
+import { errorMessage, log } from "../util/log.ts";
 
 /** A cart as the store knows it. */
 export interface Cart {
@@ -306,6 +307,11 @@ async function holdings(db: Db, exceptId: string): Promise<SpaceHoldings> {
 
 /** Reads and writes carts; every method is one short query or transaction. */
 export class CartStore {
+  /** When a use that could not be recorded was last logged (real time, ms). */
+  #useFailureLoggedAt = -Infinity;
+  /** Uses not recorded since that log line. */
+  #useFailuresUnlogged = 0;
+
   /** A store on `db`; `now` gives the time in ms since the epoch (tests replace it). */
   constructor(readonly db: Db, readonly now: () => number = Date.now) {}
 
@@ -373,6 +379,11 @@ export class CartStore {
   /** Every cart row, live or replaced (replaced ones are removed by the worker that notices). */
   async allCarts(): Promise<Cart[]> {
     return (await this.db.all("SELECT * FROM carts ORDER BY created_at")).map(toCart);
+  }
+
+  /** Whether the database holds any cart row at all (an empty one may be new or replaced). */
+  async hasCarts(): Promise<boolean> {
+    return (await this.db.all("SELECT id FROM carts LIMIT 1")).length > 0;
   }
 
   /** The files of a cart, in document order. */
@@ -686,21 +697,49 @@ export class CartStore {
    * retention pass over it). The time only moves forward: a hold is not cut short by a touch.
    */
   async touch(cartId: string, until = this.now()): Promise<void> {
-    await this.db.run(
-      `UPDATE carts SET last_used_at = CASE WHEN last_used_at > ? THEN last_used_at ELSE ? END
-       WHERE id = ?`,
-      [until, until, cartId],
-    );
+    try {
+      await this.db.run(
+        `UPDATE carts SET last_used_at = CASE WHEN last_used_at > ? THEN last_used_at ELSE ? END
+         WHERE id = ?`,
+        [until, until, cartId],
+      );
+    } catch (e) {
+      this.#useNotRecorded(cartId, e);
+    }
   }
 
   /** Ends a hold of {@linkcode touch} (the download is over): the last use becomes now. */
   async endHold(cartId: string): Promise<void> {
     const now = this.now();
-    await this.db.run("UPDATE carts SET last_used_at = ? WHERE id = ? AND last_used_at > ?", [
-      now,
-      cartId,
-      now,
-    ]);
+    try {
+      await this.db.run("UPDATE carts SET last_used_at = ? WHERE id = ? AND last_used_at > ?", [
+        now,
+        cartId,
+        now,
+      ]);
+    } catch (e) {
+      this.#useNotRecorded(cartId, e);
+    }
+  }
+
+  /**
+   * A use ({@linkcode touch}, {@linkcode endHold}) that the database could not record because
+   * it cannot be written or reached right now: the read it came with (HEAD, GET) still
+   * answers, the cart keeps its previous last use. Logged the first time, then at most once a
+   * minute with the count since. Any other error is thrown.
+   */
+  #useNotRecorded(cartId: string, error: unknown): void {
+    if (!(error instanceof DbUnavailableError)) throw error;
+    this.#useFailuresUnlogged++;
+    const now = Date.now();
+    if (now - this.#useFailureLoggedAt < 60_000) return;
+    log.warn("a cart's use was not recorded; it is served anyway (logged once a minute)", {
+      cart: cartId,
+      error: errorMessage(error),
+      failures: this.#useFailuresUnlogged,
+    });
+    this.#useFailureLoggedAt = now;
+    this.#useFailuresUnlogged = 0;
   }
 
   /** Ends a cart's life in the live set (DELETE): returns false when it was not live. */
