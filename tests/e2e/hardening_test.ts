@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, cartStatus, startCartd } from "../support/harness.ts";
+import { type Cartd, cartStatus, startCartd, waitFor } from "../support/harness.ts";
 
 const utf8 = new TextEncoder();
 const MiB = 1024 * 1024;
@@ -188,5 +188,35 @@ Deno.test("HTTP/1.1 without Host answers 400; an encoded body answers 415 and st
     }
     assert.equal((await cartStatus(cartd.url, "encoded"))[0], 404, "nothing was stored");
     assert.equal((await post("plain", "identity")).status, 201);
+  });
+});
+
+Deno.test("download names: no empty top folder, no format characters, no ';' (400 each)", async () => {
+  await withCartd(async (cartd, archive) => {
+    archive.put("a", "hello\n");
+    const doc = JSON.stringify({ fileids: [{ id: "a", path: "a.txt" }] });
+    assert.equal((await fetch(cartd.url + "names", { method: "POST", body: doc })).status, 201);
+    assert.equal((await waitFor(cartd.url, "names", "ready"))[1], "ready");
+    const get = async (name: string) => {
+      const res = await fetch(`${cartd.url}names?filename=${encodeURIComponent(name)}`);
+      return {
+        status: res.status,
+        body: res.status === 200 ? await res.bytes() : await res.json(),
+      };
+    };
+    for (const name of [".tar", "..tar", "...tar", "..zip"]) {
+      const got = await get(name);
+      assert.equal(got.status, 400, name);
+      assert.match(got.body.message, /leaves no folder name/, name);
+    }
+    for (const name of ["photo\u202egpj.tar", "a\u200b.tar"]) {
+      const got = await get(name);
+      assert.equal(got.status, 400, name);
+      assert.match(got.body.message, /Unicode format characters such as U\+20(2E|0B)/, name);
+    }
+    const injected = await get(`a.tar; filename*=UTF-8''evil.sh`);
+    assert.equal(injected.status, 400);
+    assert.match(injected.body.message, /may not contain ";"/);
+    assert.equal((await get("fine.tar")).status, 200);
   });
 });
