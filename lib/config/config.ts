@@ -121,6 +121,11 @@ export interface Config {
     claimTtlMs: number;
     /** How often a cart is tried (worker crashes included) before it fails. */
     maxAttempts: number;
+    /**
+     * Most folders without a row that one sweep removes; above it, or with no cart rows at
+     * all, the sweep refuses (the database may be lost or replaced: worker/sweep.ts).
+     */
+    sweepMaxRemove: number;
   };
   /** How space under volumePath is capped and reclaimed. */
   space: {

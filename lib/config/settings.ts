@@ -377,6 +377,13 @@ export const SETTING_TABLE = {
     "5",
     "times one cart is tried (worker crashes included) before it fails",
   ),
+  CARTD_SWEEP_MAX_REMOVE: field(
+    "work.sweepMaxRemove",
+    positiveInt,
+    "20",
+    "cart folders without a row one sweep may remove; more, or any while the database has " +
+      "no carts, and it refuses ([why](operations.md#a-lost-database))",
+  ),
   CARTD_VOLUME_SIZE: field(
     "space.volumeSize",
     bytes,
