@@ -3,8 +3,10 @@
  * `No Space Available`, its temporary files are removed, and the service keeps serving every
  * other cart. Proven on a real, tiny tmpfs (`mount -t tmpfs -o size=1m`): at the file-writing
  * layer (lib/staging/stage_file.ts, and the thread pool the worker uses for staging and bundling), and
- * end to end. Needs the right to mount (root); where the machine refuses, the tests are
- * skipped with a message saying so.
+ * end to end. A volume 100 % full, the database included (issue 17): every route answers 503
+ * with `Retry-After` naming the cause, and ready carts still answer HEAD and GET. Needs the
+ * right to mount (root); where the machine refuses, the tests are skipped with a message
+ * saying so.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -211,6 +213,52 @@ test("e2e enospc: a cart whose write hits a full disk fails with No Space Availa
     await cartd.stop();
   } finally {
     await umount(carts);
+    await Deno.remove(volume, { recursive: true });
+  }
+});
+
+test("e2e enospc: a volume 100 % full, database included, answers 503 naming the cause; ready carts still answer HEAD and GET", async () => {
+  await using fake = startFakeArchive();
+  fake.put("small", { size: 64 * KiB });
+  fake.put("next", { size: 64 * KiB });
+  // The whole VOLUME_PATH, the SQLite file included, on a 4 MiB tmpfs.
+  const volume = await Deno.makeTempDir({ prefix: "cartd-enospc-full-" });
+  const why = await mountTmpfs(volume, "4m");
+  if (why !== null) throw new Error(`could not mount a tmpfs: ${why}`);
+  try {
+    await using cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: fake.url }, volume });
+    const { url } = cartd;
+    const doc = (id: string) => ({ fileids: [{ id, path: `${id}.bin` }] });
+    assert.equal((await postCart(url, "small", doc("small"))).status, 201);
+    assert.deepEqual(await waitFor(url, "small", "ready"), [204, "ready", ""]);
+    const filler = join(volume, "filler.bin");
+    assert.ok((await fill(filler)) > 0);
+
+    /** A 503 with Retry-After whose message says the volume (or the database's disk) is full. */
+    const full = async (res: Response, what: string) => {
+      const text = await res.text();
+      assert.equal(res.status, 503, `${what}: ${text}`);
+      assert.ok(Number(res.headers.get("retry-after")) > 0, `${what}: Retry-After`);
+      assert.match(JSON.parse(text).message, /disk is full.*no space left/, what);
+    };
+    await full(await postCart(url, "next", doc("next")), "POST");
+    assert.deepEqual(await cartStatus(url, "small"), [204, "ready", ""], "HEAD of a ready cart");
+    const got = await fetch(url + "small");
+    assert.equal(got.status, 200, "GET of a ready cart");
+    assert.ok((await got.arrayBuffer()).byteLength > 64 * KiB);
+    assert.equal((await cartStatus(url, "next"))[0], 404, "the refused cart was not stored");
+    await full(await fetch(url + "small", { method: "DELETE" }), "DELETE");
+    assert.deepEqual(await cartStatus(url, "small"), [204, "ready", ""], "still there");
+    assert.doesNotMatch(cartd.output(), /Internal error|request failed|cannot rollback/);
+
+    // Room again: every route works.
+    await Deno.remove(filler);
+    assert.equal((await fetch(url + "small", { method: "DELETE" })).status, 200);
+    assert.equal((await postCart(url, "next", doc("next"))).status, 201);
+    assert.deepEqual(await waitFor(url, "next", "ready"), [204, "ready", ""]);
+    await cartd.stop();
+  } finally {
+    await umount(volume);
     await Deno.remove(volume, { recursive: true });
   }
 });
