@@ -90,5 +90,12 @@ function firstInvalid(bytes: Uint8Array): number {
       bad = mid;
     }
   }
-  return good;
+  // That prefix may end in the first bytes of the sequence that breaks: it starts there.
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, good));
+    return good; // a whole prefix: the byte after it breaks
+  } catch { /* unfinished at its end */ }
+  let start = good;
+  while (start > 0 && start > good - 3 && (bytes[start - 1] & 0xc0) === 0x80) start--;
+  return start > 0 && bytes[start - 1] >= 0xc0 ? start - 1 : good;
 }

@@ -60,3 +60,15 @@ Deno.test("a body that is not UTF-8 is refused, saying from which byte", async (
   await assert.rejects(bad([0x22, 0xc3]), BodyEncodingError); // cut in the middle of "é"
   assert.equal(await bad([0xef, 0xbb, 0xbf, 0x7b, 0x7d]), "{}"); // a BOM is dropped
 });
+
+Deno.test("the byte named is where the broken sequence starts", async () => {
+  const at = async (bytes: number[]) => {
+    const error = await readBody(chunked([new Uint8Array(bytes)]), 100).catch((e) => e);
+    return Number(/from byte (\d+)/.exec(String(error))?.[1]);
+  };
+  assert.equal(await at([0x61, 0x62, 0xe9, 0x22]), 2); // a lead byte, then no continuation
+  assert.equal(await at([0x61, 0xf0, 0x9f, 0x98, 0x22]), 1); // 3 of 4 bytes, then a quote
+  assert.equal(await at([0x61, 0xc3, 0xa9, 0x80]), 3); // "é", then a stray continuation
+  assert.equal(await at([0xff]), 0);
+  assert.equal(await at([0x61, 0xe9]), 1); // cut at the end
+});

@@ -34,6 +34,8 @@ const HEX_LENGTH: Record<HashType, number> = {
 
 /** Longest bundle path, in UTF-8 bytes. */
 export const MAX_PATH_BYTES = 4096;
+/** Longest folder or file name in a bundle path (one segment), in UTF-8 bytes: NAME_MAX. */
+export const MAX_SEGMENT_BYTES = 255;
 
 /** One file of a validated cart. */
 export interface CartFileRequest {
@@ -69,12 +71,15 @@ export class CartDocumentError extends Error {
 const utf8 = new TextEncoder();
 // deno-lint-ignore no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f]/;
+const LONE_SURROGATE = 'lone UTF-16 surrogates (a "\\ud800" escape without its pair) are not ' +
+  "allowed: they have no UTF-8 form";
 
 /** Checks one path and returns it without its leading "/" (or throws the broken rule). */
 function cleanPath(raw: string): string {
   const path = raw.replace(/^\/+/, "");
   if (path === "") return fail("must name a file, not be empty");
   if (CONTROL.test(path)) return fail("control characters (including NUL) are not allowed");
+  if (!path.isWellFormed()) return fail(LONE_SURROGATE);
   // A UTF-16 code unit never takes more than 3 bytes of UTF-8: most paths need no encoding.
   if (path.length * 3 > MAX_PATH_BYTES && utf8.encode(path).length > MAX_PATH_BYTES) {
     return fail(`is longer than ${MAX_PATH_BYTES} bytes`);
@@ -84,6 +89,16 @@ function cleanPath(raw: string): string {
     if (segment === "") return fail('empty segments ("//" or a trailing "/") are not allowed');
     if (segment === "..") return fail('".." is not allowed');
     if (segment === ".") return fail('"." is not allowed');
+    if (segment.length * 3 > MAX_SEGMENT_BYTES) {
+      const bytes = utf8.encode(segment).length;
+      if (bytes > MAX_SEGMENT_BYTES) {
+        const shown = segment.length > 40 ? `${segment.slice(0, 40)}…` : segment;
+        return fail(
+          `the name "${shown}" is ${bytes} bytes long; a folder or file name may have at most ` +
+            `${MAX_SEGMENT_BYTES} bytes (UTF-8), more than file systems and tar tools can make`,
+        );
+      }
+    }
   }
   return path;
 }
@@ -97,7 +112,8 @@ class PathRuleError extends Error {}
 const fileSchema = z.looseObject({
   id: z.union([
     z.string().min(1, "must not be empty").max(1024, "is longer than 1024 characters")
-      .refine((s) => !CONTROL.test(s), "control characters are not allowed"),
+      .refine((s) => !CONTROL.test(s), "control characters are not allowed")
+      .refine((s) => s.isWellFormed(), LONE_SURROGATE),
     z.number().int("must be an integer").nonnegative("must not be negative"),
   ], {
     // A string or a number that breaks a rule of its own says which; any other type gets this.
@@ -211,30 +227,73 @@ export function parseCartDocument(
   return { files, bundle: parsed.data.bundle ?? false, manifest: parsed.data.manifest ?? false };
 }
 
-/** Two entries may not share a path, and no file may sit where another needs a folder. */
+/**
+ * The form of `path` under which names that some file system or tar tool takes for one are
+ * equal: Unicode NFC (macOS and bsdtar merge the NFC and NFD forms of `café`) and lower case
+ * (case-insensitive file systems merge `A.txt` and `a.txt`). Folding keeps every "/".
+ */
+function foldedPath(path: string): string {
+  // deno-lint-ignore no-control-regex
+  if (/^[\u0000-\u007f]*$/.test(path)) return path.toLowerCase();
+  return path.normalize("NFC").toLowerCase().normalize("NFC");
+}
+
+/** `path` up to (not including) its `count`-th "/". */
+function folderOf(path: string, count: number): string {
+  return path.split("/").slice(0, count).join("/");
+}
+
+/**
+ * Two entries may not share a path, even one written another way ({@linkcode foldedPath}:
+ * the NFC and NFD forms of a name, or names that differ only by case), and no file may sit
+ * where another needs a folder (compared the same way).
+ */
 function checkLayout(files: CartFileRequest[]): void {
-  const fileAt = new Map<string, number>();
-  files.forEach((f, i) => {
-    const earlier = fileAt.get(f.path);
-    if (earlier !== undefined) {
-      throw new CartDocumentError(
-        `fileids[${i}].path: "${f.path}" is already the path of fileids[${earlier}]`,
-      );
-    }
-    fileAt.set(f.path, i);
+  const fileAt = new Map<string, number>(); // by folded path
+  const folded = files.map((f, i) => {
+    const key = foldedPath(f.path);
+    const earlier = fileAt.get(key);
+    if (earlier !== undefined) throw twinError(i, f.path, earlier, files[earlier].path);
+    fileAt.set(key, i);
+    return key;
   });
   const folders = new Set<string>(); // checked already
-  files.forEach((f, i) => {
-    for (let slash = f.path.indexOf("/"); slash > 0; slash = f.path.indexOf("/", slash + 1)) {
-      const folder = f.path.slice(0, slash);
+  folded.forEach((key, i) => {
+    for (let slash = key.indexOf("/"), n = 1; slash > 0; slash = key.indexOf("/", slash + 1), n++) {
+      const folder = key.slice(0, slash);
       if (folders.has(folder)) continue;
       const clash = fileAt.get(folder);
       if (clash !== undefined) {
+        const asked = folderOf(files[i].path, n);
+        const other = files[clash].path;
         throw new CartDocumentError(
-          `fileids[${i}].path: "${folder}" is a file (fileids[${clash}]) and cannot also be a folder`,
+          `fileids[${i}].path: "${asked}" is a file (fileids[${clash}]) and cannot also be a ` +
+            "folder" +
+            (asked === other ? "" : ` (the file is "${other}": ${sameNameWhy(asked, other)})`),
         );
       }
       folders.add(folder);
     }
   });
+}
+
+/** Why the two different spellings `a` and `b`, equal once folded, are one name. */
+function sameNameWhy(a: string, b: string): string {
+  return a.normalize("NFC") === b.normalize("NFC")
+    ? "the same name in another Unicode normalisation form (NFC, NFD), which tar tools and " +
+      "file systems merge"
+    : "the names differ only by case, which case-insensitive file systems merge";
+}
+
+/** The error for `fileids[i]` whose path `path` is the same name as `fileids[earlier]`'s. */
+function twinError(i: number, path: string, earlier: number, other: string): CartDocumentError {
+  if (path === other) {
+    return new CartDocumentError(
+      `fileids[${i}].path: "${path}" is already the path of fileids[${earlier}]`,
+    );
+  }
+  return new CartDocumentError(
+    `fileids[${i}].path: "${path}" is the path of fileids[${earlier}] ("${other}") written ` +
+      `another way: ${sameNameWhy(path, other)}; one of the files would be lost: rename one`,
+  );
 }

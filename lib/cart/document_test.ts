@@ -45,8 +45,68 @@ Deno.test("path rules name the entry and the rule", () => {
   rejects(doc("a\\b"), /^fileids\[2\]\.path: "\\" is not allowed/);
   rejects(doc("é".repeat(2049)), /^fileids\[2\]\.path: is longer than 4096 bytes/);
   rejects(doc(7), "fileids[2].path: must be a string");
-  // 4096 bytes exactly is fine.
-  assert.equal(parseCartDocument(JSON.stringify(doc("x".repeat(4096)))).files[2].path.length, 4096);
+  // 4096 bytes exactly is fine (in names of at most 255 bytes).
+  const longest = ("x".repeat(127) + "/").repeat(31) + "x".repeat(128);
+  assert.equal(parseCartDocument(JSON.stringify(doc(longest))).files[2].path.length, 4096);
+});
+
+Deno.test("a folder or file name of more than 255 bytes (UTF-8) is refused", () => {
+  const doc = (path: string) => ({ fileids: [{ id: 1, path }] });
+  assert.equal(parseCartDocument(JSON.stringify(doc(`a/${"é".repeat(127)}x/b`))).files.length, 1);
+  rejects(
+    doc(`a/${"é".repeat(128)}/b`),
+    `fileids[0].path: the name "${"é".repeat(40)}…" is 256 bytes long; a folder or file name ` +
+      "may have at most 255 bytes (UTF-8), more than file systems and tar tools can make",
+  );
+  rejects(doc("x".repeat(256)), /^fileids\[0\]\.path: the name "x{40}…" is 256 bytes long/);
+});
+
+Deno.test("lone surrogates in a path or an id are refused, not replaced", () => {
+  const rule = 'lone UTF-16 surrogates (a "\\ud800" escape without its pair) are not allowed: ' +
+    "they have no UTF-8 form";
+  rejects('{"fileids": [{"id": 1, "path": "a\\ud800.txt"}]}', `fileids[0].path: ${rule}`);
+  rejects('{"fileids": [{"id": "x\\udfff", "path": "a.txt"}]}', `fileids[0].id: ${rule}`);
+  // A pair is one character (U+1F600), and fine.
+  const pair = parseCartDocument(
+    '{"fileids": [{"id": "\\ud83d\\ude00", "path": "\\ud83d\\ude00"}]}',
+  );
+  assert.equal(pair.files[0].id, "\u{1f600}");
+  assert.equal(pair.files[0].path, "\u{1f600}");
+});
+
+Deno.test("names that one file system or tar tool would merge are refused, naming both", () => {
+  const nfc = "caf\u00e9.txt";
+  const nfd = "cafe\u0301.txt";
+  rejects(
+    { fileids: [{ id: 1, path: `d/${nfc}` }, { id: 2, path: `d/${nfd}` }] },
+    `fileids[1].path: "d/${nfd}" is the path of fileids[0] ("d/${nfc}") written another way: ` +
+      "the same name in another Unicode normalisation form (NFC, NFD), which tar tools and file " +
+      "systems merge; one of the files would be lost: rename one",
+  );
+  rejects(
+    { fileids: [{ id: 1, path: "Data/A.txt" }, { id: 2, path: "data/a.TXT" }] },
+    'fileids[1].path: "data/a.TXT" is the path of fileids[0] ("Data/A.txt") written another ' +
+      "way: the names differ only by case, which case-insensitive file systems merge; one of the " +
+      "files would be lost: rename one",
+  );
+  rejects(
+    { fileids: [{ id: 1, path: `\u00c9t\u00e9` }, { id: 2, path: `e\u0301t\u00c9` }] },
+    /^fileids\[1\]\.path: .* written another way: the names differ only by case/,
+  );
+  rejects(
+    { fileids: [{ id: 1, path: "A" }, { id: 2, path: "a/b" }] },
+    'fileids[1].path: "a" is a file (fileids[0]) and cannot also be a folder (the file is "A": ' +
+      "the names differ only by case, which case-insensitive file systems merge)",
+  );
+  rejects(
+    { fileids: [{ id: 1, path: `x/${nfd}/y` }, { id: 2, path: `x/${nfc}` }] },
+    /^fileids\[0\]\.path: "x\/cafe\u0301\.txt" is a file .* another Unicode normalisation/,
+  );
+  // Folders that differ by case only hold different files: nothing is lost, they are taken.
+  const taken = parseCartDocument(JSON.stringify({
+    fileids: [{ id: 1, path: "Dir/a" }, { id: 2, path: "dir/b" }, { id: 3, path: nfc }],
+  }));
+  assert.deepEqual(taken.files.map((f) => f.path), ["Dir/a", "dir/b", nfc]);
 });
 
 Deno.test("two entries on one path, or a file where a folder must be, are refused", () => {

@@ -220,3 +220,40 @@ Deno.test("download names: no empty top folder, no format characters, no ';' (40
     assert.equal((await get("fine.tar")).status, 200);
   });
 });
+
+Deno.test("POST: names that cannot round-trip, invalid UTF-8 and lone surrogates answer 400", async () => {
+  await withCartd(async (cartd) => {
+    const post = async (uid: string, body: string | Uint8Array<ArrayBuffer>) => {
+      const res = await fetch(cartd.url + uid, { method: "POST", body });
+      return { status: res.status, message: (await res.json()).message as string };
+    };
+    const twins = JSON.stringify({
+      fileids: [{ id: 1, path: "caf\u00e9.txt" }, { id: 2, path: "cafe\u0301.txt" }],
+    });
+    const cases: [string, string | Uint8Array<ArrayBuffer>, RegExp][] = [
+      ["nfc", twins, /^fileids\[1\]\.path: .* another Unicode normalisation form/],
+      [
+        "case",
+        JSON.stringify({ fileids: [{ id: 1, path: "A.txt" }, { id: 2, path: "a.txt" }] }),
+        /^fileids\[1\]\.path: .* differ only by case/,
+      ],
+      [
+        "long",
+        JSON.stringify({ fileids: [{ id: 1, path: "x".repeat(256) }] }),
+        /^fileids\[0\]\.path: the name .* is 256 bytes long/,
+      ],
+      [
+        "utf8",
+        new Uint8Array([...utf8.encode('{"fileids": [{"id": "caf'), 0xe9, ...utf8.encode('"}]}')]),
+        /^The request body is not valid UTF-8 \(from byte 24\)/,
+      ],
+      ["surrogate", '{"fileids": [{"id": "\\ud800", "path": "a"}]}', /^fileids\[0\]\.id: lone/],
+    ];
+    for (const [uid, body, message] of cases) {
+      const got = await post(uid, body);
+      assert.equal(got.status, 400, uid);
+      assert.match(got.message, message, uid);
+      assert.equal((await cartStatus(cartd.url, uid))[0], 404, `${uid}: nothing was stored`);
+    }
+  });
+});
