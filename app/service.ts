@@ -22,6 +22,7 @@ import { openQueue } from "../lib/queue/open.ts";
 import { syncSchema } from "../lib/store/schema.ts";
 import { Cancellations } from "../lib/space/cancellations.ts";
 import { diskInfo, Space } from "../lib/space/space.ts";
+import { RecallManager, recallOptions } from "../lib/staging/recalls.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 import { cartRoutes } from "../http/routes.ts";
@@ -139,6 +140,10 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       await pool.ready().catch((e) => {
         throw new Error(`${e.message}: the worker cannot stage or bundle; check the installation`);
       });
+      // One per worker process: every tape recall of every cart, under one cap and one
+      // HEAD ceiling. Closed after the worker stops (its carts' recalls are aborted by then).
+      const recalls = new RecallManager(archive, recallOptions(config.staging));
+      opened.push(() => recalls.close());
       const worker = new CartWorker({
         store,
         queue,
@@ -146,6 +151,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
         config,
         pool,
         archive,
+        recalls,
         space,
         cancellations,
       });

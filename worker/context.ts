@@ -9,6 +9,7 @@ import type { Config } from "../lib/config/config.ts";
 import type { Queue } from "../lib/queue/queue.ts";
 import type { Cancellations } from "../lib/space/cancellations.ts";
 import type { Space } from "../lib/space/space.ts";
+import type { RecallManager } from "../lib/staging/recalls.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import type { ThreadPool } from "../threads/pool.ts";
@@ -27,6 +28,11 @@ export interface WorkerDeps {
   pool: ThreadPool;
   /** The archive that files are staged from. */
   archive: ArchiveClient;
+  /**
+   * The process's one tape recall manager (lib/staging/recalls.ts): every file on tape of
+   * every cart is recalled through it, outside the fetch slots and threads.
+   */
+  recalls: RecallManager;
   /** Reserves space for carts, purging least-recently-used ones to make room. */
   space: Space;
   /**
@@ -46,4 +52,11 @@ export interface CartRun {
   readonly owner: string;
   /** Aborts (with a `Stopped` reason) when the cart's work must stop. */
   readonly signal: AbortSignal;
+  /**
+   * Called by the staging stage when all the cart has left to do is to wait for recalls (no
+   * file to fetch until the tape turns): the dispatcher then frees the cart's place among
+   * `CARTD_CARTS_IN_FLIGHT`, so that carts whose files are on disk never wait behind it. It
+   * may be called more than once; the first call counts.
+   */
+  readonly onRecallsOnly?: () => void;
 }

@@ -14,6 +14,13 @@
  * whose worker died is queued again by any worker's sweep (./sweep.ts) once the claim
  * expires, and resumes with the files that are already staged.
  *
+ * `CARTD_CARTS_IN_FLIGHT` bounds the carts that have work to do, not those that wait for tape:
+ * a cart whose only files left are being recalled (`CartRun.onRecallsOnly`) gives its place
+ * back to the queue at once and goes on in the background (it keeps its claim, its heartbeat
+ * and its place in {@linkcode CartWorker.stop}), so a cart whose files are on disk never waits
+ * for another cart's tapes. What such carts hold is bounded by their recalls
+ * (`CARTD_RECALLS_MAX` over the process; the rest wait in the recall manager's queue).
+ *
  * @module
  */
 import { hostname } from "node:os";
@@ -57,7 +64,7 @@ export class CartWorker {
       this.#active.get(id)?.abort(new Stopped("gone"));
     });
     await this.sweep();
-    await this.deps.queue.consume((id) => this.work(id), this.deps.config.limits.cartsInFlight);
+    await this.deps.queue.consume((id) => this.#take(id), this.deps.config.limits.cartsInFlight);
     this.#sweeper = setInterval(() => {
       this.sweep().catch((e) => log.warn("sweep failed", { error: errorMessage(e) }));
     }, Math.max(1000, this.deps.config.work.claimTtlMs / 2));
@@ -90,8 +97,34 @@ export class CartWorker {
     return this.#sweep.run();
   }
 
-  /** Handles one queue message: claims the cart and works on it until it is final. */
-  async work(cartId: string): Promise<void> {
+  /**
+   * The queue's handler: works on the cart ({@linkcode work}), and settles when the work ends
+   * or when the cart waits for tape recalls only, whichever comes first. The queue's place
+   * (one of `CARTD_CARTS_IN_FLIGHT`) is then free for a cart with work to do, while the cart
+   * goes on (it stays in `#active`: a second message for it is dropped, and stop() waits).
+   */
+  #take(cartId: string): Promise<void> {
+    const freed = Promise.withResolvers<void>();
+    let gone = false;
+    const working = this.work(cartId, () => {
+      if (gone) return;
+      gone = true;
+      log.info("cart waits for tape recalls only: its place among the carts in flight is free", {
+        cart: cartId,
+      });
+      freed.resolve();
+    });
+    working.catch((e) => {
+      if (gone) log.error("cart work failed", { cart: cartId, error: errorMessage(e) });
+    });
+    return Promise.race([working, freed.promise]);
+  }
+
+  /**
+   * Handles one queue message: claims the cart and works on it until it is final.
+   * `onRecallsOnly` is told when all the cart has left to do is to wait for tape recalls.
+   */
+  async work(cartId: string, onRecallsOnly?: () => void): Promise<void> {
     const { store, config } = this.deps;
     // A second message for a cart this process works on already (the sweep queues carts that
     // wait unclaimed, and a message may come twice): the claim would let this owner in again,
@@ -113,7 +146,13 @@ export class CartWorker {
       return;
     }
     const heartbeat = this.#heartbeat(cartId, controller);
-    const run: CartRun = { deps: this.deps, cart, owner: this.owner, signal: controller.signal };
+    const run: CartRun = {
+      deps: this.deps,
+      cart,
+      owner: this.owner,
+      signal: controller.signal,
+      onRecallsOnly,
+    };
     let again = false;
     try {
       await this.#runStages(run);

@@ -15,6 +15,7 @@ import { openSqlite } from "../lib/db/sqlite.ts";
 import { MemoryQueue } from "../lib/queue/memory.ts";
 import type { Queue, QueueHandler } from "../lib/queue/queue.ts";
 import { Space } from "../lib/space/space.ts";
+import { RecallManager, recallOptions } from "../lib/staging/recalls.ts";
 import { syncSchema } from "../lib/store/schema.ts";
 import { type Cart, CartStore } from "../lib/store/store.ts";
 import { log } from "../lib/util/log.ts";
@@ -79,7 +80,8 @@ async function rig(): Promise<Rig> {
     requestTimeoutMs: config.staging.requestTimeoutMs,
   });
   const space = new Space(store, volume, config.space);
-  const deps = { store, volume, config, pool, archive: client, space };
+  const recalls = new RecallManager(client, recallOptions(config.staging));
+  const deps = { store, volume, config, pool, archive: client, recalls, space };
   const workers: CartWorker[] = [];
   return {
     deps,
@@ -102,6 +104,7 @@ async function rig(): Promise<Rig> {
     },
     async [Symbol.asyncDispose]() {
       for (const worker of workers) await worker.stop();
+      await recalls.close();
       pool.close();
       await archive.close();
       await db.close();

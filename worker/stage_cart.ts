@@ -3,7 +3,18 @@
  *
  * ```
  * HEAD each file (its size) → reserve the room → fetch it in a thread (threads/pool.ts)
+ *                 └ on tape: recall it (the process's RecallManager) ┘ once it is on disk
  * ```
+ *
+ * Recall and fetch are separate (issue 14): a file whose HEAD says `tape` is handed to the
+ * worker process's one `RecallManager` (lib/staging/recalls.ts) as soon as its HEAD answers,
+ * so every tape file of the cart is asked for at once (up to `CARTD_RECALLS_MAX` over the
+ * process); it waits for the tape without a fetch slot or a thread, and joins the fetch queue
+ * when the archive says `disk`. Fetch slots (`CARTD_FILES_PER_CART`, `CARTD_FILES_IN_FLIGHT`)
+ * are held only while a file is fetched. A file that a fetch finds back on tape (the archive
+ * pushed it back) is recalled again. A cart left with nothing but recalls to wait for tells
+ * the dispatcher (`CartRun.onRecallsOnly`), which frees its place among
+ * `CARTD_CARTS_IN_FLIGHT` for carts that have work.
  *
  * A cart's first attempt does this a batch at a time: the first batches fetch while the
  * archive is asked for the sizes of the rest, and no file is fetched before its bytes are
@@ -18,7 +29,7 @@ import type { ArchiveStatus } from "../lib/archive/client.ts";
 import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { headFile, StageError } from "../lib/staging/stage_file.ts";
-import type { CartFile, StagedFacts } from "../lib/store/store.ts";
+import type { CartFile, CartStore, StagedFacts } from "../lib/store/store.ts";
 import { Batcher } from "../lib/util/batcher.ts";
 import { Channel } from "../lib/util/channel.ts";
 import { forEachLimited } from "../lib/util/limit.ts";
@@ -45,8 +56,17 @@ const RESERVE_EVERY_BYTES = 64 * 1024 * 1024;
 /** A size the archive told, as the store records it. */
 type SizeRecord = { idx: number; size: number; mtime: number };
 
-/** What the archive told of each file (by index), kept until the file is fetched. */
-export type Statuses = Map<number, ArchiveStatus>;
+/**
+ * What the archive told of each file (by index), kept until the file is fetched: its HEAD, or
+ * for a file on tape its recall under way (which resolves with the HEAD that said `disk`).
+ */
+export type Statuses = Map<number, ArchiveStatus | Promise<ArchiveStatus>>;
+
+/**
+ * How often one file may be found back on tape when it is fetched (the archive pushed it
+ * back after saying `disk`) before its cart fails: each time it is recalled again.
+ */
+const MOST_RETURNS_TO_TAPE = 5;
 
 /** What fetching a cart's files did. */
 export interface FetchCounts {
@@ -137,7 +157,7 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
         store.eachFile(cart.id, "unsized"),
         config.limits.filesPerCart,
         async (file, inner) => {
-          const status = await askSize(run, file, statuses, sizes, inner);
+          const status = await askSize(run, file, statuses, sizes, inner, both.signal);
           batch.push({ ...file, size: status.size, mtime: status.mtime });
           batchBytes += status.size;
           const most = Math.min(MOST_BATCH_FILES, Math.max(FIRST_BATCH_FILES, releasedFiles >> 2));
@@ -185,7 +205,7 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
     await forEachLimited(
       store.eachFile(cart.id, "unsized"),
       config.limits.filesPerCart,
-      async (file, inner) => void await askSize(run, file, statuses, sizes, inner),
+      async (file, inner) => void await askSize(run, file, statuses, sizes, inner, signal),
       signal,
     );
   } catch (error) {
@@ -226,7 +246,9 @@ async function flushAfterFailure<T>(
 /**
  * Asks the archive for a file's size, by the rule that staging follows too
  * ({@linkcode headFile}: 5xx answers are asked again for `CARTD_MISSING_AFTER`); keeps the
- * answer for the fetch and records the size.
+ * answer for the fetch and records the size. A file on tape is recalled at once (its recall,
+ * which `cartSignal` stops, is what is kept): recalls take no room on the volume, so they need
+ * not wait for the reservation that its fetch waits for.
  */
 async function askSize(
   run: CartRun,
@@ -234,6 +256,7 @@ async function askSize(
   statuses: Statuses,
   sizes: Batcher<SizeRecord>,
   signal: AbortSignal,
+  cartSignal: AbortSignal,
 ): Promise<ArchiveStatus> {
   const { archive, config } = run.deps;
   const label = fileLabel(file);
@@ -251,9 +274,24 @@ async function askSize(
         (status.message ? `: ${status.message}` : ""),
     );
   }
-  statuses.set(file.idx, status);
+  statuses.set(file.idx, status.media === "tape" ? recallFile(run, file, cartSignal) : status);
   await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
   return status;
+}
+
+/**
+ * Starts the recall of a file on tape with the process's `RecallManager`. The promise is
+ * marked handled: a recall that fails is reported where it is awaited (the fetch), and one
+ * that no fetch awaits any more (the cart failed first, or was stopped) has nothing to say.
+ */
+function recallFile(run: CartRun, file: CartFile, signal: AbortSignal): Promise<ArchiveStatus> {
+  const recall = run.deps.recalls.recall(file.archiveId, {
+    cart: run.cart.id,
+    label: fileLabel(file),
+    signal,
+  });
+  recall.catch(() => {});
+  return recall;
 }
 
 /**
@@ -275,14 +313,22 @@ async function tarSize({ cart, deps: { store, volume } }: CartRun): Promise<numb
   return planCartBundle(cart, files).size;
 }
 
+/** A file on its way to the fetch, and how often a fetch found it back on tape so far. */
+interface ToFetch {
+  file: CartFile;
+  returns: number;
+}
+
 /**
  * Stages `files`, `CARTD_FILES_PER_CART` at a time, and records them as staged (in batches;
  * a crash loses at most the last moments' records, and those files are found on disk on
- * resume). After a first attempt a file may already sit on disk with its size but without a
- * record (a crash came between the rename and the batched record): it was checked before the
- * rename, so hashing it is enough (it is fetched after all when a requested hash does not
- * match). The first file that fails is marked `error` in the store. Used by the bundling
- * stage too, for files that went missing.
+ * resume). A file that `statuses` says is on tape (or whose recall is under way) is recalled
+ * first, holding no fetch slot while it waits; so is a file that a fetch finds on tape. After
+ * a first attempt a file may already sit on disk with its size but without a record (a crash
+ * came between the rename and the batched record): it was checked before the rename, so
+ * hashing it is enough (it is fetched after all when a requested hash does not match). The
+ * first file that fails is marked `error` in the store. Used by the bundling stage too, for
+ * files that went missing.
  */
 export async function fetchFiles(
   run: CartRun,
@@ -297,62 +343,176 @@ export async function fetchFiles(
     200,
   );
   const lookOnDisk = cart.attempts > 1;
+  // The files to fetch, in the order they can be: those on disk (or of media not known yet)
+  // as the source gives them, those on tape once their recall says `disk`.
+  const queue = new Channel<ToFetch>();
+  // Stops what feeds the queue (the source, the recalls) when the fetching fails or stops.
+  const feeding = new AbortController();
+  const stop = () => feeding.abort(signal.reason);
+  signal.addEventListener("abort", stop, { once: true });
+  // The lanes wait on the queue: it ends with the feeding (whose reason they then throw).
+  feeding.signal.addEventListener("abort", () => queue.fail(feeding.signal.reason));
+  if (signal.aborted) stop();
+  // Files taken from the source and not yet staged (queued, fetching or recalling), and of
+  // those the ones fetching: the queue ends once the source has and none is left, and a cart
+  // whose only files left are recalling frees its place in the dispatcher.
+  let unfinished = 0;
+  let fetching = 0;
+  let fed = false;
+  let failing = false;
+  const settle = () => {
+    if (!fed || feeding.signal.aborted) return;
+    if (unfinished === 0) queue.close();
+    else if (fetching === 0 && queue.size === 0) run.onRecallsOnly?.();
+  };
+  const recall = (item: ToFetch, started?: Promise<ArchiveStatus>) => {
+    (started ?? recallFile(run, item.file, feeding.signal)).then((status) => {
+      if (feeding.signal.aborted) return;
+      statuses.set(item.file.idx, status);
+      queue.push(item);
+    }, async (error) => {
+      if (feeding.signal.aborted || failing) return;
+      // The first recall that fails is the cart's failure: its file is marked first.
+      failing = true;
+      await markFailed(store, cart.id, item.file, error);
+      feeding.abort(error);
+    });
+  };
+  const feeder = (async () => {
+    try {
+      for await (const file of files) {
+        if (feeding.signal.aborted) return;
+        unfinished++;
+        const item = { file, returns: 0 };
+        const known = statuses.get(file.idx);
+        if (known instanceof Promise) {
+          statuses.delete(file.idx);
+          recall(item, known);
+        } else if (known?.media === "tape") {
+          statuses.delete(file.idx);
+          recall(item);
+        } else {
+          // The source is read as the fetches go, not ahead of them.
+          await queue.room(config.limits.filesPerCart, feeding.signal);
+          if (feeding.signal.aborted) return;
+          queue.push(item);
+        }
+      }
+      fed = true;
+      settle();
+    } catch (error) {
+      feeding.abort(error);
+    }
+  })();
+  const fetchOne = async ({ file, returns }: ToFetch, inner: AbortSignal) => {
+    const dest = volume.filePath(cart.id, file.idx);
+    if (lookOnDisk && file.size !== null && (await sizeOnDisk(dest)) === file.size) {
+      const hashes = await pool.hash(dest, file.hashtype ?? undefined, inner);
+      if (file.hashsum === null || hashes.wanted === file.hashsum) {
+        const { size, sha256, crc32 } = hashes;
+        await staged.add({
+          idx: file.idx,
+          facts: { size, mtime: file.mtime ?? 0, sha256, crc32 },
+        });
+        counts.adopted++;
+        unfinished--;
+        return;
+      }
+      // The fetch below replaces the file whole (it writes a part file and renames it), so
+      // a file that cannot be removed here does no harm.
+      await Deno.remove(dest).catch((e) =>
+        log.debug("could not remove a staged file that did not match", {
+          cart: cart.id,
+          file: fileLabel(file),
+          error: errorMessage(e),
+        })
+      );
+      counts.again++;
+    }
+    const known = statuses.get(file.idx);
+    const status = known instanceof Promise ? undefined : known;
+    statuses.delete(file.idx);
+    let facts: StagedFacts;
+    try {
+      facts = await pool.stage(
+        {
+          archiveUrl: config.archiveUrl,
+          archiveId: file.archiveId,
+          dest,
+          hashtype: file.hashtype ?? undefined,
+          hashsum: file.hashsum ?? undefined,
+          label: fileLabel(file),
+          status,
+          onTape: "return",
+        },
+        config.staging,
+        inner,
+      );
+    } catch (caught) {
+      let error = caught;
+      if (error instanceof TaskError && error.code === "ontape" && !inner.aborted) {
+        // On tape: when its media was not known yet (a resumed cart), or pushed back since
+        // the archive said `disk`, which may happen a few times but not for ever.
+        const back = status?.media === "disk" ? returns + 1 : returns;
+        if (back <= MOST_RETURNS_TO_TAPE) return recall({ file, returns: back });
+        error = new CartFailure(
+          `${fileLabel(file)}: the archive put the file back on tape ${back} times between ` +
+            "its recall and its download; ask the archive's operators why it does not stay on disk",
+        );
+      }
+      // The file that failed first is marked (those stopped because of it are not).
+      if (!(error instanceof TaskError && error.code === "nospace") && !inner.aborted) {
+        await markFailed(store, cart.id, file, error);
+      }
+      throw error;
+    }
+    await staged.add({ idx: file.idx, facts });
+    counts.fetched++;
+    unfinished--;
+  };
   try {
-    await forEachLimited(files, config.limits.filesPerCart, async (file, inner) => {
-      const dest = volume.filePath(cart.id, file.idx);
-      if (lookOnDisk && file.size !== null && (await sizeOnDisk(dest)) === file.size) {
-        const hashes = await pool.hash(dest, file.hashtype ?? undefined, inner);
-        if (file.hashsum === null || hashes.wanted === file.hashsum) {
-          const { size, sha256, crc32 } = hashes;
-          await staged.add({
-            idx: file.idx,
-            facts: { size, mtime: file.mtime ?? 0, sha256, crc32 },
-          });
-          counts.adopted++;
-          return;
-        }
-        // The fetch below replaces the file whole (it writes a part file and renames it), so
-        // a file that cannot be removed here does no harm.
-        await Deno.remove(dest).catch((e) =>
-          log.debug("could not remove a staged file that did not match", {
-            cart: cart.id,
-            file: fileLabel(file),
-            error: errorMessage(e),
-          })
-        );
-        counts.again++;
-      }
-      const status = statuses.get(file.idx);
-      statuses.delete(file.idx);
-      let facts: StagedFacts;
+    await forEachLimited(queue, config.limits.filesPerCart, async (item, inner) => {
+      fetching++;
       try {
-        facts = await pool.stage(
-          {
-            archiveUrl: config.archiveUrl,
-            archiveId: file.archiveId,
-            dest,
-            hashtype: file.hashtype ?? undefined,
-            hashsum: file.hashsum ?? undefined,
-            label: fileLabel(file),
-            status,
-          },
-          config.staging,
-          inner,
-        );
+        await fetchOne(item, inner);
       } catch (error) {
-        // The file that failed first is marked (those stopped because of it are not).
-        if (error instanceof TaskError && error.code !== "nospace" && !inner.aborted) {
-          await store.fileStatus(cart.id, file.idx, "error", error.message);
-        }
+        // Stops the feeding at once: the other lanes may be waiting on an empty queue.
+        feeding.abort(error);
         throw error;
+      } finally {
+        fetching--;
+        settle();
       }
-      await staged.add({ idx: file.idx, facts });
-      counts.fetched++;
-    }, signal);
+    }, feeding.signal);
+    await feeder;
   } catch (error) {
+    feeding.abort(error);
     await flushAfterFailure(run, staged, "staged files");
     throw error;
+  } finally {
+    signal.removeEventListener("abort", stop);
   }
   await staged.flush();
   return counts;
+}
+
+/** Marks the file that failed its cart as `error`, with the failure's words. */
+async function markFailed(
+  store: CartStore,
+  cartId: string,
+  file: CartFile,
+  error: unknown,
+): Promise<void> {
+  if (
+    !(error instanceof TaskError || error instanceof StageError || error instanceof CartFailure)
+  ) {
+    return;
+  }
+  await store.fileStatus(cartId, file.idx, "error", error.message).catch((e) =>
+    log.warn("could not mark the file that failed its cart", {
+      cart: cartId,
+      file: fileLabel(file),
+      error: errorMessage(e),
+    })
+  );
 }

@@ -43,6 +43,12 @@ export interface StageSettings {
   pollInitialMs: number;
   /** Longest delay between HEAD polls (default 30000). */
   pollMaxMs: number;
+  /** Each delay between HEAD polls is the last one times this, 1 to 1.5 (default 1.5). */
+  pollFactor: number;
+  /** Recalls one worker process has POSTed and not yet seen on disk, at most (default 10000). */
+  recallsMax: number;
+  /** Most HEAD polls of recalls one worker process sends per second (default 50). */
+  headsPerSecond: number;
   /** Re-send the stage POST this often while the file stays on tape (default 300000). */
   restageEveryMs: number;
   /** Give up on a file that stays on tape this long (default 24 h). */

@@ -295,7 +295,27 @@ export const SETTING_TABLE = {
     "staging.pollMaxMs",
     seconds,
     "30",
-    "longest delay (s) between those questions; the delay doubles up to it",
+    "longest delay (s) between those questions; the delay grows by `CARTD_POLL_FACTOR` up to it",
+  ),
+  CARTD_POLL_FACTOR: field(
+    "staging.pollFactor",
+    z.coerce.number({ error: "expected a number from 1 to 1.5" })
+      .min(1, "must be at least 1").max(1.5, "must be at most 1.5"),
+    "1.5",
+    "each delay between two questions about a file on tape is the last one times this (1 to 1.5)",
+  ),
+  CARTD_RECALLS_MAX: field(
+    "staging.recallsMax",
+    positiveInt,
+    "10000",
+    "tape recalls one worker process has asked for and not yet seen on disk; more wait, in " +
+      "turn by cart ([how recalls work](operations.md#tape-recalls))",
+  ),
+  CARTD_HEADS_PER_SECOND: field(
+    "staging.headsPerSecond",
+    positiveInt,
+    "50",
+    "most `HEAD` requests per second one worker process sends the archive to poll its recalls",
   ),
   CARTD_RESTAGE_EVERY: field(
     "staging.restageEveryMs",

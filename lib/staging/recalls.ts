@@ -71,7 +71,13 @@ import {
   type Media,
 } from "../archive/client.ts";
 import { errorMessage, seconds } from "../util/log.ts";
-import { DEFAULT_STAGE_SETTINGS, StageError } from "./stage_file.ts";
+import type { StageSettings } from "../config/config.ts";
+import {
+  DEFAULT_STAGE_SETTINGS,
+  headVerdict,
+  StageError,
+  type StageErrorCode,
+} from "./stage_file.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -137,10 +143,10 @@ export interface RecallStats {
 export type { ArchiveStatus, Media };
 
 const DEFAULTS = {
-  maxOutstanding: 10_000,
-  headsPerSecond: 50,
+  maxOutstanding: DEFAULT_STAGE_SETTINGS.recallsMax,
+  headsPerSecond: DEFAULT_STAGE_SETTINGS.headsPerSecond,
   postsInFlight: 100,
-  pollFactor: 1.5,
+  pollFactor: DEFAULT_STAGE_SETTINGS.pollFactor,
   pollInitialMs: DEFAULT_STAGE_SETTINGS.pollInitialMs,
   pollMaxMs: DEFAULT_STAGE_SETTINGS.pollMaxMs,
   restageEveryMs: DEFAULT_STAGE_SETTINGS.restageEveryMs,
@@ -509,7 +515,7 @@ export class RecallManager implements AsyncDisposable {
     const error = await this.#post(entry);
     if (entry.state !== POSTING) return;
     const now = this.#clock.now();
-    if (error && !error.retryable) return this.#fail(entry, error.reason);
+    if (error && !error.retryable) return this.#final(entry, error);
     if (error) this.#noteFailure(entry, error, now);
     entry.state = POLLING;
     this.#schedule(entry, now);
@@ -583,7 +589,7 @@ export class RecallManager implements AsyncDisposable {
     if (Number.isNaN(entry.postedAt) || now - entry.postedAt >= this.#restage) {
       failed = await this.#post(entry);
       if (entry.state !== POLLING) return;
-      if (failed && !failed.retryable) return this.#fail(entry, failed.reason);
+      if (failed && !failed.retryable) return this.#final(entry, failed);
     }
     let st: ArchiveStatus | undefined;
     this.#heads++;
@@ -605,10 +611,13 @@ export class RecallManager implements AsyncDisposable {
         `the archive reports media "error"${st.message ? `: ${st.message}` : ""}`,
       );
     }
-    if (failed && !failed.retryable) return this.#fail(entry, failed.reason);
+    if (failed && !failed.retryable) return this.#final(entry, failed);
     if (failed) {
       const f = this.#noteFailure(entry, failed, now);
-      if (now - f.since >= this.#missing) return this.#fail(entry, missingReason(f, now));
+      if (now - f.since >= this.#missing) {
+        const { code, reason } = headVerdict(entry.id, f.error, now - f.since, f.says);
+        return this.#fail(entry, reason, code);
+      }
     } else entry.failure = undefined;
     const waited = now - entry.startedAt;
     if (waited >= this.#timeout) {
@@ -658,8 +667,14 @@ export class RecallManager implements AsyncDisposable {
 
   // --- settling and leaving --------------------------------------------------------------
 
-  #fail(entry: Entry, reason: string, code: "archive" | "timeout" | "io" = "archive"): void {
+  #fail(entry: Entry, reason: string, code: StageErrorCode = "archive"): void {
     this.#settle(entry, undefined, reason, code);
+  }
+
+  /** Fails an entry for an archive error that no retry mends (the words of stage_file.ts). */
+  #final(entry: Entry, error: ArchiveError): void {
+    const { code, reason } = headVerdict(entry.id, error);
+    this.#fail(entry, reason, code);
   }
 
   /** Ends an entry: resolves its waiters with `st`, or rejects them with `reason`. */
@@ -667,7 +682,7 @@ export class RecallManager implements AsyncDisposable {
     entry: Entry,
     st: ArchiveStatus | undefined,
     reason = "",
-    code: "archive" | "timeout" | "io" = "archive",
+    code: StageErrorCode = "archive",
   ): void {
     this.#drop(entry);
     const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
@@ -800,14 +815,31 @@ export class RecallManager implements AsyncDisposable {
   }
 }
 
-/** The message of a file whose archive calls kept failing for `missingAfterMs`. */
-function missingReason(f: Failure, now: number): string {
-  const during = `for ${seconds(now - f.since)} s`;
-  if (f.error.status === undefined) {
-    return `${f.error.reason} (asked again ${during}); check that the archive is up`;
-  }
-  return `${f.error.reason} ${during}, so the file counts as missing from the archive` +
-    (f.says ? ` (the archive says: ${f.says})` : "");
+/**
+ * The {@linkcode RecallOptions} of the settings (lib/config/config.ts `staging`): the cap
+ * `CARTD_RECALLS_MAX`, the ceiling `CARTD_HEADS_PER_SECOND`, `CARTD_POLL_FACTOR`, and the
+ * per-file `CARTD_POLL_INITIAL`, `CARTD_POLL_MAX`, `CARTD_RESTAGE_EVERY`,
+ * `CARTD_STAGE_TIMEOUT` and `CARTD_MISSING_AFTER`.
+ *
+ * @example
+ * ```ts
+ * import { loadConfig } from "../config/config.ts";
+ * import { recallOptions } from "./recalls.ts";
+ * const options = recallOptions(loadConfig({ CARTD_RECALLS_MAX: "4" }).staging);
+ * console.log(options.maxOutstanding); // 4
+ * ```
+ */
+export function recallOptions(staging: StageSettings): RecallOptions {
+  return {
+    maxOutstanding: staging.recallsMax,
+    headsPerSecond: staging.headsPerSecond,
+    pollFactor: staging.pollFactor,
+    pollInitialMs: staging.pollInitialMs,
+    pollMaxMs: staging.pollMaxMs,
+    restageEveryMs: staging.restageEveryMs,
+    stageTimeoutMs: staging.stageTimeoutMs,
+    missingAfterMs: staging.missingAfterMs,
+  };
 }
 
 function dropUndefined<T extends object>(o: T): Partial<T> {

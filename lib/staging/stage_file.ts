@@ -7,6 +7,12 @@
  * requested hash), size checked against `X-Content-Length`, retried with a growing delay when
  * short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
  *
+ * The worker does not wait for tape here: it recalls files with the process's one
+ * `RecallManager` (./recalls.ts), outside any thread, and stages a file with `onTape:
+ * "return"` only once it is on disk. Then a file found on tape (a HEAD says so, or a GET fails
+ * and the HEAD after it says so: the archive pushed it back) ends the attempt at once with a
+ * {@linkcode StageError} of code `"ontape"`, and the worker recalls it again.
+ *
  * @example
  * ```ts
  * import { DEFAULT_STAGE_SETTINGS, stageFile } from "./stage_file.ts";
@@ -54,13 +60,31 @@ export interface StageJob {
   label: string;
   /** A HEAD the caller already did; with media `disk` no HEAD is sent before the GET. */
   status?: ArchiveStatus;
+  /**
+   * A file on tape: `"wait"` (default) recalls it here (stage POST, polls) and goes on;
+   * `"return"` fails at once with a {@linkcode StageError} of code `"ontape"`, for a caller
+   * that recalls files itself (the worker, with its `RecallManager`) and must not hold a
+   * thread's task while the tape turns.
+   */
+  onTape?: "wait" | "return";
 }
 
 /** What was written to `dest` (its mtime is set from `Last-Modified`): the store's facts. */
 export type StagedFile = StagedFacts;
 
-/** Why staging failed. */
-export type StageErrorCode = "hash" | "archive" | "timeout" | "size" | "nospace" | "io";
+/**
+ * Why staging failed. `"ontape"` is not a failure of the file: it is on tape (again) and must
+ * be recalled before it is fetched (only with `onTape: "return"`, or after a GET found it back
+ * on tape more than `fetchAttempts` times).
+ */
+export type StageErrorCode =
+  | "hash"
+  | "archive"
+  | "timeout"
+  | "size"
+  | "nospace"
+  | "io"
+  | "ontape";
 
 /** A file that could not be staged; the message names `job.label` and the cause, for a person. */
 export class StageError extends Error {
@@ -96,17 +120,33 @@ export async function stageFile(
   const client = new ArchiveClient(job.archiveUrl, {
     requestTimeoutMs: settings.requestTimeoutMs,
   });
-  const status = await waitForDisk(client, job, settings, signal);
-  try {
-    return await retry(() => download(client, job, status, settings, signal), {
-      attempts: settings.fetchAttempts,
-      delays: retryDelays(settings),
-      isRetryable: (err) => err instanceof AttemptFailure,
-      signal,
-    });
-  } catch (err) {
-    throw err instanceof AttemptFailure ? err.error : err;
+  let status = await waitForDisk(client, job, settings, signal);
+  for (let backOnTape = 0;; backOnTape++) {
+    try {
+      return await retry(() => download(client, job, status, settings, signal), {
+        attempts: settings.fetchAttempts,
+        delays: retryDelays(settings),
+        isRetryable: (err) => err instanceof AttemptFailure,
+        signal,
+      });
+    } catch (err) {
+      const error = err instanceof AttemptFailure ? err.error : err;
+      // A GET found the file back on tape: wait for it again here, unless the caller recalls.
+      const again = error instanceof StageError && error.code === "ontape" &&
+        job.onTape !== "return" && backOnTape < settings.fetchAttempts;
+      if (!again) throw error;
+      status = await waitForDisk(client, { ...job, status: undefined }, settings, signal);
+    }
   }
+}
+
+/** The error of a file found on tape when it was to be fetched. */
+function onTapeError(job: StageJob, what: string): StageError {
+  return new StageError(
+    "ontape",
+    `${job.label}: ${what}; it is recalled again (if this repeats, ask the archive's ` +
+      "operators why it goes back to tape so soon)",
+  );
 }
 
 /** A download attempt that may be retried; `error` is what to report if it was the last. */
@@ -189,37 +229,72 @@ export async function headFile(
   }
 }
 
-/** A HEAD failure that no retry can mend. */
-function headFailure(file: FileRef, err: ArchiveError): StageError {
-  // The Pacifica Archive Interface splits the URL path at "/" (encoded or not): such an id
-  // answers 404 to HEAD (and 500 to GET), however it is sent.
-  const hint = err.status === 404 && file.archiveId.includes("/")
-    ? ' (the Pacifica Archive Interface cannot serve an id that contains "/")'
-    : "";
-  return new StageError("archive", `${file.label}: ${err.reason}${hint}`, { cause: err });
+/** What {@linkcode headVerdict} makes of a failing HEAD: the error's code and its words. */
+export interface HeadVerdict {
+  /** The code of the {@linkcode StageError} to throw. */
+  code: StageErrorCode;
+  /** The reason, without the file's label (the caller puts `label: ` before it). */
+  reason: string;
 }
 
 /**
- * The error of a file whose HEAD kept failing for `elapsedMs`. When the archive answered (5xx),
- * one GET reads its own message for the file, since the HEAD answer had no body to carry it.
+ * The words of the HEAD rule of SPEC §2, for {@linkcode headFile} and the recall manager
+ * (./recalls.ts), which applies the same rule on its own poll schedule:
+ *
+ * - `failingMs` undefined: `err` is final at once (not retryable); an id with `/` that
+ *   answers 404 gets the hint that the Pacifica Archive Interface cannot serve it.
+ * - else: the calls kept failing for `failingMs`; an archive that answered (5xx) makes the
+ *   file count as missing (`says`: the archive's own message, from a GET or POST error page),
+ *   one that did not answer is named as possibly down.
  */
-async function missingFile(
+export function headVerdict(
+  archiveId: string,
+  err: ArchiveError,
+  failingMs?: number,
+  says?: string,
+): HeadVerdict {
+  if (failingMs === undefined) {
+    // The Pacifica Archive Interface splits the URL path at "/" (encoded or not): such an id
+    // answers 404 to HEAD (and 500 to GET), however it is sent.
+    const hint = err.status === 404 && archiveId.includes("/")
+      ? ' (the Pacifica Archive Interface cannot serve an id that contains "/")'
+      : "";
+    return { code: "archive", reason: `${err.reason}${hint}` };
+  }
+  const during = `for ${seconds(failingMs)} s`;
+  if (err.status === undefined) {
+    return {
+      code: err.timedOut ? "timeout" : "archive",
+      reason: `${err.reason} (asked again ${during}); check that the archive is up`,
+    };
+  }
+  return {
+    code: "archive",
+    reason: `${err.reason} ${during}, so the file counts as missing from the archive` +
+      (says ? ` (the archive says: ${says})` : ""),
+  };
+}
+
+/** A HEAD failure that no retry can mend, as a {@linkcode StageError} naming the file. */
+export function headFailure(file: FileRef, err: ArchiveError): StageError {
+  const { code, reason } = headVerdict(file.archiveId, err);
+  return new StageError(code, `${file.label}: ${reason}`, { cause: err });
+}
+
+/**
+ * The error of a file whose HEAD kept failing for `elapsedMs`, naming the file. When the
+ * archive answered (5xx), one GET reads its own message for the file, since the HEAD answer
+ * had no body to carry it.
+ */
+export async function missingFile(
   client: ArchiveClient,
   file: FileRef,
   err: ArchiveError,
   elapsedMs: number,
   signal?: AbortSignal,
 ): Promise<StageError> {
-  const during = `for ${seconds(elapsedMs)} s`;
-  if (err.status === undefined) {
-    return new StageError(
-      err.timedOut ? "timeout" : "archive",
-      `${file.label}: ${err.reason} (asked again ${during}); check that the archive is up`,
-      { cause: err },
-    );
-  }
   let says = err.detail;
-  if (!says) {
+  if (err.status !== undefined && !says) {
     try {
       const body = await client.open(file.archiveId, signal);
       // Only the archive's error message was wanted; a body dropped unread changes nothing.
@@ -229,12 +304,8 @@ async function missingFile(
       if (got instanceof ArchiveError) says = got.detail;
     }
   }
-  return new StageError(
-    "archive",
-    `${file.label}: ${err.reason} ${during}, so the file counts as missing from the archive` +
-      (says ? ` (the archive says: ${says})` : ""),
-    { cause: err },
-  );
+  const { code, reason } = headVerdict(file.archiveId, err, elapsedMs, says);
+  return new StageError(code, `${file.label}: ${reason}`, { cause: err });
 }
 
 /** HEAD, and while on tape: stage, poll with a growing delay, re-stage, time out. */
@@ -246,6 +317,9 @@ async function waitForDisk(
 ): Promise<ArchiveStatus> {
   const head = () => headFile(client, job, settings, signal);
   let st = job.status ?? await head();
+  if (st.media === "tape" && job.onTape === "return") {
+    throw onTapeError(job, "the file is on tape");
+  }
   const start = performance.now();
   const delays = backoffDelays({ initialMs: settings.pollInitialMs, maxMs: settings.pollMaxMs });
   let lastPost: number | undefined;
@@ -298,6 +372,15 @@ async function download(
     } catch (err) {
       if (signal?.aborted) throw signal.reason;
       if (err instanceof ArchiveError) {
+        // The archive may have pushed the file back to tape since it was on disk (a real
+        // archive then answers 500): one HEAD tells, and such a file goes back to recalling.
+        if (err.status !== undefined && await backOnTape(client, job, signal)) {
+          throw onTapeError(
+            job,
+            `the archive answered the download with ${err.reason}, ` +
+              "and says the file is on tape again",
+          );
+        }
         const failure = archiveFailure(job, err);
         if (err.retryable) throw new AttemptFailure(failure);
         throw failure;
@@ -461,6 +544,23 @@ async function download(
         });
       });
     }
+  }
+}
+
+/**
+ * After a failed GET: true when one HEAD says the file is on tape. A HEAD that fails says
+ * nothing (false): the GET's own failure is what counts then.
+ */
+async function backOnTape(
+  client: ArchiveClient,
+  job: StageJob,
+  signal?: AbortSignal,
+): Promise<boolean> {
+  try {
+    return (await client.status(job.archiveId, signal)).media === "tape";
+  } catch {
+    if (signal?.aborted) throw signal.reason;
+    return false;
   }
 }
 

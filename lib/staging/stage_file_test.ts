@@ -14,6 +14,9 @@ import { postCart, startCartd, waitFor } from "../../tests/support/harness.ts";
 const FAST: StageSettings = {
   pollInitialMs: 20,
   pollMaxMs: 200,
+  pollFactor: 1.5,
+  recallsMax: 10_000,
+  headsPerSecond: 50,
   restageEveryMs: 60_000,
   stageTimeoutMs: 5000,
   requestTimeoutMs: 2000,
