@@ -14,7 +14,7 @@
  * @module
  */
 import mysql from "mysql2/promise";
-import { type Db, DbUnavailableError, type Row, type SqlValue } from "./db.ts";
+import { asWriteError, type Db, DbUnavailableError, type Row, type SqlValue } from "./db.ts";
 import type { DatabaseConfig } from "../config/config.ts";
 import { errorMessage, log } from "../util/log.ts";
 import { backoffDelays, retry } from "../util/backoff.ts";
@@ -103,9 +103,14 @@ function where(config: MysqlConfig): string {
   return `${config.host}:${config.port}`;
 }
 
-/** Turns a driver error into {@linkcode DbUnavailableError} when it is about the connection. */
+/**
+ * Turns a driver error into {@linkcode DbUnavailableError} when it is about the connection,
+ * and into a {@linkcode DbWriteError} when a write failed on a full table or disk or a
+ * read-only server.
+ */
 function translate(e: unknown, config: MysqlConfig): unknown {
-  if (e instanceof DbUnavailableError || !isConnectionError(e)) return e;
+  if (e instanceof DbUnavailableError) return e;
+  if (!isConnectionError(e)) return asWriteError(e) ?? e;
   const code = (e as DriverError).code;
   return new DbUnavailableError(
     `The MySQL database at ${where(config)} is unavailable${code ? ` (${code})` : ""}: ${
