@@ -36,8 +36,25 @@ export class BodyEncodingError extends Error {
 }
 
 /**
+ * Thrown by {@linkcode readBody} when the body could not be read to its end: the client
+ * closed the connection (or broke the framing) while sending it. Nothing is wrong on this side.
+ */
+export class BodyReadError extends Error {
+  /** Builds the error; `cause` is what the server said. */
+  constructor(cause: unknown) {
+    super(
+      "The request body could not be read to its end (the client closed the connection " +
+        `while sending it?): ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+    this.name = "BodyReadError";
+  }
+}
+
+/**
  * The body of `request` as UTF-8 text, or null when it is longer than `limit` bytes. Throws
- * {@linkcode BodyEncodingError} when the bytes are not UTF-8 (a leading BOM is dropped).
+ * {@linkcode BodyEncodingError} when the bytes are not UTF-8 (a leading BOM is dropped), and
+ * {@linkcode BodyReadError} when the body stops before its end.
  */
 export async function readBody(request: Request, limit: number): Promise<string | null> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
@@ -46,8 +63,20 @@ export async function readBody(request: Request, limit: number): Promise<string 
   // A declared length is only a hint: the bytes that come are what count.
   let buffer = new Uint8Array(Math.min(limit, declared >= 0 ? declared : FIRST_BUFFER));
   let size = 0;
-  for await (const chunk of request.body) {
-    if (size + chunk.length > limit) return null; // leaving the loop cancels the body
+  const chunks = request.body[Symbol.asyncIterator]();
+  for (;;) {
+    let next: IteratorResult<Uint8Array>;
+    try {
+      next = await chunks.next();
+    } catch (e) {
+      throw new BodyReadError(e);
+    }
+    if (next.done) break;
+    const chunk = next.value;
+    if (size + chunk.length > limit) {
+      await chunks.return?.().catch(() => {}); // cancels the rest of the body
+      return null;
+    }
     if (size + chunk.length > buffer.length) {
       const grown = new Uint8Array(
         Math.min(limit, Math.max(buffer.length * 2, size + chunk.length, FIRST_BUFFER)),

@@ -130,10 +130,11 @@ async function respond(
   });
   // The use, recorded before the answer: held while the body is sent (holdWhileSent).
   await store.touch(cart.id, store.now() + DOWNLOAD_HOLD_MS);
-  const held = (body: ReadableStream<Uint8Array>) => holdWhileSent(store, cart.id, body, release);
+  const held = (body: ReadableStream<Uint8Array>, bytes: number) =>
+    holdWhileSent(store, cart, body, bytes, release);
   if (ranges && ranges.length === 1) {
     const { start, end } = ranges[0];
-    return new Response(held(bundle.stream(start, end)), {
+    return new Response(held(bundle.stream(start, end), end - start + 1), {
       status: 206,
       headers: {
         ...headers,
@@ -143,7 +144,7 @@ async function respond(
     });
   }
   // Several ranges: RFC 9110 lets a server answer with the whole representation.
-  return new Response(held(bundle.stream(0, bundle.size - 1)), {
+  return new Response(held(bundle.stream(0, bundle.size - 1), bundle.size), {
     status: 200,
     headers: { ...headers, "Content-Length": String(bundle.size) },
   });
@@ -157,13 +158,22 @@ async function respond(
  * sent, cut off or cancelled; when it tells that no other download of the cart is in flight
  * here, the cart's last use becomes that moment. A process that dies mid-download holds the
  * cart for at most {@linkcode DOWNLOAD_HOLD_MS}.
+ *
+ * A download that ends early is logged, not thrown at the server: a client that goes away at
+ * INFO, files that can no longer be read (the cart removed meanwhile) at WARN. Then the body
+ * just ends: the answer's `Content-Length` (of `bytes`) is not met, so the server cuts the
+ * connection and the client sees a short body, as it would for an error, without the
+ * server printing a raw stack trace.
  */
 function holdWhileSent(
   store: CartStore,
-  cartId: string,
+  cart: Cart,
   body: ReadableStream<Uint8Array>,
+  bytes: number,
   release: () => number,
 ): ReadableStream<Uint8Array> {
+  const cartId = cart.id;
+  let sent = 0;
   const warn = (e: unknown) =>
     log.warn("could not record a download's hold on its cart", {
       cart: cartId,
@@ -183,15 +193,31 @@ function holdWhileSent(
     async pull(controller) {
       try {
         const { done, value } = await reader.read();
-        if (!done) return controller.enqueue(value);
+        if (!done) {
+          sent += value.length;
+          return controller.enqueue(value);
+        }
         await end(); // before the client sees the end
         controller.close();
       } catch (error) {
         await end();
-        controller.error(error);
+        log.warn("download cut: the cart's files could not be read (removed meanwhile?)", {
+          uid: cart.uid,
+          cart: cartId,
+          sent,
+          bytes,
+          error: errorMessage(error),
+        });
+        controller.close(); // short of Content-Length: the server cuts the connection
       }
     },
     async cancel(reason) {
+      log.info("download cut by the client (connection closed)", {
+        uid: cart.uid,
+        cart: cartId,
+        sent,
+        bytes,
+      });
       await end();
       await reader.cancel(reason);
     },

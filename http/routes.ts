@@ -25,12 +25,13 @@ import type { Cancellations } from "../lib/space/cancellations.ts";
 import { removeCart } from "../lib/space/remove_cart.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
-import { BodyEncodingError, readBody } from "./body.ts";
+import { BodyEncodingError, BodyReadError, readBody } from "./body.ts";
 import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
 import { json } from "./json.ts";
+import { mountMetrics } from "./metrics.ts";
 import { unavailable } from "./unavailable.ts";
 
 /** What the routes need. */
@@ -84,11 +85,32 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   const { store, queue, volume, config, cancellations } = deps;
   const downloads = new Downloads<Bundle>();
   const app = Object.assign(new Hono(), { downloads });
-  const remove = (cart: Cart, why: string) => removeCart(store, volume, cart, why, cancellations);
+  /** Removes `cart` (a DELETE, a replace), saying so when that cuts downloads in flight here. */
+  const remove = (cart: Cart, why: string) => {
+    const cut = downloads.downloads(cart.id);
+    if (cut > 0) {
+      log.warn("removing a cart cuts its downloads in flight; their clients get a short body", {
+        uid: cart.uid,
+        cart: cart.id,
+        why,
+        downloads: cut,
+      });
+    }
+    return removeCart(store, volume, cart, why, cancellations);
+  };
 
-  app.onError((error) => {
+  app.onError((error, c) => {
     // A body that is not UTF-8 (POST /{uid} and the estimate alike): the client's to fix.
     if (error instanceof BodyEncodingError) return json({ message: error.message }, 400);
+    if (error instanceof BodyReadError) {
+      // The client went away mid-body: nothing failed here, and nobody reads the answer.
+      log.info("client closed the connection before sending the whole body; nothing stored", {
+        method: c.req.method,
+        path: c.req.path,
+        error: errorMessage(error.cause),
+      });
+      return json({ message: error.message }, 400);
+    }
     // The database away, busy, full or read-only, or a full volume: 503 naming the cause.
     const down = unavailable(error);
     if (down) {
@@ -132,6 +154,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   }
 
   app.get("/", () => json({ message: "Pacifica Cartd Interface Up and Running" }, 200));
+  mountMetrics(app, { store, space: deps.estimate?.space });
   const sources = deps.estimate;
   if (sources) app.post(ESTIMATE_PATH, (c) => estimate({ store, config, ...sources }, c.req.raw));
 

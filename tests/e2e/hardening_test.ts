@@ -257,3 +257,93 @@ Deno.test("POST: names that cannot round-trip, invalid UTF-8 and lone surrogates
     }
   });
 });
+
+/** The lines of `output` at level ERROR, or printed outside the log's format (a raw stack). */
+function unexpectedLines(output: string): string[] {
+  return output.split("\n").filter((line) =>
+    line !== "" && !line.startsWith("cartd listening on ") &&
+    !/^\d{4}-\d\d-\d\dT\S+ (DEBUG|INFO|WARN) /.test(line)
+  );
+}
+
+/** Waits until `output()` has a line matching `pattern`; fails after 5 s. */
+async function logLine(output: () => string, pattern: RegExp): Promise<string> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const line = output().split("\n").find((l) => pattern.test(l));
+    if (line) return line;
+    if (Date.now() > deadline) throw new Error(`no log line matches ${pattern}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+Deno.test("uids with NUL, ESC and CR/LF reach the log escaped, on one line", async () => {
+  await withCartd(async (cartd) => {
+    const uid = "a\u0000b\u001b[2Jc\r\n2026-01-01T00:00:00.000Z ERROR forged";
+    const doc = JSON.stringify({ fileids: [{ id: "a", path: "a.txt" }] });
+    const res = await fetch(cartd.url + encodeURIComponent(uid), { method: "POST", body: doc });
+    assert.equal(res.status, 201);
+    await res.body?.cancel();
+    const line = await logLine(cartd.output, /cart accepted/);
+    assert.match(line, /uid="a\\u0000b\\u001b\[2Jc\\r\\n2026-01-01T00:00:00\.000Z ERROR forged" /);
+    // Without a space, such a uid used to be written bare, with its NUL and ESC.
+    const bare = await fetch(cartd.url + "x%00y%1B%5B31m", { method: "POST", body: doc });
+    assert.equal(bare.status, 201);
+    await bare.body?.cancel();
+    assert.match(
+      await logLine(cartd.output, /cart accepted uid="x/),
+      /uid="x\\u0000y\\u001b\[31m" /,
+    );
+    // deno-lint-ignore no-control-regex
+    assert.doesNotMatch(cartd.output(), /[\u0000\u001b\r]|^\S+ ERROR forged/m);
+  });
+});
+
+Deno.test("clients that go away, and a DELETE that cuts a download, are logged as such", async () => {
+  await withCartd(async (cartd, archive) => {
+    const port = portOf(cartd.url);
+    // A POST whose client closes the connection halfway through the body.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await writeAll(
+      conn,
+      utf8.encode('POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"fileids"'),
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    conn.close();
+    await logLine(cartd.output, /INFO client closed the connection before sending the whole body/);
+
+    const ids = Array.from({ length: 8 }, (_, i) => `f${i}`);
+    for (const id of ids) archive.put(id, { size: 8 * MiB });
+    const doc = JSON.stringify({ fileids: ids.map((id) => ({ id, path: id })) });
+    assert.equal((await fetch(cartd.url + "big", { method: "POST", body: doc })).status, 201);
+    assert.equal((await waitFor(cartd.url, "big", "ready"))[1], "ready");
+
+    // A client that closes the connection mid-download.
+    const reader = await Deno.connect({ hostname: "127.0.0.1", port });
+    await writeAll(reader, utf8.encode("GET /big HTTP/1.1\r\nHost: x\r\n\r\n"));
+    await reader.read(new Uint8Array(64 * 1024));
+    reader.close();
+    await logLine(cartd.output, /INFO download cut by the client \(connection closed\) uid=big /);
+
+    // A DELETE while a download is in flight: the client gets a short body, the log says why.
+    const res = await fetch(cartd.url + "big");
+    const body = res.body!.getReader();
+    await body.read();
+    assert.equal((await fetch(cartd.url + "big", { method: "DELETE" })).status, 200);
+    let got = 0;
+    const cut = await (async () => {
+      for (;;) {
+        const { done, value } = await body.read();
+        if (done) return false;
+        got += value.length;
+      }
+    })().catch(() => true);
+    assert.ok(cut, `the download was cut (got ${got} of ${8 * 8 * MiB} bytes after the first)`);
+    await logLine(
+      cartd.output,
+      /WARN removing a cart cuts its downloads in flight; .* uid=big .* why=DELETE downloads=1/,
+    );
+    await logLine(cartd.output, /WARN download cut: the cart's files could not be read/);
+    assert.deepEqual(unexpectedLines(cartd.output()), []);
+  });
+});
