@@ -3,7 +3,7 @@
  * are not UTF-8.
  */
 import assert from "node:assert/strict";
-import { BodyEncodingError, readBody } from "./body.ts";
+import { BodyEncodingError, BodyReadError, readBody } from "./body.ts";
 
 /** A POST whose body comes as `chunks`, one read each. */
 function chunked(chunks: Uint8Array[], headers: Record<string, string> = {}): Request {
@@ -71,4 +71,19 @@ Deno.test("the byte named is where the broken sequence starts", async () => {
   assert.equal(await at([0x61, 0xc3, 0xa9, 0x80]), 3); // "é", then a stray continuation
   assert.equal(await at([0xff]), 0);
   assert.equal(await at([0x61, 0xe9]), 1); // cut at the end
+});
+
+Deno.test("a body that stops before its end (the client went away) is a BodyReadError", async () => {
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      controller.enqueue(new TextEncoder().encode('{"fileids"'));
+      controller.error(new TypeError("connection closed"));
+    },
+  });
+  const request = new Request("http://cartd/x", { method: "POST", body });
+  await assert.rejects(readBody(request, 100), (e: unknown) => {
+    assert.ok(e instanceof BodyReadError);
+    assert.match(e.message, /could not be read to its end .*: connection closed$/);
+    return true;
+  });
 });
