@@ -9,6 +9,7 @@
 import type { HashType } from "../lib/cart/document.ts";
 import type { LocalHashes, StagedFile, StageJob } from "../lib/staging/stage_file.ts";
 import type { StageSettings } from "../lib/config/config.ts";
+import { countFetched, watchFetchSlots } from "../lib/util/metrics.ts";
 import type { BundleJob, ThreadReply, ThreadRequest, WrittenBundle } from "./messages.ts";
 
 /**
@@ -60,6 +61,8 @@ export class ThreadPool {
   /** Set when a thread cannot even load: respawning would only fail again. */
   #broken: TaskError | null = null;
   #started = Promise.withResolvers<void>();
+  /** The metrics read the slots in use, and hear the threads, until the pool closes. */
+  #unwatch = watchFetchSlots(() => ({ inUse: this.#inFlight, capacity: this.maxInFlight }));
 
   /**
    * Starts the threads; {@linkcode ready} tells when they have loaded.
@@ -192,8 +195,10 @@ export class ThreadPool {
   }
 
   /** Stages one file in a thread (see {@linkcode stageFile}). */
-  stage(job: StageJob, settings: StageSettings, signal?: AbortSignal): Promise<StagedFile> {
-    return this.#run({ type: "stage", job, settings }, signal);
+  async stage(job: StageJob, settings: StageSettings, signal?: AbortSignal): Promise<StagedFile> {
+    const staged = await this.#run<StagedFile>({ type: "stage", job, settings }, signal);
+    countFetched(staged.size);
+    return staged;
   }
 
   /** Hashes a file already on disk in a thread (see {@linkcode hashLocalFile}). */
@@ -209,6 +214,7 @@ export class ThreadPool {
   /** Stops every thread; tasks still running fail. */
   close(): void {
     this.#closed = true;
+    this.#unwatch();
     for (const slot of this.#slots) slot.worker.terminate();
     for (const p of this.#pending.values()) p.reject(new TaskError("The thread pool was closed"));
     this.#pending.clear();

@@ -19,6 +19,7 @@
  * @module
  */
 import { seconds } from "../util/log.ts";
+import { type ArchiveMethod, type ArchiveOutcome, recordMetric } from "../util/metric_events.ts";
 
 /** Where the archive keeps a file: ready on `disk`, on `tape` (needs a recall), or `error`. */
 export type Media = "disk" | "tape" | "error";
@@ -182,8 +183,31 @@ export class ArchiveClient {
     return res.body;
   }
 
-  async #call(id: string, method: string, signal?: AbortSignal): Promise<Response> {
+  /**
+   * One archive call, counted and timed (until the answer's headers, or the failure) for the
+   * metrics (lib/util/metric_events.ts): by method, and by {@linkcode outcomeOf} its end.
+   */
+  async #call(id: string, method: ArchiveMethod, signal?: AbortSignal): Promise<Response> {
     signal?.throwIfAborted();
+    const started = performance.now();
+    let outcome: ArchiveOutcome = "error";
+    try {
+      const res = await this.#send(id, method, signal);
+      outcome = outcomeOf(res.status);
+      return res;
+    } catch (err) {
+      if (signal?.aborted) outcome = "aborted";
+      else if (err instanceof ArchiveError && err.status !== undefined) {
+        outcome = outcomeOf(err.status);
+      } else if (err instanceof ArchiveError && err.timedOut) outcome = "timeout";
+      throw err;
+    } finally {
+      const elapsed = (performance.now() - started) / 1000;
+      recordMetric({ kind: "archive", method, outcome, seconds: elapsed });
+    }
+  }
+
+  async #send(id: string, method: ArchiveMethod, signal?: AbortSignal): Promise<Response> {
     const timeout = new AbortController();
     const timer = setTimeout(() => timeout.abort(new TimeoutMarker()), this.#timeoutMs);
     const combined = signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal;
@@ -227,6 +251,14 @@ export class ArchiveClient {
       },
     );
   }
+}
+
+/** The outcome of an answer with status `status`: `ok` for 2xx, else its class (`5xx`, …). */
+function outcomeOf(status: number): ArchiveOutcome {
+  if (status >= 200 && status < 300) return "ok";
+  if (status >= 500) return "5xx";
+  if (status >= 400) return "4xx";
+  return status >= 300 ? "3xx" : "1xx";
 }
 
 class TimeoutMarker extends Error {

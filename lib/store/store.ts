@@ -376,6 +376,14 @@ export class CartStore {
     return rows.map(toCart);
   }
 
+  /** How many live carts each status has (one grouped COUNT; a status without carts is absent). */
+  async liveCartsByStatus(): Promise<Partial<Record<CartStatus, number>>> {
+    const rows = await this.db.all<{ status: string; n: number }>(
+      "SELECT status, COUNT(*) AS n FROM carts WHERE live_uid IS NOT NULL GROUP BY status",
+    );
+    return Object.fromEntries(rows.map((r) => [parseStatus(String(r.status)), Number(r.n)]));
+  }
+
   /** Every cart row, live or replaced (replaced ones are removed by the worker that notices). */
   async allCarts(): Promise<Cart[]> {
     return (await this.db.all("SELECT * FROM carts ORDER BY created_at")).map(toCart);
