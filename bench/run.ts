@@ -61,6 +61,7 @@ const SCENARIOS = [
   "tape-big",
 ] as const;
 type Scenario = typeof SCENARIOS[number];
+if (Deno.args[0] === "metrics") Deno.exit(await (await import("./metrics.ts")).main());
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
