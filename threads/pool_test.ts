@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DEFAULT_STAGE_SETTINGS } from "../lib/staging/stage_file.ts";
 import { classify } from "../worker/errors.ts";
+import { startFakeArchive } from "../tests/support/fake_archive.ts";
 import { TaskError, ThreadPool } from "./pool.ts";
 
 Deno.test("a cancelled task waiting for a place never keeps another task waiting", async () => {
@@ -86,6 +87,30 @@ Deno.test("an archive's 500 page about its own full disk stays a stage error, no
   } finally {
     pool.close();
     await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test('a file on tape staged with onTape "return" fails at once with the code "ontape", across the thread', async () => {
+  await using archive = startFakeArchive();
+  archive.put("on-tape", "still on tape\n", { tapeMs: Infinity });
+  const dir = await Deno.makeTempDir();
+  const pool = new ThreadPool(1, 2);
+  try {
+    await pool.ready();
+    const failure = await pool.stage({
+      archiveUrl: archive.url,
+      archiveId: "on-tape",
+      dest: join(dir, "0"),
+      label: "fileids[0] (id on-tape)",
+      onTape: "return",
+    }, DEFAULT_STAGE_SETTINGS).then(() => null, (e) => e);
+    assert.ok(failure instanceof TaskError, String(failure));
+    assert.equal(failure.code, "ontape");
+    assert.match(failure.message, /^fileids\[0\] \(id on-tape\): the file is on tape/);
+    assert.equal(archive.counts("on-tape").post, 0, "the thread asked for no recall");
+  } finally {
+    pool.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

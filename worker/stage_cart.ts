@@ -201,20 +201,28 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
 async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCounts> {
   const { cart, signal, deps: { store, config } } = run;
   const sizes = sizeRecorder(run);
+  // The recalls started while sizes are asked end with this stage: a cart that fails leaves
+  // none behind in the process's recall manager.
+  const ended = new AbortController();
+  const recallSignal = AbortSignal.any([signal, ended.signal]);
   try {
-    await forEachLimited(
-      store.eachFile(cart.id, "unsized"),
-      config.limits.filesPerCart,
-      async (file, inner) => void await askSize(run, file, statuses, sizes, inner, signal),
-      signal,
-    );
-  } catch (error) {
-    await flushAfterFailure(run, sizes, "sizes");
-    throw error;
+    try {
+      await forEachLimited(
+        store.eachFile(cart.id, "unsized"),
+        config.limits.filesPerCart,
+        async (file, inner) => void await askSize(run, file, statuses, sizes, inner, recallSignal),
+        signal,
+      );
+    } catch (error) {
+      await flushAfterFailure(run, sizes, "sizes");
+      throw error;
+    }
+    await sizes.flush();
+    await reserveCart(run, 0);
+    return await fetchFiles(run, store.eachFile(cart.id, "unstaged"), statuses);
+  } finally {
+    ended.abort(new Error("the cart's staging ended"));
   }
-  await sizes.flush();
-  await reserveCart(run, 0);
-  return await fetchFiles(run, store.eachFile(cart.id, "unstaged"), statuses);
 }
 
 /** Records the sizes the archive tells, in batches. */

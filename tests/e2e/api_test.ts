@@ -254,7 +254,9 @@ async function everyState(
   { url, volume }: Cartd,
   archive: ReturnType<typeof startFakeArchive>,
 ): Promise<Head[]> {
-  archive.put("a1", "ahead\n", { tapeMs: 1500 });
+  // A slow download holds the only place among CARTD_CARTS_IN_FLIGHT=1 (a cart waiting for
+  // tape would free it: worker/dispatcher.ts), so "behind" is seen waiting.
+  archive.put("a1", "ahead\n", { getDelayMs: 1500 });
   archive.put("b1", { size: 300_000 });
   archive.put("b2", "behind\n", { tapeMs: 1500 });
   assert.equal((await postCart(url, "ahead", { fileids: [{ id: "a1", path: "a" }] })).status, 201);

@@ -217,8 +217,10 @@ async function post(url: string, uid: string, doc: unknown): Promise<void> {
 }
 
 /**
- * Posts `behind` while `ahead` (on tape) takes the only place in flight, so `behind` waits.
- * `ahead` leaves the tape once the client of `behind` has had three answers, or has finished.
+ * Posts `behind` while `ahead` (its download stalled) takes the only place in flight, so
+ * `behind` waits. (A cart waiting for tape would free its place: worker/dispatcher.ts.)
+ * `ahead`'s archive is well again once the client of `behind` has had three answers, or has
+ * finished: the next try of its download (after `CARTD_REQUEST_TIMEOUT` of silence) succeeds.
  * Returns both clients' reports.
  */
 async function aheadAndBehind(
@@ -226,10 +228,10 @@ async function aheadAndBehind(
   archive: Archive,
   dir: string,
 ): Promise<{ ahead: ClientReport; behind: ClientReport }> {
-  archive.put("a1", "ahead\n", { tapeMs: Infinity });
+  archive.put("a1", "ahead\n", { stallGets: Infinity });
   archive.put("w1", "behind\n");
   await post(url, "ahead", { fileids: [{ id: "a1", path: "a.txt" }] });
-  await eventually("ahead has been asked for", () => archive.counts("a1").post > 0);
+  await eventually("ahead is downloading", () => archive.counts("a1").get > 0);
   await post(url, "behind", { fileids: [{ id: "w1", path: "w/w.txt" }] });
   const offTape = () => archive.put("a1", "ahead\n");
   const [ahead, behind] = await Promise.all([
@@ -241,27 +243,30 @@ async function aheadAndBehind(
 }
 
 Deno.test("Pacifica's client: a cart waiting behind CARTD_CARTS_IN_FLIGHT is followed to ready", async () => {
-  await withCartd({ CARTD_CARTS_IN_FLIGHT: "1" }, async (cartd, archive, dir) => {
-    const { ahead, behind } = await aheadAndBehind(cartd, archive, dir);
-    assert.equal(behind.raised, undefined, behind.message ?? "");
-    assertSeen(behind, "waiting", "ready");
-    const waiting = behind.seen.filter(([, , state]) => state === "waiting");
-    // More than one: the client went on polling a waiting cart (as it did not before).
-    assert.ok(waiting.length >= 2, `HEADs while waiting: ${JSON.stringify(behind.seen)}`);
-    for (const [code, status] of behind.seen.slice(0, -1)) {
-      assert.deepEqual([code, status], [204, "staging"]);
-    }
-    assert.deepEqual(
-      behind.members,
-      await expectTar(archive, { "behind": null, "behind/w": null, "behind/w/w.txt": "w1" }),
-    );
-    assert.equal(ahead.raised, undefined, ahead.message ?? "");
-    assertSeen(ahead, "staging", "ready");
-    assert.deepEqual(
-      ahead.members,
-      await expectTar(archive, { "ahead": null, "ahead/a.txt": "a1" }),
-    );
-  });
+  await withCartd(
+    { CARTD_CARTS_IN_FLIGHT: "1", CARTD_FETCH_ATTEMPTS: "10" },
+    async (cartd, archive, dir) => {
+      const { ahead, behind } = await aheadAndBehind(cartd, archive, dir);
+      assert.equal(behind.raised, undefined, behind.message ?? "");
+      assertSeen(behind, "waiting", "ready");
+      const waiting = behind.seen.filter(([, , state]) => state === "waiting");
+      // More than one: the client went on polling a waiting cart (as it did not before).
+      assert.ok(waiting.length >= 2, `HEADs while waiting: ${JSON.stringify(behind.seen)}`);
+      for (const [code, status] of behind.seen.slice(0, -1)) {
+        assert.deepEqual([code, status], [204, "staging"]);
+      }
+      assert.deepEqual(
+        behind.members,
+        await expectTar(archive, { "behind": null, "behind/w": null, "behind/w/w.txt": "w1" }),
+      );
+      assert.equal(ahead.raised, undefined, ahead.message ?? "");
+      assertSeen(ahead, "staging", "ready");
+      assert.deepEqual(
+        ahead.members,
+        await expectTar(archive, { "ahead": null, "ahead/a.txt": "a1" }),
+      );
+    },
+  );
 });
 
 Deno.test('Pacifica\'s client: a "bundle": true cart held in bundling is followed to ready', async () => {
@@ -362,7 +367,7 @@ Deno.test("Pacifica's client: a failed cart raises with the cart's message", asy
 
 Deno.test("Pacifica's client cannot follow CARTD_STATUS_WORDS=precise: it stops at waiting", async () => {
   await withCartd(
-    { CARTD_CARTS_IN_FLIGHT: "1", CARTD_STATUS_WORDS: "precise" },
+    { CARTD_CARTS_IN_FLIGHT: "1", CARTD_STATUS_WORDS: "precise", CARTD_FETCH_ATTEMPTS: "10" },
     async (cartd, archive, dir) => {
       const { ahead, behind } = await aheadAndBehind(cartd, archive, dir);
       // Why the default is "compatible": the first HEAD says waiting, and the client gives up.
