@@ -11,7 +11,8 @@
  *   (POST + HEAD + GET per file, written to disk) at the same concurrency; paired rounds
  *   (cartd, then the plain client), the median of their ratios. Peak RSS: the highest round.
  * - `memory`: peak RSS of the cartd process during those (runs `download` and `small`), and
- *   while 4 clients download each small-file cart at once.
+ *   while 4 clients download each small-file cart at once, and while 4 clients POST a cart
+ *   document as 20,000 one-byte chunks each (issue 18 item 1: it was 3.7 GiB).
  * - `polling`: archive HEADs for one file that stays on tape for 60 s, default poll settings.
  *   It runs in the background, beside the other scenarios (its cartd is idle but for timers).
  * - `production`: the 1 GiB download and the 10,000-file cart on MariaDB + RabbitMQ with one
@@ -403,6 +404,38 @@ function medianSmall(runs: { cartd: SmallFigures; plain: { seconds: number } }[]
 /** Clients that download a small-file cart at once, for the memory of downloads in flight. */
 const CONCURRENT_GETS = 4;
 
+/** Peak RSS of each run of {@linkcode oneByteChunkPosts}. */
+const chunkPostRss: number[] = [];
+
+/**
+ * The peak RSS of `cartd` while 4 clients POST a 20,000-byte cart document each as 20,000
+ * one-byte chunks, each chunk its own write on a raw TCP connection.
+ */
+async function oneByteChunkPosts(cartd: Cartd): Promise<number> {
+  const utf8 = new TextEncoder();
+  const doc = '{"fileids": [{"id": "x", "path": "x"}], "pad": "';
+  const body = utf8.encode(doc + "x".repeat(20_000 - doc.length - 2) + '"}');
+  const post = async (i: number) => {
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: Number(new URL(cartd.url).port),
+    });
+    const write = async (bytes: Uint8Array) => {
+      for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
+    };
+    await write(utf8.encode(
+      `POST /chunks-${i} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`,
+    ));
+    for (const byte of body) await write(new Uint8Array([0x31, 13, 10, byte, 13, 10]));
+    await write(utf8.encode("0\r\n\r\n"));
+    await conn.read(new Uint8Array(4096)).catch(() => null);
+    conn.close();
+  };
+  const peak = new PeakRss(cartd.process.pid);
+  await Promise.all([0, 1, 2, 3].map(post));
+  return peak.stop();
+}
+
 /** POST → ready of `count` × `size` bytes in the embedded cartd, then GETs of it. */
 async function smallCart(archive: ArchiveProcess, count: number, size: number) {
   const prefix = `s${size}-`;
@@ -423,6 +456,10 @@ async function smallCart(archive: ArchiveProcess, count: number, size: number) {
       Array.from({ length: CONCURRENT_GETS }, () => curlGet(`${cartd.url}small-${count}`)),
     );
     const concurrentRss = peak.stop();
+    if (selected.has("memory") && chunkPostRss.length === 0) {
+      progress("cartd: 4 POSTs of 20,000 one-byte chunks at once");
+      chunkPostRss.push(await oneByteChunkPosts(cartd));
+    }
     return {
       count,
       size,
@@ -813,6 +850,15 @@ async function main(): Promise<void> {
         rows.push({
           figure: `${what}, ${CONCURRENT_GETS} GETs at once`,
           cartd: mib(cartd.concurrentRss),
+        });
+      }
+      for (const rss of chunkPostRss) {
+        rows.push({
+          figure: "4 POSTs of 20,000 one-byte chunks at once",
+          cartd: mib(rss),
+          baseline: "before issue 18: 3,701 MiB",
+          target: "≤ 150 MiB",
+          ok: rss <= 150 * MiB,
         });
       }
     }
