@@ -314,7 +314,7 @@ export const SETTING_TABLE = {
   CARTD_HEADS_PER_SECOND: field(
     "staging.headsPerSecond",
     positiveInt,
-    "50",
+    "500",
     "most `HEAD` requests per second one worker process sends the archive to poll its recalls",
   ),
   CARTD_RESTAGE_EVERY: field(
