@@ -10,7 +10,7 @@
 import type { Db } from "../db/db.ts";
 
 /** The schema version this build of cartd writes and reads. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /**
  * The tables of schema version 1, which every database starts from; {@linkcode MIGRATIONS}
@@ -78,6 +78,11 @@ function tables(dialect: Db["dialect"]): string[] {
  *   download (a tar under the default name), recorded by `markReady`; for a `"bundle": true`
  *   cart, those of the tar written to disk. NULL before ready, and for carts made ready by a
  *   cartd of schema 1 (their downloads are planned from their staged files).
+ * - 3: the progress of a cart on its own row, so that `HEAD /{uid}` reads it without counting
+ *   files: `staged_files` and `staged_bytes` (the files recorded as staged, and the sum of
+ *   their sizes), kept by the store in the transaction that stages files, and filled here
+ *   from `cart_files` for the carts that exist; `staging_at`, when the cart began staging
+ *   (NULL for carts that began before this version), from which the ETA is worked out.
  */
 const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>> = {
   2: (dialect) => {
@@ -85,6 +90,20 @@ const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>>
     return [
       `ALTER TABLE carts ADD COLUMN download_size ${big} NULL`,
       "ALTER TABLE carts ADD COLUMN download_etag VARCHAR(128) NULL",
+    ];
+  },
+  3: (dialect) => {
+    const big = dialect === "mysql" ? "BIGINT" : "INTEGER";
+    return [
+      "ALTER TABLE carts ADD COLUMN staged_files INTEGER NOT NULL DEFAULT 0",
+      `ALTER TABLE carts ADD COLUMN staged_bytes ${big} NOT NULL DEFAULT 0`,
+      `ALTER TABLE carts ADD COLUMN staging_at ${big} NULL`,
+      // Run again after an upgrade cut short, it counts the same again: no harm.
+      `UPDATE carts SET
+        staged_files = (SELECT COUNT(*) FROM cart_files f
+          WHERE f.cart_id = carts.id AND f.status = 'staged'),
+        staged_bytes = (SELECT COALESCE(SUM(f.size), 0) FROM cart_files f
+          WHERE f.cart_id = carts.id AND f.status = 'staged')`,
     ];
   },
 };

@@ -68,6 +68,35 @@ export interface Cart {
   downloadSize: number | null;
   /** The strong ETag (quoted) of that download, beside {@linkcode Cart.downloadSize}. */
   downloadEtag: string | null;
+  /**
+   * How many of its files are recorded as staged: a counter on the cart's row, kept in the
+   * transaction that records staged files ({@linkcode CartStore.filesStaged}), so that a HEAD
+   * reads the cart's progress without counting its files.
+   */
+  stagedFiles: number;
+  /** The sum of the sizes of those files, kept beside {@linkcode Cart.stagedFiles}. */
+  stagedBytes: number;
+  /**
+   * When the cart began staging (ms since the epoch): `waiting → staging`. Null before, and for
+   * a cart that began staging under a cartd of schema version 2 or older.
+   */
+  stagingAt: number | null;
+}
+
+/** How many files of a cart the database has in one {@linkcode FileStatus}, and their bytes. */
+export interface FileTally {
+  /** Number of files. */
+  files: number;
+  /** Sum of the sizes the archive has told for them (0 when none is known). */
+  bytes: number;
+}
+
+/** One page of a cart's files ({@linkcode CartStore.filePage}). */
+export interface FilePage {
+  /** The files, in document order. */
+  files: CartFile[];
+  /** Whether files come after the last one of the page. */
+  more: boolean;
 }
 
 /** What {@linkcode CartStore.markReady} records with a ready cart. */
@@ -153,6 +182,9 @@ function toCart(r: Row): Cart {
     downloadEtag: r.download_etag === null || r.download_etag === undefined
       ? null
       : String(r.download_etag),
+    stagedFiles: num(r.staged_files ?? 0),
+    stagedBytes: num(r.staged_bytes ?? 0),
+    stagingAt: numOrNull(r.staging_at),
   };
 }
 
@@ -283,6 +315,31 @@ async function lockSpace(tx: Db): Promise<void> {
   if (tx.dialect === "mysql") {
     await tx.all("SELECT name FROM cartd_lock WHERE name = 'space' FOR UPDATE");
   }
+}
+
+/**
+ * Moves cart `cartId`'s staged counters ({@linkcode Cart.stagedFiles}, `stagedBytes`) by what
+ * its files `idxs` count now: `-` before an update of those files takes out what they counted,
+ * `+` after it puts in what they count then. Inside the update's transaction, the counters
+ * stay exact however often a file is recorded staged, failed or staged again. Two indexed
+ * lookups of the batch's rows, not a count of the cart's files.
+ */
+async function stagedDelta(
+  tx: Db,
+  cartId: string,
+  idxs: readonly number[],
+  sign: "+" | "-",
+): Promise<void> {
+  const list = idxs.map(() => "?").join(", ");
+  const where = `cart_id = ? AND status = 'staged' AND idx IN (${list})`;
+  await tx.run(
+    `UPDATE carts SET
+      staged_files = staged_files ${sign} (SELECT COUNT(*) FROM cart_files WHERE ${where}),
+      staged_bytes = staged_bytes ${sign} (SELECT COALESCE(SUM(size), 0) FROM cart_files
+        WHERE ${where})
+     WHERE id = ?`,
+    [cartId, ...idxs, cartId, ...idxs, cartId],
+  );
 }
 
 /** Sums of reservations of carts other than `exceptId`, and what those in progress still owe. */
@@ -445,6 +502,46 @@ export class CartStore {
   }
 
   /**
+   * How many files of a cart the database has in each {@linkcode FileStatus}, with the sum of
+   * their known sizes: one grouped query over the cart's rows (a status without files is 0).
+   */
+  async fileTallies(cartId: string): Promise<Record<FileStatus, FileTally>> {
+    const rows = await this.db.all<{ status: string; n: number; bytes: number | null }>(
+      `SELECT status, COUNT(*) AS n, SUM(size) AS bytes FROM cart_files WHERE cart_id = ?
+       GROUP BY status`,
+      [cartId],
+    );
+    const tallies = Object.fromEntries(
+      FILE_STATUSES.map((status) => [status, { files: 0, bytes: 0 }]),
+    ) as Record<FileStatus, FileTally>;
+    for (const row of rows) {
+      const status = intern(FILE_STATUSES, row.status);
+      tallies[status] = { files: Number(row.n), bytes: Number(row.bytes ?? 0) };
+    }
+    return tallies;
+  }
+
+  /**
+   * Up to `limit` files of a cart whose index is above `after`, in document order (keyset
+   * paging: each page is one indexed range read, however deep). The query asks for a power
+   * of two rows above `limit` (the statement's text is one of a few; see
+   * {@linkcode powerOfTwoBatches}), which also tells whether more files follow.
+   */
+  async filePage(cartId: string, after: number, limit: number): Promise<FilePage> {
+    const wanted = Math.max(1, Math.floor(limit));
+    const asked = 2 ** Math.ceil(Math.log2(wanted + 1));
+    const rows = await this.db.all(
+      `SELECT ${FILE_COLUMNS} FROM cart_files WHERE cart_id = ? AND idx > ?
+       ORDER BY idx LIMIT ${asked}`,
+      [cartId, Math.floor(after)],
+    );
+    return {
+      files: rows.slice(0, wanted).map((row) => toFile(cartId, row)),
+      more: rows.length > wanted,
+    };
+  }
+
+  /**
    * The files recorded as staged, in any live cart, whose archive id is one of `archiveIds`
    * (matched exactly: MySQL's case-insensitive comparison is undone here). Read a few hundred
    * ids per query; `cart_files` has no index on `archive_id`, so each query scans the table.
@@ -511,21 +608,26 @@ export class CartStore {
       sha256: (f) => f.facts.sha256,
       crc32: (f) => f.facts.crc32,
       message: () => null,
-    });
+    }, true);
   }
 
   /**
    * Sets columns of many files of one cart: one `UPDATE … SET col = CASE idx WHEN … END`
-   * per batch of rows (plain SQL that SQLite and MySQL share), all in one transaction.
+   * per batch of rows (plain SQL that SQLite and MySQL share), all in one transaction. With
+   * `status` true (the update may change files' status or size), the cart's staged counters
+   * ({@linkcode Cart.stagedFiles}) follow in the same transaction: see {@linkcode stagedDelta}.
    */
   async #updateFiles<T extends { idx: number }>(
     cartId: string,
     rows: readonly T[],
     columns: Record<string, (row: T) => SqlValue>,
+    status = false,
   ): Promise<void> {
     if (!rows.length) return;
     await this.db.transaction(async (tx) => {
       for (const { batch } of powerOfTwoBatches(rows, UPDATE_BATCH)) {
+        const idxs = batch.map((row) => row.idx);
+        if (status) await stagedDelta(tx, cartId, idxs, "-");
         const params: SqlValue[] = [];
         const sets = Object.entries(columns).map(([column, value]) => {
           for (const row of batch) params.push(row.idx, value(row));
@@ -537,6 +639,7 @@ export class CartStore {
            WHERE cart_id = ? AND idx IN (${batch.map(() => "?").join(", ")})`,
           params,
         );
+        if (status) await stagedDelta(tx, cartId, idxs, "+");
       }
     });
   }
@@ -548,15 +651,14 @@ export class CartStore {
     status: FileStatus,
     message: string | null,
   ): Promise<void> {
-    await this.db.run(
-      "UPDATE cart_files SET status = ?, message = ? WHERE cart_id = ? AND idx = ?",
-      [
-        status,
-        message,
-        cartId,
-        idx,
-      ],
-    );
+    await this.db.transaction(async (tx) => {
+      await stagedDelta(tx, cartId, [idx], "-");
+      await tx.run(
+        "UPDATE cart_files SET status = ?, message = ? WHERE cart_id = ? AND idx = ?",
+        [status, message, cartId, idx],
+      );
+      await stagedDelta(tx, cartId, [idx], "+");
+    });
   }
 
   /**
@@ -614,7 +716,7 @@ export class CartStore {
     const now = this.now();
     const { changes } = await this.db.run(
       `UPDATE carts SET status = ?, message = ?, updated_at = ?, ready_at = COALESCE(?, ready_at),
-        download_size = COALESCE(?, download_size), download_etag = COALESCE(?, download_etag),
+        staging_at = COALESCE(staging_at, ?), download_size = COALESCE(?, download_size), download_etag = COALESCE(?, download_etag),
         last_used_at = ? ${isFinal(to) ? ", claim_owner = NULL, claim_expires = NULL" : ""}
        WHERE id = ? AND status IN (${from.map(() => "?").join(", ")})
         ${owner === null ? "" : "AND claim_owner = ?"}`,
@@ -623,6 +725,7 @@ export class CartStore {
         message,
         now,
         ready?.readyAt ?? null,
+        to === "staging" ? now : null,
         ready?.size ?? null,
         ready?.etag ?? null,
         now,
@@ -892,6 +995,14 @@ export class CartStore {
            NULL
          FROM cart_files WHERE cart_id = ?`,
         [newId, old.id],
+      );
+      await tx.run(
+        `UPDATE carts SET
+          staged_files = (SELECT COUNT(*) FROM cart_files WHERE cart_id = ? AND status = 'staged'),
+          staged_bytes = (SELECT COALESCE(SUM(size), 0) FROM cart_files
+            WHERE cart_id = ? AND status = 'staged')
+         WHERE id = ?`,
+        [newId, newId, newId],
       );
       await inside();
       return toCart((await tx.all("SELECT * FROM carts WHERE id = ?", [newId]))[0]);

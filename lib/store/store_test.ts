@@ -452,6 +452,76 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         }
       });
 
+      await t.step("staged counters follow the files, however they are recorded", async () => {
+        const cart = (await create(uid("count"), doc(600, "c"), "h-c")).cart;
+        assert.deepEqual(
+          [cart.stagedFiles, cart.stagedBytes, cart.stagingAt],
+          [0, 0, null],
+        );
+        clock.now += 1000;
+        assert.equal(await store.startStaging(cart.id, null), true);
+        const began = clock.now;
+        const facts = (size: number) => ({ size, mtime: 1, sha256: "ef".repeat(32), crc32: 1 });
+        // 300 files across batches (256 + 32 + 8 + 4), each of idx bytes.
+        const first = Array.from({ length: 300 }, (_, idx) => ({ idx, facts: facts(idx) }));
+        await store.filesStaged(cart.id, first);
+        const sum = (idxs: number[]) => idxs.reduce((a, b) => a + b, 0);
+        let now = (await store.cart(cart.id))!;
+        assert.deepEqual([now.stagedFiles, now.stagedBytes], [300, sum(first.map((f) => f.idx))]);
+        // Recorded staged again (a resumed cart), with a new size: counted once, at its size.
+        await store.filesStaged(cart.id, [{ idx: 5, facts: facts(1000) }, {
+          idx: 400,
+          facts: facts(7),
+        }]);
+        // A staged file that fails, and one failed file set pending again: out of the count.
+        await store.fileStatus(cart.id, 6, "error", "vanished");
+        await store.fileStatus(cart.id, 6, "pending", null);
+        now = (await store.cart(cart.id))!;
+        const expected = sum(first.map((f) => f.idx)) - 5 + 1000 + 7 - 6;
+        assert.deepEqual([now.stagedFiles, now.stagedBytes], [300 + 1 - 1, expected]);
+        // The counters say what a count of the rows says.
+        const tallies = await store.fileTallies(cart.id);
+        assert.deepEqual(tallies.staged, { files: now.stagedFiles, bytes: now.stagedBytes });
+        assert.equal(tallies.pending.files, 600 - now.stagedFiles);
+        assert.deepEqual(tallies.error, { files: 0, bytes: 0 });
+        // The time staging began stays the first one.
+        clock.now += 1000;
+        await store.startBundling(cart.id, null);
+        assert.equal((await store.cart(cart.id))!.stagingAt, began);
+        // A retried cart starts with the staged files it keeps.
+        await store.fail(cart.id, "test");
+        const retried = await store.retryFailed(cart.id, crypto.randomUUID());
+        assert.deepEqual(
+          [retried!.stagedFiles, retried!.stagedBytes, retried!.stagingAt],
+          [now.stagedFiles, now.stagedBytes, null],
+        );
+      });
+
+      await t.step(
+        "filePage pages by index, each file once, and says when more follow",
+        async () => {
+          const cart = (await create(uid("fpage"), doc(37, "g"), "h-g")).cart;
+          for (const limit of [1, 3, 8, 36, 37, 100]) {
+            const seen: number[] = [];
+            let after = -1;
+            for (let pages = 0;; pages++) {
+              assert.ok(pages <= 37, "paging must end");
+              const page = await store.filePage(cart.id, after, limit);
+              assert.ok(page.files.length <= limit);
+              seen.push(...page.files.map((f) => f.idx));
+              if (!page.more) break;
+              after = page.files[page.files.length - 1].idx;
+            }
+            assert.deepEqual(seen, Array.from({ length: 37 }, (_, i) => i), `limit ${limit}`);
+          }
+          const tail = await store.filePage(cart.id, 35, 10);
+          assert.deepEqual([tail.files.map((f) => f.path), tail.more], [[
+            "dir/g-36.dat",
+          ], false]);
+          assert.deepEqual(await store.filePage(cart.id, 36, 10), { files: [], more: false });
+        },
+      );
+
       await t.step("eachFile walks pages in order, narrowed, while rows change", async () => {
         const cart = (await create(uid("pages"), doc(25, "p"), "h-p")).cart;
         const idxs = async (only?: "all" | "unsized" | "unstaged") => {
