@@ -28,6 +28,7 @@ import { Volume } from "../lib/volume/volume.ts";
 import { cartRoutes } from "../http/routes.ts";
 import { CartWorker } from "../worker/dispatcher.ts";
 import { ThreadPool } from "../threads/pool.ts";
+import { type LimitedServer, serveLimited, type ServerLimits } from "./server.ts";
 
 /** Which parts a process runs. */
 export type Role = "all" | "serve" | "worker";
@@ -50,6 +51,17 @@ export interface Service {
   store: CartStore;
   /** Stops the API and the worker, and closes connections. */
   close(): Promise<void>;
+}
+
+/** The API server's limits, from the settings (CARTD_MAX_CONNECTIONS …). */
+function serverLimits({ api }: Config): ServerLimits {
+  return {
+    maxConnections: api.maxConnections,
+    headerTimeoutMs: api.headerTimeoutMs,
+    idleTimeoutMs: api.idleTimeoutMs,
+    minRate: api.minDownloadRate,
+    rateWindowMs: api.rateWindowMs,
+  };
 }
 
 /** What the operator changes when the API's port is taken (the command's flags). */
@@ -103,7 +115,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
     const cancellations = new Cancellations();
 
     let url: string | null = null;
-    let server: Deno.HttpServer | null = null;
+    let server: LimitedServer | null = null;
     // One client and one space for the API's estimates and the worker (the API only reads).
     const archive = new ArchiveClient(config.archiveUrl, {
       requestTimeoutMs: config.staging.requestTimeoutMs,
@@ -114,18 +126,14 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       const app = cartRoutes({ store, queue, volume, config, cancellations, estimate });
       const port = options.port ?? 8081;
       const hostname = options.hostname ?? "127.0.0.1";
-      const listening = Promise.withResolvers<Deno.NetAddr>();
       try {
-        server = Deno.serve({
-          port,
-          hostname,
-          onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
-        }, app.fetch);
+        // The connection cap and time limits of issue 18 (Deno.serve has none): app/server.ts.
+        server = serveLimited({ port, hostname, ...serverLimits(config) }, (r) => app.fetch(r));
       } catch (e) {
         throw listenFailure(e, hostname, port, "the API", API_LISTEN_FLAGS);
       }
       opened.push(() => server?.shutdown());
-      const addr = await listening.promise;
+      const addr = server.addr;
       const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
       url = `http://${host}:${addr.port}/`;
     }

@@ -152,6 +152,16 @@ export interface Config {
      * The precise state is always in `X-Cartd-State`.
      */
     statusWords: "compatible" | "precise";
+    /** Most connections the API keeps open; one more gets 503 and is closed (app/server.ts). */
+    maxConnections: number;
+    /** Time (ms) a new connection may take to send a whole request head; 0: no limit. */
+    headerTimeoutMs: number;
+    /** Time (ms) a connection may wait between requests; 0: no limit. */
+    idleTimeoutMs: number;
+    /** Least bytes per second a client must read of a download; 0: no limit. */
+    minDownloadRate: number;
+    /** The window (ms) over which minDownloadRate is measured. */
+    rateWindowMs: number;
   };
   /** The lowest level of log messages that is written. */
   logLevel: "debug" | "info" | "warn" | "error";

@@ -84,6 +84,28 @@ export function defaultThreads(cores: number = navigator.hardwareConcurrency): n
   return Math.max(1, Math.min(4, (cores || 2) - 1));
 }
 
+/**
+ * The connection cap when `CARTD_MAX_CONNECTIONS` is not set: half of the descriptor limit
+ * (`ulimit -n`, from /proc/self/limits when this process may read it; else 1,024) less 64 for
+ * the database, the threads' files and the archive, since a download holds a connection and a
+ * file; at least 16, at most 4,096.
+ */
+export function defaultMaxConnections(fdLimit: number | null = descriptorLimit()): number {
+  return Math.max(16, Math.min(4096, Math.floor(((fdLimit ?? 1024) - 64) / 2)));
+}
+
+/** The soft limit on open files of this process (Linux), or null when it cannot be read. */
+export function descriptorLimit(): number | null {
+  const path = "/proc/self/limits";
+  try {
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return null;
+    const m = /^Max open files\s+(\d+)/m.exec(Deno.readTextFileSync(path));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** The schemas of the settings' kinds of value; each message says what was expected. */
 export const schemas = {
   /** Seconds (a fraction allowed), read as milliseconds. */
@@ -427,6 +449,39 @@ export const SETTING_TABLE = {
     oneOf(["compatible", "precise"]),
     "compatible",
     "the words of `X-Pacifica-Status`: `compatible` (Pacifica's three) or `precise` (all five)",
+  ),
+  CARTD_MAX_CONNECTIONS: field(
+    "api.maxConnections",
+    positiveInt,
+    {
+      shown: "(`ulimit -n` − 64) / 2, from 16 to 4096",
+      value: () => defaultMaxConnections(),
+    },
+    "connections the API keeps open at once; one more gets `503` and is closed",
+  ),
+  CARTD_HEADER_TIMEOUT: field(
+    "api.headerTimeoutMs",
+    seconds,
+    "10",
+    "seconds a new connection may take to send a whole request head before it is closed (`0`: no limit)",
+  ),
+  CARTD_IDLE_TIMEOUT: field(
+    "api.idleTimeoutMs",
+    seconds,
+    "30",
+    "seconds a connection may wait between requests before it is closed (`0`: no limit)",
+  ),
+  CARTD_MIN_DOWNLOAD_RATE: field(
+    "api.minDownloadRate",
+    bytes,
+    "16K",
+    "bytes per second a client must read of a download, over `CARTD_RATE_WINDOW`, or it is cut (`0`: no limit)",
+  ),
+  CARTD_RATE_WINDOW: field(
+    "api.rateWindowMs",
+    seconds,
+    "60",
+    "seconds over which `CARTD_MIN_DOWNLOAD_RATE` is measured",
   ),
   CARTD_LOG_LEVEL: field(
     "logLevel",
