@@ -32,6 +32,7 @@ import { Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
 import { json } from "./json.ts";
 import { mountMetrics } from "./metrics.ts";
+import { mountStatus, progressHeaders, retryAfterSeconds } from "./status.ts";
 import { unavailable } from "./unavailable.ts";
 
 /** What the routes need. */
@@ -155,6 +156,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
 
   app.get("/", () => json({ message: "Pacifica Cartd Interface Up and Running" }, 200));
   mountMetrics(app, { store, space: deps.estimate?.space });
+  mountStatus(app, { store, config }); // GET /{uid}/status, /{uid}/files: ./status.ts
   const sources = deps.estimate;
   if (sources) app.post(ESTIMATE_PATH, (c) => estimate({ store, config, ...sources }, c.req.raw));
 
@@ -214,6 +216,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
         "X-Pacifica-Status": pacificaStatus(cart.status, config.api.statusWords),
         "X-Pacifica-Message": headerSafe(cart.message),
         [STATE_HEADER]: cart.status,
+        ...progressHeaders(cart),
       },
     });
   }
@@ -224,7 +227,9 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     if (!cart) return json({ message: "The cart does not exist or has already been deleted" }, 404);
     if (cart.status === "error") return json({ message: cart.message }, 500);
     if (cart.status !== "ready") {
-      return c.text("The cart is not ready for download.", 202);
+      return c.text("The cart is not ready for download.", 202, {
+        "Retry-After": String(retryAfterSeconds(cart, store.now())),
+      });
     }
     const format = c.req.query("format") ?? "tar";
     if (format !== "tar" && format !== "zip") {
