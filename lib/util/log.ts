@@ -7,6 +7,11 @@
  * U+202E), line and paragraph separators and lone surrogates are written as `\uXXXX` escapes,
  * and a field value with a space, quote, `=`, backslash or escape is quoted as a JSON string.
  *
+ * With `CARTD_LOG_FORMAT=json` ({@linkcode log.setFormat}), each line is one JSON object
+ * instead: `time` (ISO 8601), `level` (lowercase), `message`, then the fields as they were
+ * given (`uid`, `cart`, `file` …; a field named `time`, `level` or `message` is written as
+ * `field_time` …). Those characters are written as `\uXXXX` escapes there too.
+ *
  * @example
  * ```ts
  * import { log } from "./log.ts";
@@ -20,10 +25,17 @@
 export type LogLevel = "debug" | "info" | "warn" | "error";
 const ORDER: LogLevel[] = ["debug", "info", "warn", "error"];
 
+/** How a line is written: `key=value` text, or one JSON object. */
+export type LogFormat = "text" | "json";
+
 /** Extra facts of a log line. */
 export type Fields = Record<string, string | number | boolean | null | undefined>;
 
 let threshold = 1;
+let lineFormat: LogFormat = "text";
+
+/** The keys of a JSON line that fields may not take. */
+const OWN_KEYS = new Set(["time", "level", "message"]);
 
 /** What may not reach the log raw: controls, format characters, separators, lone surrogates. */
 const UNSAFE = /[\p{Cc}\p{Cf}\u2028\u2029\ud800-\udfff]/u;
@@ -44,8 +56,33 @@ function format(value: string | number | boolean | null): string {
   return escaped(JSON.stringify(text));
 }
 
+/** `text` with each {@linkcode UNSAFE} character as `\uXXXX` escapes of its UTF-16 units. */
+function jsonEscaped(text: string): string {
+  return text.replace(EVERY_UNSAFE, (c) => {
+    let out = "";
+    for (let i = 0; i < c.length; i++) out += `\\u${c.charCodeAt(i).toString(16).padStart(4, "0")}`;
+    return out;
+  });
+}
+
+/** One JSON line: time, level, message, then the fields (see the module's doc). */
+function jsonLine(level: LogLevel, message: string, fields?: Fields): string {
+  const record: Record<string, unknown> = {
+    time: new Date().toISOString(),
+    level,
+    message,
+  };
+  for (const [key, value] of Object.entries(fields ?? {})) {
+    if (value !== undefined) record[OWN_KEYS.has(key) ? `field_${key}` : key] = value;
+  }
+  // JSON.stringify escapes controls and lone surrogates; format characters and separators
+  // can only be inside strings, where an escape means the same.
+  return jsonEscaped(JSON.stringify(record));
+}
+
 function write(level: LogLevel, message: string, fields?: Fields): void {
   if (ORDER.indexOf(level) < threshold) return;
+  if (lineFormat === "json") return console.error(jsonLine(level, message, fields));
   let line = `${new Date().toISOString()} ${level.toUpperCase()} ${escaped(message)}`;
   for (const [key, value] of Object.entries(fields ?? {})) {
     if (value !== undefined) line += ` ${key}=${format(value)}`;
@@ -62,6 +99,10 @@ export const log = {
   /** Sets the lowest level that is written. */
   setLevel(level: LogLevel): void {
     threshold = ORDER.indexOf(level);
+  },
+  /** Sets how lines are written: `text` (the default) or `json`. */
+  setFormat(format: LogFormat): void {
+    lineFormat = format;
   },
 };
 

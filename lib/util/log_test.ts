@@ -48,3 +48,32 @@ Deno.test("NUL, ESC, CR/LF, C1, format characters and lone surrogates are escape
     String.raw`INFO t tag="\u{e0041}"`,
   );
 });
+
+Deno.test("CARTD_LOG_FORMAT=json: one JSON object a line, with time, level, message and fields", () => {
+  log.setFormat("json");
+  try {
+    const lines = logged(() => {
+      log.warn("cart failed", { uid: "a b\nc", cart: "id-1", files: 3, ok: false, none: null });
+      log.info("odd\u202e\u2028", { message: "the archive's words", skip: undefined });
+    });
+    assert.equal(lines.length, 2);
+    for (const line of lines) assert.doesNotMatch(line, /[\n\r\u2028\u2029\u202e]/);
+    const [first, second] = lines.map((line) => JSON.parse(line));
+    assert.ok(!Number.isNaN(Date.parse(first.time)));
+    assert.deepEqual({ ...first, time: 0 }, {
+      time: 0,
+      level: "warn",
+      message: "cart failed",
+      uid: "a b\nc",
+      cart: "id-1",
+      files: 3,
+      ok: false,
+      none: null,
+    });
+    assert.equal(second.message, "odd\u202e\u2028");
+    assert.equal(second.field_message, "the archive's words");
+    assert.equal("skip" in second, false);
+  } finally {
+    log.setFormat("text");
+  }
+});
