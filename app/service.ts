@@ -16,6 +16,7 @@ import { ArchiveClient } from "../lib/archive/client.ts";
 import type { Config } from "../lib/config/config.ts";
 import { openDb } from "../lib/db/open.ts";
 import { listenFailure } from "../lib/util/listen.ts";
+import { watchRecalls } from "../lib/util/metrics.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import { canCollect, paceHeap } from "../lib/util/memory.ts";
 import { openQueue } from "../lib/queue/open.ts";
@@ -152,6 +153,8 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       // HEAD ceiling. Closed after the worker stops (its carts' recalls are aborted by then).
       const recalls = new RecallManager(archive, recallOptions(config.staging));
       opened.push(() => recalls.close());
+      // The recall figures of /metrics (per process), read at each scrape.
+      opened.push(watchRecalls(() => recalls.stats()));
       const worker = new CartWorker({
         store,
         queue,
