@@ -259,6 +259,7 @@ async function runService(role: Role, values: Values): Promise<number> {
   const archivePort = port(values["archive-port"], 8080, "--archive-port");
   let config: Config = loadConfig(env);
   log.setLevel(config.logLevel);
+  log.setFormat(config.logFormat);
 
   let archiveServer: Deno.HttpServer<Deno.NetAddr> | null = null;
   if (choice?.serve) {
@@ -353,6 +354,7 @@ export async function main(args: string[]): Promise<number> {
   if (name === "dbsync" || name === "dbchk") {
     const config = loadConfig();
     log.setLevel(config.logLevel);
+    log.setFormat(config.logFormat);
     const { schemaCommand } = await import("./app/admin.ts");
     return await schemaCommand(config, name);
   }

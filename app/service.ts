@@ -76,6 +76,7 @@ const API_LISTEN_FLAGS = "--port PORT (or --address ADDRESS)";
  */
 export async function startService(config: Config, options: ServiceOptions): Promise<Service> {
   log.setLevel(config.logLevel);
+  log.setFormat(config.logFormat);
   const volume = new Volume(config.volumePath);
   try {
     await Deno.mkdir(volume.cartsDir, { recursive: true });

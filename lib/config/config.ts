@@ -165,6 +165,8 @@ export interface Config {
   };
   /** The lowest level of log messages that is written. */
   logLevel: "debug" | "info" | "warn" | "error";
+  /** How log lines are written: `key=value` text, or one JSON object a line. */
+  logFormat: "text" | "json";
 }
 
 /** A field of {@linkcode Config} that one setting fills as it is (see settings.ts `fills`). */

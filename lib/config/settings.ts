@@ -489,6 +489,13 @@ export const SETTING_TABLE = {
     "info",
     "the lowest level logged: `debug`, `info`, `warn` or `error`",
   ),
+  CARTD_LOG_FORMAT: field(
+    "logFormat",
+    oneOf(["text", "json"]),
+    "text",
+    "how log lines are written: `text` (`key=value` fields) or `json` (one object a line; " +
+      "[fields](operations.md#json-logs))",
+  ),
 } as const;
 
 /** The table's rows. */

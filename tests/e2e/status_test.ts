@@ -233,3 +233,32 @@ Deno.test("unknown and deleted carts: 404 JSON on the new routes; Pacifica's HEA
     assert.match(failedHeaders.get("x-cartd-files")!, /^[01]\/2$/);
   });
 });
+
+Deno.test("CARTD_LOG_FORMAT=json: every log line is one JSON object; a cart's lines carry its uid and id", async () => {
+  await using archive = startFakeArchive();
+  archive.put("a", "hello\n");
+  await withCartd(archive, { CARTD_LOG_FORMAT: "json" }, async (c) => {
+    assert.equal((await postCart(c.url, "logged\nuid", cartOf(["a"]))).status, 201);
+    assert.equal((await waitFor(c.url, "logged\nuid", "ready"))[1], "ready");
+    const lines = c.output().split("\n").filter((line) =>
+      line.trim() && !line.startsWith("cartd listening on ")
+    );
+    const records = lines.map((line) => {
+      try {
+        return JSON.parse(line);
+      } catch {
+        throw new Error(`not a JSON line: ${line}`);
+      }
+    });
+    for (const r of records) {
+      assert.ok(!Number.isNaN(Date.parse(r.time)), JSON.stringify(r));
+      assert.match(r.level, /^(debug|info|warn|error)$/);
+      assert.equal(typeof r.message, "string");
+    }
+    const accepted = records.find((r) => r.message === "cart accepted");
+    assert.ok(accepted, lines.join("\n"));
+    assert.equal(accepted.uid, "logged\nuid");
+    assert.match(accepted.cart, /^[0-9a-f-]{36}$/);
+    assert.equal(accepted.files, 1);
+  });
+});
