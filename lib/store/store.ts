@@ -76,6 +76,8 @@ export interface Cart {
   stagedFiles: number;
   /** The sum of the sizes of those files, kept beside {@linkcode Cart.stagedFiles}. */
   stagedBytes: number;
+  /** How many of its files are recorded as failed, kept beside {@linkcode Cart.stagedFiles}. */
+  errorFiles: number;
   /**
    * When the cart began staging (ms since the epoch): `waiting → staging`. Null before, and for
    * a cart that began staging under a cartd of schema version 2 or older.
@@ -184,6 +186,7 @@ function toCart(r: Row): Cart {
       : String(r.download_etag),
     stagedFiles: num(r.staged_files ?? 0),
     stagedBytes: num(r.staged_bytes ?? 0),
+    errorFiles: num(r.error_files ?? 0),
     stagingAt: numOrNull(r.staging_at),
   };
 }
@@ -318,7 +321,7 @@ async function lockSpace(tx: Db): Promise<void> {
 }
 
 /**
- * Moves cart `cartId`'s staged counters ({@linkcode Cart.stagedFiles}, `stagedBytes`) by what
+ * Moves cart `cartId`'s counters ({@linkcode Cart.stagedFiles}, `stagedBytes`, `errorFiles`) by what
  * its files `idxs` count now: `-` before an update of those files takes out what they counted,
  * `+` after it puts in what they count then. Inside the update's transaction, the counters
  * stay exact however often a file is recorded staged, failed or staged again. Two indexed
@@ -331,14 +334,16 @@ async function stagedDelta(
   sign: "+" | "-",
 ): Promise<void> {
   const list = idxs.map(() => "?").join(", ");
-  const where = `cart_id = ? AND status = 'staged' AND idx IN (${list})`;
+  const of = (status: string, what: string) =>
+    `(SELECT ${what} FROM cart_files WHERE cart_id = ? AND status = '${status}'
+      AND idx IN (${list}))`;
   await tx.run(
     `UPDATE carts SET
-      staged_files = staged_files ${sign} (SELECT COUNT(*) FROM cart_files WHERE ${where}),
-      staged_bytes = staged_bytes ${sign} (SELECT COALESCE(SUM(size), 0) FROM cart_files
-        WHERE ${where})
+      staged_files = staged_files ${sign} ${of("staged", "COUNT(*)")},
+      staged_bytes = staged_bytes ${sign} ${of("staged", "COALESCE(SUM(size), 0)")},
+      error_files = error_files ${sign} ${of("error", "COUNT(*)")}
      WHERE id = ?`,
-    [cartId, ...idxs, cartId, ...idxs, cartId],
+    [cartId, ...idxs, cartId, ...idxs, cartId, ...idxs, cartId],
   );
 }
 
@@ -1000,7 +1005,8 @@ export class CartStore {
         `UPDATE carts SET
           staged_files = (SELECT COUNT(*) FROM cart_files WHERE cart_id = ? AND status = 'staged'),
           staged_bytes = (SELECT COALESCE(SUM(size), 0) FROM cart_files
-            WHERE cart_id = ? AND status = 'staged')
+            WHERE cart_id = ? AND status = 'staged'),
+          error_files = 0
          WHERE id = ?`,
         [newId, newId, newId],
       );

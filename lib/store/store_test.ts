@@ -484,6 +484,11 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.deepEqual(tallies.staged, { files: now.stagedFiles, bytes: now.stagedBytes });
         assert.equal(tallies.pending.files, 600 - now.stagedFiles);
         assert.deepEqual(tallies.error, { files: 0, bytes: 0 });
+        assert.equal(now.errorFiles, 0);
+        await store.fileStatus(cart.id, 8, "error", "bad digest");
+        now = (await store.cart(cart.id))!;
+        assert.deepEqual([now.stagedFiles, now.errorFiles], [299, 1]);
+        assert.equal((await store.fileTallies(cart.id)).error.files, 1);
         // The time staging began stays the first one.
         clock.now += 1000;
         await store.startBundling(cart.id, null);
@@ -492,8 +497,8 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         await store.fail(cart.id, "test");
         const retried = await store.retryFailed(cart.id, crypto.randomUUID());
         assert.deepEqual(
-          [retried!.stagedFiles, retried!.stagedBytes, retried!.stagingAt],
-          [now.stagedFiles, now.stagedBytes, null],
+          [retried!.stagedFiles, retried!.stagedBytes, retried!.errorFiles, retried!.stagingAt],
+          [now.stagedFiles, now.stagedBytes, 0, null],
         );
       });
 
