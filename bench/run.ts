@@ -63,6 +63,7 @@ const SCENARIOS = [
 ] as const;
 type Scenario = typeof SCENARIOS[number];
 if (Deno.args[0] === "metrics") Deno.exit(await (await import("./metrics.ts")).main());
+if (Deno.args[0] === "status") Deno.exit(await (await import("./status.ts")).main());
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
