@@ -121,6 +121,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
     // One client and one space for the API's estimates and the worker (the API only reads).
     const archive = new ArchiveClient(config.archiveUrl, {
       requestTimeoutMs: config.staging.requestTimeoutMs,
+      outageMaxMs: config.staging.outageMaxMs,
     });
     const space = new Space(store, volume, config.space, Date.now, diskInfo, cancellations);
     if (options.role !== "worker") {

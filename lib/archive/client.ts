@@ -18,7 +18,8 @@
  * ```
  * @module
  */
-import { seconds } from "../util/log.ts";
+import { log, seconds } from "../util/log.ts";
+import { type ArchiveHealth, archiveHealth, isUnreachable, OutageError } from "./health.ts";
 import { type ArchiveMethod, type ArchiveOutcome, recordMetric } from "../util/metric_events.ts";
 
 /** Where the archive keeps a file: ready on `disk`, on `tape` (needs a recall), or `error`. */
@@ -53,9 +54,15 @@ export class ArchiveError extends Error {
   /** True when the archive did not answer (or send bytes) in time. */
   readonly timedOut: boolean;
   /**
+   * True when the archive could not be reached at all (connection refused or reset, DNS), or
+   * stayed so for longer than `CARTD_ARCHIVE_OUTAGE_MAX` (see ./health.ts).
+   */
+  readonly unreachable: boolean;
+  /**
    * The archive's own words, when its answer had a body: the `message` of its JSON error page
-   * (Pacifica's, e.g. `File not found`), else a snippet of the text; "" when there is none (a
-   * HEAD answer never has one). Already part of `reason`.
+   * (Pacifica's, e.g. `File not found`), else its text, both made fit for clients by
+   * {@linkcode archiveText}; "" when there is none (a HEAD answer never has one). Already part
+   * of `reason`. The archive's whole message goes to the log only.
    */
   readonly detail: string;
 
@@ -67,6 +74,7 @@ export class ArchiveError extends Error {
       retryable: boolean;
       status?: number;
       timedOut?: boolean;
+      unreachable?: boolean;
       detail?: string;
       cause?: unknown;
     },
@@ -78,6 +86,7 @@ export class ArchiveError extends Error {
     this.retryable = opts.retryable;
     this.status = opts.status;
     this.timedOut = opts.timedOut ?? false;
+    this.unreachable = opts.unreachable ?? false;
     this.detail = opts.detail ?? "";
   }
 }
@@ -88,6 +97,43 @@ export interface ArchiveClientOptions {
   requestTimeoutMs?: number;
   /** The fetch to use (default `globalThis.fetch`). */
   fetch?: typeof fetch;
+  /**
+   * Longest archive outage (ms) a call waits through (`CARTD_ARCHIVE_OUTAGE_MAX`, default
+   * 600,000): the client then shares this module instance's {@linkcode ArchiveHealth} of its
+   * base URL (./health.ts). Ignored when `health` is given.
+   */
+  outageMaxMs?: number;
+  /** The health to consult (default: the shared one of the base URL, see `outageMaxMs`). */
+  health?: ArchiveHealth;
+}
+
+/** The longest archive text a client is shown (see {@linkcode archiveText}). */
+export const ARCHIVE_TEXT_MAX = 200;
+/** The longest archive text written to the log, in characters. */
+const LOGGED_TEXT_MAX = 2000;
+
+/**
+ * The archive's own words as clients see them (docs/api.md, "Errors"): its first line, with
+ * control characters removed, anything that looks like an absolute path (`/srv/…`,
+ * `C:\…`) replaced by `…`, and at most {@linkcode ARCHIVE_TEXT_MAX} characters (cut with a
+ * `…`). The archive's whole message is logged by the client instead.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { archiveText } from "./client.ts";
+ * assert.equal(archiveText("File not found"), "File not found");
+ * assert.equal(archiveText("Can't open posix file: /srv/a/b.dat\nTraceback"), "Can't open posix file: …");
+ * ```
+ */
+export function archiveText(raw: string): string {
+  const first = raw.trim().split(/\r\n|\r|\n/, 1)[0] ?? "";
+  const text = first
+    // deno-lint-ignore no-control-regex
+    .replace(/[\x00-\x1f\x7f]+/g, " ")
+    .replace(/(^|[^\w.:/\\~-])(?:\/|[A-Za-z]:\\)[^\s'"`,;()<>\[\]{}]*/g, "$1…")
+    .trim();
+  return text.length > ARCHIVE_TEXT_MAX ? `${text.slice(0, ARCHIVE_TEXT_MAX - 1)}…` : text;
 }
 
 const MEDIA_HEADER = "X-Pacifica-File-Storage-Media";
@@ -112,12 +158,20 @@ export class ArchiveClient {
   readonly #base: string;
   readonly #timeoutMs: number;
   readonly #fetch: typeof fetch;
+  readonly #health: ArchiveHealth;
 
   /** `baseUrl` is the archive's base URL; a missing trailing `/` is added. */
   constructor(baseUrl: string, options: ArchiveClientOptions = {}) {
     this.#base = baseUrl.endsWith("/") ? baseUrl : `${baseUrl}/`;
     this.#timeoutMs = options.requestTimeoutMs ?? 60_000;
     this.#fetch = options.fetch ?? globalThis.fetch;
+    this.#health = options.health ??
+      archiveHealth(this.#base, { outageMaxMs: options.outageMaxMs, fetch: options.fetch });
+  }
+
+  /** The archive's reachability that this client's calls consult and report to. */
+  get health(): ArchiveHealth {
+    return this.#health;
   }
 
   /** The URL of an archive id: the base followed by {@linkcode encodeArchiveId}. */
@@ -163,7 +217,12 @@ export class ArchiveClient {
         );
       }
     }
-    return { media, size, mtime: parseMtime(h.get("Last-Modified")), message };
+    return {
+      media,
+      size,
+      mtime: parseMtime(h.get("Last-Modified")),
+      message: message ? archiveText(message) : "",
+    };
   }
 
   /** POST with an empty body: asks the archive to bring the file to disk. Expects 2xx. */
@@ -184,10 +243,42 @@ export class ArchiveClient {
   }
 
   /**
-   * One archive call, counted and timed (until the answer's headers, or the failure) for the
-   * metrics (lib/util/metric_events.ts): by method, and by {@linkcode outcomeOf} its end.
+   * One archive call through the archive's health: while the archive is unreachable, the call
+   * waits for it to be back (and is sent again when it found it unreachable) instead of
+   * failing; it fails with an unreachable, non-retryable {@linkcode ArchiveError} only when
+   * the outage outlasts `CARTD_ARCHIVE_OUTAGE_MAX`.
    */
   async #call(id: string, method: ArchiveMethod, signal?: AbortSignal): Promise<Response> {
+    for (;;) {
+      try {
+        await this.#health.waitUp(signal);
+      } catch (err) {
+        if (!(err instanceof OutageError)) throw err;
+        throw new ArchiveError(id, `${method} could not reach the archive: ${err.message}`, {
+          retryable: false,
+          unreachable: true,
+          cause: err,
+        });
+      }
+      try {
+        const res = await this.#attempt(id, method, signal);
+        this.#health.reachable();
+        return res;
+      } catch (err) {
+        if (!(err instanceof ArchiveError) || !err.unreachable) {
+          if (err instanceof ArchiveError && err.status !== undefined) this.#health.reachable();
+          throw err;
+        }
+        this.#health.down();
+      }
+    }
+  }
+
+  /**
+   * One archive request, counted and timed (until the answer's headers, or the failure) for
+   * the metrics (lib/util/metric_events.ts): by method, and by {@linkcode outcomeOf} its end.
+   */
+  async #attempt(id: string, method: ArchiveMethod, signal?: AbortSignal): Promise<Response> {
     signal?.throwIfAborted();
     const started = performance.now();
     let outcome: ArchiveOutcome = "error";
@@ -231,13 +322,23 @@ export class ArchiveClient {
       throw new ArchiveError(
         id,
         `${method} to the archive failed: ${err instanceof Error ? err.message : String(err)}`,
-        { retryable: true, cause: err },
+        { retryable: true, unreachable: isUnreachable(err), cause: err },
       );
     } finally {
       clearTimeout(timer);
     }
     if (res.status >= 200 && res.status < 300) return res;
-    const detail = method === "HEAD" ? "" : await errorDetail(res);
+    const said = method === "HEAD" ? "" : await errorDetail(res);
+    if (said) {
+      // The archive's whole message, for operators: one escaped line, capped.
+      log.warn("the archive answered an error", {
+        id,
+        method,
+        status: res.status,
+        message: said.length > LOGGED_TEXT_MAX ? `${said.slice(0, LOGGED_TEXT_MAX)}…` : said,
+      });
+    }
+    const detail = archiveText(said);
     throw new ArchiveError(
       id,
       `the archive answered ${res.status}${
@@ -279,7 +380,10 @@ function parseMtime(raw: string | null): number {
   return Date.now() / 1000;
 }
 
-/** The `message` of a JSON error page (Pacifica's), else a short text snippet. */
+/**
+ * The `message` of a JSON error page (Pacifica's), else the page's text (both as the archive
+ * wrote them, up to {@linkcode MAX_ERROR_BODY} bytes read).
+ */
 async function errorDetail(res: Response): Promise<string> {
   try {
     const reader = res.body?.getReader();
@@ -297,12 +401,11 @@ async function errorDetail(res: Response): Promise<string> {
     const text = new TextDecoder().decode(concat(parts).subarray(0, MAX_ERROR_BODY)).trim();
     try {
       const json = JSON.parse(text);
-      if (json && typeof json.message === "string") return json.message.slice(0, 500);
+      if (json && typeof json.message === "string") return json.message.trim();
     } catch {
       // not JSON: fall through to the raw text
     }
-    // deno-lint-ignore no-control-regex
-    return text.replace(/[\x00-\x1f]+/g, " ").slice(0, 200);
+    return text;
   } catch {
     return "";
   }

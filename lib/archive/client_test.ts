@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { ArchiveClient, ArchiveError, encodeArchiveId } from "./client.ts";
+import { ArchiveClient, ArchiveError, archiveText, encodeArchiveId } from "./client.ts";
+import { ArchiveHealth } from "./health.ts";
 import { FAKE_MTIME, startFakeArchive } from "../../tests/support/fake_archive.ts";
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -185,17 +186,73 @@ Deno.test("an abort rejects with the caller's reason", async () => {
   await new Promise((r) => setTimeout(r, 300));
 });
 
-Deno.test("an unreachable archive gives a retryable ArchiveError", async () => {
+Deno.test("an archive unreachable for longer than the outage limit fails the call, naming the outage", async () => {
   const fake = startFakeArchive();
   const url = fake.url;
   await fake.close();
-  await assert.rejects(new ArchiveClient(url).status("1"), (e) => {
+  const health = new ArchiveHealth(url, { outageMaxMs: 600, probeInitialMs: 50 });
+  const started = performance.now();
+  await assert.rejects(new ArchiveClient(url, { health }).status("1"), (e) => {
     assert.ok(e instanceof ArchiveError);
-    assert.equal(e.retryable, true);
+    assert.equal(e.retryable, false);
+    assert.equal(e.unreachable, true);
     assert.equal(e.status, undefined);
-    assert.match(e.message, /HEAD to the archive failed/);
+    assert.match(e.message, /HEAD could not reach the archive: .*unreachable for 0\.\d s/);
+    assert.match(e.message, /CARTD_ARCHIVE_OUTAGE_MAX/);
     return true;
   });
+  assert.ok(performance.now() - started >= 550, "the call waited for the outage limit");
+  assert.equal(health.up, false);
+  health.close();
+});
+
+Deno.test("a call waits through a short outage and succeeds once the archive is back", async () => {
+  const first = startFakeArchive();
+  const port = new URL(first.url).port;
+  await first.close();
+  const health = new ArchiveHealth(`http://127.0.0.1:${port}/`, {
+    outageMaxMs: 30_000,
+    probeInitialMs: 50,
+    probeMaxMs: 200,
+  });
+  const client = new ArchiveClient(`http://127.0.0.1:${port}/`, { health });
+  let ups = 0;
+  health.onUp(() => ups++);
+  const call = client.status("1");
+  await new Promise((r) => setTimeout(r, 700));
+  assert.equal(health.up, false, "the refused call took the health down");
+  await using back = startFakeArchive({ port: Number(port) });
+  back.put("1", "one");
+  const st = await call;
+  assert.equal(st.media, "disk");
+  assert.equal(health.up, true);
+  assert.equal(ups, 1);
+  assert.equal(health.outages, 1);
+  health.close();
+});
+
+Deno.test("archiveText keeps a short first line and hides absolute paths", () => {
+  assert.equal(archiveText("File not found"), "File not found");
+  assert.equal(
+    archiveText("Can't open posix file: /srv/archive/secret/7.dat (errno 2)\nTraceback …"),
+    "Can't open posix file: … (errno 2)",
+  );
+  assert.equal(archiveText("see http://archive/x for more"), "see http://archive/x for more");
+  assert.equal(archiveText("bad C:\\data\\f.bin"), "bad …");
+  assert.equal(archiveText("x".repeat(5000)).length, 200);
+  assert.equal(archiveText("a\u0000b"), "a b");
+});
+
+Deno.test("an error page over 4 KiB reaches the error as a short cause without server paths", async () => {
+  const page = "Can't open posix file: /srv/archive/secret/7.dat " + "x".repeat(6000);
+  const fakeFetch = () => Promise.resolve(new Response(page, { status: 500 }));
+  const client = new ArchiveClient("http://archive.invalid/", { fetch: fakeFetch });
+  const err = await client.open("7").catch((e) => e);
+  assert.ok(err instanceof ArchiveError);
+  assert.ok(err.detail.length <= 200, `detail of ${err.detail.length} characters`);
+  assert.ok(err.message.length < 300, err.message);
+  assert.doesNotMatch(err.message, /secret/);
+  assert.match(err.message, /answered 500 to GET: Can't open posix file: … x+…$/);
 });
 
 Deno.test("fileUrl percent-encodes, keeps '/' and never lets dots escape", () => {

@@ -72,6 +72,11 @@ export interface StageSettings {
    * so one 500 is not final (SPEC §2). See {@linkcode headFile}.
    */
   missingAfterMs: number;
+  /**
+   * How long the archive may stay unreachable (connection refused or reset, DNS) while calls
+   * wait for it instead of failing (default 600000; lib/archive/health.ts).
+   */
+  outageMaxMs: number;
 }
 
 /** Where cart records live. */

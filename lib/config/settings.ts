@@ -375,6 +375,13 @@ export const SETTING_TABLE = {
     "60",
     "seconds a `HEAD` that answers `500` is asked again before the file counts as missing",
   ),
+  CARTD_ARCHIVE_OUTAGE_MAX: field(
+    "staging.outageMaxMs",
+    seconds,
+    "600",
+    "seconds the archive may be unreachable (connection refused or reset) while carts wait " +
+      "for it; longer, and their files fail ([archive outages](operations.md#archive-outages))",
+  ),
   CARTD_FILES_IN_FLIGHT: field(
     "limits.filesInFlight",
     positiveInt,

@@ -275,6 +275,8 @@ export class RecallManager implements AsyncDisposable {
   #timer: unknown = undefined;
   #timerAt = Infinity;
   #closed = false;
+  /** Stops listening to the archive's health (see {@linkcode RecallManager.archiveBack}). */
+  readonly #unlisten: () => void;
 
   #outstanding = 0;
   #waiting = 0;
@@ -311,6 +313,39 @@ export class RecallManager implements AsyncDisposable {
     this.#refillPerMs = (rate - (this.#capacity - 1)) / 1000;
     this.#tokens = this.#capacity;
     this.#refilledAt = this.#clock.now();
+    this.#unlisten = client.health.onUp(() => this.archiveBack());
+  }
+
+  /**
+   * The archive is reachable again after an outage (its health says so; lib/archive/health.ts):
+   * a restarted archive may have lost its recall queue, so every outstanding recall owes a
+   * stage POST again, sent with its next poll, and the polls are brought forward to now
+   * (spread over the HEAD ceiling, which they still pass). A poll on the wire now owes its POST
+   * too, and polls again after the first delay.
+   *
+   * @example
+   * ```ts
+   * import { ArchiveClient } from "../archive/client.ts";
+   * import { RecallManager } from "./recalls.ts";
+   * await using recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"));
+   * recalls.archiveBack(); // nothing outstanding: nothing to do
+   * ```
+   */
+  archiveBack(): void {
+    if (this.#closed) return;
+    const now = this.#clock.now();
+    for (const entry of this.#byId.values()) {
+      if (entry.state !== POLLING) continue;
+      entry.postedAt = NaN;
+      entry.delay = this.#initial;
+      entry.failure = undefined;
+      if (entry.heapIndex >= 0) {
+        this.#heapRemove(entry);
+        entry.dueAt = now;
+        this.#heapPush(entry);
+      }
+    }
+    this.#arm(now);
   }
 
   /**
@@ -405,6 +440,7 @@ export class RecallManager implements AsyncDisposable {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      this.#unlisten();
       if (this.#timer !== undefined) this.#clock.clear(this.#timer);
       this.#timer = undefined;
       this.#timerAt = Infinity;

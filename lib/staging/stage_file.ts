@@ -117,8 +117,11 @@ export async function stageFile(
   if ((job.hashtype === undefined) !== (job.hashsum === undefined)) {
     throw new StageError("hash", `${job.label}: hashtype and hashsum must be given together`);
   }
+  // The client shares this thread's health of the archive: while it is unreachable, calls
+  // wait for it (up to `outageMaxMs`) rather than spend the file's attempts.
   const client = new ArchiveClient(job.archiveUrl, {
     requestTimeoutMs: settings.requestTimeoutMs,
+    outageMaxMs: settings.outageMaxMs,
   });
   let status = await waitForDisk(client, job, settings, signal);
   for (let backOnTape = 0;; backOnTape++) {
