@@ -343,11 +343,16 @@ async function fixit(
   }
   if (fresh.length) {
     if (config.queue.kind === "memory") {
+      // The sweep (worker/sweep.ts, every half claim period) queues only carts untouched for
+      // 5 claim periods (so a backlog is not queued over and over): the fresh cart waits that
+      // long, plus up to one sweep period. Only the first sweep after a start takes them all.
+      const quietS = (5 * config.work.claimTtlMs) / 1000;
+      const mostS = Math.ceil((5.5 * config.work.claimTtlMs) / 1000);
       say(
         "No broker is configured: the running service's sweep queues the cart" +
-          `${fresh.length === 1 ? "" : "s"} within ${
-            Math.max(1, config.work.claimTtlMs / 2000)
-          } s.`,
+          `${fresh.length === 1 ? "" : "s"} once untouched for ${quietS} s ` +
+          `(5 × CARTD_CLAIM_TTL), so within ${mostS} s; restart the worker to have ` +
+          `${fresh.length === 1 ? "it" : "them"} picked up at once.`,
       );
     } else {
       const queue = await openQueue(config.queue);
