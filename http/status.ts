@@ -15,7 +15,6 @@
  *
  * @module
  */
-import type { Hono } from "hono";
 import type { Config } from "../lib/config/config.ts";
 import type { Cart, CartFile, CartStore } from "../lib/store/store.ts";
 import { json } from "./json.ts";
@@ -193,8 +192,20 @@ function pagingParameter(
   return `${name} must be a whole number from ${min} to ${max}, not ${JSON.stringify(raw)}`;
 }
 
+/** What a handler of {@linkcode StatusApp} reads of its request (a Hono context). */
+export interface StatusContext {
+  /** The request's path parameters and query. */
+  req: { param(name: "uid"): string; query(name: string): string | undefined };
+}
+
+/** The part of the cart API's app (a Hono app) that {@linkcode mountStatus} uses. */
+export interface StatusApp {
+  /** Adds a GET (and so HEAD) route on `path`. */
+  get(path: string, handler: (c: StatusContext) => Promise<Response>): unknown;
+}
+
 /** Registers `GET /{uid}/status` and `GET /{uid}/files` on the cart API's app. */
-export function mountStatus(app: Hono, deps: StatusDeps): void {
+export function mountStatus(app: StatusApp, deps: StatusDeps): void {
   const { store } = deps;
   app.get("/:uid/status", async (c) => {
     const cart = await store.liveCart(c.req.param("uid"));

@@ -634,6 +634,10 @@ function readyCart(over: Partial<Cart> = {}): Cart {
     attempts: 1,
     downloadSize: null,
     downloadEtag: null,
+    stagedFiles: 1,
+    stagedBytes: 6,
+    errorFiles: 0,
+    stagingAt: at - 500,
     ...over,
   };
 }
