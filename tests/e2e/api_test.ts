@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { FAKE_MTIME, startFakeArchive } from "../support/fake_archive.ts";
+import { FAKE_MTIME, type FakeArchive, startFakeArchive } from "../support/fake_archive.ts";
 import {
   type Cartd,
   cartStatus,
@@ -13,6 +13,7 @@ import {
   postCart,
   startCartd,
   waitFor,
+  withCartd,
 } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
 import { run } from "../support/run.ts";
@@ -75,26 +76,14 @@ async function untar(bytes: Uint8Array): Promise<string> {
   return dir;
 }
 
-/** One cartd and one fake archive for a group of steps. */
-async function withCartd(
-  fn: (cartd: Cartd, archive: ReturnType<typeof startFakeArchive>) => Promise<void>,
+/** {@linkcode withCartd} of the harness, with the steps first and the settings after them. */
+const withCartdThen = (
+  fn: (cartd: Cartd, archive: FakeArchive) => Promise<void>,
   env: Record<string, string> = {},
-): Promise<void> {
-  await using archive = startFakeArchive();
-  const cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: archive.url, ...env } });
-  try {
-    await fn(cartd, archive);
-  } catch (e) {
-    console.error(cartd.output());
-    throw e;
-  } finally {
-    await cartd.stop();
-    await Deno.remove(cartd.volume, { recursive: true }).catch(() => {});
-  }
-}
+) => withCartd({ env }, fn);
 
 Deno.test("GET / says the service is up, as JSON", async () => {
-  await withCartd(async ({ url }) => {
+  await withCartdThen(async ({ url }) => {
     const res = await fetch(url);
     assert.equal(res.status, 200);
     assert.equal(res.headers.get("content-type"), "application/json");
@@ -103,7 +92,7 @@ Deno.test("GET / says the service is up, as JSON", async () => {
 });
 
 Deno.test("a cart goes from POST to a tar that GNU tar extracts, with paths and mtimes", async () => {
-  await withCartd(async ({ url, volume }, archive) => {
+  await withCartdThen(async ({ url, volume }, archive) => {
     archive.put("foo.txt", "foo contents\n");
     archive.put("1234", "baz contents\n", { mtime: 1700000000.5 });
     const sha1 = await archive.digest("1234", "sha1");
@@ -174,7 +163,7 @@ Deno.test("a cart goes from POST to a tar that GNU tar extracts, with paths and 
 });
 
 Deno.test("unknown carts: HEAD 404, GET 404 JSON, DELETE 404 JSON", async () => {
-  await withCartd(async ({ url }) => {
+  await withCartdThen(async ({ url }) => {
     assert.deepEqual(await head(url, "nope"), {
       code: 404,
       status: "error",
@@ -194,7 +183,7 @@ Deno.test("unknown carts: HEAD 404, GET 404 JSON, DELETE 404 JSON", async () => 
 });
 
 Deno.test("bad cart documents get 400 naming the rule, and nothing is stored", async () => {
-  await withCartd(async ({ url, volume }, archive) => {
+  await withCartdThen(async ({ url, volume }, archive) => {
     archive.put("a", "a");
     const cases: [unknown, RegExp][] = [
       ["{not json", /not valid JSON/],
@@ -280,7 +269,7 @@ async function everyState(
 }
 
 Deno.test("HEAD by default: X-Pacifica-Status says staging for waiting and bundling, X-Cartd-State the state", async () => {
-  await withCartd(async (cartd, archive) => {
+  await withCartdThen(async (cartd, archive) => {
     const seen = await everyState(cartd, archive);
     assert.deepEqual(seen.map((h) => [h.code, h.status, h.state, h.message]), [
       [204, "staging", "waiting", ""],
@@ -292,7 +281,7 @@ Deno.test("HEAD by default: X-Pacifica-Status says staging for waiting and bundl
 });
 
 Deno.test("HEAD with CARTD_STATUS_WORDS=precise: X-Pacifica-Status says all five states", async () => {
-  await withCartd(async (cartd, archive) => {
+  await withCartdThen(async (cartd, archive) => {
     const seen = await everyState(cartd, archive);
     assert.deepEqual(seen.map((h) => [h.code, h.status, h.state]), [
       [204, "waiting", "waiting"],
@@ -311,7 +300,7 @@ Deno.test("HEAD with CARTD_STATUS_WORDS=precise: X-Pacifica-Status says all five
 });
 
 Deno.test("a body over CARTD_MAX_BODY gets 413 JSON", async () => {
-  await withCartd(async ({ url }) => {
+  await withCartdThen(async ({ url }) => {
     const big = { fileids: [{ id: "a", path: "p", pad: "x".repeat(5000) }] };
     const res = await postCart(url, "big", big);
     assert.equal(res.status, 413);
@@ -321,7 +310,7 @@ Deno.test("a body over CARTD_MAX_BODY gets 413 JSON", async () => {
 });
 
 Deno.test("a file on tape: staging (waiting or staging in X-Cartd-State), 202, then ready with few polls", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     archive.put("tape1", "from tape\n", { tapeMs: 1500 });
     assert.equal(
       (await postCart(url, "t", { fileids: [{ id: "tape1", path: "t.txt" }] })).status,
@@ -343,7 +332,7 @@ Deno.test("a file on tape: staging (waiting or staging in X-Cartd-State), 202, t
 });
 
 Deno.test("archive faults end the cart in error with a message naming the file", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     archive.put("ok", "fine");
     archive.put("bad-hash", "the real bytes", { corruptGets: Infinity });
     archive.put("media-error", "x", { error: true, message: "tape library offline" });
@@ -386,7 +375,7 @@ Deno.test("archive faults end the cart in error with a message naming the file",
 });
 
 Deno.test("passing download faults are retried: corrupt, cut, short, 500 once", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     const size = 3 * 1024 * 1024 + 17;
     archive.put("corrupt", { size }, { corruptGets: 1 });
     archive.put("cut", { size }, { cutGets: 1 });
@@ -415,7 +404,7 @@ Deno.test("passing download faults are retried: corrupt, cut, short, 500 once", 
 });
 
 Deno.test("re-POST replaces a live cart; an identical re-POST keeps it", async () => {
-  await withCartd(async ({ url, volume }, archive) => {
+  await withCartdThen(async ({ url, volume }, archive) => {
     archive.put("slow", "slow", { tapeMs: 60_000 });
     archive.put("quick", "quick");
     assert.equal((await postCart(url, "r", { fileids: [{ id: "slow", path: "s" }] })).status, 201);
@@ -443,7 +432,7 @@ Deno.test("re-POST replaces a live cart; an identical re-POST keeps it", async (
 });
 
 Deno.test("DELETE during staging stops the work and leaves no file behind", async () => {
-  await withCartd(async ({ url, volume }, archive) => {
+  await withCartdThen(async ({ url, volume }, archive) => {
     archive.put("big", { size: 8 * 1024 * 1024 }, { chunkDelayMs: 200, chunkSize: 256 * 1024 });
     archive.put("tape", "t", { tapeMs: 60_000 });
     const doc = { fileids: [{ id: "big", path: "b" }, { id: "tape", path: "t" }] };
@@ -473,7 +462,7 @@ Deno.test("DELETE during staging stops the work and leaves no file behind", asyn
 });
 
 Deno.test("?filename is checked; non-ASCII names use filename*", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     archive.put("f", "f");
     await postCart(url, "n", { fileids: [{ id: "f", path: "f" }] });
     await waitFor(url, "n", "ready");
@@ -503,7 +492,7 @@ Deno.test("?filename is checked; non-ASCII names use filename*", async () => {
 });
 
 Deno.test('"bundle": true gives the bytes of a streamed cart named after its uid', async () => {
-  await withCartd(async ({ url, volume }, archive) => {
+  await withCartdThen(async ({ url, volume }, archive) => {
     archive.put("x", { size: 2 * 1024 * 1024 + 5 });
     archive.put("y", "why");
     const files = [{ id: "x", path: "deep/x.bin" }, { id: "y", path: "y.txt" }];
@@ -520,7 +509,7 @@ Deno.test('"bundle": true gives the bytes of a streamed cart named after its uid
 });
 
 Deno.test("Range, If-Range and 416 on a ready cart", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     archive.put("r1", { size: 3 * 1024 * 1024 + 3 });
     archive.put("r2", { size: 100_000 });
     await postCart(url, "rg", { fileids: [{ id: "r1", path: "a" }, { id: "r2", path: "b/c" }] });
@@ -558,7 +547,7 @@ Deno.test("Range, If-Range and 416 on a ready cart", async () => {
 });
 
 Deno.test("downloads of a cart at once share one plan, and each gets every byte", async () => {
-  await withCartd(async (cartd, archive) => {
+  await withCartdThen(async (cartd, archive) => {
     const { url } = cartd;
     archive.put("s1", { size: 24 * 1024 * 1024 }); // more than loopback's socket buffers hold
     archive.put("s2", { size: 1000 });
@@ -589,7 +578,7 @@ Deno.test("downloads of a cart at once share one plan, and each gets every byte"
 });
 
 Deno.test("curl resumes a cut download (-C -) to identical bytes", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     archive.put("big", { size: 24 * 1024 * 1024 });
     await postCart(url, "resume", { fileids: [{ id: "big", path: "big.bin" }] });
     await waitFor(url, "resume", "ready");
@@ -623,7 +612,7 @@ Deno.test("curl resumes a cut download (-C -) to identical bytes", async () => {
 });
 
 Deno.test("?format=zip passes unzip -t; ?manifest=1 passes sha256sum -c", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     archive.put("z1", "zip one\n");
     archive.put("z2", { size: 1024 * 1024 + 1 });
     await postCart(url, "z", {
@@ -646,7 +635,7 @@ Deno.test("?format=zip passes unzip -t; ?manifest=1 passes sha256sum -c", async 
 });
 
 Deno.test("20 carts at once all reach ready with the right bytes", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     const uids = Array.from({ length: 20 }, (_, i) => `many-${i}`);
     for (const [i, uid] of uids.entries()) {
       for (let j = 0; j < 3; j++) archive.put(`${uid}-${j}`, `cart ${i} file ${j}\n`.repeat(i + 1));
@@ -704,7 +693,7 @@ Deno.test("a restart resumes unfinished carts: kill -9 during staging, then star
 });
 
 Deno.test("a staged file gone from disk before bundling is fetched again", async () => {
-  await withCartd(async (cartd, archive) => {
+  await withCartdThen(async (cartd, archive) => {
     const { url, volume } = cartd;
     archive.put("d1", { size: 300_000 });
     archive.put("t1", "tape one\n", { tapeMs: 2500 });
@@ -729,7 +718,7 @@ Deno.test("a staged file gone from disk before bundling is fetched again", async
 });
 
 Deno.test("the archive's Last-Modified becomes the file's mtime in the tar", async () => {
-  await withCartd(async ({ url }, archive) => {
+  await withCartdThen(async ({ url }, archive) => {
     archive.put("m", "m");
     await postCart(url, "mt", { fileids: [{ id: "m", path: "m" }] });
     await waitFor(url, "mt", "ready");
@@ -743,7 +732,7 @@ Deno.test("the archive's Last-Modified becomes the file's mtime in the tar", asy
 });
 
 Deno.test("a file-system failure names the file, not the volume's paths", async () => {
-  await withCartd(async ({ url, volume }, archive) => {
+  await withCartdThen(async ({ url, volume }, archive) => {
     archive.put("foo.txt", "hello\n", { tapeMs: 1000 });
     await postCart(url, "fs", { fileids: [{ id: "foo.txt", path: "a/foo.txt" }] });
     let id = "";

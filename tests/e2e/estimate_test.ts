@@ -7,8 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import { type FakeArchive, startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, listFiles, postCart, startCartd, waitFor } from "../support/harness.ts";
+import { listFiles, postCart, startCartd, waitFor, withCartd } from "../support/harness.ts";
 import type { Estimate } from "../../http/estimate.ts";
 
 /** POSTs `doc` (a value, or raw text) to the estimate. */
@@ -40,23 +39,8 @@ function storedRows(volume: string): { carts: number; files: number } {
   }
 }
 
-/** One cartd (with `env`) and one fake archive for the steps of `fn`. */
-async function withCartd(
-  env: Record<string, string>,
-  fn: (cartd: Cartd, archive: FakeArchive) => Promise<void>,
-): Promise<void> {
-  await using archive = startFakeArchive();
-  await using cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: archive.url, ...env } });
-  try {
-    await fn(cartd, archive);
-  } catch (e) {
-    console.error(cartd.output());
-    throw e;
-  }
-}
-
 Deno.test("estimate: media, staged files, unknown ids, one HEAD per file", async (t) => {
-  await withCartd({ CARTD_FILES_PER_CART: "2" }, async ({ url, volume }, archive) => {
+  await withCartd({ env: { CARTD_FILES_PER_CART: "2" } }, async ({ url, volume }, archive) => {
     await t.step(
       "files on disk, on tape and in error, and ids the archive does not know",
       async () => {
@@ -169,7 +153,7 @@ Deno.test("estimate: media, staged files, unknown ids, one HEAD per file", async
 
 Deno.test("estimate: bad documents answer as POST does, and space says whether it fits", async (t) => {
   const env = { CARTD_VOLUME_SIZE: "10000", CARTD_MAX_BODY: "2048" };
-  await withCartd(env, async ({ url, volume }, archive) => {
+  await withCartd({ env }, async ({ url, volume }, archive) => {
     await t.step("400 and 413 as POST /{uid} answers them, nothing stored", async () => {
       const bad = [
         "not json",

@@ -7,25 +7,10 @@
  * reach the log raw.
  */
 import assert from "node:assert/strict";
-import { startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, cartStatus, startCartd, waitFor } from "../support/harness.ts";
+import { cartStatus, waitFor, withCartd } from "../support/harness.ts";
 
 const utf8 = new TextEncoder();
 const MiB = 1024 * 1024;
-
-/** One cartd and one fake archive for a group of steps; prints cartd's log when one fails. */
-async function withCartd(
-  fn: (cartd: Cartd, archive: ReturnType<typeof startFakeArchive>) => Promise<void>,
-): Promise<void> {
-  await using archive = startFakeArchive();
-  await using cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: archive.url } });
-  try {
-    await fn(cartd, archive);
-  } catch (e) {
-    console.error(cartd.output());
-    throw e;
-  }
-}
 
 /** The port of a cartd's URL. */
 function portOf(url: string): number {
@@ -136,7 +121,7 @@ function documentOf(size: number): string {
 }
 
 Deno.test("4 concurrent chunked POSTs of 20,000 one-byte chunks keep cartd's memory small", async () => {
-  await withCartd(async (cartd) => {
+  await withCartd({}, async (cartd) => {
     const port = portOf(cartd.url);
     const before = rss(cartd.process.pid);
     let peak = before;
@@ -161,7 +146,7 @@ Deno.test("4 concurrent chunked POSTs of 20,000 one-byte chunks keep cartd's mem
 });
 
 Deno.test("HTTP/1.1 without Host answers 400; an encoded body answers 415 and stores nothing", async () => {
-  await withCartd(async (cartd) => {
+  await withCartd({}, async (cartd) => {
     const port = portOf(cartd.url);
     const noHost = await rawRequest(port, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert.equal(noHost.status, 400);
@@ -192,7 +177,7 @@ Deno.test("HTTP/1.1 without Host answers 400; an encoded body answers 415 and st
 });
 
 Deno.test("download names: no empty top folder, no format characters, no ';' (400 each)", async () => {
-  await withCartd(async (cartd, archive) => {
+  await withCartd({}, async (cartd, archive) => {
     archive.put("a", "hello\n");
     const doc = JSON.stringify({ fileids: [{ id: "a", path: "a.txt" }] });
     assert.equal((await fetch(cartd.url + "names", { method: "POST", body: doc })).status, 201);
@@ -222,7 +207,7 @@ Deno.test("download names: no empty top folder, no format characters, no ';' (40
 });
 
 Deno.test("POST: names that cannot round-trip, invalid UTF-8 and lone surrogates answer 400", async () => {
-  await withCartd(async (cartd) => {
+  await withCartd({}, async (cartd) => {
     const post = async (uid: string, body: string | Uint8Array<ArrayBuffer>) => {
       const res = await fetch(cartd.url + uid, { method: "POST", body });
       return { status: res.status, message: (await res.json()).message as string };
@@ -278,7 +263,7 @@ async function logLine(output: () => string, pattern: RegExp): Promise<string> {
 }
 
 Deno.test("uids with NUL, ESC and CR/LF reach the log escaped, on one line", async () => {
-  await withCartd(async (cartd) => {
+  await withCartd({}, async (cartd) => {
     const uid = "a\u0000b\u001b[2Jc\r\n2026-01-01T00:00:00.000Z ERROR forged";
     const doc = JSON.stringify({ fileids: [{ id: "a", path: "a.txt" }] });
     const res = await fetch(cartd.url + encodeURIComponent(uid), { method: "POST", body: doc });
@@ -300,7 +285,7 @@ Deno.test("uids with NUL, ESC and CR/LF reach the log escaped, on one line", asy
 });
 
 Deno.test("clients that go away, and a DELETE that cuts a download, are logged as such", async () => {
-  await withCartd(async (cartd, archive) => {
+  await withCartd({}, async (cartd, archive) => {
     const port = portOf(cartd.url);
     // A POST whose client closes the connection halfway through the body.
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });

@@ -8,23 +8,15 @@
  */
 import assert from "node:assert/strict";
 import { type FakeArchive, startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, postCart, startCartd, waitFor } from "../support/harness.ts";
+import { type Cartd, postCart, waitFor, withCartd } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
 
-/** One cartd on `archive`, its output printed when the steps fail. */
-async function withCartd(
+/** {@linkcode withCartd} of the harness, with the archive and settings first. */
+const withCartdOn = (
   archive: FakeArchive,
   env: Record<string, string>,
   fn: (cartd: Cartd) => Promise<void>,
-): Promise<void> {
-  await using cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: archive.url, ...env } });
-  try {
-    await fn(cartd);
-  } catch (e) {
-    console.error(cartd.output());
-    throw e;
-  }
-}
+) => withCartd({ archive, env }, fn);
 
 /** A cart document of `ids`. */
 function cartOf(ids: string[]) {
@@ -64,7 +56,7 @@ Deno.test("progress moves from 0/N to N/N in HEAD and the status JSON, with an E
   archive.put("big1", "x".repeat(4000));
   archive.put("big2", "y".repeat(4000));
   archive.put("slow", "z".repeat(40), { tapeMs: 6000 });
-  await withCartd(archive, { CARTD_RETENTION: "3600", LRU_BUFFER_TIME: "60" }, async (c) => {
+  await withCartdOn(archive, { CARTD_RETENTION: "3600", LRU_BUFFER_TIME: "60" }, async (c) => {
     const posted = await postCart(c.url, "prog", cartOf(["big1", "big2", "slow"]));
     assert.equal(posted.status, 201);
     // At once: nothing staged yet (the counters start at 0 with the cart).
@@ -141,7 +133,7 @@ Deno.test("GET /{uid}/files pages through 300 files: each once, in order; bad pa
   // File 7 is not what the document's digest says: it fails the cart, and says why.
   const doc = cartOf(ids);
   Object.assign(doc.fileids[7], { hashtype: "sha1", hashsum: "0".repeat(40) });
-  await withCartd(archive, {}, async (c) => {
+  await withCartdOn(archive, {}, async (c) => {
     assert.equal((await postCart(c.url, "many", doc)).status, 201);
     const final = await waitFor(c.url, "many", "error", 30_000);
     assert.equal(final[1], "error", final.join(" "));
@@ -197,7 +189,7 @@ Deno.test("GET /{uid}/files pages through 300 files: each once, in order; bad pa
 Deno.test("unknown and deleted carts: 404 JSON on the new routes; Pacifica's HEAD answers unchanged", async () => {
   await using archive = startFakeArchive();
   archive.put("a", "hello\n");
-  await withCartd(archive, {}, async (c) => {
+  await withCartdOn(archive, {}, async (c) => {
     for (const path of ["nobody/status", "nobody/files", "nobody/files?limit=5"]) {
       const [code, body] = await getJson(c.url, path);
       assert.equal(code, 404, path);
@@ -237,7 +229,7 @@ Deno.test("unknown and deleted carts: 404 JSON on the new routes; Pacifica's HEA
 Deno.test("CARTD_LOG_FORMAT=json: every log line is one JSON object; a cart's lines carry its uid and id", async () => {
   await using archive = startFakeArchive();
   archive.put("a", "hello\n");
-  await withCartd(archive, { CARTD_LOG_FORMAT: "json" }, async (c) => {
+  await withCartdOn(archive, { CARTD_LOG_FORMAT: "json" }, async (c) => {
     assert.equal((await postCart(c.url, "logged\nuid", cartOf(["a"]))).status, 201);
     assert.equal((await waitFor(c.url, "logged\nuid", "ready"))[1], "ready");
     const lines = c.output().split("\n").filter((line) =>

@@ -12,6 +12,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { MALLOC_TUNABLES, V8_FLAGS } from "../../tools/compile.ts";
+import { type FakeArchive, startFakeArchive } from "./fake_archive.ts";
 
 /** The repository root. */
 export const ROOT: string = fileURLToPath(new URL("../../", import.meta.url));
@@ -144,6 +145,28 @@ export function spawnCollecting(
       return await exited;
     },
   };
+}
+
+/**
+ * Runs `fn` with a cartd started with `env` against `archive` (a fake archive of its own when
+ * none is given). When `fn` fails, cartd's log is printed before the failure goes on; cartd,
+ * its volume and an archive made here are removed afterwards.
+ */
+export async function withCartd(
+  options: { env?: Record<string, string>; archive?: FakeArchive },
+  fn: (cartd: Cartd, archive: FakeArchive) => Promise<void>,
+): Promise<void> {
+  await using own = options.archive ? null : startFakeArchive();
+  const archive = options.archive ?? own!;
+  await using cartd = await startCartd({
+    env: { ARCHIVE_INTERFACE_URL: archive.url, ...options.env },
+  });
+  try {
+    await fn(cartd, archive);
+  } catch (e) {
+    console.error(cartd.output());
+    throw e;
+  }
 }
 
 /**
