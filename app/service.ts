@@ -118,14 +118,22 @@ export async function startService(config: Config, options: ServiceOptions): Pro
 
     let url: string | null = null;
     let server: LimitedServer | null = null;
-    // One client and one space for the API's estimates and the worker (the API only reads).
+    // One client for the worker's archive calls, and one space for the API and the worker.
     const archive = new ArchiveClient(config.archiveUrl, {
       requestTimeoutMs: config.staging.requestTimeoutMs,
       outageMaxMs: config.staging.outageMaxMs,
     });
     const space = new Space(store, volume, config.space, Date.now, diskInfo, cancellations);
     if (options.role !== "worker") {
-      const estimate = { archive, space };
+      // An estimate answers a person who waits for it: it does not wait out an archive
+      // outage as staging does, but answers 502 at once (a health of its own, limit 0).
+      const estimate = {
+        archive: new ArchiveClient(config.archiveUrl, {
+          requestTimeoutMs: config.staging.requestTimeoutMs,
+          outageMaxMs: 0,
+        }),
+        space,
+      };
       const app = cartRoutes({ store, queue, volume, config, cancellations, estimate });
       const port = options.port ?? 8081;
       const hostname = options.hostname ?? "127.0.0.1";
