@@ -7,16 +7,9 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { type FakeArchive, startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, postCart, waitFor, withCartd } from "../support/harness.ts";
+import { startFakeArchive } from "../support/fake_archive.ts";
+import { postCart, waitFor, withCartd } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
-
-/** {@linkcode withCartd} of the harness, with the archive and settings first. */
-const withCartdOn = (
-  archive: FakeArchive,
-  env: Record<string, string>,
-  fn: (cartd: Cartd) => Promise<void>,
-) => withCartd({ archive, env }, fn);
 
 /** A cart document of `ids`. */
 function cartOf(ids: string[]) {
@@ -56,74 +49,77 @@ Deno.test("progress moves from 0/N to N/N in HEAD and the status JSON, with an E
   archive.put("big1", "x".repeat(4000));
   archive.put("big2", "y".repeat(4000));
   archive.put("slow", "z".repeat(40), { tapeMs: 6000 });
-  await withCartdOn(archive, { CARTD_RETENTION: "3600", LRU_BUFFER_TIME: "60" }, async (c) => {
-    const posted = await postCart(c.url, "prog", cartOf(["big1", "big2", "slow"]));
-    assert.equal(posted.status, 201);
-    // At once: nothing staged yet (the counters start at 0 with the cart).
-    const [code, first] = await head(c.url, "prog");
-    assert.equal(code, 204);
-    assert.equal(first.get("x-pacifica-status"), "staging");
-    assert.match(first.get("x-cartd-files")!, /^[0-2]\/3$/);
-    assert.match(first.get("x-cartd-bytes")!, /^\d+\/(\*|8040)$/);
+  await withCartd(
+    { archive, env: { CARTD_RETENTION: "3600", LRU_BUFFER_TIME: "60" } },
+    async (c) => {
+      const posted = await postCart(c.url, "prog", cartOf(["big1", "big2", "slow"]));
+      assert.equal(posted.status, 201);
+      // At once: nothing staged yet (the counters start at 0 with the cart).
+      const [code, first] = await head(c.url, "prog");
+      assert.equal(code, 204);
+      assert.equal(first.get("x-pacifica-status"), "staging");
+      assert.match(first.get("x-cartd-files")!, /^[0-2]\/3$/);
+      assert.match(first.get("x-cartd-bytes")!, /^\d+\/(\*|8040)$/);
 
-    // The disk files staged, the tape file not: 2/3, and an estimate after 2 s of staging.
-    let status!: Status;
-    let seen = "";
-    await eventually("two files of three are staged, with an estimate", async () => {
-      const [, h] = await head(c.url, "prog");
-      const [s, body] = await getJson(c.url, "prog/status");
-      assert.equal(s, 200);
-      status = body as unknown as Status;
-      seen = `${h.get("x-cartd-files")} ${h.get("x-cartd-bytes")} ${JSON.stringify(status)}`;
-      return h.get("x-cartd-files") === "2/3" && h.get("x-cartd-bytes") === "8000/8040" &&
-        status.eta !== null;
-    }, 5000).catch((e) => {
-      throw new Error(`${e.message}; last seen: ${seen}`);
-    });
-    assert.equal(status.uid, "prog");
-    assert.equal(status.state, "staging");
-    assert.deepEqual(status.files, { total: 3, pending: 1, staged: 2, error: 0 });
-    assert.deepEqual(status.bytes, { total: 8040, staged: 8000 });
-    assert.equal(status.eta!.basis, "bytes");
-    assert.ok(status.eta!.seconds >= 0 && status.eta!.perSecond > 0, JSON.stringify(status.eta));
-    assert.ok(status.times.created && status.times.stagingBegan, JSON.stringify(status.times));
-    assert.equal(status.times.ready, null);
-    assert.equal(status.download, null);
-    assert.equal(status.retention.expiresAt, null);
+      // The disk files staged, the tape file not: 2/3, and an estimate after 2 s of staging.
+      let status!: Status;
+      let seen = "";
+      await eventually("two files of three are staged, with an estimate", async () => {
+        const [, h] = await head(c.url, "prog");
+        const [s, body] = await getJson(c.url, "prog/status");
+        assert.equal(s, 200);
+        status = body as unknown as Status;
+        seen = `${h.get("x-cartd-files")} ${h.get("x-cartd-bytes")} ${JSON.stringify(status)}`;
+        return h.get("x-cartd-files") === "2/3" && h.get("x-cartd-bytes") === "8000/8040" &&
+          status.eta !== null;
+      }, 5000).catch((e) => {
+        throw new Error(`${e.message}; last seen: ${seen}`);
+      });
+      assert.equal(status.uid, "prog");
+      assert.equal(status.state, "staging");
+      assert.deepEqual(status.files, { total: 3, pending: 1, staged: 2, error: 0 });
+      assert.deepEqual(status.bytes, { total: 8040, staged: 8000 });
+      assert.equal(status.eta!.basis, "bytes");
+      assert.ok(status.eta!.seconds >= 0 && status.eta!.perSecond > 0, JSON.stringify(status.eta));
+      assert.ok(status.times.created && status.times.stagingBegan, JSON.stringify(status.times));
+      assert.equal(status.times.ready, null);
+      assert.equal(status.download, null);
+      assert.equal(status.retention.expiresAt, null);
 
-    // GET keeps its 202 and text, and says when to come back.
-    const res = await fetch(c.url + "prog");
-    assert.equal(res.status, 202);
-    assert.equal(await res.text(), "The cart is not ready for download.");
-    const retry = Number(res.headers.get("retry-after"));
-    assert.ok(Number.isInteger(retry) && retry >= 1 && retry <= 60, `Retry-After ${retry}`);
+      // GET keeps its 202 and text, and says when to come back.
+      const res = await fetch(c.url + "prog");
+      assert.equal(res.status, 202);
+      assert.equal(await res.text(), "The cart is not ready for download.");
+      const retry = Number(res.headers.get("retry-after"));
+      assert.ok(Number.isInteger(retry) && retry >= 1 && retry <= 60, `Retry-After ${retry}`);
 
-    // Ready: N/N, the download's facts, retention and purge times.
-    assert.equal((await waitFor(c.url, "prog", "ready", 20_000))[1], "ready");
-    const [, done] = await head(c.url, "prog");
-    assert.equal(done.get("x-cartd-files"), "3/3");
-    assert.equal(done.get("x-cartd-bytes"), "8040/8040");
-    const [, readyBody] = await getJson(c.url, "prog/status");
-    const ready = readyBody as unknown as Status;
-    assert.equal(ready.state, "ready");
-    assert.deepEqual(ready.files, { total: 3, pending: 0, staged: 3, error: 0 });
-    assert.equal(ready.eta, null);
-    const readyAt = Date.parse(ready.times.ready!);
-    assert.equal(Date.parse(ready.retention.expiresAt!), readyAt + 3600_000);
-    assert.equal(ready.purge.enabled, true);
-    assert.equal(ready.purge.eligible, false, "used within LRU_BUFFER_TIME");
-    assert.equal(
-      Date.parse(ready.purge.eligibleAt!),
-      Date.parse(ready.times.lastUsed!) + 60_000,
-    );
-    const download = await fetch(c.url + "prog");
-    assert.equal(download.status, 200);
-    assert.deepEqual(ready.download, {
-      size: Number(download.headers.get("content-length")),
-      etag: download.headers.get("etag"),
-    });
-    await download.body?.cancel();
-  });
+      // Ready: N/N, the download's facts, retention and purge times.
+      assert.equal((await waitFor(c.url, "prog", "ready", 20_000))[1], "ready");
+      const [, done] = await head(c.url, "prog");
+      assert.equal(done.get("x-cartd-files"), "3/3");
+      assert.equal(done.get("x-cartd-bytes"), "8040/8040");
+      const [, readyBody] = await getJson(c.url, "prog/status");
+      const ready = readyBody as unknown as Status;
+      assert.equal(ready.state, "ready");
+      assert.deepEqual(ready.files, { total: 3, pending: 0, staged: 3, error: 0 });
+      assert.equal(ready.eta, null);
+      const readyAt = Date.parse(ready.times.ready!);
+      assert.equal(Date.parse(ready.retention.expiresAt!), readyAt + 3600_000);
+      assert.equal(ready.purge.enabled, true);
+      assert.equal(ready.purge.eligible, false, "used within LRU_BUFFER_TIME");
+      assert.equal(
+        Date.parse(ready.purge.eligibleAt!),
+        Date.parse(ready.times.lastUsed!) + 60_000,
+      );
+      const download = await fetch(c.url + "prog");
+      assert.equal(download.status, 200);
+      assert.deepEqual(ready.download, {
+        size: Number(download.headers.get("content-length")),
+        etag: download.headers.get("etag"),
+      });
+      await download.body?.cancel();
+    },
+  );
 });
 
 Deno.test("GET /{uid}/files pages through 300 files: each once, in order; bad parameters are 400s", async () => {
@@ -133,7 +129,7 @@ Deno.test("GET /{uid}/files pages through 300 files: each once, in order; bad pa
   // File 7 is not what the document's digest says: it fails the cart, and says why.
   const doc = cartOf(ids);
   Object.assign(doc.fileids[7], { hashtype: "sha1", hashsum: "0".repeat(40) });
-  await withCartdOn(archive, {}, async (c) => {
+  await withCartd({ archive }, async (c) => {
     assert.equal((await postCart(c.url, "many", doc)).status, 201);
     const final = await waitFor(c.url, "many", "error", 30_000);
     assert.equal(final[1], "error", final.join(" "));
@@ -189,7 +185,7 @@ Deno.test("GET /{uid}/files pages through 300 files: each once, in order; bad pa
 Deno.test("unknown and deleted carts: 404 JSON on the new routes; Pacifica's HEAD answers unchanged", async () => {
   await using archive = startFakeArchive();
   archive.put("a", "hello\n");
-  await withCartdOn(archive, {}, async (c) => {
+  await withCartd({ archive }, async (c) => {
     for (const path of ["nobody/status", "nobody/files", "nobody/files?limit=5"]) {
       const [code, body] = await getJson(c.url, path);
       assert.equal(code, 404, path);
@@ -229,7 +225,7 @@ Deno.test("unknown and deleted carts: 404 JSON on the new routes; Pacifica's HEA
 Deno.test("CARTD_LOG_FORMAT=json: every log line is one JSON object; a cart's lines carry its uid and id", async () => {
   await using archive = startFakeArchive();
   archive.put("a", "hello\n");
-  await withCartdOn(archive, { CARTD_LOG_FORMAT: "json" }, async (c) => {
+  await withCartd({ archive, env: { CARTD_LOG_FORMAT: "json" } }, async (c) => {
     assert.equal((await postCart(c.url, "logged\nuid", cartOf(["a"]))).status, 201);
     assert.equal((await waitFor(c.url, "logged\nuid", "ready"))[1], "ready");
     const lines = c.output().split("\n").filter((line) =>

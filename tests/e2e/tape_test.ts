@@ -8,14 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { type FakeArchive, startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, cartStatus, postCart, waitFor, withCartd } from "../support/harness.ts";
-
-/** {@linkcode withCartd} of the harness, with the archive and settings first. */
-const withCartdOn = (
-  archive: FakeArchive,
-  env: Record<string, string>,
-  fn: (cartd: Cartd) => Promise<void>,
-) => withCartd({ archive, env }, fn);
+import { cartStatus, postCart, waitFor, withCartd } from "../support/harness.ts";
 
 /** A cart document of `ids`, listed in the order given. */
 function cartOf(ids: string[]) {
@@ -50,7 +43,7 @@ Deno.test("every tape file's stage request goes out at once; CARTD_RECALLS_MAX c
   await using archive = startFakeArchive();
   const ids = Array.from({ length: 40 }, (_, i) => `t${i}`);
   for (const id of ids) archive.put(id, `bytes of ${id}\n`, { tapeMs: 400 });
-  await withCartdOn(archive, {}, async ({ url }) => {
+  await withCartd({ archive }, async ({ url }) => {
     await ready(url, "all-at-once", ids);
     const posts = ids.map((id) => firstAt(archive, id, "POST"));
     const spread = Math.max(...posts) - Math.min(...posts);
@@ -62,7 +55,7 @@ Deno.test("every tape file's stage request goes out at once; CARTD_RECALLS_MAX c
   archive.resetCounts();
   const capped = Array.from({ length: 16 }, (_, i) => `c${i}`);
   for (const id of capped) archive.put(id, `bytes of ${id}\n`, { tapeMs: 200 });
-  await withCartdOn(archive, { CARTD_RECALLS_MAX: "4" }, async ({ url }) => {
+  await withCartd({ archive, env: { CARTD_RECALLS_MAX: "4" } }, async ({ url }) => {
     await ready(url, "capped", capped);
     const spans = capped.map((id): [number, number] => {
       const post = firstAt(archive, id, "POST");
@@ -83,7 +76,7 @@ Deno.test("96 files on 4 tapes and 2 drives, listed out of tape order: each tape
       tape: { tape: `T${i % 4}`, position: (i * 37) % 96 },
     })
   );
-  await withCartdOn(archive, {}, async ({ url }) => {
+  await withCartd({ archive }, async ({ url }) => {
     await ready(url, "library", ids);
     const stats = archive.libraryStats();
     assert.equal(stats.mounts, 4, `mounts by tape: ${JSON.stringify(stats.mountsByTape)}`);
@@ -97,7 +90,7 @@ Deno.test("a cart on disk posted while two tape carts wait is ready at once, eve
   for (const id of [...tape("a"), ...tape("b")]) archive.put(id, "slow\n", { tapeMs: 20_000 });
   const disk = Array.from({ length: 10 }, (_, i) => `d${i}`);
   for (const id of disk) archive.put(id, `bytes of ${id}\n`);
-  await withCartdOn(archive, { CARTD_CARTS_IN_FLIGHT: "2" }, async ({ url }) => {
+  await withCartd({ archive, env: { CARTD_CARTS_IN_FLIGHT: "2" } }, async ({ url }) => {
     for (const c of ["a", "b"]) {
       assert.equal((await postCart(url, `tape-${c}`, cartOf(tape(c)))).status, 201);
     }
@@ -122,7 +115,7 @@ Deno.test("CARTD_HEADS_PER_SECOND bounds the archive HEADs that poll recalls", a
   await using archive = startFakeArchive();
   const ids = Array.from({ length: 60 }, (_, i) => `h${i}`);
   for (const id of ids) archive.put(id, `bytes of ${id}\n`, { tapeMs: 3000 });
-  await withCartdOn(archive, { CARTD_HEADS_PER_SECOND: "20" }, async ({ url }) => {
+  await withCartd({ archive, env: { CARTD_HEADS_PER_SECOND: "20" } }, async ({ url }) => {
     await ready(url, "ceiling", ids);
     // The polls: each file's HEADs after its first stage request (its size HEAD is before).
     const polls = ids.flatMap((id) => {
@@ -145,7 +138,7 @@ Deno.test("a file pushed back to tape before its download is recalled again, and
   // One fetch at a time: the slow file holds it while the tape file comes to disk and waits.
   archive.put("slow", { size: 1 << 20 }, { chunkSize: 64 << 10, chunkDelayMs: 150 });
   archive.put("pushed", "recalled twice\n", { tapeMs: 300 });
-  await withCartdOn(archive, { CARTD_FILES_PER_CART: "1" }, async ({ url }) => {
+  await withCartd({ archive, env: { CARTD_FILES_PER_CART: "1" } }, async ({ url }) => {
     assert.equal((await postCart(url, "pushed-back", cartOf(["slow", "pushed"]))).status, 201);
     const deadline = Date.now() + 10_000;
     // On disk, and seen so by cartd (a HEAD after the 300 ms), while "slow" still downloads.
@@ -169,7 +162,7 @@ Deno.test("an archive answering 500 to stage requests and HEADs in bursts is ask
   // A burst: the first HEADs answer 500 (size and polls), stage requests 500 for a while.
   archive.put("bursty", "made it\n", { tapeMs: 300, failHeads: 4, postStatus: 500 });
   archive.put("never", "unreachable\n", { tapeMs: Infinity, postStatus: 500 });
-  await withCartdOn(archive, { CARTD_MISSING_AFTER: "2" }, async ({ url }) => {
+  await withCartd({ archive, env: { CARTD_MISSING_AFTER: "2" } }, async ({ url }) => {
     assert.equal((await postCart(url, "bursts", cartOf(["bursty"]))).status, 201);
     await new Promise((r) => setTimeout(r, 1000));
     assert.ok(archive.counts("bursty").post >= 2, "the failed stage request was sent again");
