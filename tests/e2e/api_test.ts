@@ -11,6 +11,7 @@ import {
   cartStatus,
   listFiles,
   postCart,
+  stagedFirstFile,
   startCartd,
   waitFor,
   withCartd,
@@ -253,14 +254,7 @@ async function everyState(
   const doc = { fileids: [{ id: "b1", path: "b1" }, { id: "b2", path: "b2" }] };
   assert.equal((await postCart(url, "behind", doc)).status, 201);
   const watched = watchStates(url, "behind");
-  let staged = "";
-  await eventually("b1 is staged", async () => {
-    for await (const cart of Deno.readDir(`${volume}/carts`)) {
-      const path = `${volume}/carts/${cart.name}/files/0`;
-      if (await Deno.stat(path).then((s) => s.size === 300_000, () => false)) staged = path;
-    }
-    return staged !== "";
-  });
+  const staged = await stagedFirstFile(volume, 300_000, "b1 is staged");
   archive.put("b1", { size: 300_000 }, { getDelayMs: 1000 });
   await Deno.remove(staged);
   const seen = await watched;
@@ -699,14 +693,7 @@ Deno.test("a staged file gone from disk before bundling is fetched again", async
     archive.put("t1", "tape one\n", { tapeMs: 2500 });
     await postCart(url, "gone", { fileids: [{ id: "d1", path: "d1" }, { id: "t1", path: "t1" }] });
     // d1 is staged while t1 is still on tape; then somebody removes it.
-    let staged = "";
-    await eventually("d1 staged", async () => {
-      for await (const cart of Deno.readDir(`${volume}/carts`)) {
-        const path = `${volume}/carts/${cart.name}/files/0`;
-        if (await Deno.stat(path).then((s) => s.size === 300_000, () => false)) staged = path;
-      }
-      return staged !== "";
-    });
+    const staged = await stagedFirstFile(volume, 300_000, "d1 staged");
     await Deno.remove(staged);
     assert.deepEqual(await waitFor(url, "gone", "ready", 30_000), [204, "ready", ""]);
     assert.match(cartd.output(), /staged files missing at bundling; fetching again .*files=1/);

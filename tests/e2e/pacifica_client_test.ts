@@ -13,7 +13,7 @@
  */
 import assert from "node:assert/strict";
 import { startFakeArchive } from "../support/fake_archive.ts";
-import { type Cartd, postCart, startCartd } from "../support/harness.ts";
+import { type Cartd, postCart, stagedFirstFile, startCartd } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
 import { run } from "../support/run.ts";
 
@@ -282,14 +282,7 @@ Deno.test('Pacifica\'s client: a "bundle": true cart held in bundling is followe
     // b1 is staged while b2 is on tape; its staged copy then goes, and fetching it again at
     // bundling takes two seconds: the client polls a bundling cart all that time. b2 leaves
     // the tape once the client is polling.
-    let staged = "";
-    await eventually("b1 is staged", async () => {
-      for await (const cart of Deno.readDir(`${volume}/carts`)) {
-        const path = `${volume}/carts/${cart.name}/files/0`;
-        if (await Deno.stat(path).then((s) => s.size === 300_000, () => false)) staged = path;
-      }
-      return staged !== "";
-    });
+    const staged = await stagedFirstFile(volume, 300_000, "b1 is staged");
     archive.put("b1", { size: 300_000 }, { getDelayMs: 2000 });
     await Deno.remove(staged);
     await Promise.race([polling.promise, report]);

@@ -12,6 +12,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { MALLOC_TUNABLES, V8_FLAGS } from "../../tools/compile.ts";
+import { eventually } from "./eventually.ts";
 import { type FakeArchive, startFakeArchive } from "./fake_archive.ts";
 
 /** The repository root. */
@@ -145,6 +146,22 @@ export function spawnCollecting(
       return await exited;
     },
   };
+}
+
+/**
+ * Waits until some cart on `volume` has its first file staged with `size` bytes, and returns
+ * that file's path (tests remove it to make bundling fetch it again).
+ */
+export async function stagedFirstFile(volume: string, size: number, what: string): Promise<string> {
+  let staged = "";
+  await eventually(what, async () => {
+    for await (const cart of Deno.readDir(`${volume}/carts`)) {
+      const path = `${volume}/carts/${cart.name}/files/0`;
+      if (await Deno.stat(path).then((s) => s.size === size, () => false)) staged = path;
+    }
+    return staged !== "";
+  });
+  return staged;
 }
 
 /**
