@@ -267,3 +267,14 @@ export function median(xs: number[]): number {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
+
+/** One row of the benchmark table that bench/run.ts prints. */
+export interface Row {
+  figure: string;
+  cartd: string;
+  baseline?: string;
+  ratio?: string;
+  target?: string;
+  /** true: meets the target; false: misses it; undefined: no target. */
+  ok?: boolean;
+}

@@ -44,6 +44,7 @@ import {
   median,
   MiB,
   PeakRss,
+  type Row,
   rssNow,
   startArchiveProcess,
   threadCpu,
@@ -122,15 +123,6 @@ const BIG_FILE = 64 * MiB;
 // ---------------------------------------------------------------------------------------------
 // Output
 
-interface Row {
-  figure: string;
-  cartd: string;
-  baseline?: string;
-  ratio?: string;
-  target?: string;
-  /** true: meets the target; false: misses it; undefined: no target. */
-  ok?: boolean;
-}
 const sections: { title: string; rows: Row[] }[] = [];
 function section(title: string): Row[] {
   const rows: Row[] = [];

@@ -25,18 +25,10 @@ import { startFakeArchive } from "../tests/support/fake_archive.ts";
 import { type FakeArchive, patternBytes } from "../tests/support/fake_archive.ts";
 import { layoutTapes, type TapeLibraryOptions } from "../tests/support/tape_library.ts";
 import { type Cartd, cartStatus, postCart, startCartd } from "../tests/support/harness.ts";
-import { benchIds, cartDoc, MiB, PeakRss } from "./common.ts";
+import { benchIds, cartDoc, MiB, PeakRss, type Row } from "./common.ts";
 
 /** One row of the table (the shape bench/run.ts prints). */
-export interface TapeRow {
-  figure: string;
-  cartd: string;
-  baseline?: string;
-  ratio?: string;
-  target?: string;
-  /** true: meets the target; false: misses it; undefined: no target. */
-  ok?: boolean;
-}
+export type TapeRow = Row;
 
 /** A titled group of rows. */
 export interface TapeSection {
