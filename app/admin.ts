@@ -29,7 +29,7 @@ import { openQueue } from "../lib/queue/open.ts";
 import { removeCart } from "../lib/space/remove_cart.ts";
 import { schemaState, syncSchema } from "../lib/store/schema.ts";
 import { Space, type SpaceReport } from "../lib/space/space.ts";
-import { type Cart, type CartFile, CartStore } from "../lib/store/store.ts";
+import { type Cart, type CartFile, CartStore, type OwnerUsage } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 
 /** The admin commands: name → [usage, what it does (lines), the flags it takes]. */
@@ -136,6 +136,8 @@ async function openCurrent(config: Config): Promise<Db> {
 export interface DumpCart {
   /** The client's label. */
   uid: string;
+  /** The principal that created it (`""`: made with access off). */
+  owner: string;
   /** Internal id (a UUID). */
   id: string;
   /** Where the cart stands in the state machine. */
@@ -175,14 +177,20 @@ export interface Dump {
   space: SpaceReport;
   /** Every live cart, oldest first. */
   carts: DumpCart[];
+  /**
+   * What each principal's live carts hold, against its quotas (issue 17; `""`: the carts
+   * made with access off).
+   */
+  principals: OwnerUsage[];
 }
 
 async function dump(store: CartStore, space: Space, json: boolean): Promise<void> {
-  const result: Dump = { space: await space.report(), carts: [] };
+  const result: Dump = { space: await space.report(), carts: [], principals: await store.usage() };
   for (const cart of await store.liveCarts()) {
     const files = await store.files(cart.id);
     result.carts.push({
       uid: cart.uid,
+      owner: cart.owner,
       id: cart.id,
       status: cart.status,
       message: cart.message,
@@ -216,9 +224,19 @@ async function dump(store: CartStore, space: Space, json: boolean): Promise<void
       "written by carts in progress",
   );
   say(`${result.carts.length} live cart${result.carts.length === 1 ? "" : "s"}`);
+  for (const p of result.principals) {
+    say(
+      `principal ${p.owner === "" ? "(none: access off)" : JSON.stringify(p.owner)}: ` +
+        `${p.carts} live cart${p.carts === 1 ? "" : "s"}, ${formatBytes(p.reservedBytes)} ` +
+        `reserved, ${p.pendingFiles} file${p.pendingFiles === 1 ? "" : "s"} still to stage`,
+    );
+  }
   for (const c of result.carts) {
     say("");
-    say(`cart ${JSON.stringify(c.uid)}: ${c.status}${c.message ? ` (${c.message})` : ""}`);
+    say(
+      `cart ${JSON.stringify(c.uid)}${c.owner ? ` of ${JSON.stringify(c.owner)}` : ""}: ` +
+        `${c.status}${c.message ? ` (${c.message})` : ""}`,
+    );
     say(
       `  id ${c.id}; ${c.fileCount} file${c.fileCount === 1 ? "" : "s"}, ` +
         `${formatBytes(c.totalBytes)}; reserved ${formatBytes(c.reservedBytes)}` +
@@ -285,13 +303,17 @@ async function fixit(
   if (!uids.length) throw new UsageError("fixit needs the uid of at least one failed cart");
   let ok = true;
   const fresh: Cart[] = [];
+  // With access on, a uid may be several principals' carts: each failed one is fixed.
+  const targets: { uid: string; old: Cart }[] = [];
   for (const uid of uids) {
-    const old = await store.liveCart(uid);
-    if (!old) {
+    const live = await store.liveCartsOfUid(uid);
+    if (!live.length) {
       console.error(`cartd admin fixit: no cart with uid ${JSON.stringify(uid)} found`);
       ok = false;
-      continue;
     }
+    for (const old of live) targets.push({ uid, old });
+  }
+  for (const { uid, old } of targets) {
     if (old.status !== "error") {
       say(`${JSON.stringify(uid)} is ${old.status}, not failed: nothing to fix`);
       continue;

@@ -21,6 +21,15 @@
  */
 import { errorMessage, log } from "../lib/util/log.ts";
 
+/** What the server tells the handler of a request besides the request: the peer's address. */
+export interface ServeInfo {
+  /** The address of the connection's other end (a proxy's, behind one). */
+  remoteAddr: Deno.NetAddr;
+}
+
+/** Answers one request; `info` says where it came from. */
+export type ServeHandler = (request: Request, info: ServeInfo) => Response | Promise<Response>;
+
 /** The limits of {@linkcode serveLimited}; times in milliseconds, 0 turns a limit off. */
 export interface ServerLimits {
   /** Most connections open at once (CARTD_MAX_CONNECTIONS). */
@@ -95,7 +104,7 @@ const ACCEPT_BACKOFF_MS = [10, 20, 50, 100, 200, 500, 1000];
  */
 export function serveLimited(
   options: ServerOptions,
-  handler: (request: Request) => Response | Promise<Response>,
+  handler: ServeHandler,
 ): LimitedServer {
   const serveHttp = (Deno as unknown as { serveHttp?: (conn: Deno.Conn) => HttpConn }).serveHttp;
   if (typeof serveHttp !== "function") return fallback(options, handler);
@@ -117,6 +126,7 @@ export function serveLimited(
       } catch { /* closed by the client */ }
     };
     const state = { idle: true, close };
+    const info: ServeInfo = { remoteAddr: conn.remoteAddr as Deno.NetAddr };
     open.set(conn, state);
     const wait = (ms: number) => ms > 0 ? setTimeout(close, ms) : undefined;
     let timer = wait(options.headerTimeoutMs);
@@ -126,7 +136,7 @@ export function serveLimited(
         if (!event) break;
         clearTimeout(timer);
         state.idle = false;
-        const response = await answer(handler, event.request);
+        const response = await answer(handler, event.request, info);
         await event.respondWith(limitRate(response, options, close)).catch(() => {});
         state.idle = true;
         if (stopping || closed) break;
@@ -231,11 +241,12 @@ export function serveLimited(
 
 /** The handler's answer to `request`; a 500 when it throws (as `Deno.serve` answers). */
 async function answer(
-  handler: (request: Request) => Response | Promise<Response>,
+  handler: ServeHandler,
   request: Request,
+  info: ServeInfo,
 ): Promise<Response> {
   try {
-    return await handler(request);
+    return await handler(request, info);
   } catch (e) {
     log.error("the API's handler failed", { url: request.url, error: errorMessage(e) });
     return new Response("Internal Server Error", { status: 500 });
@@ -315,7 +326,7 @@ function limitRate(response: Response, limits: ServerLimits, cut: () => void): R
 /** Where `Deno.serveHttp` is gone: `Deno.serve` without the limits, its accept errors logged. */
 function fallback(
   options: ServerOptions,
-  handler: (request: Request) => Response | Promise<Response>,
+  handler: ServeHandler,
 ): LimitedServer {
   log.warn(
     "this Deno has no Deno.serveHttp: the API runs without its connection cap, time limits and " +
@@ -324,7 +335,7 @@ function fallback(
   );
   const server = Deno.serve(
     { hostname: options.hostname, port: options.port, onListen: () => {} },
-    handler,
+    (request, info) => handler(request, { remoteAddr: info.remoteAddr as Deno.NetAddr }),
   );
   server.finished.catch((e) => log.error("the API stopped accepting", { error: errorMessage(e) }));
   return {

@@ -27,6 +27,7 @@ import { RecallManager, recallOptions } from "../lib/staging/recalls.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 import { cartRoutes } from "../http/routes.ts";
+import { Access } from "../http/access.ts";
 import { CartWorker } from "../worker/dispatcher.ts";
 import { ThreadPool } from "../threads/pool.ts";
 import { type LimitedServer, serveLimited, type ServerLimits } from "./server.ts";
@@ -134,12 +135,18 @@ export async function startService(config: Config, options: ServiceOptions): Pro
         }),
         space,
       };
-      const app = cartRoutes({ store, queue, volume, config, cancellations, estimate });
+      const access = new Access(config.access);
+      await access.start();
+      if (access.on) log.info("access control on", { identities: access.describe() });
+      const app = cartRoutes({ store, queue, volume, config, cancellations, estimate, access });
       const port = options.port ?? 8081;
       const hostname = options.hostname ?? "127.0.0.1";
       try {
         // The connection cap and time limits of issue 18 (Deno.serve has none): app/server.ts.
-        server = serveLimited({ port, hostname, ...serverLimits(config) }, (r) => app.fetch(r));
+        server = serveLimited(
+          { port, hostname, ...serverLimits(config) },
+          (r, info) => app.fetch(r, info),
+        );
       } catch (e) {
         throw listenFailure(e, hostname, port, "the API", API_LISTEN_FLAGS);
       }

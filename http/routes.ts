@@ -25,13 +25,24 @@ import type { Cancellations } from "../lib/space/cancellations.ts";
 import { removeCart } from "../lib/space/remove_cart.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
+import {
+  Access,
+  accessMiddleware,
+  AmbiguousCart,
+  findCart,
+  ownerOf,
+  principalOf,
+  setPrincipal,
+} from "./access.ts";
 import { BodyEncodingError, BodyReadError, readBody } from "./body.ts";
 import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
 import { json } from "./json.ts";
-import { mountMetrics } from "./metrics.ts";
+import { LINK_DEFAULT_S, type LinkFields, LinkSigner, parseLinkKeys } from "./links.ts";
+import { METRICS_ALIAS, METRICS_PATH, mountMetrics } from "./metrics.ts";
+import { Quotas } from "./quotas.ts";
 import { mountStatus, progressHeaders, retryAfterSeconds } from "./status.ts";
 import { unavailable } from "./unavailable.ts";
 
@@ -49,6 +60,11 @@ export interface RouteDeps {
   cancellations: Cancellations;
   /** The archive and space `POST /_cartd/estimate` reads (./estimate.ts); not served without. */
   estimate?: EstimateSources;
+  /**
+   * Who may ask (./access.ts); made from `config.access` when not given. Off (no identity
+   * setting), every request is served as before owners existed.
+   */
+  access?: Access;
 }
 
 /** cartd's own HEAD header: the precise status of the cart, whatever CARTD_STATUS_WORDS says. */
@@ -56,6 +72,8 @@ export const STATE_HEADER = "X-Cartd-State";
 /** How long a POST waits for the queue before answering (the cart is stored either way). */
 const PUBLISH_WAIT_MS = 2_000;
 const utf8 = new TextEncoder();
+/** The answer of `GET /{uid}` for a cart that is not live (for the principal asking). */
+const NO_CART = "The cart does not exist or has already been deleted";
 
 /** Why a uid is not acceptable, or null when it is. */
 function uidProblem(uid: string): string | null {
@@ -70,10 +88,16 @@ function documentHash(doc: unknown): string {
   return createHash("sha256").update(JSON.stringify(doc)).digest("hex");
 }
 
+/** What the server knows of a request besides the request itself. */
+export interface RequestInfo {
+  /** The peer's address (a trusted proxy's header is believed only from those configured). */
+  remoteAddr?: Deno.NetAddr;
+}
+
 /** The cart API as {@linkcode cartRoutes} returns it (a Hono app), with its downloads in flight. */
 export interface CartApp {
-  /** Answers one request: the handler to give `Deno.serve`. */
-  fetch(request: Request): Response | Promise<Response>;
+  /** Answers one request (`info`: its peer's address): the handler to give the server. */
+  fetch(request: Request, info?: RequestInfo): Response | Promise<Response>;
   /** This app's downloads in flight (no other app instance shares them). */
   readonly downloads: Downloads<Bundle>;
 }
@@ -86,6 +110,9 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   const { store, queue, volume, config, cancellations } = deps;
   const downloads = new Downloads<Bundle>();
   const app = Object.assign(new Hono(), { downloads });
+  const access = deps.access ?? new Access(config.access);
+  const links = new LinkSigner(parseLinkKeys(config.access.linkKeys));
+  const quotas = new Quotas(config.quota);
   /** Removes `cart` (a DELETE, a replace), saying so when that cuts downloads in flight here. */
   const remove = (cart: Cart, why: string) => {
     const cut = downloads.downloads(cart.id);
@@ -120,6 +147,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
         "Retry-After": String(down.retryAfterSeconds),
       });
     }
+    if (error instanceof AmbiguousCart) return json({ message: error.message }, 409);
     log.error("request failed", { error: errorMessage(error) });
     return json({ message: "Internal error: the request could not be completed" }, 500);
   });
@@ -129,6 +157,24 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     if (refused) return refused;
     await next();
   });
+  if (access.on) {
+    app.use(
+      "*",
+      accessMiddleware(access, {
+        rate: (principal) => quotas.rate(principal),
+        open: (request, path) => {
+          if (path === "/" || path === METRICS_PATH) return true;
+          // GET /metrics without credentials is the metrics; with them, it may be a cart.
+          return path === METRICS_ALIAS && request.method === "GET" &&
+            !request.headers.has("authorization") &&
+            !request.headers.has(config.access.proxyHeader);
+        },
+        signed: (request, path) =>
+          links.on && (request.method === "GET" || request.method === "HEAD") &&
+          path.lastIndexOf("/") === 0 && new URL(request.url).searchParams.has("sig"),
+      }),
+    );
+  }
 
   /**
    * Queues a stored cart, waiting at most PUBLISH_WAIT_MS: the cart is safe in the store as
@@ -155,8 +201,9 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   }
 
   app.get("/", () => json({ message: "Pacifica Cartd Interface Up and Running" }, 200));
-  mountMetrics(app, { store, space: deps.estimate?.space });
-  mountStatus(app, { store, config }); // GET /{uid}/status, /{uid}/files: ./status.ts
+  const find = (request: Request, uid: string) => findCart(store, request, uid);
+  mountMetrics(app, { store, space: deps.estimate?.space, find });
+  mountStatus(app, { store, config, find }); // GET /{uid}/status, /{uid}/files: ./status.ts
   const sources = deps.estimate;
   if (sources) app.post(ESTIMATE_PATH, (c) => estimate({ store, config, ...sources }, c.req.raw));
 
@@ -178,12 +225,25 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       if (e instanceof CartDocumentError) return json({ message: e.message }, 400);
       throw e;
     }
-    const created = await store.createCart(uid, doc, documentHash(doc));
+    const principal = principalOf(c.req.raw);
+    if (principal) {
+      const over = await quotas.admitCart(store, principal, uid, doc.files.length);
+      if (over) {
+        log.info("cart refused: over a quota; nothing stored", {
+          uid,
+          principal: principal.name,
+        });
+        return over;
+      }
+    }
+    const owner = ownerOf(c.req.raw);
+    const created = await store.createCart(uid, doc, documentHash(doc), owner);
     if (!created.kept) await publishSoon(created.cart.id, uid);
     for (const old of created.replaced) await remove(old, "replaced by a POST");
     log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
       uid,
       cart: created.cart.id,
+      principal: principal?.name,
       files: doc.files.length,
       replaced: created.replaced.length || undefined,
     });
@@ -197,18 +257,13 @@ export function cartRoutes(deps: RouteDeps): CartApp {
    * apart from a failed cart), so a client loop that stops on `error` stops on it too.
    * Hono answers HEAD through the GET route; the GET route hands HEAD over to this.
    */
-  async function status(uid: string): Promise<Response> {
-    const cart = await store.liveCart(uid);
-    if (!cart) {
-      return new Response(null, {
-        status: 404,
-        headers: {
-          "X-Pacifica-Status": "error",
-          "X-Pacifica-Message": headerSafe(`No cart with uid ${uid} found`),
-          [STATE_HEADER]: "error",
-        },
-      });
-    }
+  async function status(request: Request, uid: string): Promise<Response> {
+    const cart = await findCart(store, request, uid);
+    return cart ? await statusOf(cart) : noCartHead(uid);
+  }
+
+  /** The HEAD of a live cart. */
+  async function statusOf(cart: Cart): Promise<Response> {
     if (cart.status === "ready") await store.touch(cart.id);
     return new Response(null, {
       status: cart.status === "error" ? 500 : 204,
@@ -221,24 +276,111 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     });
   }
 
+  /**
+   * `GET /{uid}/link`: a signed URL of the cart's download for its owner (./links.ts), valid
+   * for `?expires=` seconds (default {@linkcode LINK_DEFAULT_S}, at most CARTD_LINK_MAX_AGE),
+   * of `?format=`, `?filename=` and `?manifest=` as the download takes them.
+   */
+  app.get("/:uid/link", async (c) => {
+    const uid = c.req.param("uid");
+    if (!links.on) {
+      return json({
+        message: "Signed links are off: set CARTD_LINK_KEYS to turn them on",
+      }, 404);
+    }
+    const cart = await findCart(store, c.req.raw, uid);
+    if (!cart) return json({ message: NO_CART }, 404);
+    const maxS = Math.floor(config.access.linkMaxAgeMs / 1000);
+    const expiresIn = c.req.query("expires") ?? String(LINK_DEFAULT_S);
+    const seconds = /^\d{1,12}$/.test(expiresIn) ? Number(expiresIn) : NaN;
+    if (!(seconds >= 1 && seconds <= maxS)) {
+      return json({
+        message: `expires must be a whole number of seconds from 1 to ${maxS} ` +
+          `(CARTD_LINK_MAX_AGE), not ${JSON.stringify(expiresIn)}`,
+      }, 400);
+    }
+    const format = c.req.query("format") ?? "tar";
+    if (format !== "tar" && format !== "zip") {
+      return json({ message: `format must be "tar" or "zip", not "${format}"` }, 400);
+    }
+    const filename = c.req.query("filename") ?? "";
+    const problem = filename === "" ? null : filenameProblem(filename);
+    if (problem) return json({ message: problem }, 400);
+    const expires = Math.floor(links.now() / 1000) + seconds;
+    const query = links.query({
+      cartId: cart.id,
+      uid: cart.uid,
+      owner: cart.owner,
+      filename,
+      format,
+      manifest: ["1", "true", "yes"].includes(c.req.query("manifest") ?? ""),
+      expires,
+    });
+    const path = `/${encodeURIComponent(cart.uid)}?${query}`;
+    log.info("signed link made", {
+      uid: cart.uid,
+      cart: cart.id,
+      principal: principalOf(c.req.raw)?.name,
+      expires: new Date(expires * 1000).toISOString(),
+    });
+    return json(
+      {
+        url: new URL(path, c.req.url).href,
+        path,
+        expires: new Date(expires * 1000).toISOString(),
+      },
+      200,
+      { "Cache-Control": "no-store" },
+    );
+  });
+
+  /** The cart a signed link opens, or the answer that it opens none (403, 404). */
+  async function signedCart(
+    request: Request,
+    uid: string,
+  ): Promise<{ cart: Cart; link: LinkFields } | Response> {
+    const check = links.verify(uid, new URL(request.url).searchParams);
+    if (!check.ok) return json({ message: check.message }, 403);
+    const cart = await store.liveCart(uid, check.link.owner);
+    if (!cart || cart.id !== check.link.cartId) {
+      return request.method === "HEAD" ? noCartHead(uid) : json({ message: NO_CART }, 404);
+    }
+    setPrincipal(request, { name: cart.owner, roles: [], admin: false, via: "link" });
+    return { cart, link: check.link };
+  }
+
   app.get("/:uid", async (c) => {
-    if (c.req.raw.method === "HEAD") return await status(c.req.param("uid"));
-    const cart = await store.liveCart(c.req.param("uid"));
-    if (!cart) return json({ message: "The cart does not exist or has already been deleted" }, 404);
+    const uid = c.req.param("uid");
+    let cart: Cart | null;
+    let signed: LinkFields | null = null;
+    if (links.on && c.req.query("sig") !== undefined) {
+      const found = await signedCart(c.req.raw, uid);
+      if (found instanceof Response) return found;
+      if (c.req.raw.method === "HEAD") return await statusOf(found.cart);
+      cart = found.cart;
+      signed = found.link;
+    } else {
+      if (c.req.raw.method === "HEAD") return await status(c.req.raw, uid);
+      cart = await findCart(store, c.req.raw, uid);
+    }
+    if (!cart) return json({ message: NO_CART }, 404);
     if (cart.status === "error") return json({ message: cart.message }, 500);
     if (cart.status !== "ready") {
       return c.text("The cart is not ready for download.", 202, {
         "Retry-After": String(retryAfterSeconds(cart, store.now())),
       });
     }
-    const format = c.req.query("format") ?? "tar";
+    const format = signed ? signed.format : c.req.query("format") ?? "tar";
     if (format !== "tar" && format !== "zip") {
       return json({ message: `format must be "tar" or "zip", not "${format}"` }, 400);
     }
-    const name = c.req.query("filename") ?? defaultName(cart, format);
+    const name = (signed ? signed.filename || undefined : c.req.query("filename")) ??
+      defaultName(cart, format);
     const problem = filenameProblem(name);
     if (problem) return json({ message: problem }, 400);
-    const manifest = ["1", "true", "yes"].includes(c.req.query("manifest") ?? "");
+    const manifest = signed
+      ? signed.manifest
+      : ["1", "true", "yes"].includes(c.req.query("manifest") ?? "");
     return await serveDownload({ store, volume, downloads }, c.req.raw, cart, {
       name,
       format,
@@ -247,7 +389,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   });
 
   app.delete("/:uid", async (c) => {
-    const cart = await store.liveCart(c.req.param("uid"));
+    const cart = await findCart(store, c.req.raw, c.req.param("uid"));
     if (!cart) return json({ message: "Not Found" }, 404);
     await remove(cart, "DELETE");
     return json({ message: "Cart Deleted Successfully" }, 200);
@@ -280,6 +422,18 @@ function protocolProblem(request: Request): Response | null {
     );
   }
   return null;
+}
+
+/** The HEAD of a uid without a live cart (for the principal asking). */
+function noCartHead(uid: string): Response {
+  return new Response(null, {
+    status: 404,
+    headers: {
+      "X-Pacifica-Status": "error",
+      "X-Pacifica-Message": headerSafe(`No cart with uid ${uid} found`),
+      [STATE_HEADER]: "error",
+    },
+  });
 }
 
 /** Header values cannot carry newlines or non-Latin-1 text; keep the message readable. */

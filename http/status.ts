@@ -109,6 +109,11 @@ export interface StatusDeps {
   store: CartStore;
   /** Retention and the LRU purge settings (`space`). */
   config: Pick<Config, "space">;
+  /**
+   * The live cart `uid` as the request's principal sees it (http/access.ts `findCart`); by
+   * default the store's live cart of the uid (access off).
+   */
+  find?: (request: Request, uid: string) => Promise<Cart | null>;
 }
 
 /** A time for JSON: ISO 8601 in UTC, or null. */
@@ -195,7 +200,7 @@ function pagingParameter(
 /** What a handler of {@linkcode StatusApp} reads of its request (a Hono context). */
 export interface StatusContext {
   /** The request's path parameters and query. */
-  req: { param(name: "uid"): string; query(name: string): string | undefined };
+  req: { param(name: "uid"): string; query(name: string): string | undefined; raw: Request };
 }
 
 /** The part of the cart API's app (a Hono app) that {@linkcode mountStatus} uses. */
@@ -207,8 +212,9 @@ export interface StatusApp {
 /** Registers `GET /{uid}/status` and `GET /{uid}/files` on the cart API's app. */
 export function mountStatus(app: StatusApp, deps: StatusDeps): void {
   const { store } = deps;
+  const find = deps.find ?? ((_: Request, uid: string) => store.liveCart(uid));
   app.get("/:uid/status", async (c) => {
-    const cart = await store.liveCart(c.req.param("uid"));
+    const cart = await find(c.req.raw, c.req.param("uid"));
     if (!cart) return json({ message: NO_CART }, 404);
     return json(cartStatusJson(deps, cart), 200, { "Cache-Control": "no-store" });
   });
@@ -229,7 +235,7 @@ export function mountStatus(app: StatusApp, deps: StatusDeps): void {
       FILES_PAGE_MAX,
     );
     if (typeof limit === "string") return json({ message: limit }, 400);
-    const cart = await store.liveCart(c.req.param("uid"));
+    const cart = await find(c.req.raw, c.req.param("uid"));
     if (!cart) return json({ message: NO_CART }, 404);
     const page = await store.filePage(cart.id, after, limit);
     const last = page.files.at(-1);

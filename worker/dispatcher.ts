@@ -301,7 +301,7 @@ export class CartWorker {
     const { store, volume } = this.deps;
     try {
       const row = await store.cart(cartId);
-      if (row && (await store.liveCart(row.uid))?.id === cartId) return;
+      if (row && (await store.liveCart(row.uid, row.owner))?.id === cartId) return;
       await volume.remove(cartId);
       if (row) await store.forget(cartId);
     } catch (e) {

@@ -617,6 +617,7 @@ function readyCart(over: Partial<Cart> = {}): Cart {
   return {
     id: "00000000-0000-4000-8000-000000000001",
     uid: "cart-7",
+    owner: "",
     status: "ready",
     message: "",
     documentHash: "",

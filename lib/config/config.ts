@@ -168,6 +168,49 @@ export interface Config {
     /** The window (ms) over which minDownloadRate is measured. */
     rateWindowMs: number;
   };
+  /**
+   * Who may do what (issue 17; docs/security.md). Every identity off (the default): cartd
+   * asks no credentials and every cart belongs to the empty principal, as before.
+   */
+  access: {
+    /** The tokens file (hashed bearer tokens), or "" for none. */
+    tokensFile: string;
+    /** The shared secret JWTs are verified with, or "". */
+    jwtSecret: string;
+    /** The JWKS URL JWTs are verified with, or "". */
+    jwksUrl: string;
+    /** The `iss` a JWT must carry, or "" for any. */
+    jwtIssuer: string;
+    /** The `aud` a JWT must carry, or "" for any. */
+    jwtAudience: string;
+    /** Clock difference (ms) allowed on `exp` and `nbf`. */
+    jwtClockSkewMs: number;
+    /** CIDRs (comma-separated) of the proxies whose header names the principal, or "". */
+    proxyAddresses: string;
+    /** The header a trusted proxy names the principal in. */
+    proxyHeader: string;
+    /** Principals (comma-separated) that are admins whatever their credentials say. */
+    admins: string;
+    /** The role that sees and manages every cart. */
+    adminRole: string;
+    /** Signed link keys (comma-separated; the first signs), or "". */
+    linkKeys: string;
+    /** The longest a signed link may be valid (ms). */
+    linkMaxAgeMs: number;
+  };
+  /** What one principal may hold and ask (with identities on; admins are not limited). */
+  quota: {
+    /** Live carts. */
+    carts: number;
+    /** Bytes reserved by its carts before a POST is refused; 0: no limit. */
+    bytes: number;
+    /** Files in one cart. */
+    filesPerCart: number;
+    /** Files still to stage in its carts in progress. */
+    recalls: number;
+    /** Requests per second. */
+    requestsPerSecond: number;
+  };
   /** The lowest level of log messages that is written. */
   logLevel: "debug" | "info" | "warn" | "error";
   /** How log lines are written: `key=value` text, or one JSON object a line. */
@@ -307,7 +350,9 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
  * The defaults of one section of {@linkcode Config} (such as `staging`), from the table: what
  * `loadConfig({})` gives that section, without reading anything else.
  */
-export function sectionDefaults<S extends "staging" | "limits" | "work" | "space" | "api">(
+export function sectionDefaults<
+  S extends "staging" | "limits" | "work" | "space" | "api" | "access" | "quota",
+>(
   section: S,
 ): Config[S] {
   const defaults: Record<string, unknown> = {};

@@ -490,6 +490,111 @@ export const SETTING_TABLE = {
     "60",
     "seconds over which `CARTD_MIN_DOWNLOAD_RATE` is measured",
   ),
+  CARTD_ACCESS_TOKENS: field(
+    "access.tokensFile",
+    path,
+    { shown: "none", value: () => "" },
+    "a file of bearer tokens, stored as SHA-256 digests with a principal and its roles, re-read " +
+      "when it changes ([access](security.md#identities)); set, every request needs credentials",
+  ),
+  CARTD_ACCESS_JWT_SECRET: field(
+    "access.jwtSecret",
+    z.string(),
+    { shown: "none", value: () => "" },
+    "the shared secret (HS256/384/512) that JWTs are verified with; set, JWTs are accepted",
+  ),
+  CARTD_ACCESS_JWKS_URL: field(
+    "access.jwksUrl",
+    z.union([z.literal(""), url(["http:", "https:"])]),
+    { shown: "none", value: () => "" },
+    "a JWKS URL whose keys JWTs are verified with (fetched and cached); set, JWTs are accepted",
+  ),
+  CARTD_ACCESS_JWT_ISSUER: field(
+    "access.jwtIssuer",
+    z.string(),
+    { shown: "any", value: () => "" },
+    "the `iss` a JWT must carry",
+  ),
+  CARTD_ACCESS_JWT_AUDIENCE: field(
+    "access.jwtAudience",
+    z.string(),
+    { shown: "any", value: () => "" },
+    "the `aud` a JWT must carry",
+  ),
+  CARTD_ACCESS_JWT_CLOCK_SKEW: field(
+    "access.jwtClockSkewMs",
+    seconds,
+    "30",
+    "seconds of clock difference allowed when a JWT's `exp` and `nbf` are checked",
+  ),
+  CARTD_ACCESS_PROXY_ADDRESSES: field(
+    "access.proxyAddresses",
+    z.string(),
+    { shown: "none", value: () => "" },
+    "the addresses (CIDRs, comma-separated) whose `CARTD_ACCESS_PROXY_HEADER` is believed; " +
+      "set, that header is an identity; from any other address it is ignored",
+  ),
+  CARTD_ACCESS_PROXY_HEADER: field(
+    "access.proxyHeader",
+    z.string().regex(/^[A-Za-z0-9-]{1,64}$/, "expected a header name"),
+    "X-Remote-User",
+    "the header in which a trusted proxy names the principal",
+  ),
+  CARTD_ACCESS_ADMINS: field(
+    "access.admins",
+    z.string(),
+    { shown: "none", value: () => "" },
+    "principals (comma-separated) that have the admin role whatever their credentials say",
+  ),
+  CARTD_ACCESS_ADMIN_ROLE: field(
+    "access.adminRole",
+    z.string(),
+    "admin",
+    "the role that sees and manages every cart",
+  ),
+  CARTD_LINK_KEYS: field(
+    "access.linkKeys",
+    z.string(),
+    { shown: "none", value: () => "" },
+    "keys (comma-separated, at least 16 characters each) of signed download links: the first " +
+      "signs, every one verifies; unset, `GET /{uid}/link` answers `404`",
+  ),
+  CARTD_LINK_MAX_AGE: field(
+    "access.linkMaxAgeMs",
+    seconds,
+    "604800",
+    "the longest a signed download link may be valid (s); `GET /{uid}/link` defaults to an hour",
+  ),
+  CARTD_QUOTA_CARTS: field(
+    "quota.carts",
+    positiveInt,
+    "1000",
+    "live carts one principal may have (with identities on; admins have no quotas)",
+  ),
+  CARTD_QUOTA_BYTES: field(
+    "quota.bytes",
+    bytes,
+    { shown: "no limit (`0`)", value: () => 0 },
+    "bytes one principal's carts may hold reserved before its next `POST` is refused (`0`: no limit)",
+  ),
+  CARTD_QUOTA_FILES: field(
+    "quota.filesPerCart",
+    positiveInt,
+    "100000",
+    "files in one cart of one principal (besides `CARTD_MAX_FILES`)",
+  ),
+  CARTD_QUOTA_RECALLS: field(
+    "quota.recalls",
+    positiveInt,
+    "100000",
+    "files one principal's carts in progress may have still to stage (each a possible tape recall)",
+  ),
+  CARTD_QUOTA_RATE: field(
+    "quota.requestsPerSecond",
+    positiveInt,
+    "100",
+    "requests per second of one principal (a burst of as many is allowed)",
+  ),
   CARTD_LOG_LEVEL: field(
     "logLevel",
     oneOf(["debug", "info", "warn", "error"]),

@@ -10,7 +10,7 @@
 import type { Db } from "../db/db.ts";
 
 /** The schema version this build of cartd writes and reads. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /**
  * The tables of schema version 1, which every database starts from; {@linkcode MIGRATIONS}
@@ -85,6 +85,10 @@ function tables(dialect: Db["dialect"]): string[] {
  *   (NULL for carts that began before this version), from which the ETA is worked out.
  * - 4: `error_files`, the files recorded as failed, kept beside `staged_files`, so that the
  *   status of a cart of 100,000 files reads its tallies from the row too.
+ * - 5: `owner`, the principal that created the cart (issue 17; `''` for every cart made with
+ *   access off, and for those before this version), and uids unique per owner: the unique
+ *   index on `live_uid` becomes one on `(owner, live_uid)`, beside a plain one on `live_uid`
+ *   for an admin's look-up of a uid whoever owns it.
  */
 const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>> = {
   2: (dialect) => {
@@ -113,10 +117,19 @@ const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>>
     `UPDATE carts SET error_files = (SELECT COUNT(*) FROM cart_files f
       WHERE f.cart_id = carts.id AND f.status = 'error')`,
   ],
+  5: (dialect) => [
+    `ALTER TABLE carts ADD COLUMN owner ${
+      dialect === "mysql" ? "VARBINARY(1020)" : "TEXT"
+    } NOT NULL DEFAULT ''`,
+    "CREATE UNIQUE INDEX carts_owner_live_uid ON carts (owner, live_uid)",
+    "CREATE INDEX carts_any_live_uid ON carts (live_uid)",
+    dialect === "mysql" ? "DROP INDEX carts_live_uid ON carts" : "DROP INDEX carts_live_uid",
+  ],
 };
 
-/** Errors of DDL whose work is already done: an index or a column that exists. */
-const ALREADY_DONE = /already exists|Duplicate key name|duplicate column name/i;
+/** Errors of DDL whose work is already done: an index or a column that exists, or a dropped one. */
+const ALREADY_DONE =
+  /already exists|Duplicate key name|duplicate column name|no such index|check that it exists/i;
 
 /** What `dbchk` reports. */
 export interface SchemaState {

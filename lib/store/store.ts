@@ -29,6 +29,11 @@ export interface Cart {
   id: string;
   /** The client's label. */
   uid: string;
+  /**
+   * The principal that created it (issue 17): uids are unique per owner. `""` for every cart
+   * made with access off.
+   */
+  owner: string;
   /** Where the cart stands in the state machine. */
   status: CartStatus;
   /** What went wrong, for a person (empty unless status is "error"). */
@@ -148,6 +153,18 @@ export interface CartFile {
 /** What staging learned about one file (its home is lib/cart/staged.ts). */
 export type { StagedFacts };
 
+/** What one owner's live carts hold ({@linkcode CartStore.usage}). */
+export interface OwnerUsage {
+  /** The principal (`""`: carts made with access off). */
+  owner: string;
+  /** Its live carts. */
+  carts: number;
+  /** The bytes they hold reserved. */
+  reservedBytes: number;
+  /** Files of its carts in progress not yet staged nor failed. */
+  pendingFiles: number;
+}
+
 /** The result of {@linkcode CartStore.createCart}. */
 export interface Created {
   /** The cart now live under the uid: the new one, or the kept one. */
@@ -165,6 +182,7 @@ function toCart(r: Row): Cart {
   return {
     id: String(r.id),
     uid: String(r.uid),
+    owner: String(r.owner ?? ""),
     status: parseStatus(String(r.status)),
     message: String(r.message ?? ""),
     documentHash: String(r.document_hash),
@@ -264,7 +282,10 @@ export function* powerOfTwoBatches<T>(
 }
 
 /** What a new cart row is made of (the rest starts as every new cart's does). */
-type NewCart = Pick<Cart, "id" | "uid" | "documentHash" | "bundle" | "manifest" | "fileCount">;
+type NewCart = Pick<
+  Cart,
+  "id" | "uid" | "owner" | "documentHash" | "bundle" | "manifest" | "fileCount"
+>;
 
 /**
  * The one INSERT of a cart: a live `waiting` cart under its uid, created, updated and used
@@ -273,13 +294,14 @@ type NewCart = Pick<Cart, "id" | "uid" | "documentHash" | "bundle" | "manifest" 
  */
 async function insertCart(tx: Db, cart: NewCart, now: number): Promise<void> {
   await tx.run(
-    `INSERT INTO carts (id, uid, live_uid, status, message, document_hash, bundle, manifest,
-      file_count, created_at, updated_at, last_used_at)
-     VALUES (?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
+    `INSERT INTO carts (id, uid, live_uid, owner, status, message, document_hash, bundle,
+      manifest, file_count, created_at, updated_at, last_used_at)
+     VALUES (?, ?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
     [
       cart.id,
       cart.uid,
       cart.uid,
+      cart.owner,
       cart.documentHash,
       +cart.bundle,
       +cart.manifest,
@@ -378,25 +400,35 @@ export class CartStore {
   constructor(readonly db: Db, readonly now: () => number = Date.now) {}
 
   /**
-   * Stores a new cart for `uid`, replacing the live one (SPEC: re-POST replaces). An identical
-   * document posted to a live cart that has not failed keeps that cart (`kept: true`).
+   * Stores a new cart for `uid` of `owner` (the principal; `""` with access off), replacing
+   * that owner's live one (SPEC: re-POST replaces). An identical document posted to a live
+   * cart that has not failed keeps that cart (`kept: true`).
    */
-  async createCart(uid: string, doc: CartDocument, documentHash: string): Promise<Created> {
+  async createCart(
+    uid: string,
+    doc: CartDocument,
+    documentHash: string,
+    owner = "",
+  ): Promise<Created> {
     return await this.db.transaction(async (tx) => {
-      const live = (await tx.all("SELECT * FROM carts WHERE live_uid = ?", [uid])).map(toCart);
+      const live = (await tx.all("SELECT * FROM carts WHERE owner = ? AND live_uid = ?", [
+        owner,
+        uid,
+      ])).map(toCart);
       const same = live.find((c) => c.documentHash === documentHash && c.status !== "error");
       if (same) return { cart: same, replaced: [], kept: true };
       const now = this.now();
       if (live.length) {
-        await tx.run("UPDATE carts SET live_uid = NULL, updated_at = ? WHERE live_uid = ?", [
-          now,
-          uid,
-        ]);
+        await tx.run(
+          "UPDATE carts SET live_uid = NULL, updated_at = ? WHERE owner = ? AND live_uid = ?",
+          [now, owner, uid],
+        );
       }
       const id = crypto.randomUUID();
       await insertCart(tx, {
         id,
         uid,
+        owner,
         documentHash,
         bundle: doc.bundle,
         manifest: doc.manifest,
@@ -418,10 +450,40 @@ export class CartStore {
     });
   }
 
-  /** The live cart of `uid`, or null. */
-  async liveCart(uid: string): Promise<Cart | null> {
-    const rows = await this.db.all("SELECT * FROM carts WHERE live_uid = ?", [uid]);
+  /** The live cart of `uid` that `owner` created (`""`: with access off), or null. */
+  async liveCart(uid: string, owner = ""): Promise<Cart | null> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE owner = ? AND live_uid = ?", [
+      owner,
+      uid,
+    ]);
     return rows.length ? toCart(rows[0]) : null;
+  }
+
+  /** The live carts of `uid` whoever owns them (an admin's look-up), by owner. */
+  async liveCartsOfUid(uid: string): Promise<Cart[]> {
+    const rows = await this.db.all("SELECT * FROM carts WHERE live_uid = ? ORDER BY owner", [uid]);
+    return rows.map(toCart);
+  }
+
+  /**
+   * What the live carts of each owner hold (`owner` given: of that one only; an owner without
+   * live carts is absent): the quotas' figures, and `admin dump`'s.
+   */
+  async usage(owner?: string): Promise<OwnerUsage[]> {
+    const rows = await this.db.all(
+      `SELECT owner, COUNT(*) AS carts, COALESCE(SUM(reserved_bytes), 0) AS reserved,
+        COALESCE(SUM(CASE WHEN status IN ${IN_PROGRESS_SQL}
+          THEN file_count - staged_files - error_files ELSE 0 END), 0) AS pending
+       FROM carts WHERE live_uid IS NOT NULL ${owner === undefined ? "" : "AND owner = ?"}
+       GROUP BY owner ORDER BY owner`,
+      owner === undefined ? [] : [owner],
+    );
+    return rows.map((r) => ({
+      owner: String(r.owner),
+      carts: num(r.carts),
+      reservedBytes: num(r.reserved),
+      pendingFiles: num(r.pending),
+    }));
   }
 
   /** The cart with internal id `id` (live or replaced, not deleted), or null. */

@@ -1,0 +1,488 @@
+/**
+ * Who is asking (issue 17): the identities cartd accepts, as one Hono middleware, and the
+ * look-up of a cart as the principal asking may see it. Off (no identity setting), nothing of
+ * this runs: every cart belongs to the principal `""`, as before owners existed.
+ *
+ * The identities, each turned on by its settings (docs/security.md):
+ *
+ * - bearer tokens from a tokens file (`CARTD_ACCESS_TOKENS`), each line
+ *   `sha256:<hex digest of the token> <principal> [role,role…]`, re-read when the file changes;
+ * - JWTs (`Authorization: Bearer <jwt>`) verified by `jose` against a shared secret
+ *   (`CARTD_ACCESS_JWT_SECRET`) or a JWKS URL (`CARTD_ACCESS_JWKS_URL`), with the issuer,
+ *   audience and clock skew settings; the principal is the `sub` claim, the roles the `roles`
+ *   claim (a list, or words separated by spaces);
+ * - a header a trusted proxy sets (`CARTD_ACCESS_PROXY_HEADER`, `X-Remote-User` by default),
+ *   believed only from the addresses of `CARTD_ACCESS_PROXY_ADDRESSES` and ignored from others.
+ *
+ * Tokens and digests are compared with `node:crypto`'s `timingSafeEqual`, called through the
+ * module's default export (so a test can see that it is the one called). No token, JWT or
+ * digest ever reaches a log line or an answer: a refusal says what was wrong, not what was sent.
+ *
+ * @module
+ */
+import nodeCrypto from "node:crypto";
+import { BlockList, isIP } from "node:net";
+import type { MiddlewareHandler } from "hono";
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from "jose";
+import type { Config } from "../lib/config/config.ts";
+import { ConfigError } from "../lib/config/config.ts";
+import type { Cart, CartStore } from "../lib/store/store.ts";
+import { errorMessage, log } from "../lib/util/log.ts";
+import { json } from "./json.ts";
+
+/** Who a request is from. */
+export interface Principal {
+  /** The principal's name: a cart's owner. */
+  name: string;
+  /** Its roles. */
+  roles: readonly string[];
+  /** Whether it sees and manages every cart. */
+  admin: boolean;
+  /** How it was told: a token of the tokens file, a JWT, the proxy's header, a signed link. */
+  via: "token" | "jwt" | "proxy" | "link";
+}
+
+/** The access settings (`config.access`). */
+export type AccessSettings = Config["access"];
+
+/** How often, at most, the tokens file is looked at for a change (ms). */
+export const TOKENS_CHECK_MS = 1000;
+
+/** The realm of `WWW-Authenticate`. */
+const REALM = `Bearer realm="cartd"`;
+
+/** One line of the tokens file. */
+interface TokenEntry {
+  /** SHA-256 of the token. */
+  digest: Buffer;
+  /** The principal. */
+  name: string;
+  /** Its roles. */
+  roles: string[];
+}
+
+/** Why a request has no principal: the 401's message and the `error` of `WWW-Authenticate`. */
+interface Refusal {
+  message: string;
+  error?: "invalid_request" | "invalid_token";
+}
+
+/** A JWT has three base64url parts. */
+const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+/** A principal's name as cartd accepts it from a header or a claim: 1 to 255 bytes, no controls. */
+export function nameProblem(name: string): string | null {
+  if (name.length === 0) return "is empty";
+  if (new TextEncoder().encode(name).length > 255) return "is longer than 255 bytes";
+  // deno-lint-ignore no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(name)) return "has control characters";
+  return null;
+}
+
+/** Splits a comma-separated setting into its trimmed, non-empty parts. */
+export function listOf(text: string): string[] {
+  return text.split(",").map((s) => s.trim()).filter((s) => s !== "");
+}
+
+/**
+ * Reads the text of a tokens file: one `sha256:<64 hex> <principal> [roles]` a line; blank
+ * lines and `#` comments skipped. A line that cannot be read is skipped and reported by its
+ * number (never its text, which could hold a token pasted by mistake).
+ */
+export function parseTokens(text: string): { entries: TokenEntry[]; bad: number[] } {
+  const entries: TokenEntry[] = [];
+  const bad: number[] = [];
+  for (const [i, raw] of text.split("\n").entries()) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const [hash, name, roles, ...rest] = line.split(/\s+/);
+    const m = /^sha256:([0-9a-f]{64})$/i.exec(hash);
+    if (!m || !name || rest.length || nameProblem(name)) {
+      bad.push(i + 1);
+      continue;
+    }
+    entries.push({ digest: Buffer.from(m[1], "hex"), name, roles: roles ? listOf(roles) : [] });
+  }
+  return { entries, bad };
+}
+
+/** The SHA-256 digest of `token`, as a tokens file line wants it (`sha256:<hex>`). */
+export function tokenDigest(token: string): string {
+  return "sha256:" + nodeCrypto.createHash("sha256").update(token).digest("hex");
+}
+
+/**
+ * The identities of one API process. {@linkcode Access.on} says whether any is turned on;
+ * {@linkcode Access.authenticate} tells who sent a request.
+ */
+export class Access {
+  /** Whether any identity is on: then every request but `/` and the metrics needs one. */
+  readonly on: boolean;
+  readonly #settings: AccessSettings;
+  readonly #admins: Set<string>;
+  readonly #proxies: BlockList | null;
+  readonly #proxyHeader: string;
+  readonly #jwks: JWTVerifyGetKey | null;
+  readonly #secret: Uint8Array | null;
+  #tokens: TokenEntry[] = [];
+  #tokensStamp = "";
+  #tokensCheckedAt = -Infinity;
+  #tokensChecking: Promise<void> | null = null;
+
+  /**
+   * The identities `settings` turn on. Call {@linkcode Access.start} before serving.
+   *
+   * @throws {ConfigError} for a CIDR that cannot be read (the setting named, not its value
+   * when it is a secret).
+   */
+  constructor(settings: AccessSettings, readonly now: () => number = Date.now) {
+    this.#settings = settings;
+    this.#admins = new Set(listOf(settings.admins));
+    this.#proxyHeader = settings.proxyHeader.toLowerCase();
+    const cidrs = listOf(settings.proxyAddresses);
+    this.#proxies = cidrs.length ? blockList(cidrs) : null;
+    this.#secret = settings.jwtSecret ? new TextEncoder().encode(settings.jwtSecret) : null;
+    this.#jwks = settings.jwksUrl ? createRemoteJWKSet(new URL(settings.jwksUrl)) : null;
+    this.on = Boolean(settings.tokensFile || this.#secret || this.#jwks || this.#proxies);
+  }
+
+  /** Reads the tokens file once; throws when it cannot be read (start-up stops). */
+  async start(): Promise<void> {
+    if (!this.#settings.tokensFile) return;
+    try {
+      await this.#reloadTokens(true);
+    } catch (e) {
+      throw new ConfigError(
+        `CARTD_ACCESS_TOKENS: cannot read the tokens file ${this.#settings.tokensFile}: ` +
+          errorMessage(e),
+      );
+    }
+  }
+
+  /** The identities on, for the start-up log line. */
+  describe(): string {
+    const on = [];
+    if (this.#settings.tokensFile) on.push("tokens");
+    if (this.#secret || this.#jwks) on.push("jwt");
+    if (this.#proxies) on.push("proxy");
+    return on.join(",");
+  }
+
+  /** Re-reads the tokens file when its size, time or inode changed since the last read. */
+  async #reloadTokens(force = false): Promise<void> {
+    const file = this.#settings.tokensFile;
+    const info = await Deno.stat(file);
+    const stamp = `${info.ino}:${info.size}:${info.mtime?.getTime()}`;
+    if (!force && stamp === this.#tokensStamp) return;
+    const { entries, bad } = parseTokens(await Deno.readTextFile(file));
+    if (bad.length) {
+      log.warn("the tokens file has lines that are not `sha256:<hex> <principal> [roles]`", {
+        file,
+        lines: bad.join(","),
+      });
+    }
+    const before = this.#tokens.length;
+    this.#tokens = entries;
+    this.#tokensStamp = stamp;
+    if (!force) log.info("tokens file re-read", { file, tokens: entries.length, before });
+  }
+
+  /** Looks at the tokens file at most every {@linkcode TOKENS_CHECK_MS}; keeps the old on failure. */
+  async #freshTokens(): Promise<void> {
+    const now = this.now();
+    if (now - this.#tokensCheckedAt < TOKENS_CHECK_MS) return;
+    this.#tokensCheckedAt = now;
+    this.#tokensChecking ??= this.#reloadTokens().catch((e) => {
+      log.warn("cannot re-read the tokens file; the tokens read before stay in force", {
+        file: this.#settings.tokensFile,
+        error: errorMessage(e),
+      });
+    }).finally(() => this.#tokensChecking = null);
+    await this.#tokensChecking;
+  }
+
+  /** The tokens file's entry for `token`, comparing its digest with every entry's. */
+  #tokenEntry(token: string): TokenEntry | null {
+    const digest = nodeCrypto.createHash("sha256").update(token).digest();
+    let found: TokenEntry | null = null;
+    for (const entry of this.#tokens) {
+      // Every entry compared, whatever matched before: the time does not depend on which.
+      if (nodeCrypto.timingSafeEqual(entry.digest, digest) && !found) found = entry;
+    }
+    return found;
+  }
+
+  #principal(name: string, roles: string[], via: Principal["via"]): Principal {
+    return {
+      name,
+      roles,
+      via,
+      admin: roles.includes(this.#settings.adminRole) || this.#admins.has(name),
+    };
+  }
+
+  /** The principal of a JWT, or why there is none. */
+  async #jwt(token: string): Promise<Principal | Refusal> {
+    const secret = this.#secret;
+    const jwks = this.#jwks;
+    const key: JWTVerifyGetKey = (header, input) => {
+      if (header.alg?.startsWith("HS")) {
+        if (secret) return secret;
+      } else if (jwks) return jwks(header, input);
+      throw new joseErrors.JOSEAlgNotAllowed(`the algorithm ${header.alg} is not accepted`);
+    };
+    try {
+      const { payload } = await jwtVerify(token, key, {
+        issuer: this.#settings.jwtIssuer || undefined,
+        audience: this.#settings.jwtAudience || undefined,
+        clockTolerance: this.#settings.jwtClockSkewMs / 1000,
+        currentDate: new Date(this.now()),
+        algorithms: [
+          ...(secret ? ["HS256", "HS384", "HS512"] : []),
+          ...(jwks ? ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"] : []),
+          ...(jwks ? ["ES512", "EdDSA", "Ed25519"] : []),
+        ],
+      });
+      const name = typeof payload.sub === "string" ? payload.sub : "";
+      const problem = nameProblem(name);
+      if (problem) return { message: `The JWT's sub claim ${problem}`, error: "invalid_token" };
+      const claim = payload.roles;
+      const roles = Array.isArray(claim)
+        ? claim.filter((r): r is string => typeof r === "string")
+        : typeof claim === "string"
+        ? claim.split(/\s+/).filter(Boolean)
+        : [];
+      return this.#principal(name, roles, "jwt");
+    } catch (e) {
+      return { message: jwtProblem(e), error: "invalid_token" };
+    }
+  }
+
+  /**
+   * Who sent `request` (from `remote`, the peer's address, when known), or why nobody can
+   * tell. Call only when {@linkcode Access.on}.
+   */
+  async authenticate(
+    request: Request,
+    remote: Deno.NetAddr | undefined,
+  ): Promise<Principal | Refusal> {
+    const authorization = request.headers.get("authorization");
+    if (authorization !== null) {
+      const m = /^Bearer +([\x21-\x7e]+) *$/i.exec(authorization);
+      if (!m) {
+        return {
+          message: "The Authorization header is not `Bearer <token>`",
+          error: "invalid_request",
+        };
+      }
+      const token = m[1];
+      if (this.#settings.tokensFile) {
+        await this.#freshTokens();
+        const entry = this.#tokenEntry(token);
+        if (entry) return this.#principal(entry.name, entry.roles, "token");
+      }
+      if ((this.#secret || this.#jwks) && JWT_SHAPE.test(token)) return await this.#jwt(token);
+      return { message: "The bearer token is not valid", error: "invalid_token" };
+    }
+    if (this.#proxies) {
+      const named = request.headers.get(this.#proxyHeader);
+      if (named !== null) {
+        if (remote && trusted(this.#proxies, remote.hostname)) {
+          const problem = nameProblem(named.trim());
+          if (problem) {
+            return { message: `The ${this.#settings.proxyHeader} header ${problem}` };
+          }
+          return this.#principal(named.trim(), [], "proxy");
+        }
+        log.info("ignored a proxy header from an address that is not a trusted proxy", {
+          header: this.#settings.proxyHeader,
+          from: remote?.hostname ?? "unknown",
+          hint: "CARTD_ACCESS_PROXY_ADDRESSES lists the proxies",
+        });
+      }
+    }
+    return { message: "This request needs credentials: send Authorization: Bearer <token>" };
+  }
+}
+
+/** Whether `hostname` (v4, v6 or v4-mapped v6) is in `list`. */
+function trusted(list: BlockList, hostname: string): boolean {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(hostname);
+  const address = mapped ? mapped[1] : hostname;
+  const family = isIP(address);
+  if (family === 0) return false;
+  return list.check(address, family === 4 ? "ipv4" : "ipv6");
+}
+
+/** A BlockList of `cidrs` (`10.0.0.0/8`, `::1`, `127.0.0.1`). */
+function blockList(cidrs: string[]): BlockList {
+  const list = new BlockList();
+  for (const cidr of cidrs) {
+    const [address, bits] = cidr.split("/");
+    const family = isIP(address);
+    const max = family === 4 ? 32 : 128;
+    const prefix = bits === undefined ? max : Number(bits);
+    if (family === 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > max) {
+      throw new ConfigError(
+        `CARTD_ACCESS_PROXY_ADDRESSES: ${JSON.stringify(cidr)} is not an address or a CIDR ` +
+          "such as 127.0.0.1/32 or ::1/128",
+      );
+    }
+    list.addSubnet(address, prefix, family === 4 ? "ipv4" : "ipv6");
+  }
+  return list;
+}
+
+/** What was wrong with a JWT, for the client (nothing of the token itself). */
+function jwtProblem(e: unknown): string {
+  if (e instanceof joseErrors.JWTExpired) return "The JWT has expired";
+  if (e instanceof joseErrors.JWTClaimValidationFailed) {
+    return `The JWT's ${e.claim} claim is not accepted (${e.reason})`;
+  }
+  if (e instanceof joseErrors.JWSSignatureVerificationFailed) {
+    return "The JWT's signature does not verify";
+  }
+  if (e instanceof joseErrors.JWKSNoMatchingKey) return "No key of the JWKS matches the JWT";
+  if (e instanceof joseErrors.JOSEAlgNotAllowed) return "The JWT's algorithm is not accepted";
+  if (e instanceof joseErrors.JWKSTimeout || e instanceof joseErrors.JWKSInvalid) {
+    log.warn("cannot read the JWKS", { error: errorMessage(e) });
+    return "The keys to verify the JWT cannot be read now; try again";
+  }
+  if (e instanceof joseErrors.JOSEError) return "The JWT is malformed";
+  log.warn("a JWT could not be verified", { error: errorMessage(e) });
+  return "The JWT could not be verified";
+}
+
+/** The 401 of a request without valid credentials. */
+export function unauthorized(refusal: Refusal): Response {
+  const challenge = refusal.error ? `${REALM}, error="${refusal.error}"` : REALM;
+  return json({ message: refusal.message }, 401, { "WWW-Authenticate": challenge });
+}
+
+/** The principal of each request the middleware let through; null: anonymous (a signed link). */
+const principals = new WeakMap<Request, Principal | null>();
+
+/** Records who `request` is from (the middleware, and the signed links). */
+export function setPrincipal(request: Request, principal: Principal | null): void {
+  principals.set(request, principal);
+}
+
+/**
+ * Who `request` is from: a principal; null when access is on but the request has none (a
+ * signed link, the open metrics); undefined when access is off.
+ */
+export function principalOf(request: Request): Principal | null | undefined {
+  return principals.get(request);
+}
+
+/** The owner a new cart of `request`'s principal gets (`""` with access off). */
+export function ownerOf(request: Request): string {
+  return principals.get(request)?.name ?? "";
+}
+
+/** An admin's uid that several principals have, without `?owner=`: the answer is 409. */
+export class AmbiguousCart extends Error {
+  /** `uid` is the cart's; `owners`, those that have one. */
+  constructor(readonly uid: string, readonly owners: string[]) {
+    super(
+      `${owners.length} principals have a cart ${JSON.stringify(uid)}: name one with ` +
+        `?owner= (${owners.map((o) => JSON.stringify(o)).join(", ")})`,
+    );
+    this.name = "AmbiguousCart";
+  }
+}
+
+/**
+ * The live cart `uid` as the principal of `request` sees it, or null: with access off, the
+ * cart of that uid; for a principal, its own (another's cart is not there for it: the same one
+ * query as for a uid nobody has, so neither the answer nor its time tells them apart); for an
+ * admin, the cart of `?owner=`, else its own, else the one cart of that uid whoever owns it.
+ *
+ * @throws {AmbiguousCart} for an admin's uid that several others have.
+ */
+export async function findCart(
+  store: CartStore,
+  request: Request,
+  uid: string,
+): Promise<Cart | null> {
+  const who = principals.get(request);
+  if (who === undefined) return await store.liveCart(uid);
+  if (who === null) return null;
+  if (!who.admin) return await store.liveCart(uid, who.name);
+  const owner = new URL(request.url).searchParams.get("owner");
+  if (owner !== null) return await store.liveCart(uid, owner);
+  const own = await store.liveCart(uid, who.name);
+  if (own) return own;
+  const all: Cart[] = await store.liveCartsOfUid(uid);
+  if (all.length > 1) throw new AmbiguousCart(uid, all.map((c) => c.owner));
+  return all[0] ?? null;
+}
+
+/** What {@linkcode accessMiddleware} asks besides the identities. */
+export interface AccessHooks {
+  /** Seconds until `principal` may send another request, or null when it may now. */
+  rate(principal: Principal): number | null;
+  /** Whether the request is open to anyone (`GET /`, the metrics): no credentials asked. */
+  open(request: Request, path: string): boolean;
+  /** Whether the request carries a signed link, which the route itself checks. */
+  signed(request: Request, path: string): boolean;
+}
+
+/**
+ * The middleware that asks every request (but the open ones and signed links) who sent it:
+ * `401` with `WWW-Authenticate` without valid credentials, before any route runs (so nothing
+ * is stored); `429` over the principal's request rate; then one access log line per request,
+ * naming the principal (and never what it sent as credentials, nor the query: a signed link's
+ * signature is in it).
+ */
+export function accessMiddleware(access: Access, hooks: AccessHooks): MiddlewareHandler {
+  return async (c, next) => {
+    const request = c.req.raw;
+    const path = c.req.path;
+    const started = performance.now();
+    let principal: Principal | null = null;
+    if (hooks.signed(request, path) || hooks.open(request, path)) {
+      setPrincipal(request, null);
+    } else {
+      const remote = (c.env as { remoteAddr?: Deno.NetAddr } | undefined)?.remoteAddr;
+      const who = await access.authenticate(request, remote);
+      if (!("name" in who)) {
+        log.info("request refused: no valid credentials", {
+          method: request.method,
+          path,
+          status: 401,
+          why: who.message,
+          from: remote?.hostname,
+        });
+        return unauthorized(who);
+      }
+      principal = who;
+      setPrincipal(request, who);
+      const wait = who.admin ? null : hooks.rate(who);
+      if (wait !== null) {
+        log.info("request refused: over the principal's request rate", {
+          method: request.method,
+          path,
+          status: 429,
+          principal: who.name,
+        });
+        return json(
+          {
+            message: "Quota exceeded: requests per second (CARTD_QUOTA_RATE); slow down",
+          },
+          429,
+          { "Retry-After": String(wait) },
+        );
+      }
+    }
+    await next();
+    log.info("request", {
+      method: request.method,
+      path,
+      status: c.res.status,
+      principal: principalOf(request)?.name ?? principal?.name ?? "",
+      via: principalOf(request)?.via ?? principal?.via ?? "none",
+      ms: Math.round(performance.now() - started),
+    });
+  };
+}
