@@ -433,7 +433,7 @@ Deno.test("JWTs verify against a JWKS served on 127.0.0.1", async () => {
     CARTD_ACCESS_JWT_SECRET: "",
     CARTD_ACCESS_JWKS_URL: `http://127.0.0.1:${server.addr.port}/jwks.json`,
   });
-  const sign = (key: CryptoKey, kid = "k1", aud = "cartd") =>
+  const sign = (key: Parameters<SignJWT["sign"]>[0], kid = "k1", aud = "cartd") =>
     new SignJWT({ roles: "reader admin" }).setProtectedHeader({ alg: "RS256", kid })
       .setSubject("grace").setIssuer("https://issuer.test").setAudience(aud)
       .setExpirationTime("10m").sign(key);

@@ -163,7 +163,9 @@ export async function syncSchema(db: Db): Promise<number> {
     );
   }
   if (found === SCHEMA_VERSION) return found;
-  const ddl = [...tables(db.dialect)];
+  // The tables of version 1 only for a database without a schema: run again on a newer one,
+  // they would bring back what a migration dropped (version 5 drops an index of version 1).
+  const ddl = found === 0 ? [...tables(db.dialect)] : [];
   for (let version = Math.max(found, 1) + 1; version <= SCHEMA_VERSION; version++) {
     ddl.push(...MIGRATIONS[version](db.dialect));
   }

@@ -130,6 +130,37 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.equal((await schemaState(db)).current, true);
       });
 
+      await t.step(
+        "uids are per owner (schema 5): two owners' carts of one uid, each replaced alone",
+        async () => {
+          const u = uid("owned");
+          const a = await store.createCart(u, doc(1, "oa"), "h-oa", "alice");
+          const b = await store.createCart(u, doc(2, "ob"), "h-ob", "bob");
+          assert.equal(a.cart.owner, "alice");
+          assert.equal(b.cart.owner, "bob");
+          assert.deepEqual(b.replaced, [], "bob's cart replaces nothing of alice's");
+          assert.equal((await store.liveCart(u, "alice"))?.id, a.cart.id);
+          assert.equal((await store.liveCart(u, "bob"))?.id, b.cart.id);
+          assert.equal(await store.liveCart(u), null, "no cart of the empty owner");
+          assert.deepEqual((await store.liveCartsOfUid(u)).map((c) => c.owner), ["alice", "bob"]);
+          const again = await store.createCart(u, doc(3, "oa2"), "h-oa2", "alice");
+          assert.deepEqual(again.replaced.map((c) => c.id), [a.cart.id]);
+          assert.equal((await store.liveCart(u, "bob"))?.id, b.cart.id, "bob's cart stays");
+          const use = await store.usage("alice");
+          assert.deepEqual(use, [{ owner: "alice", carts: 1, reservedBytes: 0, pendingFiles: 3 }]);
+          // The migration's statements run again (an upgrade cut short): already done, no error.
+          await db.run("DELETE FROM cartd_schema");
+          await db.run("INSERT INTO cartd_schema (version) VALUES (4)");
+          assert.equal(await syncSchema(db), 4);
+          assert.equal((await schemaState(db)).current, true);
+          assert.equal((await store.liveCart(u, "bob"))?.id, b.cart.id);
+          for (const c of [again.cart, b.cart, a.cart]) {
+            await store.unlive(c.id);
+            await store.forget(c.id);
+          }
+        },
+      );
+
       await t.step("createCart stores 1,200 files in order, in batches", async () => {
         const u = uid("big");
         const d = doc(1200, "big", { bundle: true, manifest: true });
