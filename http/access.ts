@@ -22,7 +22,6 @@
  */
 import nodeCrypto from "node:crypto";
 import { BlockList, isIP } from "node:net";
-import type { MiddlewareHandler } from "hono";
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from "jose";
 import type { Config } from "../lib/config/config.ts";
 import { ConfigError } from "../lib/config/config.ts";
@@ -52,7 +51,7 @@ export const TOKENS_CHECK_MS = 1000;
 const REALM = `Bearer realm="cartd"`;
 
 /** One line of the tokens file. */
-interface TokenEntry {
+export interface TokenEntry {
   /** SHA-256 of the token. */
   digest: Buffer;
   /** The principal. */
@@ -62,8 +61,10 @@ interface TokenEntry {
 }
 
 /** Why a request has no principal: the 401's message and the `error` of `WWW-Authenticate`. */
-interface Refusal {
+export interface Refusal {
+  /** What was wrong, for the client (never what it sent). */
   message: string;
+  /** `invalid_request` (a header that is not `Bearer <token>`), `invalid_token`, or none. */
   error?: "invalid_request" | "invalid_token";
 }
 
@@ -418,6 +419,22 @@ export async function findCart(
   return all[0] ?? null;
 }
 
+/** What {@linkcode accessMiddleware} reads of a request's context (a Hono context). */
+export interface AccessContext {
+  /** The request, and its path. */
+  req: { raw: Request; path: string };
+  /** What the server passed with the request (`remoteAddr`: the peer's address). */
+  env: unknown;
+  /** The answer, once the routes have made it. */
+  res: Response;
+}
+
+/** The middleware {@linkcode accessMiddleware} makes. */
+export type AccessMiddleware = (
+  c: AccessContext,
+  next: () => Promise<void>,
+) => Promise<Response | void>;
+
 /** What {@linkcode accessMiddleware} asks besides the identities. */
 export interface AccessHooks {
   /** Seconds until `principal` may send another request, or null when it may now. */
@@ -435,7 +452,7 @@ export interface AccessHooks {
  * naming the principal (and never what it sent as credentials, nor the query: a signed link's
  * signature is in it).
  */
-export function accessMiddleware(access: Access, hooks: AccessHooks): MiddlewareHandler {
+export function accessMiddleware(access: Access, hooks: AccessHooks): AccessMiddleware {
   return async (c, next) => {
     const request = c.req.raw;
     const path = c.req.path;

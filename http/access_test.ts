@@ -22,16 +22,16 @@ import { Volume } from "../lib/volume/volume.ts";
 import { Access, tokenDigest } from "./access.ts";
 import { type CartApp, cartRoutes } from "./routes.ts";
 
-export const SECRET = "jwt-shared-secret-for-tests-0123456789";
-export const LINK_KEY = "link-key-for-tests-0123456789abcdef";
+const SECRET = "jwt-shared-secret-for-tests-0123456789";
+const LINK_KEY = "link-key-for-tests-0123456789abcdef";
 /** The tokens of the tokens file, by principal. */
-export const TOKENS = {
+const TOKENS = {
   alice: "tok-alice-7f3e9c1d2b",
   bob: "tok-bob-0a9b8c7d6e",
   root: "tok-root-5e4d3c2b1a",
 };
 /** The tokens file's text for {@linkcode TOKENS} (root has the admin role). */
-export function tokensFile(): string {
+function tokensFile(): string {
   return [
     "# test tokens",
     `${tokenDigest(TOKENS.alice)} alice reader,writer`,
@@ -42,7 +42,7 @@ export function tokensFile(): string {
 }
 
 /** A JWT signed with {@linkcode SECRET}; `claims` override the defaults. */
-export async function jwt(
+async function jwt(
   claims: Record<string, unknown> = {},
   options: { exp?: number; aud?: string; secret?: string } = {},
 ): Promise<string> {
