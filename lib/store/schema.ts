@@ -12,11 +12,14 @@ import type { Db } from "../db/db.ts";
 /** The schema version this build of cartd writes and reads. */
 export const SCHEMA_VERSION = 5;
 
+/** The version that gives carts an owner, and makes uids unique per owner (issue 17). */
+export const OWNER_VERSION = 5;
+
 /**
  * The tables of schema version 1, which every database starts from; {@linkcode MIGRATIONS}
  * then bring it to {@linkcode SCHEMA_VERSION}.
  */
-function tables(dialect: Db["dialect"]): string[] {
+function tables(dialect: Db["dialect"], found: number): string[] {
   const mysql = dialect === "mysql";
   // Bytes, not a collation: MySQL collations ignore trailing spaces, and uids are exact.
   const key = mysql ? "VARBINARY(1020)" : "TEXT";
@@ -46,7 +49,9 @@ function tables(dialect: Db["dialect"]): string[] {
       claim_expires ${big} NULL,
       attempts INTEGER NOT NULL DEFAULT 0
     )${tail}`,
-    `CREATE UNIQUE INDEX carts_live_uid ON carts (live_uid)`,
+    // Dropped by OWNER_VERSION: made again on a newer database, it would refuse two owners'
+    // carts of one uid.
+    ...(found >= OWNER_VERSION ? [] : ["CREATE UNIQUE INDEX carts_live_uid ON carts (live_uid)"]),
     `CREATE INDEX carts_status ON carts (status, last_used_at)`,
     `CREATE TABLE IF NOT EXISTS cart_files (
       cart_id ${id} NOT NULL,
@@ -117,7 +122,7 @@ const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>>
     `UPDATE carts SET error_files = (SELECT COUNT(*) FROM cart_files f
       WHERE f.cart_id = carts.id AND f.status = 'error')`,
   ],
-  5: (dialect) => [
+  [OWNER_VERSION]: (dialect) => [
     `ALTER TABLE carts ADD COLUMN owner ${
       dialect === "mysql" ? "VARBINARY(1020)" : "TEXT"
     } NOT NULL DEFAULT ''`,
@@ -163,9 +168,7 @@ export async function syncSchema(db: Db): Promise<number> {
     );
   }
   if (found === SCHEMA_VERSION) return found;
-  // The tables of version 1 only for a database without a schema: run again on a newer one,
-  // they would bring back what a migration dropped (version 5 drops an index of version 1).
-  const ddl = found === 0 ? [...tables(db.dialect)] : [];
+  const ddl = [...tables(db.dialect, found)];
   for (let version = Math.max(found, 1) + 1; version <= SCHEMA_VERSION; version++) {
     ddl.push(...MIGRATIONS[version](db.dialect));
   }
