@@ -3,12 +3,15 @@
  * (issue 17: ≤ 5 %), side by side with access off, in one run.
  *
  * One SQLite volume holds the same two ready carts twice, once without an owner (access off)
- * and once of `alice`: `ready` (3 small files) and `big` (one 1 GiB file). `cartd serve` runs
- * on it with access off, then on (a tokens file, JWTs and the proxy header all on, the request
- * rate quota out of the way), in alternating rounds. Each round: HEAD of `ready` by 8 clients
- * for 5 s (HEADs per second), and the 1 GiB GET of `big` by curl, 3 times (the median's
- * MiB/s). With access on, each request carries alice's bearer token and writes its access log
- * line, as in production. The figures are medians over the rounds, and their ratios.
+ * and once of `alice`: `ready` (3 small files) and `big` (one sparse 1 GiB file). Two
+ * `cartd serve` processes run on it at once, access off and access on (a tokens file, JWTs and
+ * the proxy header all on, the request rate quota out of the way). Each round, for each
+ * process in turn (the order alternates): HEAD of `ready` by 8 clients for 2 s (HEADs per
+ * second, and the process's CPU per HEAD), then one curl GET of `big` (MiB/s, and CPU). With
+ * access on, each request carries alice's bearer token and writes its access log line (HEAD's
+ * at debug, as shipped). The figures are medians over the rounds (8, or BENCH_ROUNDS), and
+ * their ratios. Before that, the access checks alone: HEAD through the app in this process,
+ * off and on in alternating blocks.
  *
  * @module
  */
@@ -22,13 +25,16 @@ import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 import { tokenDigest } from "../http/access.ts";
 import { startCartd } from "../tests/support/harness.ts";
-import { exec, GiB, median, MiB } from "./common.ts";
+import { loadConfig } from "../lib/config/config.ts";
+import { MemoryQueue } from "../lib/queue/memory.ts";
+import { Cancellations } from "../lib/space/cancellations.ts";
+import { cartRoutes } from "../http/routes.ts";
+import { cpuSeconds, exec, GiB, median, MiB } from "./common.ts";
 
 const TOKEN = "bench-token-of-alice-0123456789";
 const CLIENTS = 8;
-const HEAD_MS = 5_000;
-const GETS = 3;
-const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
+const HEAD_MS = 2_000;
+const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 8);
 
 /** Writes the carts `ready` and `big` of `owner` (files on the volume, rows in the store). */
 async function fill(store: CartStore, volume: Volume, owner: string): Promise<void> {
@@ -60,8 +66,11 @@ async function fill(store: CartStore, volume: Volume, owner: string): Promise<vo
   }
 }
 
-/** HEADs per second of `url` with CLIENTS clients for HEAD_MS. */
-async function headRate(url: string, headers: Record<string, string>): Promise<number> {
+/** HEADs per second of `url` with CLIENTS clients for HEAD_MS, and how many were sent. */
+async function headRate(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ rate: number; count: number }> {
   const end = performance.now() + HEAD_MS;
   let count = 0;
   const client = async () => {
@@ -74,7 +83,7 @@ async function headRate(url: string, headers: Record<string, string>): Promise<n
   };
   const started = performance.now();
   await Promise.all(Array.from({ length: CLIENTS }, client));
-  return count / ((performance.now() - started) / 1000);
+  return { rate: count / ((performance.now() - started) / 1000), count };
 }
 
 /** MiB/s of one curl GET of `url` (1 GiB and a little). */
@@ -87,6 +96,52 @@ async function download(url: string, headers: Record<string, string>): Promise<n
   return bytes / MiB / seconds;
 }
 
+/**
+ * The access checks alone: HEAD of `ready` through the app in this process (no HTTP, no other
+ * process), access off and on in alternating blocks; the median µs per request of each.
+ */
+async function inProcess(dir: string, store: CartStore, volume: Volume): Promise<void> {
+  const queue = new MemoryQueue();
+  const app = (env: Record<string, string>) =>
+    cartRoutes({
+      store,
+      queue,
+      volume,
+      cancellations: new Cancellations(),
+      config: loadConfig({ VOLUME_PATH: dir, ...env }),
+    });
+  const off = app({});
+  const on = app({ CARTD_ACCESS_TOKENS: join(dir, "tokens"), CARTD_QUOTA_RATE: "100000000" });
+  const BLOCK = 2000;
+  const times = { off: [] as number[], on: [] as number[] };
+  for (let block = 0; block < 12; block++) {
+    for (
+      const [mode, a, headers] of [["off", off, {}], ["on", on, {
+        authorization: `Bearer ${TOKEN}`,
+      }]] as const
+    ) {
+      const started = performance.now();
+      for (let i = 0; i < BLOCK; i++) {
+        const r = await a.fetch(
+          new Request("http://cartd/ready", {
+            method: "HEAD",
+            headers: { host: "cartd", ...headers },
+          }),
+        );
+        if (r.status !== 204) throw new Error(`in-process HEAD (${mode}) answered ${r.status}`);
+      }
+      if (block > 1) times[mode].push((performance.now() - started) / BLOCK * 1000);
+    }
+  }
+  await queue.close();
+  const offUs = median(times.off);
+  const onUs = median(times.on);
+  console.log(
+    `in process (the app's fetch, no HTTP): HEAD off ${offUs.toFixed(1)} µs, on ` +
+      `${onUs.toFixed(1)} µs: the access checks cost ${(onUs - offUs).toFixed(1)} µs a request`,
+  );
+}
+
 /** Runs the rounds and prints the figures; returns the exit code. */
 export async function main(): Promise<number> {
   const dir = await Deno.makeTempDir({ prefix: "cartd-bench-access-" });
@@ -97,8 +152,9 @@ export async function main(): Promise<number> {
     const volume = new Volume(dir);
     await fill(store, volume, "");
     await fill(store, volume, "alice");
-    await db.close();
     await Deno.writeTextFile(join(dir, "tokens"), `${tokenDigest(TOKEN)} alice\n`);
+    await inProcess(dir, store, volume);
+    await db.close();
     const modes = {
       off: { env: {}, headers: {} as Record<string, string> },
       on: {
@@ -111,40 +167,71 @@ export async function main(): Promise<number> {
         headers: { authorization: `Bearer ${TOKEN}` },
       },
     };
+    // Both processes run at once, and the bursts alternate, so that the other helpers' load
+    // falls on both alike.
+    await using off = await startCartd({
+      role: "serve",
+      volume: dir,
+      env: { ARCHIVE_INTERFACE_URL: "http://127.0.0.1:9/", ...modes.off.env },
+    });
+    await using on = await startCartd({
+      role: "serve",
+      volume: dir,
+      env: { ARCHIVE_INTERFACE_URL: "http://127.0.0.1:9/", ...modes.on.env },
+    });
+    const servers = { off, on };
     const figures = {
-      off: { head: [] as number[], get: [] as number[] },
-      on: { head: [] as number[], get: [] as number[] },
+      off: {
+        head: [] as number[],
+        headCpu: [] as number[],
+        get: [] as number[],
+        getCpu: [] as number[],
+      },
+      on: {
+        head: [] as number[],
+        headCpu: [] as number[],
+        get: [] as number[],
+        getCpu: [] as number[],
+      },
     };
     for (let round = 0; round < ROUNDS; round++) {
       for (const mode of round % 2 ? ["on", "off"] as const : ["off", "on"] as const) {
-        const { env, headers } = modes[mode];
-        await using cartd = await startCartd({
-          role: "serve",
-          volume: dir,
-          env: { ARCHIVE_INTERFACE_URL: "http://127.0.0.1:9/", CARTD_LOG_LEVEL: "info", ...env },
-        });
-        const head = await headRate(cartd.url + "ready", headers);
-        const gets: number[] = [];
-        for (let i = 0; i < GETS; i++) gets.push(await download(cartd.url + "big", headers));
-        figures[mode].head.push(head);
-        figures[mode].get.push(median(gets));
+        const { headers } = modes[mode];
+        const { url, process } = servers[mode];
+        let before = cpuSeconds(process.pid);
+        const { rate, count } = await headRate(url + "ready", headers);
+        figures[mode].head.push(rate);
+        figures[mode].headCpu.push((cpuSeconds(process.pid) - before) / count * 1e6);
+        before = cpuSeconds(process.pid);
+        figures[mode].get.push(await download(url + "big", headers));
+        figures[mode].getCpu.push(cpuSeconds(process.pid) - before);
         console.log(
-          `round ${round + 1}, access ${mode}: HEAD ${head.toFixed(0)}/s; ` +
-            `1 GiB GET ${median(gets).toFixed(0)} MiB/s (median of ${GETS})`,
+          `round ${round + 1}, access ${mode}: HEAD ${rate.toFixed(0)}/s, ` +
+            `${figures[mode].headCpu.at(-1)!.toFixed(0)} µs CPU each; 1 GiB GET ` +
+            `${figures[mode].get.at(-1)!.toFixed(0)} MiB/s, ${
+              figures[mode].getCpu.at(-1)!.toFixed(2)
+            } s CPU`,
         );
       }
     }
     const m = (xs: number[]) => median(xs);
-    const headCost = 1 - m(figures.on.head) / m(figures.off.head);
-    const getCost = 1 - m(figures.on.get) / m(figures.off.get);
+    const cost = (key: keyof typeof figures.on, higherIsBetter: boolean) => {
+      const [a, b] = [m(figures.off[key]), m(figures.on[key])];
+      return ((higherIsBetter ? 1 - b / a : b / a - 1) * 100).toFixed(1);
+    };
     console.log(
-      `HEAD, ${CLIENTS} clients: off ${m(figures.off.head).toFixed(0)}/s, on ` +
-        `${m(figures.on.head).toFixed(0)}/s: access costs ${(headCost * 100).toFixed(1)} % ` +
-        `(target ≤ 5 %)`,
+      `HEAD, ${CLIENTS} clients, ${HEAD_MS / 1000} s a burst, median of ${ROUNDS}: off ` +
+        `${m(figures.off.head).toFixed(0)}/s, on ${m(figures.on.head).toFixed(0)}/s ` +
+        `(${cost("head", true)} % slower); CPU off ${m(figures.off.headCpu).toFixed(0)} µs, ` +
+        `on ${m(figures.on.headCpu).toFixed(0)} µs (${
+          cost("headCpu", false)
+        } % more); target ≤ 5 %`,
     );
     console.log(
-      `1 GiB GET: off ${m(figures.off.get).toFixed(0)} MiB/s, on ${m(figures.on.get).toFixed(0)} ` +
-        `MiB/s: access costs ${(getCost * 100).toFixed(1)} % (target ≤ 5 %)`,
+      `1 GiB GET, median of ${ROUNDS}: off ${m(figures.off.get).toFixed(0)} MiB/s, on ` +
+        `${m(figures.on.get).toFixed(0)} MiB/s (${cost("get", true)} % slower); CPU off ` +
+        `${m(figures.off.getCpu).toFixed(2)} s, on ${m(figures.on.getCpu).toFixed(2)} s ` +
+        `(${cost("getCpu", false)} % more); target ≤ 5 %`,
     );
     return 0;
   } finally {

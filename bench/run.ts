@@ -21,6 +21,9 @@
  *   ready of 96 files on 4 tapes, 1,000 files on 5 s recalls, a cart on disk behind carts on
  *   tape, two carts sharing 50 files. `tape-big` (only when named): 100,000 files on tape.
  *
+ * - `access` (only when named; bench/access.ts): the cost of access control (issue 17) on
+ *   HEAD and on a 1 GiB download, beside access off, in one run.
+ *
  * `--large` adds a 4 GiB cart (64 × 64 MiB) and a 40,000 × 1 KiB cart.
  *
  * @module

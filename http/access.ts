@@ -109,7 +109,19 @@ export function parseTokens(text: string): { entries: TokenEntry[]; bad: number[
 
 /** The SHA-256 digest of `token`, as a tokens file line wants it (`sha256:<hex>`). */
 export function tokenDigest(token: string): string {
-  return "sha256:" + nodeCrypto.createHash("sha256").update(token).digest("hex");
+  return "sha256:" + sha256(token).toString("hex");
+}
+
+/** `node:crypto`'s one-shot `hash` where the platform has it (faster), else `createHash`. */
+const oneShot = (nodeCrypto as unknown as {
+  hash?: (algorithm: string, data: string, encoding: "buffer") => Buffer;
+}).hash;
+
+/** The SHA-256 digest of `text` (UTF-8). */
+function sha256(text: string): Buffer {
+  return oneShot
+    ? oneShot("sha256", text, "buffer")
+    : nodeCrypto.createHash("sha256").update(text).digest();
 }
 
 /**
@@ -183,9 +195,10 @@ export class Access {
       });
     }
     const before = this.#tokens.length;
+    const first = this.#tokensStamp === "";
     this.#tokens = entries;
     this.#tokensStamp = stamp;
-    if (!force) log.info("tokens file re-read", { file, tokens: entries.length, before });
+    if (!force && !first) log.info("tokens file re-read", { file, tokens: entries.length, before });
   }
 
   /** Looks at the tokens file at most every {@linkcode TOKENS_CHECK_MS}; keeps the old on failure. */
@@ -204,7 +217,7 @@ export class Access {
 
   /** The tokens file's entry for `token`, comparing its digest with every entry's. */
   #tokenEntry(token: string): TokenEntry | null {
-    const digest = nodeCrypto.createHash("sha256").update(token).digest();
+    const digest = sha256(token);
     let found: TokenEntry | null = null;
     for (const entry of this.#tokens) {
       // Every entry compared, whatever matched before: the time does not depend on which.
@@ -493,7 +506,9 @@ export function accessMiddleware(access: Access, hooks: AccessHooks): AccessMidd
       }
     }
     await next();
-    log.info("request", {
+    // HEAD is how clients poll a cart, many times a minute each: its lines are debug (a line
+    // costs more than the access checks themselves; docs/security.md).
+    (request.method === "HEAD" ? log.debug : log.info)("request", {
       method: request.method,
       path,
       status: c.res.status,

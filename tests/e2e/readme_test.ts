@@ -63,6 +63,8 @@ const BLOCKS: Record<string, { run: string } | { skip: string }> = {
   },
   "docs/benchmarks.md: deno task bench tape            # the tape cases (a few minutes: two of them wait on purpose)":
     { skip: "takes minutes; it measures and asserts nothing" },
+  "docs/benchmarks.md: deno task bench access   # access off beside access on: HEAD and a 1 GiB GET (about 2 minutes)":
+    { skip: "takes minutes; it measures and asserts nothing" },
   "docs/configuration.md: deno task cartd --help": { run: "help" },
   "docs/deploy.md: docker compose up -d                              # everything but the archive interface":
     {
