@@ -452,6 +452,8 @@ export type AccessMiddleware = (
 export interface AccessHooks {
   /** Seconds until `principal` may send another request, or null when it may now. */
   rate(principal: Principal): number | null;
+  /** The request rate quota, for the 429's message. */
+  rateLimit: number;
   /** Whether the request is open to anyone (`GET /`, the metrics): no credentials asked. */
   open(request: Request, path: string): boolean;
   /** Whether the request carries a signed link, which the route itself checks. */
@@ -498,7 +500,8 @@ export function accessMiddleware(access: Access, hooks: AccessHooks): AccessMidd
         });
         return json(
           {
-            message: "Quota exceeded: requests per second (CARTD_QUOTA_RATE); slow down",
+            message: `Quota exceeded: requests per second (CARTD_QUOTA_RATE=${hooks.rateLimit}); ` +
+              "slow down",
           },
           429,
           { "Retry-After": String(wait) },

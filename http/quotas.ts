@@ -26,6 +26,9 @@ import { json } from "./json.ts";
 /** `Retry-After` (s) of a refusal over what a principal holds: carts finish or get deleted. */
 export const HOLDINGS_RETRY_S = 60;
 
+/** Request-rate buckets kept before the quiet ones are forgotten. */
+const BUCKETS_MAX = 10_000;
+
 /** The quotas of one API process. */
 export class Quotas {
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
@@ -40,6 +43,7 @@ export class Quotas {
   rate(principal: Principal): number | null {
     const rate = this.limits.requestsPerSecond;
     const now = this.now();
+    if (this.#buckets.size >= BUCKETS_MAX) this.#prune(now);
     const bucket = this.#buckets.get(principal.name) ?? { tokens: rate, at: now };
     bucket.tokens = Math.min(rate, bucket.tokens + (now - bucket.at) * rate / 1000);
     bucket.at = now;
@@ -49,6 +53,13 @@ export class Quotas {
       return null;
     }
     return Math.max(1, Math.ceil((1 - bucket.tokens) / rate));
+  }
+
+  /** Forgets the buckets that are full again (their principals have been quiet a second). */
+  #prune(now: number): void {
+    for (const [name, bucket] of this.#buckets) {
+      if (now - bucket.at >= 1000) this.#buckets.delete(name);
+    }
   }
 
   /**

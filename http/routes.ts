@@ -162,6 +162,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       "*",
       accessMiddleware(access, {
         rate: (principal) => quotas.rate(principal),
+        rateLimit: config.quota.requestsPerSecond,
         open: (request, path) => {
           if (path === "/" || path === METRICS_PATH) return true;
           // GET /metrics without credentials is the metrics; with them, it may be a cart.
