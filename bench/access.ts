@@ -11,7 +11,8 @@
  * access on, each request carries alice's bearer token and writes its access log line (HEAD's
  * at debug, as shipped). The figures are medians over the rounds (8, or BENCH_ROUNDS), and
  * their ratios. Before that, the access checks alone: HEAD through the app in this process,
- * off and on in alternating blocks.
+ * off and on in alternating blocks; and bob's HEAD of alice's cart beside his HEAD of a uid
+ * nobody has (both 404), in alternating blocks, for the time an existence leak would take.
  *
  * @module
  */
@@ -32,6 +33,7 @@ import { cartRoutes } from "../http/routes.ts";
 import { cpuSeconds, exec, GiB, median, MiB } from "./common.ts";
 
 const TOKEN = "bench-token-of-alice-0123456789";
+const BOB = "bench-token-of-bob-9876543210";
 const CLIENTS = 8;
 const HEAD_MS = 2_000;
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 8);
@@ -133,6 +135,32 @@ async function inProcess(dir: string, store: CartStore, volume: Volume): Promise
       if (block > 1) times[mode].push((performance.now() - started) / BLOCK * 1000);
     }
   }
+  // Another's cart against a uid nobody has, as bob (who owns neither): the same one query.
+  await Deno.writeTextFile(
+    join(dir, "tokens"),
+    `${tokenDigest(TOKEN)} alice\n${tokenDigest(BOB)} bob\n`,
+  );
+  const bob = app({ CARTD_ACCESS_TOKENS: join(dir, "tokens"), CARTD_QUOTA_RATE: "100000000" });
+  const leak = { others: [] as number[], missing: [] as number[] };
+  for (let block = 0; block < 12; block++) {
+    for (const [kind, uid] of [["others", "ready"], ["missing", "nobody"]] as const) {
+      const started = performance.now();
+      for (let i = 0; i < BLOCK; i++) {
+        const r = await bob.fetch(
+          new Request(`http://cartd/${uid}`, {
+            method: "HEAD",
+            headers: { host: "cartd", authorization: `Bearer ${BOB}` },
+          }),
+        );
+        if (r.status !== 404) throw new Error(`bob's HEAD of ${uid} answered ${r.status}`);
+      }
+      if (block > 1) leak[kind].push((performance.now() - started) / BLOCK * 1000);
+    }
+  }
+  console.log(
+    `in process, bob's HEAD (404 both): alice's cart ${median(leak.others).toFixed(1)} µs, ` +
+      `a uid nobody has ${median(leak.missing).toFixed(1)} µs`,
+  );
   await queue.close();
   const offUs = median(times.off);
   const onUs = median(times.on);
