@@ -95,6 +95,9 @@ const REFUSED_DRAINING = 64;
 /** The longest a refused connection's request is read. */
 const REFUSED_DRAIN_MS = 1000;
 
+/** How long a connection whose answer says `Connection: close` stays open after it is sent. */
+const CLOSE_LINGER_MS = 1000;
+
 /** The pause after a failed accept: it doubles up to the last, while accepts keep failing. */
 const ACCEPT_BACKOFF_MS = [10, 20, 50, 100, 200, 500, 1000];
 
@@ -140,6 +143,13 @@ export function serveLimited(
         await event.respondWith(limitRate(response, options, close)).catch(() => {});
         state.idle = true;
         if (stopping || closed) break;
+        if (response.headers.get("connection") === "close") {
+          // An answer that ends the connection (a 408: the rest of its body is never read).
+          // Closed at once, the client's bytes still coming would make the kernel reset the
+          // connection, and the client lose the answer unread: wait a moment first.
+          await new Promise((r) => setTimeout(r, CLOSE_LINGER_MS));
+          break;
+        }
         timer = wait(options.idleTimeoutMs);
       }
     } finally {

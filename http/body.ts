@@ -6,6 +6,10 @@
  * view that would pin the whole buffer it was read into) holds no more than its bytes, and
  * the spent buffers are collected as they pile up.
  *
+ * A body must also come within a time (`CARTD_BODY_TIMEOUT`): a client that sends it at a
+ * trickle, or stops in the middle, has its body cancelled when the time is up
+ * ({@linkcode BodyTimeoutError}, answered `408`), and what was read so far is let go.
+ *
  * The text must be UTF-8: a body that is not is refused ({@linkcode BodyEncodingError}), so
  * that no replaced character ever changes an archive id or a path the client sent.
  *
@@ -21,7 +25,7 @@
  * @module
  */
 
-import { spentBuffers } from "../lib/util/memory.ts";
+import { droppedBuffer, spentBuffers } from "../lib/util/memory.ts";
 
 /** The first buffer of a body of unknown length; it doubles as needed, up to the limit. */
 const FIRST_BUFFER = 16 * 1024;
@@ -52,42 +56,85 @@ export class BodyReadError extends Error {
 }
 
 /**
- * The body of `request` as UTF-8 text, or null when it is longer than `limit` bytes. Throws
- * {@linkcode BodyEncodingError} when the bytes are not UTF-8 (a leading BOM is dropped), and
- * {@linkcode BodyReadError} when the body stops before its end.
+ * Thrown by {@linkcode readBody} when the whole body did not come within its time limit: the
+ * client sent it too slowly, or stopped in the middle. The rest of the body was cancelled.
  */
-export async function readBody(request: Request, limit: number): Promise<string | null> {
+export class BodyTimeoutError extends Error {
+  /** The limit that passed, in milliseconds. */
+  readonly timeoutMs: number;
+  /** Builds the error; `received` is how many bytes had come by then. */
+  constructor(timeoutMs: number, received: number) {
+    super(
+      `The request body did not arrive within ${timeoutMs / 1000} s (CARTD_BODY_TIMEOUT; ` +
+        `${received} bytes came): send the whole body at once, or ask the operator to raise it`,
+    );
+    this.name = "BodyTimeoutError";
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/**
+ * The body of `request` as UTF-8 text, or null when it is longer than `limit` bytes. Throws
+ * {@linkcode BodyEncodingError} when the bytes are not UTF-8 (a leading BOM is dropped),
+ * {@linkcode BodyReadError} when the body stops before its end, and
+ * {@linkcode BodyTimeoutError} when it has not all come `timeoutMs` after the reading began
+ * (0: no time limit).
+ */
+export async function readBody(
+  request: Request,
+  limit: number,
+  timeoutMs = 0,
+): Promise<string | null> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) return null;
   if (!request.body) return "";
   // A declared length is only a hint: the bytes that come are what count.
   let buffer = new Uint8Array(Math.min(limit, declared >= 0 ? declared : FIRST_BUFFER));
   let size = 0;
-  const chunks = request.body[Symbol.asyncIterator]();
-  for (;;) {
-    let next: IteratorResult<Uint8Array>;
-    try {
-      next = await chunks.next();
-    } catch (e) {
-      throw new BodyReadError(e);
+  const reader = request.body.getReader();
+  let timedOut = false;
+  let whole = false;
+  // Cancelling the reader ends a read in flight (it resolves as done) and the body's stream.
+  const timer = timeoutMs > 0
+    ? setTimeout(() => {
+      timedOut = true;
+      reader.cancel(new Error("CARTD_BODY_TIMEOUT passed")).catch(() => {});
+    }, timeoutMs)
+    : undefined;
+  try {
+    for (;;) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (e) {
+        if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
+        throw new BodyReadError(e);
+      }
+      if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
+      if (next.done) break;
+      const chunk = next.value;
+      if (size + chunk.length > limit) {
+        await reader.cancel().catch(() => {}); // cancels the rest of the body
+        return null;
+      }
+      if (size + chunk.length > buffer.length) {
+        const grown = new Uint8Array(
+          Math.min(limit, Math.max(buffer.length * 2, size + chunk.length, FIRST_BUFFER)),
+        );
+        grown.set(buffer.subarray(0, size));
+        buffer = grown;
+      }
+      buffer.set(chunk, size);
+      size += chunk.length;
+      // The chunk's whole buffer (often 64 KiB for one byte) is garbage now: collect it soon.
+      spentBuffers(chunk.buffer.byteLength);
     }
-    if (next.done) break;
-    const chunk = next.value;
-    if (size + chunk.length > limit) {
-      await chunks.return?.().catch(() => {}); // cancels the rest of the body
-      return null;
-    }
-    if (size + chunk.length > buffer.length) {
-      const grown = new Uint8Array(
-        Math.min(limit, Math.max(buffer.length * 2, size + chunk.length, FIRST_BUFFER)),
-      );
-      grown.set(buffer.subarray(0, size));
-      buffer = grown;
-    }
-    buffer.set(chunk, size);
-    size += chunk.length;
-    // The chunk's whole buffer (often 64 KiB for one byte) is garbage now: collect it soon.
-    spentBuffers(chunk.buffer.byteLength);
+    whole = true;
+  } finally {
+    clearTimeout(timer);
+    reader.releaseLock();
+    // A body cut off (too slow, too large, broken): what it had sent is garbage now.
+    if (!whole) droppedBuffer(buffer.length);
   }
   return decodeUtf8(buffer.subarray(0, size));
 }

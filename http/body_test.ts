@@ -3,7 +3,7 @@
  * are not UTF-8.
  */
 import assert from "node:assert/strict";
-import { BodyEncodingError, BodyReadError, readBody } from "./body.ts";
+import { BodyEncodingError, BodyReadError, BodyTimeoutError, readBody } from "./body.ts";
 
 /** A POST whose body comes as `chunks`, one read each. */
 function chunked(chunks: Uint8Array[], headers: Record<string, string> = {}): Request {
@@ -86,4 +86,30 @@ Deno.test("a body that stops before its end (the client went away) is a BodyRead
     assert.match(e.message, /could not be read to its end .*: connection closed$/);
     return true;
   });
+});
+
+Deno.test("a body that does not come within the time limit is cancelled with BodyTimeoutError", async () => {
+  let cancelled: unknown = null;
+  // 3 bytes, then nothing: a client that stopped mid-body.
+  const stalled = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(new TextEncoder().encode('{"a'));
+    },
+    cancel(reason) {
+      cancelled = reason;
+    },
+  });
+  const request = new Request("http://cartd/x", { method: "POST", body: stalled });
+  const started = Date.now();
+  await assert.rejects(readBody(request, 1000, 100), (e: unknown) => {
+    assert.ok(e instanceof BodyTimeoutError);
+    assert.equal(e.timeoutMs, 100);
+    assert.match(e.message, /within 0\.1 s \(CARTD_BODY_TIMEOUT; 3 bytes came\)/);
+    return true;
+  });
+  assert.ok(Date.now() - started >= 90, "not before the limit");
+  assert.ok(cancelled instanceof Error, "the rest of the body is cancelled");
+  // Without a limit, and within one, a whole body is read as before.
+  assert.equal(await readBody(chunked(oneByteViews("{}")), 10, 0), "{}");
+  assert.equal(await readBody(chunked(oneByteViews("{}")), 10, 5000), "{}");
 });

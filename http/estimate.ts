@@ -144,7 +144,7 @@ class ArchiveDown extends Error {}
 export async function estimate(deps: EstimateDeps, request: Request): Promise<Response> {
   const { config } = deps;
   const started = performance.now();
-  const body = await readBody(request, config.limits.maxBodyBytes);
+  const body = await readBody(request, config.limits.maxBodyBytes, config.api.bodyTimeoutMs);
   if (body === null) {
     // The words of POST /{uid}: the same document is refused the same way.
     return json({

@@ -34,7 +34,7 @@ import {
   principalOf,
   setPrincipal,
 } from "./access.ts";
-import { BodyEncodingError, BodyReadError, readBody } from "./body.ts";
+import { BodyEncodingError, BodyReadError, BodyTimeoutError, readBody } from "./body.ts";
 import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { Downloads } from "./downloads.ts";
@@ -130,6 +130,16 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   app.onError((error, c) => {
     // A body that is not UTF-8 (POST /{uid} and the estimate alike): the client's to fix.
     if (error instanceof BodyEncodingError) return json({ message: error.message }, 400);
+    if (error instanceof BodyTimeoutError) {
+      // Too slow, or stopped mid-body: what came is let go; the connection is closed after
+      // the answer, as the rest of the body is not read.
+      log.info("a request body did not come within CARTD_BODY_TIMEOUT; cut, nothing stored", {
+        method: c.req.method,
+        path: c.req.path,
+        seconds: error.timeoutMs / 1000,
+      });
+      return json({ message: error.message }, 408, { Connection: "close" });
+    }
     if (error instanceof BodyReadError) {
       // The client went away mid-body: nothing failed here, and nobody reads the answer.
       log.info("client closed the connection before sending the whole body; nothing stored", {
@@ -212,7 +222,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     const uid = c.req.param("uid");
     const problem = uidProblem(uid);
     if (problem) return json({ message: problem }, 400);
-    const body = await readBody(c.req.raw, config.limits.maxBodyBytes);
+    const body = await readBody(c.req.raw, config.limits.maxBodyBytes, config.api.bodyTimeoutMs);
     if (body === null) {
       return json({
         message: `The cart document is larger than ${config.limits.maxBodyBytes} bytes ` +

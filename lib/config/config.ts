@@ -161,6 +161,8 @@ export interface Config {
     maxConnections: number;
     /** Time (ms) a new connection may take to send a whole request head; 0: no limit. */
     headerTimeoutMs: number;
+    /** Time (ms) a request may take to send its whole body once reading it began; 0: no limit. */
+    bodyTimeoutMs: number;
     /** Time (ms) a connection may wait between requests; 0: no limit. */
     idleTimeoutMs: number;
     /** Least bytes per second a client must read of a download; 0: no limit. */

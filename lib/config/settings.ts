@@ -472,6 +472,12 @@ export const SETTING_TABLE = {
     "10",
     "seconds a new connection may take to send a whole request head before it is closed (`0`: no limit)",
   ),
+  CARTD_BODY_TIMEOUT: field(
+    "api.bodyTimeoutMs",
+    seconds,
+    "60",
+    "seconds a request may take to send its whole body (a cart document) once its head is read; then it gets `408` (`0`: no limit)",
+  ),
   CARTD_IDLE_TIMEOUT: field(
     "api.idleTimeoutMs",
     seconds,

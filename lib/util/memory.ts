@@ -166,3 +166,18 @@ export function spentBuffers(bytes: number): void {
   spent = 0;
   exposedGc()?.({ type: "minor" });
 }
+
+/** Buffers at least this large that {@linkcode droppedBuffer} is told of are collected at once. */
+export const DROPPED_BUFFER_COLLECTED = 1 << 20;
+
+/**
+ * Tells the collector that one buffer of `bytes` became garbage at once and nothing will
+ * follow it (a request body cut off half-way: the connection goes quiet, so neither
+ * {@linkcode paceHeap} nor {@linkcode spentBuffers} would see a reason to collect). From
+ * {@linkcode DROPPED_BUFFER_COLLECTED} bytes on it asks for a full collection, run
+ * concurrently, which frees the buffer's memory.
+ */
+export function droppedBuffer(bytes: number): void {
+  if (bytes < DROPPED_BUFFER_COLLECTED) return;
+  exposedGc()?.({ type: "major", execution: "async" });
+}
