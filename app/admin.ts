@@ -333,7 +333,8 @@ async function fixit(
     };
     let cart: Cart | null;
     try {
-      cart = await store.retryFailed(old.id, newId, adopt);
+      // Without a broker, the running service's sweep queues it: marked to be taken at once.
+      cart = await store.retryFailed(old.id, newId, adopt, config.queue.kind === "memory");
     } catch (e) {
       if (moved) {
         await Deno.rename(to, from).catch((back) => {
@@ -365,16 +366,12 @@ async function fixit(
   }
   if (fresh.length) {
     if (config.queue.kind === "memory") {
-      // The sweep (worker/sweep.ts, every half claim period) queues only carts untouched for
-      // 5 claim periods (so a backlog is not queued over and over): the fresh cart waits that
-      // long, plus up to one sweep period. Only the first sweep after a start takes them all.
-      const quietS = (5 * config.work.claimTtlMs) / 1000;
-      const mostS = Math.ceil((5.5 * config.work.claimTtlMs) / 1000);
+      // Marked by retryFailed, the cart is queued by the service's next sweep (worker/sweep.ts,
+      // every half claim period, at least 1 s apart).
+      const mostS = Math.max(1, config.work.claimTtlMs / 2000);
       say(
-        "No broker is configured: the running service's sweep queues the cart" +
-          `${fresh.length === 1 ? "" : "s"} once untouched for ${quietS} s ` +
-          `(5 × CARTD_CLAIM_TTL), so within ${mostS} s; restart the worker to have ` +
-          `${fresh.length === 1 ? "it" : "them"} picked up at once.`,
+        "No broker is configured: the running service's next sweep queues the cart" +
+          `${fresh.length === 1 ? "" : "s"}, within ${mostS} s (half of CARTD_CLAIM_TTL).`,
       );
     } else {
       const queue = await openQueue(config.queue);

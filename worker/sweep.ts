@@ -49,7 +49,8 @@ export class Sweep {
   /**
    * Queues unfinished carts nobody holds. The first sweep queues every orphan (an in-process
    * queue starts empty); later ones only carts left unclaimed for a while, so that a long
-   * backlog is not queued again and again.
+   * backlog is not queued again and again, and carts whose claim expired (which is how
+   * `cartd admin fixit` marks a fixed cart to be taken at once: an expired claim, no owner).
    */
   async #requeueOrphans(): Promise<void> {
     const { store, queue, config } = this.deps;

@@ -1033,12 +1033,16 @@ export class CartStore {
    * internal id `newId`) that keeps the old one's staged files; the others are `pending` again
    * with their size forgotten, so the archive is asked anew. `inside` runs within the
    * transaction, after the rows are written (it moves the files; it must be repeatable).
-   * Returns the new cart, or null when `cartId` is not a live failed cart.
+   * With `queueAtOnce`, the new cart is marked as an orphan to queue now (a claim that has
+   * expired, held by nobody): the next sweep of any worker queues it, instead of waiting
+   * until it has been untouched for 5 claim periods. Returns the new cart, or null when
+   * `cartId` is not a live failed cart.
    */
   async retryFailed(
     cartId: string,
     newId: string,
     inside: () => Promise<void> = () => Promise.resolve(),
+    queueAtOnce = false,
   ): Promise<Cart | null> {
     return await this.db.transaction(async (tx) => {
       const rows = await tx.all(
@@ -1068,7 +1072,7 @@ export class CartStore {
           staged_files = (SELECT COUNT(*) FROM cart_files WHERE cart_id = ? AND status = 'staged'),
           staged_bytes = (SELECT COALESCE(SUM(size), 0) FROM cart_files
             WHERE cart_id = ? AND status = 'staged'),
-          error_files = 0
+          error_files = 0${queueAtOnce ? ", claim_expires = 0" : ""}
          WHERE id = ?`,
         [newId, newId, newId],
       );

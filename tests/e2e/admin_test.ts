@@ -45,8 +45,10 @@ Deno.test("admin: dump shows live carts and their files; fixit redoes only the f
   fake.put("flaky", { size: 30 * KiB }, { failGets: Infinity });
   fake.put("r0", "ready file");
   // One file at a time, in document order: g0 and g1 are staged before "flaky" fails.
+  // A claim period of 10 s: the sweep looks every 5 s, and a cart untouched for 5 periods
+  // (what the sweep waited for before fixit marked its cart) would take 50 s.
   await using cartd = await startCartd({
-    env: { ARCHIVE_INTERFACE_URL: fake.url, CARTD_FILES_PER_CART: "1" },
+    env: { ARCHIVE_INTERFACE_URL: fake.url, CARTD_FILES_PER_CART: "1", CARTD_CLAIM_TTL: "10" },
   });
   const { url, volume } = cartd;
   const doc = {
@@ -96,11 +98,15 @@ Deno.test("admin: dump shows live carts and their files; fixit redoes only the f
   const gets = { g0: fake.counts("g0").get, g1: fake.counts("g1").get };
   const flakyGets = fake.counts("flaky").get;
   fake.put("flaky", { size: 30 * KiB });
-  const fixed = await admin(volume, ["fixit", "bad", "fine"]);
+  const fixing = Date.now();
+  const fixed = await admin(volume, ["fixit", "bad", "fine"], { CARTD_CLAIM_TTL: "10" });
   assert.equal(fixed.code, 0, fixed.stderr);
   assert.match(fixed.stdout, /"bad": .*2 staged files kept, 1 to fetch again/);
   assert.match(fixed.stdout, /"fine" is ready, not failed: nothing to fix/);
-  assert.deepEqual(await waitFor(url, "bad", "ready", 20_000), [204, "ready", ""]);
+  assert.match(fixed.stdout, /next sweep queues the cart, within 5 s \(half of CARTD_CLAIM_TTL\)/);
+  // What fixit says holds: the next sweep (at most 5 s away) takes it; 3 s to stage and bundle.
+  assert.deepEqual(await waitFor(url, "bad", "ready", 8_000), [204, "ready", ""]);
+  console.log(`fixit → ready: ${Date.now() - fixing} ms (the sweep looks every 5 s)`);
   assert.deepEqual({ g0: fake.counts("g0").get, g1: fake.counts("g1").get }, gets);
   assert.equal(fake.counts("flaky").get, flakyGets + 1);
   const res = await fetch(url + "bad?filename=bad.tar");
