@@ -113,6 +113,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   const access = deps.access ?? new Access(config.access);
   const links = new LinkSigner(parseLinkKeys(config.access.linkKeys));
   const quotas = new Quotas(config.quota);
+  // On a full volume, removing a cart's folder makes room for the database's write when the
+  // SQLite file shares the volume's file system (cartd's default layout): lib/space/remove_cart.ts.
+  const freesDatabase = config.database.kind === "sqlite" &&
+    volume.sharesFileSystem(config.database.path);
   /** Removes `cart` (a DELETE, a replace), saying so when that cuts downloads in flight here. */
   const remove = (cart: Cart, why: string) => {
     const cut = downloads.downloads(cart.id);
@@ -124,7 +128,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
         downloads: cut,
       });
     }
-    return removeCart(store, volume, cart, why, cancellations);
+    return removeCart(store, volume, cart, why, cancellations, freesDatabase);
   };
 
   app.onError((error, c) => {

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { DbWriteError } from "../db/db.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
 import { errorMessage, log } from "../util/log.ts";
@@ -17,6 +18,11 @@ import type { Cancellations } from "./cancellations.ts";
  * Removes `cart` (see the module doc); `why` goes to the log. Workers listening on
  * `cancellations` (the process's) stop their work on it; without it (`cartd admin`, whose
  * process runs no worker) no local worker is told.
+ *
+ * When the database cannot be written because its disk is full and `freesDatabase` says the
+ * database shares the volume's file system, the folder is removed first, which makes the room
+ * the database needs, and then the rows are written. Where that is not enough (or the
+ * database lives elsewhere), the database's error is thrown: the caller answers 503 naming it.
  */
 export async function removeCart(
   store: CartStore,
@@ -24,8 +30,31 @@ export async function removeCart(
   cart: Cart,
   why: string,
   cancellations?: Cancellations,
+  freesDatabase = false,
 ): Promise<void> {
-  await store.unlive(cart.id);
+  try {
+    await store.unlive(cart.id);
+  } catch (error) {
+    if (!(freesDatabase && error instanceof DbWriteError && error.why === "full")) throw error;
+    cancellations?.cancel(cart.id);
+    await volume.remove(cart.id);
+    log.warn("the volume is full: removed the cart's folder before its rows, to make room", {
+      uid: cart.uid,
+      cart: cart.id,
+      why,
+      error: errorMessage(error),
+    });
+    try {
+      await store.unlive(cart.id);
+    } catch (again) {
+      log.warn(
+        "the cart's folder is removed, but its rows cannot be written yet: a DELETE " +
+          "once there is room ends it",
+        { uid: cart.uid, cart: cart.id, error: errorMessage(again) },
+      );
+      throw again;
+    }
+  }
   cancellations?.cancel(cart.id);
   try {
     await volume.remove(cart.id);
@@ -39,6 +68,16 @@ export async function removeCart(
     });
     return;
   }
-  await store.forget(cart.id);
+  try {
+    await store.forget(cart.id);
+  } catch (error) {
+    // Gone for clients and from the volume: the sweep forgets the rows of dead carts later.
+    if (!(error instanceof DbWriteError)) throw error;
+    log.warn("cart removed, its rows not yet forgotten; the sweep will", {
+      uid: cart.uid,
+      cart: cart.id,
+      error: errorMessage(error),
+    });
+  }
   log.info("cart removed", { uid: cart.uid, cart: cart.id, why, status: cart.status });
 }

@@ -10,7 +10,7 @@
  * ```
  * @module
  */
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 const CART_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -48,6 +48,24 @@ export class Volume {
   /** Creates the cart's folders. */
   async prepare(cartId: string): Promise<void> {
     await Deno.mkdir(join(this.cartDir(cartId), "files"), { recursive: true });
+  }
+
+  /**
+   * Whether `path` (a file, or the folder it would be made in) is on the same file system as
+   * the cart folders, so that removing a cart's folder makes room for it too. False when
+   * either cannot be looked at.
+   */
+  sharesFileSystem(path: string): boolean {
+    const device = (p: string) => {
+      try {
+        return Deno.statSync(p).dev;
+      } catch {
+        return null;
+      }
+    };
+    const carts = device(this.cartsDir) ?? device(this.root);
+    const other = device(path) ?? device(dirname(path));
+    return carts !== null && carts === other;
   }
 
   /** Removes the cart's folder and everything in it; a missing folder is fine. */

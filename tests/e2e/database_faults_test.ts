@@ -155,6 +155,13 @@ privileged(
       assert.ok(Number(post.headers.get("retry-after")) > 0, "Retry-After is set");
       const { message } = await post.json();
       assert.match(message, /^The database cannot be written: database or disk is full/);
+      // A DELETE cannot make room here (the cart's folder is on another file system): 503
+      // naming the cause, and the cart is left whole.
+      const folders = await cartFolders(volume);
+      const deleted = await fetch(url + "ready", { method: "DELETE" });
+      assert.equal(deleted.status, 503);
+      assert.match((await deleted.json()).message, /database or disk is full/);
+      assert.deepEqual(await cartFolders(volume), folders, "no folder removed");
 
       // Reads that record a use still answer; the use is skipped.
       assert.deepEqual(await cartStatus(url, "ready"), [204, "ready", ""]);
@@ -256,6 +263,63 @@ privileged(
       await using again = await startCartd({ env, volume });
       assert.deepEqual(await cartStatus(again.url, "a"), [204, "ready", ""]);
     } finally {
+      await Deno.remove(volume, { recursive: true });
+    }
+  },
+);
+
+/** Fills the file system of `dir` to its last byte with a file `name`; returns its path. */
+async function fill(dir: string, name = "filler"): Promise<string> {
+  const path = join(dir, name);
+  const filler = await Deno.open(path, { write: true, create: true });
+  try {
+    for (let block = 64 * KiB; block >= 1;) {
+      try {
+        await filler.write(new Uint8Array(block));
+      } catch (e) {
+        assert.match(String(e), /No space left|os error 28/);
+        block >>= 1; // the last bytes, in smaller writes
+      }
+    }
+  } finally {
+    filler.close();
+  }
+  return path;
+}
+
+privileged(
+  "database faults: DELETE on a 100 % full volume frees the cart's folder first and answers 200",
+  async () => {
+    await using fake = startFakeArchive();
+    fake.put("big", { size: 512 * KiB });
+    fake.put("f", { size: 4 * KiB });
+    // The volume, the database and the cart folders on one 4 MiB tmpfs: cartd's default layout.
+    const volume = await Deno.makeTempDir({ prefix: "cartd-dbfaults-delete-" });
+    const mounted = await sh("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", volume);
+    assert.ok(mounted.ok, mounted.text);
+    try {
+      await using cartd = await startCartd({ env: { ARCHIVE_INTERFACE_URL: fake.url }, volume });
+      const { url } = cartd;
+      assert.equal(
+        (await postCart(url, "big", { fileids: [{ id: "big", path: "b" }] })).status,
+        201,
+      );
+      assert.deepEqual(await waitFor(url, "big", "ready"), [204, "ready", ""]);
+      await readyCarts(url, ["small"]);
+      await fill(volume);
+      const post = await postCart(url, "new", { fileids: [{ id: "f", path: "f" }] });
+      assert.equal(post.status, 503, "the volume is full: writes fail");
+      await post.body?.cancel();
+
+      const deleted = await fetch(url + "big", { method: "DELETE" });
+      const text = await deleted.text();
+      assert.equal(deleted.status, 200, text);
+      assert.equal((await cartStatus(url, "big"))[0], 404, "the cart is gone");
+      assert.equal((await cartFolders(volume)).length, 1, "its folder is gone");
+      assert.deepEqual(await cartStatus(url, "small"), [204, "ready", ""], "the other stays");
+      assert.match(cartd.output(), /cart removed .*uid=big/);
+    } finally {
+      await sh("umount", volume);
       await Deno.remove(volume, { recursive: true });
     }
   },
