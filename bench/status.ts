@@ -1,10 +1,13 @@
 /**
  * `deno task bench status` (or `deno run -A bench/status.ts`): issue 16's progress figures.
  *
- * - HEAD rate of a ready cart: 8 clients HEAD it back to back for 5 s; prints HEADs per
- *   second. The target (with the progress headers: ≤ 5 % slower) is checked by running this
- *   same file on the code before them (copy it into that tree): it only writes carts through
- *   store methods that both have.
+ * - HEAD rate of a ready cart: 8 clients HEAD it back to back, with the progress headers (the
+ *   default) and without them (`CARTD_PROGRESS_HEADERS=false`), each from its own
+ *   `cartd serve` on the volume, by turns of 1.5 s (10 each; the order turns), and a third
+ *   process with the headers on as a control (its difference from the first is the noise of
+ *   the run). Prints the rates and the server's CPU time per HEAD, the paired ratios' medians,
+ *   against issue 16's target (≤ 5 % slower); then the handler alone in this process
+ *   (`cartRoutes` on a SQLite store, headers on and off by turns), free of network and clients.
  * - `GET /{uid}/status` and one page of `GET /{uid}/files` (the default 100, and the most,
  *   1,000, from the middle) of a 100,000-file cart half staged: median and max of 20 each
  *   (target ≤ 100 ms). Code without those routes prints that they are missing.
@@ -19,13 +22,27 @@ import { parseCartDocument } from "../lib/cart/document.ts";
 import { openSqlite } from "../lib/db/sqlite.ts";
 import { syncSchema } from "../lib/store/schema.ts";
 import { CartStore } from "../lib/store/store.ts";
+import { loadConfig } from "../lib/config/config.ts";
+import { MemoryQueue } from "../lib/queue/memory.ts";
+import { Cancellations } from "../lib/space/cancellations.ts";
+import { Volume } from "../lib/volume/volume.ts";
+import { cartRoutes } from "../http/routes.ts";
 import { startCartd } from "../tests/support/harness.ts";
+import { median } from "./common.ts";
 
 /** Files of the big cart. */
 const BIG = 100_000;
 /** Concurrent HEAD clients, and how long they run (ms). */
 const CLIENTS = 8;
 const HEAD_MS = 5_000;
+/** Turns of HEADs with the progress headers and without, the length of each (ms). */
+const HEAD_ROUNDS = 10;
+const HEAD_SLICE_MS = 1_500;
+/** Issue 16's target: HEAD at most 5 % slower with the progress headers. */
+const HEAD_TARGET = 0.05;
+/** HEADs per turn, and turns each way, of the handler alone (in this process). */
+const HANDLER_BATCH = 2_000;
+const HANDLER_ROUNDS = 10;
 /** Timed requests per status case; the target of issue 16 (ms). */
 const REPEATS = 20;
 const TARGET_MS = 100;
@@ -61,9 +78,20 @@ async function fill(volume: string): Promise<void> {
   }
 }
 
-/** HEADs per second of `url` with CLIENTS clients for HEAD_MS. */
-async function headRate(url: string): Promise<number> {
-  const end = performance.now() + HEAD_MS;
+/** User + system CPU seconds of process `pid` so far. */
+function cpuSeconds(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/**
+ * HEADs per second of `url` with CLIENTS clients for `ms` (HEAD_MS), and, with the server's
+ * `pid`, the server's CPU time per HEAD (µs): less sensitive than the rate to the other work
+ * on the machine, which takes the clients' and the server's turns alike.
+ */
+async function headRate(url: string, ms = HEAD_MS, pid?: number) {
+  const end = performance.now() + ms;
   let count = 0;
   const client = async () => {
     while (performance.now() < end) {
@@ -73,9 +101,68 @@ async function headRate(url: string): Promise<number> {
       count++;
     }
   };
+  const cpu0 = pid ? cpuSeconds(pid) : 0;
   const started = performance.now();
   await Promise.all(Array.from({ length: CLIENTS }, client));
-  return count / ((performance.now() - started) / 1000);
+  const rate = count / ((performance.now() - started) / 1000);
+  return { rate, cpuUs: pid ? (cpuSeconds(pid) - cpu0) * 1e6 / count : NaN };
+}
+
+/**
+ * The handler's time per HEAD of a ready cart (µs, the median of the turns), with the progress
+ * headers and without: two apps of `cartRoutes` on one SQLite store in this process, HEADs by
+ * turns of HANDLER_BATCH, so the network and the client do not blur the difference.
+ */
+async function handlerCost(): Promise<{ on: number; off: number }> {
+  const dir = await Deno.makeTempDir({ prefix: "cartd-bench-handler-" });
+  const db = openSqlite(join(dir, "cartd.sqlite3"));
+  try {
+    await syncSchema(db);
+    const store = new CartStore(db);
+    const doc = parseCartDocument('{"fileids": [{"id": "1", "path": "a"}]}');
+    const { cart } = await store.createCart("ready", doc, "hash");
+    await store.startStaging(cart.id, null);
+    const facts = { size: 10, mtime: 1, sha256: "cd".repeat(32), crc32: 1 };
+    await store.filesStaged(cart.id, [{ idx: 0, facts }]);
+    await store.startBundling(cart.id, null);
+    await store.markReady(cart.id, null, { readyAt: Date.now(), size: 10_240, etag: '"e"' });
+    const app = (on: boolean) => {
+      const config = loadConfig({
+        VOLUME_PATH: join(dir, "volume"),
+        CARTD_PROGRESS_HEADERS: String(on),
+      });
+      return cartRoutes({
+        store,
+        queue: new MemoryQueue(),
+        volume: new Volume(join(dir, "volume")),
+        config,
+        cancellations: new Cancellations(),
+      });
+    };
+    const apps = { on: app(true), off: app(false) };
+    const turn = async (which: "on" | "off") => {
+      const started = performance.now();
+      for (let i = 0; i < HANDLER_BATCH; i++) {
+        const res = await apps[which].fetch(
+          new Request("http://cartd/ready", { method: "HEAD", headers: { host: "cartd" } }),
+        );
+        if (res.status !== 204) throw new Error(`HEAD answered ${res.status}`);
+      }
+      return (performance.now() - started) * 1000 / HANDLER_BATCH;
+    };
+    await turn("on");
+    await turn("off");
+    const times = { on: [] as number[], off: [] as number[] };
+    for (let round = 0; round < HANDLER_ROUNDS; round++) {
+      for (const which of round % 2 ? ["off", "on"] as const : ["on", "off"] as const) {
+        times[which].push(await turn(which));
+      }
+    }
+    return { on: median(times.on), off: median(times.off) };
+  } finally {
+    await db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 /** Median and max (ms) of REPEATS GETs of `url`, or null when the route is missing. */
@@ -102,20 +189,74 @@ export async function main(): Promise<number> {
     const t0 = performance.now();
     await fill(volume);
     console.log(`carts written in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-    await using cartd = await startCartd({
-      role: "serve",
-      volume,
-      env: { ARCHIVE_INTERFACE_URL: "http://127.0.0.1:9/" },
-    });
-    const probe = await fetch(cartd.url + "ready", { method: "HEAD" });
-    await probe.body?.cancel();
-    const progress = probe.headers.get("x-cartd-files");
-    const rate = await headRate(cartd.url + "ready");
+    const load = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+    console.log(`load average: ${load()} (other work on the machine adds noise)`);
+    // Headers on and off: two `cartd serve` processes on the volume, measured by turns in
+    // short slices (the order alternating), so that drift in the machine's load hits both.
+    const serve = (on: boolean) =>
+      startCartd({
+        role: "serve",
+        volume,
+        env: {
+          ARCHIVE_INTERFACE_URL: "http://127.0.0.1:9/",
+          CARTD_PROGRESS_HEADERS: String(on),
+        },
+      });
+    // A third process, headers on too, is the control: what the same code differs by
+    // from itself in this run is the noise the on/off figure has to be read against.
+    const servers = { on: await serve(true), off: await serve(false), control: await serve(true) };
+    for (const [name, c] of Object.entries(servers)) {
+      const probe = await fetch(c.url + "ready", { method: "HEAD" });
+      await probe.body?.cancel();
+      const files = probe.headers.get("x-cartd-files");
+      console.log(`  ${name}: X-Cartd-Files ${files === null ? "absent" : files}`);
+      await headRate(c.url + "ready", 1000); // warm up
+    }
+    type Mode = keyof typeof servers;
+    const modes: Mode[] = ["on", "off", "control"];
+    const got = { on: [], off: [], control: [] } as Record<Mode, { rate: number; cpuUs: number }[]>;
+    for (let round = 0; round < HEAD_ROUNDS; round++) {
+      // The order turns each round, so no mode always follows another.
+      for (let k = 0; k < modes.length; k++) {
+        const mode = modes[(k + round) % modes.length];
+        const c = servers[mode];
+        got[mode].push(await headRate(c.url + "ready", HEAD_SLICE_MS, c.process.pid));
+      }
+    }
+    /** The median over the rounds of `a`'s figure over `b`'s, less 1. */
+    const paired = (a: Mode, b: Mode, figure: "rate" | "cpuUs") =>
+      median(got[a].map((x, i) => x[figure] / got[b][i][figure])) - 1;
+    const med = (mode: Mode, figure: "rate" | "cpuUs") => median(got[mode].map((x) => x[figure]));
+    const slower = -paired("on", "off", "rate");
+    const pct = (x: number) => `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)} %`;
     console.log(
-      `HEAD of a ready cart, ${CLIENTS} clients, ${HEAD_MS / 1000} s: ${rate.toFixed(0)}/s ` +
-        `(progress headers ${progress === null ? "absent" : `on: X-Cartd-Files ${progress}`})`,
+      `HEAD of a ready cart, ${CLIENTS} clients, ${HEAD_ROUNDS} turns × ${
+        HEAD_SLICE_MS / 1000
+      } s ` +
+        `each: ${med("on", "rate").toFixed(0)}/s with the progress headers, ` +
+        `${med("off", "rate").toFixed(0)}/s without (medians); paired, the rate with them: ` +
+        `${pct(-slower)} (target ≥ −${100 * HEAD_TARGET} %) ${
+          slower <= HEAD_TARGET ? "OK" : "MISS"
+        }`,
     );
-    let ok = true;
+    console.log(
+      `  server CPU per HEAD: ${med("on", "cpuUs").toFixed(0)} µs with them, ` +
+        `${med("off", "cpuUs").toFixed(0)} µs without: ${pct(paired("on", "off", "cpuUs"))}; ` +
+        `control (headers on, a second process) against on: rate ` +
+        `${pct(paired("control", "on", "rate"))}, CPU ${pct(paired("control", "on", "cpuUs"))} ` +
+        `(the noise of this run); load ${load()}`,
+    );
+    const handler = await handlerCost();
+    console.log(
+      `  the handler alone, in process (${HANDLER_BATCH} HEADs × ${HANDLER_ROUNDS} turns each ` +
+        `way): ${handler.on.toFixed(1)} µs with the headers, ${handler.off.toFixed(1)} µs ` +
+        `without: ${(100 * (handler.on / handler.off - 1)).toFixed(1)} %`,
+    );
+    const headOk = slower <= HEAD_TARGET;
+    await servers.off[Symbol.asyncDispose]();
+    await servers.control[Symbol.asyncDispose]();
+    await using cartd = servers.on;
+    let ok = headOk;
     for (
       const [name, path] of [
         ["status", "big/status"],

@@ -280,15 +280,13 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   /** The HEAD of a live cart. */
   async function statusOf(cart: Cart): Promise<Response> {
     if (cart.status === "ready") await store.touch(cart.id);
-    return new Response(null, {
-      status: cart.status === "error" ? 500 : 204,
-      headers: {
-        "X-Pacifica-Status": pacificaStatus(cart.status, config.api.statusWords),
-        "X-Pacifica-Message": headerSafe(cart.message),
-        [STATE_HEADER]: cart.status,
-        ...progressHeaders(cart),
-      },
-    });
+    const headers: Record<string, string> = {
+      "X-Pacifica-Status": pacificaStatus(cart.status, config.api.statusWords),
+      "X-Pacifica-Message": headerSafe(cart.message),
+      [STATE_HEADER]: cart.status,
+    };
+    if (config.api.progressHeaders) Object.assign(headers, progressHeaders(cart));
+    return new Response(null, { status: cart.status === "error" ? 500 : 204, headers });
   }
 
   /**

@@ -157,6 +157,8 @@ export interface Config {
      * The precise state is always in `X-Cartd-State`.
      */
     statusWords: "compatible" | "precise";
+    /** Whether HEAD carries the progress headers X-Cartd-Files and X-Cartd-Bytes. */
+    progressHeaders: boolean;
     /** Most connections the API keeps open; one more gets 503 and is closed (app/server.ts). */
     maxConnections: number;
     /** Time (ms) a new connection may take to send a whole request head; 0: no limit. */

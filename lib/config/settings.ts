@@ -457,6 +457,12 @@ export const SETTING_TABLE = {
     "compatible",
     "the words of `X-Pacifica-Status`: `compatible` (Pacifica's three) or `precise` (all five)",
   ),
+  CARTD_PROGRESS_HEADERS: field(
+    "api.progressHeaders",
+    flag,
+    "true",
+    "send cartd's progress headers `X-Cartd-Files` and `X-Cartd-Bytes` on `HEAD /{uid}` (`false`: Pacifica's headers and `X-Cartd-State` only)",
+  ),
   CARTD_MAX_CONNECTIONS: field(
     "api.maxConnections",
     positiveInt,

@@ -250,3 +250,21 @@ Deno.test("CARTD_LOG_FORMAT=json: every log line is one JSON object; a cart's li
     assert.equal(accepted.files, 1);
   });
 });
+
+Deno.test("CARTD_PROGRESS_HEADERS=false: HEAD has Pacifica's headers and X-Cartd-State only", async () => {
+  await using archive = startFakeArchive();
+  archive.put("p1", "x".repeat(100));
+  await withCartd({ archive, env: { CARTD_PROGRESS_HEADERS: "false" } }, async (c) => {
+    assert.equal((await postCart(c.url, "plain", cartOf(["p1"]))).status, 201);
+    assert.equal((await waitFor(c.url, "plain", "ready"))[1], "ready");
+    const [code, headers] = await head(c.url, "plain");
+    assert.equal(code, 204);
+    assert.equal(headers.get("x-pacifica-status"), "ready");
+    assert.equal(headers.get("x-cartd-state"), "ready");
+    assert.equal(headers.get("x-cartd-files"), null);
+    assert.equal(headers.get("x-cartd-bytes"), null);
+    // The status page still has the figures.
+    const [, status] = await getJson(c.url, "plain/status");
+    assert.deepEqual((status as unknown as Status).bytes, { total: 100, staged: 100 });
+  });
+});
