@@ -11,8 +11,11 @@
  *   (POST + HEAD + GET per file, written to disk) at the same concurrency; paired rounds
  *   (cartd, then the plain client), the median of their ratios. Peak RSS: the highest round.
  * - `memory`: peak RSS of the cartd process during those (runs `download` and `small`), and
- *   while 4 clients download each small-file cart at once, and while 4 clients POST a cart
- *   document as 20,000 one-byte chunks each (issue 18 item 1: it was 3.7 GiB).
+ *   while 4 clients download each small-file cart at once; it runs `connections` too.
+ * - `connections`: issue 18's figures (bench/connections.ts): the peak RSS of one and of 4
+ *   POSTs of 20,000 one-byte chunks (981 and 4,084 MiB before), and the RSS of 1,000 idle
+ *   connections and after one request each (the process used to exit at ~993), with the
+ *   descriptor limit.
  * - `polling`: archive HEADs for one file that stays on tape for 60 s, default poll settings.
  *   It runs in the background, beside the other scenarios (its cartd is idle but for timers).
  * - `production`: the 1 GiB download and the 10,000-file cart on MariaDB + RabbitMQ with one
@@ -32,6 +35,7 @@ import { parseArgs } from "node:util";
 import { defaultThreads, loadConfig, SETTINGS } from "../lib/config/config.ts";
 import { type Cartd, cartStatus, postCart, startCartd } from "../tests/support/harness.ts";
 import { tapeScenarios, type TapeSection } from "./tape.ts";
+import { connectionRows } from "./connections.ts";
 import {
   type ArchiveProcess,
   BENCH_DIR,
@@ -60,6 +64,7 @@ const SCENARIOS = [
   "range",
   "small",
   "memory",
+  "connections",
   "polling",
   "production",
   "tape",
@@ -98,6 +103,7 @@ const selected = new Set<Scenario>(
 if (selected.has("memory")) {
   selected.add("download");
   selected.add("small");
+  selected.add("connections");
 }
 const ROUNDS = Math.max(1, Number(values.rounds) || 3);
 const LARGE = values.large;
@@ -401,38 +407,6 @@ function medianSmall(runs: { cartd: SmallFigures; plain: { seconds: number } }[]
 /** Clients that download a small-file cart at once, for the memory of downloads in flight. */
 const CONCURRENT_GETS = 4;
 
-/** Peak RSS of each run of {@linkcode oneByteChunkPosts}. */
-const chunkPostRss: number[] = [];
-
-/**
- * The peak RSS of `cartd` while 4 clients POST a 20,000-byte cart document each as 20,000
- * one-byte chunks, each chunk its own write on a raw TCP connection.
- */
-async function oneByteChunkPosts(cartd: Cartd): Promise<number> {
-  const utf8 = new TextEncoder();
-  const doc = '{"fileids": [{"id": "x", "path": "x"}], "pad": "';
-  const body = utf8.encode(doc + "x".repeat(20_000 - doc.length - 2) + '"}');
-  const post = async (i: number) => {
-    const conn = await Deno.connect({
-      hostname: "127.0.0.1",
-      port: Number(new URL(cartd.url).port),
-    });
-    const write = async (bytes: Uint8Array) => {
-      for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
-    };
-    await write(utf8.encode(
-      `POST /chunks-${i} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`,
-    ));
-    for (const byte of body) await write(new Uint8Array([0x31, 13, 10, byte, 13, 10]));
-    await write(utf8.encode("0\r\n\r\n"));
-    await conn.read(new Uint8Array(4096)).catch(() => null);
-    conn.close();
-  };
-  const peak = new PeakRss(cartd.process.pid);
-  await Promise.all([0, 1, 2, 3].map(post));
-  return peak.stop();
-}
-
 /** POST → ready of `count` × `size` bytes in the embedded cartd, then GETs of it. */
 async function smallCart(archive: ArchiveProcess, count: number, size: number) {
   const prefix = `s${size}-`;
@@ -453,10 +427,6 @@ async function smallCart(archive: ArchiveProcess, count: number, size: number) {
       Array.from({ length: CONCURRENT_GETS }, () => curlGet(`${cartd.url}small-${count}`)),
     );
     const concurrentRss = peak.stop();
-    if (selected.has("memory") && chunkPostRss.length === 0) {
-      progress("cartd: 4 POSTs of 20,000 one-byte chunks at once");
-      chunkPostRss.push(await oneByteChunkPosts(cartd));
-    }
     return {
       count,
       size,
@@ -679,6 +649,15 @@ async function main(): Promise<void> {
       }
       prod = await production(archive);
     }
+    let connections: Row[] | undefined;
+    if (selected.has("connections")) {
+      connections = await connectionRows({
+        env: BENCH_ENV,
+        archiveUrl: archive.url,
+        tempDir,
+        progress,
+      }).catch((e) => [{ figure: "PENDING: the run failed", cartd: String(e) }]);
+    }
     const polled = poll ? await poll : undefined;
     let tape: TapeSection[] = [];
     if (selected.has("tape") || selected.has("tape-big")) {
@@ -849,15 +828,11 @@ async function main(): Promise<void> {
           cartd: mib(cartd.concurrentRss),
         });
       }
-      for (const rss of chunkPostRss) {
-        rows.push({
-          figure: "4 POSTs of 20,000 one-byte chunks at once",
-          cartd: mib(rss),
-          baseline: "before issue 18: 3,701 MiB",
-          target: "≤ 150 MiB",
-          ok: rss <= 150 * MiB,
-        });
-      }
+    }
+    if (connections) {
+      section("connections: issue 18's memory figures, one embedded cartd (RSS)").push(
+        ...connections,
+      );
     }
     if (polled) {
       const rows = section("polling: one file on tape for 60 s, default poll 0.5 s → 30 s");
