@@ -389,12 +389,21 @@ async function holdings(db: Db, exceptId: string): Promise<SpaceHoldings> {
   return { reserved: Number(sum?.reserved ?? 0), outstanding };
 }
 
+/** Uses of one cart closer than this (ms) are written once: see {@linkcode CartStore.touch}. */
+export const USE_RESOLUTION_MS = 100;
+
+/** Carts whose recent uses a store remembers at most; more, and it writes and forgets them. */
+const USES_KEPT = 1024;
+
 /** Reads and writes carts; every method is one short query or transaction. */
 export class CartStore {
   /** When a use that could not be recorded was last logged (real time, ms). */
   #useFailureLoggedAt = -Infinity;
   /** Uses not recorded since that log line. */
   #useFailuresUnlogged = 0;
+
+  /** Uses of carts that {@linkcode touch} wrote lately: when, and a later one not written yet. */
+  #uses = new Map<string, { written: number; pending: number }>();
 
   /** A store on `db`; `now` gives the time in ms since the epoch (tests replace it). */
   constructor(readonly db: Db, readonly now: () => number = Date.now) {}
@@ -873,13 +882,45 @@ export class CartStore {
    * Records a use of the cart (a download, or a status check of a ready cart). With `until`,
    * the cart counts as used until then (a download in flight holds it so: the LRU purge and
    * retention pass over it). The time only moves forward: a hold is not cut short by a touch.
+   * Uses without `until` closer than {@linkcode USE_RESOLUTION_MS} to the last one written for
+   * the cart are kept back and written later ({@linkcode flushUses}).
    */
-  async touch(cartId: string, until = this.now()): Promise<void> {
+  async touch(cartId: string, until?: number): Promise<void> {
+    const now = this.now();
+    if (until !== undefined && until > now) return await this.#writeUse(cartId, until); // a hold
+    const at = until ?? now;
+    // Uses of one cart closer than USE_RESOLUTION_MS are not each written (a client polling
+    // HEAD in a loop wrote the database at every HEAD: a third of a HEAD's time): the latest
+    // is kept here, and written by the next use after the resolution, or before this store
+    // next picks carts by their last use (flushUses), so this process's LRU order is exact
+    // and the database lags it by less than USE_RESOLUTION_MS.
+    const seen = this.#uses.get(cartId);
+    if (seen && at - seen.written < USE_RESOLUTION_MS) {
+      seen.pending = Math.max(seen.pending, at);
+      return;
+    }
+    if (this.#uses.size >= USES_KEPT) await this.flushUses();
+    this.#uses.set(cartId, { written: at, pending: 0 });
+    await this.#writeUse(cartId, at);
+  }
+
+  /**
+   * Writes the uses that {@linkcode touch} kept back (see there). The queries that pick carts
+   * by their last use call it first; anyone may.
+   */
+  async flushUses(): Promise<void> {
+    const kept = [...this.#uses].filter(([, use]) => use.pending > 0);
+    this.#uses.clear();
+    for (const [cartId, use] of kept) await this.#writeUse(cartId, use.pending);
+  }
+
+  /** Records `at` as the cart's last use (it only moves forward). */
+  async #writeUse(cartId: string, at: number): Promise<void> {
     try {
       await this.db.run(
         `UPDATE carts SET last_used_at = CASE WHEN last_used_at > ? THEN last_used_at ELSE ? END
          WHERE id = ?`,
-        [until, until, cartId],
+        [at, at, cartId],
       );
     } catch (e) {
       this.#useNotRecorded(cartId, e);
@@ -989,6 +1030,7 @@ export class CartStore {
    * `exceptId` (the LRU purge's candidates).
    */
   async purgeable(usedBefore: number, exceptId = ""): Promise<Cart[]> {
+    await this.flushUses();
     const rows = await this.db.all(
       `SELECT * FROM carts WHERE status = 'ready' AND live_uid IS NOT NULL AND last_used_at < ?
         AND id <> ? ORDER BY last_used_at, created_at`,
@@ -1015,6 +1057,7 @@ export class CartStore {
     cartId: string,
     when: { usedBefore?: number; readyBefore?: number },
   ): Promise<boolean> {
+    await this.flushUses();
     const { changes } = await this.db.run(
       `UPDATE carts SET live_uid = NULL, updated_at = ? WHERE id = ? AND live_uid IS NOT NULL
         AND status = 'ready' AND last_used_at < ? AND ready_at < ?`,
@@ -1081,8 +1124,9 @@ export class CartStore {
     });
   }
 
-  /** Releases the store's connections. */
-  close(): Promise<void> {
-    return this.db.close();
+  /** Writes the uses kept back, then releases the store's connections. */
+  async close(): Promise<void> {
+    await this.flushUses().catch(() => {});
+    await this.db.close();
   }
 }

@@ -15,7 +15,7 @@ import { type Db, DbUnavailableError } from "../db/db.ts";
 import { openSqlite } from "../db/sqlite.ts";
 import { openMysql } from "../db/mysql.ts";
 import { OWNER_VERSION, SCHEMA_VERSION, schemaState, syncSchema } from "./schema.ts";
-import { type Cart, CartStore, powerOfTwoBatches } from "./store.ts";
+import { type Cart, CartStore, powerOfTwoBatches, USE_RESOLUTION_MS } from "./store.ts";
 import type { CartDocument } from "../cart/document.ts";
 import type { CartStatus } from "../cart/state.ts";
 import {
@@ -666,6 +666,28 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         assert.equal((await store.cart(cart.id))?.updatedAt, cart.updatedAt);
         await store.touch(crypto.randomUUID());
       });
+
+      await t.step(
+        "uses closer than USE_RESOLUTION_MS are written once, and before the LRU reads them",
+        async () => {
+          const cart = await fresh("touch-often");
+          clock.now += 1_000;
+          const first = clock.now;
+          await store.touch(cart.id);
+          clock.now += USE_RESOLUTION_MS / 2;
+          await store.touch(cart.id); // kept back: the row still says the first
+          assert.equal((await store.cart(cart.id))?.lastUsedAt, first);
+          await store.purgeable(clock.now); // picks carts by their last use: written first
+          assert.equal((await store.cart(cart.id))?.lastUsedAt, clock.now);
+          clock.now += USE_RESOLUTION_MS;
+          await store.touch(cart.id); // far enough from the last written: written at once
+          assert.equal((await store.cart(cart.id))?.lastUsedAt, clock.now);
+          clock.now += 1;
+          await store.touch(cart.id);
+          assert.equal(await store.unliveReady(cart.id, { usedBefore: clock.now }), false);
+          assert.equal((await store.cart(cart.id))?.lastUsedAt, clock.now, "unliveReady wrote it");
+        },
+      );
 
       await t.step("unlive and forget", async () => {
         const u = uid("delete");
