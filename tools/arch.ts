@@ -27,7 +27,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["lib/config", "lib/cart"],
   ["lib/db", "lib/queue", "lib/archive", "lib/volume"],
   ["lib/store", "lib/staging"],
-  ["lib/bundle"],
+  ["lib/bundle", "lib/webhook"],
   ["lib/space"],
   ["threads"],
   ["http", "worker"],

@@ -639,6 +639,7 @@ function readyCart(over: Partial<Cart> = {}): Cart {
     stagedBytes: 6,
     errorFiles: 0,
     stagingAt: at - 500,
+    webhook: null,
     ...over,
   };
 }

@@ -57,6 +57,13 @@ export interface CartDocument {
   bundle: boolean;
   /** Put a BagIt-style sha256 manifest into the bundle. */
   manifest: boolean;
+  /**
+   * cartd's own field: the `http(s)` URL to be told when the cart is ready or failed (a
+   * webhook), as {@linkcode webhookUrlProblem} accepts it; absent when the document names
+   * none (Pacifica clients never do). Whether cartd may call it (its allow-list) is the
+   * service's question, not the document's.
+   */
+  webhook?: string;
 }
 
 /** Thrown for a cart document that breaks a rule; the message names the first broken rule. */
@@ -66,6 +73,42 @@ export class CartDocumentError extends Error {
     super(message);
     this.name = "CartDocumentError";
   }
+}
+
+/** Longest webhook URL accepted, in characters. */
+export const MAX_WEBHOOK_URL = 2048;
+
+/**
+ * Why `raw` cannot be a cart's webhook URL, or null when it can: it must be an absolute
+ * `http:` or `https:` URL of at most {@linkcode MAX_WEBHOOK_URL} characters, with a host and
+ * without a user name or password (the signature authenticates cartd; a password in the
+ * URL would be stored with the cart). Its `#fragment`, which HTTP never sends, is dropped.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { webhookUrlProblem } from "./document.ts";
+ * assert.equal(webhookUrlProblem("https://hooks.example.org/cartd"), null);
+ * assert.match(webhookUrlProblem("ftp://example.org/")!, /http/);
+ * ```
+ */
+export function webhookUrlProblem(raw: string): string | null {
+  if (raw.length > MAX_WEBHOOK_URL) return `is longer than ${MAX_WEBHOOK_URL} characters`;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    return "must be an absolute URL such as https://example.org/cartd-events";
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return `must be an http: or https: URL, not ${url.protocol}`;
+  }
+  if (url.hostname === "") return "must name a host";
+  if (url.username !== "" || url.password !== "") {
+    return "must not carry a user name or password: cartd signs each event instead " +
+      "(see docs/api.md, Webhooks)";
+  }
+  return null;
 }
 
 const utf8 = new TextEncoder();
@@ -186,6 +229,15 @@ function buildDocumentSchema(limits: CartDocumentLimits) {
     ),
     bundle: z.boolean({ error: "must be true or false" }).optional(),
     manifest: z.boolean({ error: "must be true or false" }).optional(),
+    webhook: z.string({ error: "must be a URL string, such as https://example.org/cartd-events" })
+      .check((ctx) => {
+        const problem = webhookUrlProblem(ctx.value);
+        if (problem) ctx.issues.push({ code: "custom", message: problem, input: ctx.value });
+      }).transform((raw) => {
+        const url = new URL(raw);
+        url.hash = "";
+        return url.href;
+      }).optional(),
   }, { error: "the cart document must be a JSON object" });
 }
 
@@ -224,7 +276,8 @@ export function parseCartDocument(
     ...(f.hashtype && f.hashsum ? { hashtype: f.hashtype, hashsum: f.hashsum.toLowerCase() } : {}),
   }));
   checkLayout(files);
-  return { files, bundle: parsed.data.bundle ?? false, manifest: parsed.data.manifest ?? false };
+  const { bundle = false, manifest = false, webhook } = parsed.data;
+  return { files, bundle, manifest, ...(webhook === undefined ? {} : { webhook }) };
 }
 
 /**

@@ -172,3 +172,32 @@ Deno.test("the document's shape: JSON, an object, a non-empty bounded list", () 
   rejects({ fileids: [{ id: 1, path: 2 }] }, "fileids[0].path: must be a string");
   rejects({ fileids: [{ id: 1, path: "p" }], bundle: 1 }, "bundle: must be true or false");
 });
+
+Deno.test("webhook: cartd's own field, an http(s) URL; absent, the document is as before", () => {
+  const files = [{ id: 1, path: "a" }];
+  const plain = parseCartDocument(JSON.stringify({ fileids: files }));
+  assert.equal("webhook" in plain, false);
+  const hooked = parseCartDocument(JSON.stringify({
+    fileids: files,
+    webhook: "https://Hooks.Example.org:8443/cartd?x=1#part",
+  }));
+  // The fragment is never sent; the host is written as URLs write it.
+  assert.equal(hooked.webhook, "https://hooks.example.org:8443/cartd?x=1");
+  assert.equal(
+    parseCartDocument(JSON.stringify({ fileids: files, webhook: "http://127.0.0.1:9/" })).webhook,
+    "http://127.0.0.1:9/",
+  );
+});
+
+Deno.test("webhook: what is not an http(s) URL is refused, naming the field", () => {
+  const doc = (webhook: unknown) => ({ fileids: [{ id: 1, path: "a" }], webhook });
+  rejects(doc(42), /^webhook: must be a URL string/);
+  rejects(doc(null), /^webhook: must be a URL string/);
+  rejects(doc("not a url"), /^webhook: must be an absolute URL/);
+  rejects(doc("/relative/path"), /^webhook: must be an absolute URL/);
+  rejects(doc("ftp://example.org/x"), "webhook: must be an http: or https: URL, not ftp:");
+  rejects(doc("file:///etc/passwd"), "webhook: must be an http: or https: URL, not file:");
+  rejects(doc("javascript:alert(1)"), /^webhook: must be an http: or https: URL/);
+  rejects(doc("https://user:secret@example.org/"), /^webhook: must not carry a user name/);
+  rejects(doc("https://example.org/" + "a".repeat(2048)), /^webhook: is longer than 2048/);
+});

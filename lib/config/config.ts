@@ -215,6 +215,22 @@ export interface Config {
     /** Requests per second. */
     requestsPerSecond: number;
   };
+  /** Webhooks: the events cartd POSTs when a cart that names a URL is ready or failed. */
+  webhooks: {
+    /** The HMAC-SHA256 key that signs every event; without it no webhook is accepted. */
+    secret: string | undefined;
+    /**
+     * The allow-list entries (`public`, IP addresses, CIDR ranges), as
+     * lib/webhook/allow.ts matches them: every address of a URL's host must be allowed.
+     */
+    allow: readonly string[];
+    /** Time limit (ms) of one delivery attempt, from the name lookup to the answer's status. */
+    timeoutMs: number;
+    /** First delay (ms) before a failed delivery is tried again; it doubles, up to an hour. */
+    retryDelayMs: number;
+    /** How long (ms) after its event a delivery is tried again before it is given up. */
+    retryForMs: number;
+  };
   /** The lowest level of log messages that is written. */
   logLevel: "debug" | "info" | "warn" | "error";
   /** How log lines are written: `key=value` text, or one JSON object a line. */
@@ -355,7 +371,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
  * `loadConfig({})` gives that section, without reading anything else.
  */
 export function sectionDefaults<
-  S extends "staging" | "limits" | "work" | "space" | "api" | "access" | "quota",
+  S extends "staging" | "limits" | "work" | "space" | "api" | "access" | "quota" | "webhooks",
 >(
   section: S,
 ): Config[S] {

@@ -15,6 +15,7 @@
  * ```
  * @module
  */
+import { isIP } from "node:net";
 import { resolve } from "node:path";
 import { z } from "zod/v4";
 
@@ -40,17 +41,23 @@ export interface Schema<T> {
 
 /**
  * Reads one variable with `schema` (its text trimmed); `fallback` when it is unset or blank.
+ * With `secret`, a message never shows the value.
  *
  * @throws {ConfigError} `NAME="value" is not valid: <the schema's first message>`.
  */
-export function readVariable<T>(env: Env, name: string, schema: Schema<T>, fallback: T): T {
+export function readVariable<T>(
+  env: Env,
+  name: string,
+  schema: Schema<T>,
+  fallback: T,
+  secret = false,
+): T {
   const raw = env[name];
   if (raw === undefined || raw.trim() === "") return fallback;
   const parsed = schema.safeParse(raw.trim());
   if (!parsed.success) {
-    throw new ConfigError(
-      `${name}=${JSON.stringify(raw)} is not valid: ${parsed.error.issues[0].message}`,
-    );
+    const shown = secret ? `${name} (its value not shown)` : `${name}=${JSON.stringify(raw)}`;
+    throw new ConfigError(`${shown} is not valid: ${parsed.error.issues[0].message}`);
   }
   return parsed.data;
 }
@@ -157,7 +164,40 @@ export const schemas = {
   path: z.string(),
   /** A path, made absolute. */
   absolutePath: z.string().transform((p) => resolve(p)),
+  /** A secret of at least 16 characters (its value never shown in a message). */
+  secret: z.string().min(16, "expected at least 16 characters (32 random ones are better)"),
+  /**
+   * The webhook allow-list: entries separated by commas or spaces, each `public`, an IP
+   * address or a CIDR range (`127.0.0.1`, `10.1.0.0/16`, `fd00::/8`); read into the entries,
+   * lowercased. Matching them is lib/webhook/allow.ts's work.
+   */
+  allowList: z.string().transform((text, ctx) => {
+    const entries = text.split(/[\s,]+/).filter((e) => e !== "").map((e) => e.toLowerCase());
+    for (const entry of entries) {
+      const problem = allowEntryProblem(entry);
+      if (problem) {
+        ctx.addIssue({ code: "custom", message: `"${entry}" ${problem}` });
+        return z.NEVER;
+      }
+    }
+    return entries as readonly string[];
+  }),
 } as const;
+
+/** Why `entry` cannot be an entry of `CARTD_WEBHOOK_ALLOW`, or null when it can. */
+function allowEntryProblem(entry: string): string | null {
+  if (entry === "public") return null;
+  const [address, bits, ...rest] = entry.split("/");
+  const family = isIP(address);
+  const expected = "is not public, an IP address or a CIDR range such as 10.1.0.0/16";
+  if (family === 0 || rest.length) return expected;
+  if (bits === undefined) return null;
+  const max = family === 4 ? 32 : 128;
+  if (!/^\d{1,3}$/.test(bits) || Number(bits) > max) {
+    return `has a prefix length that is not a whole number from 0 to ${max}`;
+  }
+  return null;
+}
 
 /** A default that is not one value written as in the environment: worked out, and described. */
 export interface WorkedOutDefault<T> {
@@ -188,6 +228,8 @@ export interface Setting<T = unknown> {
   readonly combined?: boolean;
   /** A row that stands for a group of container-link names (SPEC §3), read together. */
   readonly group?: readonly string[];
+  /** True for a secret: no message or listing ever shows its value. */
+  readonly secret?: boolean;
 }
 
 /** A row whose value `loadConfig` puts into one field, `fills`, as it is. */
@@ -236,7 +278,19 @@ function group(fills: string, names: readonly string[], meaning: string): Settin
   };
 }
 
-const { seconds, positiveInt, bytes, flag, url, oneOf, queueName, path, absolutePath } = schemas;
+const {
+  seconds,
+  positiveInt,
+  bytes,
+  flag,
+  url,
+  oneOf,
+  queueName,
+  path,
+  absolutePath,
+  secret,
+  allowList,
+} = schemas;
 
 /**
  * Every setting, in the order docs/configuration.md and `--help` show them: the name (the
@@ -607,6 +661,42 @@ export const SETTING_TABLE = {
     "100",
     "requests per second of one principal (a burst of as many is allowed)",
   ),
+  CARTD_WEBHOOK_SECRET: {
+    ...field(
+      "webhooks.secret",
+      secret.optional(),
+      { shown: "none: webhooks are off", value: () => undefined },
+      "the key (at least 16 characters) that signs [webhook](api.md#webhooks) events " +
+        "(HMAC-SHA256); unset, a cart that names a webhook gets `400`",
+    ),
+    secret: true,
+  },
+  CARTD_WEBHOOK_ALLOW: field(
+    "webhooks.allow",
+    allowList,
+    "public",
+    "where webhooks may go: `public` (addresses of no special-purpose range: not loopback, " +
+      "private, link-local … [the list](#webhook-addresses)), IP addresses and " +
+      "CIDR ranges, separated by commas; every address of a URL's host must be allowed",
+  ),
+  CARTD_WEBHOOK_TIMEOUT: field(
+    "webhooks.timeoutMs",
+    seconds,
+    "10",
+    "time limit (s) of one webhook delivery, from resolving the host to the answer's status",
+  ),
+  CARTD_WEBHOOK_RETRY_DELAY: field(
+    "webhooks.retryDelayMs",
+    seconds,
+    "10",
+    "first delay (s) before a failed webhook delivery is tried again; it doubles, up to an hour",
+  ),
+  CARTD_WEBHOOK_RETRY_FOR: field(
+    "webhooks.retryForMs",
+    seconds,
+    "86400",
+    "seconds after the event during which a webhook delivery is tried again; then it is given up",
+  ),
   CARTD_LOG_LEVEL: field(
     "logLevel",
     oneOf(["debug", "info", "warn", "error"]),
@@ -650,7 +740,7 @@ export function readSettings(env: Env): SettingValues {
   const values: Record<string, unknown> = {};
   for (const [name, row] of Object.entries(SETTING_TABLE) as [string, Setting][]) {
     if (!row.schema) continue;
-    values[name] = readVariable(env, name, row.schema, defaultOf(name, row));
+    values[name] = readVariable(env, name, row.schema, defaultOf(name, row), row.secret);
   }
   return values as SettingValues;
 }

@@ -10,7 +10,7 @@
 import type { Db } from "../db/db.ts";
 
 /** The schema version this build of cartd writes and reads. */
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /** The version that gives carts an owner, and makes uids unique per owner (issue 17). */
 export const OWNER_VERSION = 5;
@@ -94,6 +94,11 @@ function tables(dialect: Db["dialect"], found: number): string[] {
  *   access off, and for those before this version), and uids unique per owner: the unique
  *   index on `live_uid` becomes one on `(owner, live_uid)`, beside a plain one on `live_uid`
  *   for an admin's look-up of a uid whoever owns it.
+ * - 6: webhooks. `carts.webhook`, the URL a cart's document named to be told when the cart is
+ *   ready or failed (NULL: none); and the outbox `webhook_events`: one row per event, written
+ *   in the transaction that makes the cart ready or failed (lib/store/webhooks.ts), with its
+ *   id, URL, body and delivery state (`pending`, `delivered`, `given_up`), attempts, the time
+ *   of the next attempt and the claim of the process delivering it.
  */
 const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>> = {
   2: (dialect) => {
@@ -130,6 +135,34 @@ const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>>
     "CREATE INDEX carts_any_live_uid ON carts (live_uid)",
     dialect === "mysql" ? "DROP INDEX carts_live_uid ON carts" : "DROP INDEX carts_live_uid",
   ],
+  6: (dialect) => {
+    const mysql = dialect === "mysql";
+    const id = mysql ? "CHAR(36) CHARACTER SET ascii" : "TEXT";
+    const key = mysql ? "VARBINARY(1020)" : "TEXT";
+    const text = mysql ? "LONGTEXT" : "TEXT";
+    const big = mysql ? "BIGINT" : "INTEGER";
+    const tail = mysql ? " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC" : "";
+    return [
+      `ALTER TABLE carts ADD COLUMN webhook ${text} NULL`,
+      `CREATE TABLE IF NOT EXISTS webhook_events (
+        id ${id} NOT NULL PRIMARY KEY,
+        cart_id ${id} NOT NULL,
+        uid ${key} NOT NULL,
+        type VARCHAR(32) NOT NULL,
+        url ${text} NOT NULL,
+        body ${text} NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        created_at ${big} NOT NULL,
+        next_at ${big} NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        claim_owner VARCHAR(64) NULL,
+        claim_expires ${big} NULL,
+        last_error ${text} NULL,
+        done_at ${big} NULL
+      )${tail}`,
+      "CREATE INDEX webhook_events_due ON webhook_events (status, next_at)",
+    ];
+  },
 };
 
 /** Errors of DDL whose work is already done: an index or a column that exists, or a dropped one. */

@@ -4,7 +4,8 @@
  * by named transitions ({@linkcode CartStore.startStaging}, {@linkcode CartStore.startBundling},
  * {@linkcode CartStore.markReady}, {@linkcode CartStore.fail}), each checked against the state
  * machine (lib/cart/state.ts) in one conditional update, so two processes can never disagree
- * about a cart.
+ * about a cart. A cart that names a webhook gets its event written into the outbox
+ * (./webhooks.ts) in the same transaction as its move to `ready` or `error`.
  *
  * The same SQL runs on SQLite and MySQL, behind the {@linkcode Db} interface.
  *
@@ -22,6 +23,7 @@ import { type CartDocument, HASH_TYPES, type HashType } from "../cart/document.t
 import type { StagedFacts } from "../cart/staged.ts";
 import { type Db, DbUnavailableError, type Row, type SqlValue } from "../db/db.ts";
 import { errorMessage, log } from "../util/log.ts";
+import { addCartEvent } from "./webhooks.ts";
 
 /** A cart as the store knows it. */
 export interface Cart {
@@ -88,6 +90,11 @@ export interface Cart {
    * a cart that began staging under a cartd of schema version 2 or older.
    */
   stagingAt: number | null;
+  /**
+   * The URL the cart's document named to be told when it is ready or failed (its
+   * `webhook`), or null.
+   */
+  webhook: string | null;
 }
 
 /** How many files of a cart the database has in one {@linkcode FileStatus}, and their bytes. */
@@ -206,6 +213,7 @@ function toCart(r: Row): Cart {
     stagedBytes: num(r.staged_bytes ?? 0),
     errorFiles: num(r.error_files ?? 0),
     stagingAt: numOrNull(r.staging_at),
+    webhook: r.webhook === null || r.webhook === undefined ? null : String(r.webhook),
   };
 }
 
@@ -284,7 +292,7 @@ export function* powerOfTwoBatches<T>(
 /** What a new cart row is made of (the rest starts as every new cart's does). */
 type NewCart = Pick<
   Cart,
-  "id" | "uid" | "owner" | "documentHash" | "bundle" | "manifest" | "fileCount"
+  "id" | "uid" | "owner" | "documentHash" | "bundle" | "manifest" | "fileCount" | "webhook"
 >;
 
 /**
@@ -295,8 +303,8 @@ type NewCart = Pick<
 async function insertCart(tx: Db, cart: NewCart, now: number): Promise<void> {
   await tx.run(
     `INSERT INTO carts (id, uid, live_uid, owner, status, message, document_hash, bundle,
-      manifest, file_count, created_at, updated_at, last_used_at)
-     VALUES (?, ?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?)`,
+      manifest, file_count, created_at, updated_at, last_used_at, webhook)
+     VALUES (?, ?, ?, ?, 'waiting', '', ?, ?, ?, ?, ?, ?, ?, ?)`,
     [
       cart.id,
       cart.uid,
@@ -309,6 +317,7 @@ async function insertCart(tx: Db, cart: NewCart, now: number): Promise<void> {
       now,
       now,
       now,
+      cart.webhook,
     ],
   );
 }
@@ -442,6 +451,7 @@ export class CartStore {
         bundle: doc.bundle,
         manifest: doc.manifest,
         fileCount: doc.files.length,
+        webhook: doc.webhook ?? null,
       }, now);
       for (const { start, batch } of powerOfTwoBatches(doc.files, INSERT_BATCH)) {
         const params: SqlValue[] = [];
@@ -758,7 +768,9 @@ export class CartStore {
   /**
    * Makes a bundled cart ready for download, `bundling → ready`, with the facts of its default
    * download (`ready.readyAt` is the time its download name and folder times were made from).
-   * The claim is dropped: the cart is final. Returns false as {@linkcode startStaging} does.
+   * The claim is dropped: the cart is final. A cart that names a webhook gets its
+   * `cart.ready` event written in the same transaction (./webhooks.ts). Returns false as
+   * {@linkcode startStaging} does.
    */
   async markReady(cartId: string, owner: string | null, ready: ReadyFacts): Promise<boolean> {
     return await this.#transition(cartId, "ready", { owner, ready });
@@ -766,7 +778,8 @@ export class CartStore {
 
   /**
    * Fails an unfinished cart with `message` (what a person reads in its status):
-   * `waiting | staging | bundling → error`. The claim is dropped: the cart is final. Returns
+   * `waiting | staging | bundling → error`. The claim is dropped: the cart is final. A cart
+   * that names a webhook gets its `cart.failed` event in the same transaction. Returns
    * false when the cart is final already, is gone, or (with `owner`) is claimed by someone
    * else.
    */
@@ -779,9 +792,31 @@ export class CartStore {
    * it has now (a conditional update, so two processes never both move it). Returns false
    * (and changes nothing) when it does not, or when the cart is gone. With `owner`, only that
    * owner's claim may move the cart (a worker whose claim was taken over changes nothing).
-   * A final status drops the claim.
+   * A final status drops the claim, and (in the same transaction) writes the cart's webhook
+   * event when it names a webhook.
    */
   async #transition(
+    cartId: string,
+    to: CartStatus,
+    how: { owner: string | null; message?: string; ready?: ReadyFacts },
+  ): Promise<boolean> {
+    if (!isFinal(to)) return await this.#move(this.db, cartId, to, how);
+    return await this.db.transaction(async (tx) => {
+      if (!(await this.#move(tx, cartId, to, how))) return false;
+      const [row] = await tx.all("SELECT * FROM carts WHERE id = ?", [cartId]);
+      const cart = toCart(row);
+      if (cart.webhook !== null) {
+        const type = to === "ready" ? "cart.ready" : "cart.failed";
+        const id = await addCartEvent(tx, cart, type, cart.updatedAt);
+        log.debug("webhook event written", { uid: cart.uid, cart: cart.id, event: id, type });
+      }
+      return true;
+    });
+  }
+
+  /** The conditional update of {@linkcode #transition}, on `db` (the store's, or a transaction). */
+  async #move(
+    db: Db,
     cartId: string,
     to: CartStatus,
     how: { owner: string | null; message?: string; ready?: ReadyFacts },
@@ -790,7 +825,7 @@ export class CartStore {
     if (!from.length) return false;
     const { owner, message = "", ready } = how;
     const now = this.now();
-    const { changes } = await this.db.run(
+    const { changes } = await db.run(
       `UPDATE carts SET status = ?, message = ?, updated_at = ?, ready_at = COALESCE(?, ready_at),
         staging_at = COALESCE(staging_at, ?), download_size = COALESCE(?, download_size), download_etag = COALESCE(?, download_etag),
         last_used_at = ? ${isFinal(to) ? ", claim_owner = NULL, claim_expires = NULL" : ""}

@@ -103,6 +103,35 @@ const cartEvents = new Counter({
   registers: [registry],
 });
 
+/**
+ * How a webhook delivery attempt ended (lib/webhook/deliver.ts), or `given_up`: an event
+ * whose last attempt failed at the end of `CARTD_WEBHOOK_RETRY_FOR`.
+ */
+export type WebhookOutcome =
+  | "delivered"
+  | "1xx"
+  | "3xx"
+  | "4xx"
+  | "5xx"
+  | "timeout"
+  | "error"
+  | "refused"
+  | "given_up";
+
+const webhookDeliveries = new Counter({
+  name: "cartd_webhook_deliveries_total",
+  help: "Webhook delivery attempts this process made, by outcome (delivered: a 2xx answer; " +
+    "1xx, 3xx (redirects are not followed), 4xx, 5xx; timeout; error: no answer; refused: an " +
+    "address not allowed, nothing sent); given_up counts events abandoned after their last attempt.",
+  labelNames: ["outcome"] as const,
+  registers: [registry],
+});
+
+/** Counts one webhook delivery attempt of this process by its outcome (or a given-up event). */
+export function countWebhookDelivery(outcome: WebhookOutcome): void {
+  webhookDeliveries.inc({ outcome });
+}
+
 /** Counts one cart event of this process. */
 export function countCartEvent(event: CartEvent): void {
   cartEvents.inc({ event });
