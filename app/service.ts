@@ -26,6 +26,9 @@ import { diskInfo, Space } from "../lib/space/space.ts";
 import { RecallManager, recallOptions } from "../lib/staging/recalls.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
+import { WebhookOutbox } from "../lib/store/webhooks.ts";
+import { AllowList } from "../lib/webhook/allow.ts";
+import { WebhookSender } from "../lib/webhook/sender.ts";
 import { cartRoutes } from "../http/routes.ts";
 import { Access } from "../http/access.ts";
 import { CartWorker } from "../worker/dispatcher.ts";
@@ -64,6 +67,41 @@ function serverLimits({ api }: Config): ServerLimits {
     minRate: api.minDownloadRate,
     rateWindowMs: api.rateWindowMs,
   };
+}
+
+/**
+ * Starts the worker's webhook delivery loop (lib/webhook/sender.ts) when webhooks are on
+ * (`CARTD_WEBHOOK_SECRET` set); without a secret, says so when events wait in the outbox.
+ */
+async function startWebhooks(
+  config: Config,
+  outbox: WebhookOutbox,
+  opened: (() => Promise<void> | void)[],
+): Promise<void> {
+  const { secret, allow, timeoutMs, retryDelayMs, retryForMs } = config.webhooks;
+  if (!secret) {
+    const waiting = await outbox.pending();
+    if (waiting > 0) {
+      log.warn(
+        "webhook events wait in the outbox, but CARTD_WEBHOOK_SECRET is not set: none is sent",
+        {
+          events: waiting,
+        },
+      );
+    }
+    return;
+  }
+  const sender = new WebhookSender(outbox, {
+    secret,
+    allow: new AllowList(allow),
+    timeoutMs,
+    retryDelayMs,
+    retryForMs,
+    userAgent: "cartd-webhooks/1",
+  });
+  sender.start();
+  opened.push(() => sender.stop());
+  log.info("webhook delivery started", { owner: sender.owner, allow: allow.join(",") });
 }
 
 /** What the operator changes when the API's port is taken (the command's flags). */
@@ -187,6 +225,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       opened.push(() => worker.stop());
       await worker.start();
       log.info("worker started", { owner: worker.owner, threads: config.limits.threads });
+      await startWebhooks(config, new WebhookOutbox(db), opened);
     }
     log.info("cartd started", {
       role: options.role,

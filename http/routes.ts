@@ -26,6 +26,12 @@ import { removeCart } from "../lib/space/remove_cart.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import {
+  AllowList,
+  checkedAddresses,
+  type Resolver,
+  WebhookRefused,
+} from "../lib/webhook/allow.ts";
+import {
   Access,
   accessMiddleware,
   AmbiguousCart,
@@ -65,6 +71,8 @@ export interface RouteDeps {
    * setting), every request is served as before owners existed.
    */
   access?: Access;
+  /** Resolves a webhook's host name (default: the system's resolver; tests pass their own). */
+  resolver?: Resolver;
 }
 
 /** cartd's own HEAD header: the precise status of the cart, whatever CARTD_STATUS_WORDS says. */
@@ -117,6 +125,26 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   // SQLite file shares the volume's file system (cartd's default layout): lib/space/remove_cart.ts.
   const freesDatabase = config.database.kind === "sqlite" &&
     volume.sharesFileSystem(config.database.path);
+  const webhookAllow = new AllowList(config.webhooks.allow);
+
+  /**
+   * Why the webhook URL `url` of a POSTed document is refused, or null: this cartd sends no
+   * webhooks (no secret), or an address of its host is not allowed (checked again before
+   * each delivery: lib/webhook/deliver.ts).
+   */
+  async function webhookProblem(url: string): Promise<string | null> {
+    if (!config.webhooks.secret) {
+      return "this cartd sends no webhooks (its operator has not set CARTD_WEBHOOK_SECRET); " +
+        "leave the field out, or ask for webhooks to be turned on";
+    }
+    try {
+      await checkedAddresses(new URL(url), webhookAllow, config.webhooks.timeoutMs, deps.resolver);
+      return null;
+    } catch (e) {
+      if (e instanceof WebhookRefused) return e.message;
+      throw e;
+    }
+  }
   /** Removes `cart` (a DELETE, a replace), saying so when that cuts downloads in flight here. */
   const remove = (cart: Cart, why: string) => {
     const cut = downloads.downloads(cart.id);
@@ -251,6 +279,16 @@ export function cartRoutes(deps: RouteDeps): CartApp {
         return over;
       }
     }
+    if (doc.webhook !== undefined) {
+      const refused = await webhookProblem(doc.webhook);
+      if (refused) {
+        log.info("cart refused: its webhook may not be called; nothing stored", {
+          uid,
+          error: refused,
+        });
+        return json({ message: `webhook: ${refused}` }, 400);
+      }
+    }
     const owner = ownerOf(c.req.raw);
     const created = await store.createCart(uid, doc, documentHash(doc), owner);
     if (!created.kept) await publishSoon(created.cart.id, uid);
@@ -261,6 +299,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       principal: principal?.name,
       files: doc.files.length,
       replaced: created.replaced.length || undefined,
+      webhook: doc.webhook === undefined ? undefined : new URL(doc.webhook).host,
     });
     return json({ message: "Cart Processing has begun" }, 201);
   });
