@@ -83,6 +83,10 @@ export class WebhookSender {
   readonly #stop = new AbortController();
   #loop: Promise<void> | null = null;
   #prunedAt = 0;
+  /** Ends the loop's current wait early (an attempt is due sooner than the next poll). */
+  #wake: (() => void) | null = null;
+  /** Timers that wake the loop when a retry falls due before the next poll. */
+  readonly #timers = new Set<ReturnType<typeof setTimeout>>();
 
   /** A sender on `outbox`; nothing runs until {@linkcode start}. */
   constructor(readonly outbox: WebhookOutbox, readonly settings: SenderSettings) {}
@@ -95,6 +99,9 @@ export class WebhookSender {
   /** Stops the loop, and waits (at most the attempt time limit) for the attempts in flight. */
   async stop(): Promise<void> {
     this.#stop.abort();
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+    this.#wake?.();
     await this.#loop;
     const waited = sleep(this.settings.timeoutMs + 100).then(() => false);
     await Promise.race([Promise.all(this.#inFlight).then(() => true), waited]);
@@ -116,8 +123,27 @@ export class WebhookSender {
         }
         failing = true;
       }
-      await sleep(POLL_MS, signal).catch(() => {});
+      await this.#wait(POLL_MS);
     }
+  }
+
+  /** Waits `ms`, or less when {@linkcode #wakeAt} wakes the loop, or it stops. */
+  async #wait(ms: number): Promise<void> {
+    const woken = Promise.withResolvers<void>();
+    this.#wake = woken.resolve;
+    await Promise.race([sleep(ms, this.#stop.signal).catch(() => {}), woken.promise]);
+    this.#wake = null;
+  }
+
+  /** Wakes the loop at `at` (ms since the epoch) when that comes before its next poll. */
+  #wakeAt(at: number): void {
+    const ms = at - this.outbox.now();
+    if (ms >= POLL_MS || this.#stop.signal.aborted) return;
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      this.#wake?.();
+    }, Math.max(0, ms));
+    this.#timers.add(timer);
   }
 
   /**
@@ -135,7 +161,10 @@ export class WebhookSender {
           this.settings.timeoutMs + CLAIM_MARGIN_MS,
         );
         if (!event) continue; // another process took it first
-        const attempt = this.#deliver(event).finally(() => this.#inFlight.delete(attempt));
+        const attempt = this.#deliver(event).finally(() => {
+          this.#inFlight.delete(attempt);
+          if (this.#inFlight.size === MAX_IN_FLIGHT - 1) this.#wake?.(); // a place is free
+        });
         this.#inFlight.add(attempt);
       }
     }
@@ -185,6 +214,7 @@ export class WebhookSender {
           error: result.error,
         });
       } else {
+        this.#wakeAt(next);
         log.info("webhook attempt failed; it is tried again", {
           ...fields,
           error: result.error,
