@@ -13,8 +13,10 @@
  */
 import assert from "node:assert/strict";
 import { SETTING_TABLE, settingsMarkdown } from "../../lib/config/settings.ts";
-import { ROOT, startCartd } from "../support/harness.ts";
+import { postCart, ROOT, startCartd, withCartd } from "../support/harness.ts";
+import { eventually } from "../support/eventually.ts";
 import { run } from "../support/run.ts";
+import { startReceiver } from "../support/webhook_receiver.ts";
 
 /** One shell block of a document. */
 interface Block {
@@ -66,6 +68,9 @@ const BLOCKS: Record<string, { run: string } | { skip: string }> = {
   "docs/benchmarks.md: deno task bench access   # access off beside access on: HEAD and a 1 GiB GET (about 2 minutes)":
     { skip: "takes minutes; it measures and asserts nothing" },
   "docs/configuration.md: deno task cartd --help": { run: "help" },
+  'docs/api.md: expected="sha256=$({ printf \'%s.\' "$TIMESTAMP"; cat body.json; } |': {
+    run: "webhook-signature",
+  },
   "docs/deploy.md: docker compose up -d                              # everything but the archive interface":
     {
       skip:
@@ -201,6 +206,46 @@ const RUNS: Record<string, () => Promise<void>> = {
       await cartd.stop();
       await Deno.remove(dir, { recursive: true });
       await Deno.remove(cartd.volume, { recursive: true });
+    }
+  },
+
+  /**
+   * The webhook signature check of docs/api.md, on an event a real cartd delivered to a
+   * receiver on 127.0.0.1: it accepts the event as received, and refuses it with one byte
+   * of the body changed.
+   */
+  async "webhook-signature"() {
+    const block = blockRun("webhook-signature");
+    const secret = "readme-secret-0123456789";
+    await using receiver = startReceiver(secret);
+    const env = { CARTD_WEBHOOK_SECRET: secret, CARTD_WEBHOOK_ALLOW: "127.0.0.1" };
+    await withCartd({ env }, async (c, archive) => {
+      archive.put("a", "alpha");
+      const doc = { fileids: [{ id: "a", path: "a.txt" }], webhook: receiver.url };
+      assert.equal((await postCart(c.url, "signed", doc)).status, 201);
+      await eventually("the event arrives", () => receiver.received.length === 1);
+    });
+    const [got] = receiver.received;
+    const dir = await Deno.makeTempDir({ prefix: "cartd-test-readme-" });
+    try {
+      const check = async (body: string) => {
+        await Deno.writeTextFile(`${dir}/body.json`, body);
+        const vars = {
+          TIMESTAMP: got.headers.get("x-cartd-timestamp")!,
+          SIGNATURE: got.headers.get("x-cartd-signature")!,
+          CARTD_WEBHOOK_SECRET: secret,
+        };
+        const exports = Object.entries(vars).map(([k, v]) => `export ${k}='${v}'\n`).join("");
+        return await bash(exports + block.script, dir);
+      };
+      const ok = await check(got.body);
+      assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+      assert.equal(ok.stdout.trim(), "signature ok");
+      const forged = await check(got.body.replace('"signed"', '"signee"'));
+      assert.notEqual(forged.code, 0, forged.stdout + forged.stderr);
+      assert.match(forged.stderr, /forged/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 
