@@ -9,10 +9,12 @@
  * @module
  */
 import assert from "node:assert/strict";
+import mysql from "mysql2/promise";
 import { startFakeArchive } from "../support/fake_archive.ts";
 import { postCart, ROOT, startCartd, tempDir, waitFor, withCartd } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
 import { run } from "../support/run.ts";
+import { AMQP_URL, deleteQueue, MYSQL_HOST, MYSQL_PORT, test } from "../support/services.ts";
 import { type Received, startHangingReceiver, startReceiver } from "../support/webhook_receiver.ts";
 
 const SECRET = "test-secret-0123456789abcdef";
@@ -308,4 +310,76 @@ Deno.test("POST with a webhook that may not be called: 400 naming the field, not
     assert.equal((await postCart(c.url, "pacifica", cartOf(["a"]))).status, 201);
   });
   assert.equal(receiver.received.length, 0, "no event was sent: no cart with a webhook got far");
+});
+
+test.mysqlAndAmqp("production mode: two workers share the outbox; each event is sent once, never twice at a time", async () => {
+  const name = crypto.randomUUID().replaceAll("-", "").slice(0, 12);
+  const database = `cartd_e2e_hooks_${name}`;
+  const queue = `cartd.e2e.hooks.${name}`;
+  await using receiver = startReceiver(SECRET);
+  const open = new Map<string, number>();
+  let overlaps = 0;
+  receiver.answer(async (got) => {
+    // Slow answers, so that two workers would overlap on one event if claims let them.
+    const id = got.headers.get("x-cartd-event-id")!;
+    open.set(id, (open.get(id) ?? 0) + 1);
+    if (open.get(id)! > 1) overlaps++;
+    await pause(400);
+    open.set(id, open.get(id)! - 1);
+    return new Response("ok");
+  });
+  await using archive = startFakeArchive();
+  await using volume = await tempDir();
+  const env = {
+    ...HOOKS,
+    DATABASE_URL: `mysql://root@${MYSQL_HOST}:${MYSQL_PORT}/${database}`,
+    BROKER_URL: AMQP_URL,
+    CARTD_QUEUE: queue,
+    ARCHIVE_INTERFACE_URL: archive.url,
+  };
+  const started: { output(): string; stop(): Promise<void> }[] = [];
+  try {
+    const server = await startCartd({ role: "serve", env, volume: volume.path });
+    started.push(server);
+    for (let i = 0; i < 2; i++) {
+      started.push(await startCartd({ role: "worker", env, volume: volume.path }));
+    }
+    const carts = 12;
+    for (let i = 0; i < carts; i++) {
+      archive.put(`f${i}`, `file ${i}`);
+      assert.equal(
+        (await postCart(server.url, `p${i}`, cartOf([`f${i}`], receiver.url))).status,
+        201,
+      );
+    }
+    await eventually("every event arrives", () => receiver.received.length >= carts, 30_000);
+    await pause(2500); // a double send would come by now
+    const ids = receiver.received.map((got) => got.headers.get("x-cartd-event-id"));
+    assert.equal(ids.length, carts, "each event once");
+    assert.equal(new Set(ids).size, carts);
+    assert.equal(overlaps, 0);
+    assert.ok(receiver.received.every((got) => got.signed));
+    const logs = started.map((p) => p.output());
+    assert.equal(
+      logs[0].includes("webhook delivery started"),
+      false,
+      "the API process delivers nothing",
+    );
+    const delivered = logs.slice(1).map((log) => log.match(/webhook delivered/g)?.length ?? 0);
+    assert.equal(delivered[0] + delivered[1], carts, `by worker: ${delivered.join(", ")}`);
+  } catch (e) {
+    for (const p of started) console.error(p.output());
+    throw e;
+  } finally {
+    await Promise.all(started.map((p) => p.stop()));
+    const connection = await mysql.createConnection({
+      host: MYSQL_HOST,
+      port: MYSQL_PORT,
+      user: "root",
+      password: "",
+    });
+    await connection.query(`DROP DATABASE IF EXISTS \`${database}\``);
+    await connection.end();
+    await deleteQueue(queue);
+  }
 });
