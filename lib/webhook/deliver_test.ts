@@ -101,3 +101,75 @@ Deno.test("an attempt reads no answer body, follows no redirect, and has one tim
   const closed = await attemptDelivery(event("http://127.0.0.1:1/"), options());
   assert.equal(closed.outcome, "error");
 });
+
+Deno.test("https: TLS to the checked address, the certificate checked against the URL's name", async () => {
+  // A certificate for hooks.test that no trusted authority signed.
+  const dir = await Deno.makeTempDir({ prefix: "cartd-test-tls-" });
+  try {
+    const made = await new Deno.Command("openssl", {
+      args: [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=hooks.test",
+        "-addext",
+        "subjectAltName=DNS:hooks.test",
+        "-keyout",
+        `${dir}/key.pem`,
+        "-out",
+        `${dir}/cert.pem`,
+      ],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assert.ok(made.success, new TextDecoder().decode(made.stderr));
+    let requests = 0;
+    let handshakes = 0;
+    const server = Deno.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: await Deno.readTextFile(`${dir}/cert.pem`),
+      key: await Deno.readTextFile(`${dir}/key.pem`),
+      onListen() {},
+      onError() {
+        return new Response(null, { status: 500 });
+      },
+    }, () => {
+      requests++;
+      return new Response("ok");
+    });
+    // Count TLS connections that reach the server at all (through a plain TCP relay).
+    const relay = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const relaying = (async () => {
+      for await (const conn of relay) {
+        handshakes++;
+        const upstream = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+        conn.readable.pipeTo(upstream.writable).catch(() => {});
+        upstream.readable.pipeTo(conn.writable).catch(() => {});
+      }
+    })().catch(() => {});
+    try {
+      const port = (relay.addr as Deno.NetAddr).port;
+      const resolver = () => Promise.resolve([{ address: "127.0.0.1", family: 4 }]);
+      const result = await attemptDelivery(
+        event(`https://hooks.test:${port}/in`),
+        options({ resolver }),
+      );
+      assert.equal(result.outcome, "error", JSON.stringify(result));
+      assert.match(result.error!, /certificate|issuer|self.signed/i);
+      assert.equal(handshakes, 1, "the connection went to the checked address");
+      assert.equal(requests, 0, "nothing was sent to an endpoint whose certificate fails");
+    } finally {
+      relay.close();
+      await relaying;
+      await server.shutdown();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

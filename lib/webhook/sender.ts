@@ -161,7 +161,9 @@ export class WebhookSender {
           this.settings.timeoutMs + CLAIM_MARGIN_MS,
         );
         if (!event) continue; // another process took it first
-        const attempt = this.#deliver(event).finally(() => {
+        const attempt = this.#deliver(event).catch((e) => {
+          log.error("webhook attempt failed unexpectedly", { event: id, error: errorMessage(e) });
+        }).finally(() => {
           this.#inFlight.delete(attempt);
           if (this.#inFlight.size === MAX_IN_FLIGHT - 1) this.#wake?.(); // a place is free
         });
@@ -190,7 +192,7 @@ export class WebhookSender {
       timeoutMs: settings.timeoutMs,
       userAgent: settings.userAgent,
       resolver: settings.resolver,
-    });
+    }).catch((e) => ({ outcome: "error" as const, error: errorMessage(e) }));
     countWebhookDelivery(result.outcome);
     const fields = {
       uid: event.uid,
