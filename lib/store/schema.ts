@@ -97,7 +97,7 @@ function tables(dialect: Db["dialect"], found: number): string[] {
  * - 6: webhooks. `carts.webhook`, the URL a cart's document named to be told when the cart is
  *   ready or failed (NULL: none); and the outbox `webhook_events`: one row per event, written
  *   in the transaction that makes the cart ready or failed (lib/store/webhooks.ts), with its
- *   id, URL, body and delivery state (`pending`, `delivered`, `given_up`), attempts, the time
+ *   id, URL (and its host, which the delivery loop spreads its attempts over), body and delivery state (`pending`, `delivered`, `given_up`), attempts, the time
  *   of the next attempt and the claim of the process delivering it.
  */
 const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>> = {
@@ -150,6 +150,7 @@ const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>>
         uid ${key} NOT NULL,
         type VARCHAR(32) NOT NULL,
         url ${text} NOT NULL,
+        host VARCHAR(255) NOT NULL,
         body ${text} NOT NULL,
         status VARCHAR(16) NOT NULL,
         created_at ${big} NOT NULL,

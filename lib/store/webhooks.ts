@@ -40,6 +40,8 @@ export interface WebhookEvent {
   type: WebhookEventType;
   /** Where the event is POSTed. */
   url: string;
+  /** The URL's host and port (`hooks.example.org:8443`), lowercase. */
+  host: string;
   /** The JSON body, as sent on every attempt. */
   body: string;
   /** Where its delivery stands. */
@@ -119,10 +121,20 @@ export async function addCartEvent(
   if (cart.webhook === null) return null;
   const id = crypto.randomUUID();
   await tx.run(
-    `INSERT INTO webhook_events (id, cart_id, uid, type, url, body, status, created_at, next_at,
-      attempts)
-     VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0)`,
-    [id, cart.id, cart.uid, type, cart.webhook, eventBody(id, type, now, cart), now, now],
+    `INSERT INTO webhook_events (id, cart_id, uid, type, url, host, body, status, created_at,
+      next_at, attempts)
+     VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0)`,
+    [
+      id,
+      cart.id,
+      cart.uid,
+      type,
+      cart.webhook,
+      new URL(cart.webhook).host.slice(0, 255),
+      eventBody(id, type, now, cart),
+      now,
+      now,
+    ],
   );
   return id;
 }
@@ -136,6 +148,7 @@ function toEvent(r: Row): WebhookEvent {
     uid: String(r.uid),
     type: String(r.type) as WebhookEventType,
     url: String(r.url),
+    host: String(r.host),
     body: String(r.body),
     status: String(r.status) as WebhookEventStatus,
     createdAt: Number(r.created_at),
@@ -160,18 +173,20 @@ export class WebhookOutbox {
   constructor(readonly db: Db, readonly now: () => number = Date.now) {}
 
   /**
-   * Up to `limit` ids of pending events that are due and that nobody holds, the oldest
-   * due first.
+   * Up to `limit` pending events that are due and that nobody holds, the oldest due first,
+   * with their hosts; none for the hosts of `busy` (the caller has as many attempts in flight
+   * to them as it allows), so a host that hangs never keeps the others' events waiting.
    */
-  async due(limit: number): Promise<string[]> {
+  async due(limit: number, busy: readonly string[] = []): Promise<{ id: string; host: string }[]> {
     const now = this.now();
-    const rows = await this.db.all<{ id: string }>(
-      `SELECT id FROM webhook_events WHERE status = 'pending' AND next_at <= ?
-        AND (claim_owner IS NULL OR claim_expires < ?)
+    const hosts = busy.length ? `AND host NOT IN (${busy.map(() => "?").join(", ")})` : "";
+    const rows = await this.db.all<{ id: string; host: string }>(
+      `SELECT id, host FROM webhook_events WHERE status = 'pending' AND next_at <= ?
+        AND (claim_owner IS NULL OR claim_expires < ?) ${hosts}
        ORDER BY next_at LIMIT ${Math.max(1, Math.floor(limit))}`,
-      [now, now],
+      [now, now, ...busy],
     );
-    return rows.map((r) => String(r.id));
+    return rows.map((r) => ({ id: String(r.id), host: String(r.host) }));
   }
 
   /**

@@ -133,8 +133,8 @@ function outboxContract(name: string, factory: Factory, services: Service[] = []
       await t.step("claims: one owner at a time; a lapsed claim is taken over", async () => {
         await db.run("DELETE FROM webhook_events");
         const cart = await ready("c1", "https://hooks.example.org/c");
-        const [id] = await outbox.due(10);
-        assert.ok(id);
+        const [{ id, host }] = await outbox.due(10);
+        assert.equal(host, "hooks.example.org");
         const a = await outbox.claim(id, "owner-a", 5000);
         assert.equal(a?.attempts, 1);
         assert.equal(await outbox.claim(id, "owner-b", 5000), null, "held by a");
@@ -149,7 +149,7 @@ function outboxContract(name: string, factory: Factory, services: Service[] = []
         assert.equal(event.lastError, "answered 500");
         assert.deepEqual(await outbox.due(10), [], "not due before next_at");
         clock.now += 1000;
-        assert.deepEqual(await outbox.due(10), [id]);
+        assert.deepEqual(await outbox.due(10), [{ id, host }]);
         assert.ok(await outbox.claim(id, "owner-a", 5000));
         assert.ok(await outbox.delivered(id, "owner-a"));
         event = (await outbox.eventsOf(cart.id))[0];
@@ -161,7 +161,7 @@ function outboxContract(name: string, factory: Factory, services: Service[] = []
       await t.step("two claimers at once: exactly one wins each event", async () => {
         await db.run("DELETE FROM webhook_events");
         for (let i = 0; i < 20; i++) await ready(`race${i}`, "https://hooks.example.org/r");
-        const ids = await outbox.due(100);
+        const ids = (await outbox.due(100)).map((due) => due.id);
         assert.equal(ids.length, 20);
         const results = await Promise.all(
           ids.flatMap((id) => ["x", "y"].map((owner) => outbox.claim(id, owner, 60_000))),
@@ -169,10 +169,26 @@ function outboxContract(name: string, factory: Factory, services: Service[] = []
         assert.equal(results.filter((r) => r !== null).length, 20);
       });
 
+      await t.step("due leaves out the hosts the caller is busy with", async () => {
+        await db.run("DELETE FROM webhook_events");
+        await ready("h1", "https://slow.example.org:8443/a");
+        await ready("h2", "https://slow.example.org:8443/b");
+        await ready("h3", "https://quick.example.org/c");
+        const hosts = (due: { host: string }[]) => due.map((d) => d.host).sort();
+        assert.deepEqual(hosts(await outbox.due(10)), [
+          "quick.example.org",
+          "slow.example.org:8443",
+          "slow.example.org:8443",
+        ]);
+        assert.deepEqual(hosts(await outbox.due(10, ["slow.example.org:8443"])), [
+          "quick.example.org",
+        ]);
+      });
+
       await t.step("given up, then pruned a week after", async () => {
         await db.run("DELETE FROM webhook_events");
         await ready("g1", "https://hooks.example.org/g");
-        const [id] = await outbox.due(1);
+        const [{ id }] = await outbox.due(1);
         await outbox.claim(id, "o", 1000);
         assert.ok(await outbox.failed(id, "o", "answered 307", null));
         const event = await outbox.event(id);

@@ -7,8 +7,9 @@
  * lib/util/backoff.ts) for `CARTD_WEBHOOK_RETRY_FOR` after the event; then it is given up.
  *
  * The loop is apart from staging: it shares nothing with the carts' work but the database,
- * holds at most {@linkcode MAX_IN_FLIGHT} attempts at once, and each attempt has its time
- * limit, so a slow or failing endpoint costs a few sockets and timers, never a cart's time.
+ * holds at most {@linkcode MAX_IN_FLIGHT} attempts at once and {@linkcode MAX_PER_HOST} to
+ * one host, and each attempt has its time limit, so a slow or failing endpoint costs a few
+ * sockets and timers, never a cart's time nor another endpoint's turn.
  * Delivery is at least once: a process that dies after sending and before recording leaves
  * the event to be sent again (same id) once its claim lapses.
  *
@@ -23,7 +24,9 @@ import type { AllowList, Resolver } from "./allow.ts";
 import { attemptDelivery, type AttemptResult } from "./deliver.ts";
 
 /** Attempts one process makes at once. */
-export const MAX_IN_FLIGHT = 8;
+export const MAX_IN_FLIGHT = 16;
+/** Attempts one process makes at once to one host (host and port of the URL). */
+export const MAX_PER_HOST = 2;
 /** How often the loop looks for due events (ms). */
 export const POLL_MS = 1000;
 /** The longest delay between two attempts (ms). */
@@ -80,6 +83,8 @@ export class WebhookSender {
     crypto.randomUUID().slice(0, 8)
   }`;
   readonly #inFlight = new Set<Promise<void>>();
+  /** Attempts in flight by host. */
+  readonly #perHost = new Map<string, number>();
   readonly #stop = new AbortController();
   #loop: Promise<void> | null = null;
   #prunedAt = 0;
@@ -153,19 +158,25 @@ export class WebhookSender {
   async tick(): Promise<void> {
     const free = MAX_IN_FLIGHT - this.#inFlight.size;
     if (free > 0) {
-      for (const id of await this.outbox.due(free)) {
-        if (this.#stop.signal.aborted) break;
+      const busy = [...this.#perHost].filter(([, n]) => n >= MAX_PER_HOST).map(([host]) => host);
+      for (const { id, host } of await this.outbox.due(free, busy)) {
+        if (this.#stop.signal.aborted || this.#inFlight.size >= MAX_IN_FLIGHT) break;
+        if ((this.#perHost.get(host) ?? 0) >= MAX_PER_HOST) continue; // the next tick takes it
         const event = await this.outbox.claim(
           id,
           this.owner,
           this.settings.timeoutMs + CLAIM_MARGIN_MS,
         );
         if (!event) continue; // another process took it first
+        this.#perHost.set(host, (this.#perHost.get(host) ?? 0) + 1);
         const attempt = this.#deliver(event).catch((e) => {
           log.error("webhook attempt failed unexpectedly", { event: id, error: errorMessage(e) });
         }).finally(() => {
           this.#inFlight.delete(attempt);
-          if (this.#inFlight.size === MAX_IN_FLIGHT - 1) this.#wake?.(); // a place is free
+          const left = (this.#perHost.get(host) ?? 1) - 1;
+          if (left > 0) this.#perHost.set(host, left);
+          else this.#perHost.delete(host);
+          this.#wake?.(); // a place is free: events may wait for it
         });
         this.#inFlight.add(attempt);
       }
