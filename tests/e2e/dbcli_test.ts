@@ -71,7 +71,13 @@ async function cycle(
 
   out = exits(await cartd(["dbsync"], env, volume), 0, "dbsync");
   assert.match(out, /Created the cartd schema\./);
-  assert.deepEqual(await tables(), ["cart_files", "cartd_lock", "cartd_schema", "carts"]);
+  assert.deepEqual(await tables(), [
+    "cart_files",
+    "cartd_lock",
+    "cartd_schema",
+    "carts",
+    "webhook_events",
+  ]);
 
   out = exits(await cartd(["dbchk"], env, volume), 0, "dbchk after dbsync");
   assert.match(out, new RegExp(`The cartd schema is current \\(version ${SCHEMA_VERSION}\\)`));
@@ -91,7 +97,13 @@ async function cycle(
     out,
     older ? new RegExp(`was at version ${older}; it is current now`) : /Created the cartd schema/,
   );
-  assert.deepEqual(await tables(), ["cart_files", "cartd_lock", "cartd_schema", "carts"]);
+  assert.deepEqual(await tables(), [
+    "cart_files",
+    "cartd_lock",
+    "cartd_schema",
+    "carts",
+    "webhook_events",
+  ]);
   exits(await cartd(["dbchk"], env, volume), 0, "dbchk after the upgrade");
 
   // A database a newer cartd made is never downgraded.
