@@ -134,9 +134,13 @@ export class WebhookSender {
 
   /** Waits `ms`, or less when {@linkcode #wakeAt} wakes the loop, or it stops. */
   async #wait(ms: number): Promise<void> {
-    const woken = Promise.withResolvers<void>();
-    this.#wake = woken.resolve;
-    await Promise.race([sleep(ms, this.#stop.signal).catch(() => {}), woken.promise]);
+    if (this.#stop.signal.aborted) return;
+    const waiting = new AbortController(); // aborted early: its timer goes at once
+    const end = () => waiting.abort();
+    this.#stop.signal.addEventListener("abort", end, { once: true });
+    this.#wake = end;
+    await sleep(ms, waiting.signal).catch(() => {});
+    this.#stop.signal.removeEventListener("abort", end);
     this.#wake = null;
   }
 
