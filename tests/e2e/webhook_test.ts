@@ -3,13 +3,15 @@
  * on 127.0.0.1 (the tests allow exactly `CARTD_WEBHOOK_ALLOW=127.0.0.1`; no other address is
  * ever contacted): events for ready and failed carts, signed and verified by the receiver and
  * by the Python example of docs/api.md; an endpoint that answers 500 and then 200, one that
- * hangs, one that redirects; a crash between the state change and the delivery; bad URLs at
- * POST; and the delivery metrics.
+ * hangs, one that redirects; a crash during an attempt, and an event left undelivered by a
+ * worker without the secret, both sent after the restart with the id the state change made;
+ * bad URLs at POST; production mode with two workers; and the delivery metrics.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import mysql from "mysql2/promise";
+import { DatabaseSync } from "node:sqlite";
 import { startFakeArchive } from "../support/fake_archive.ts";
 import { postCart, ROOT, startCartd, tempDir, waitFor, withCartd } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
@@ -391,5 +393,52 @@ test.mysqlAndAmqp("production mode: two workers share the outbox; each event is 
     await connection.query(`DROP DATABASE IF EXISTS \`${database}\``);
     await connection.end();
     await deleteQueue(queue);
+  }
+});
+
+Deno.test("an event written while no process delivers is sent by the next one, with the id made at the state change", async () => {
+  await using receiver = startReceiver(SECRET);
+  await using archive = startFakeArchive();
+  archive.put("a", "alpha");
+  await using volume = await tempDir();
+  const env = { ...HOOKS, ARCHIVE_INTERFACE_URL: archive.url };
+  // The API checks the URL and stores the cart; a worker without the secret makes it ready
+  // (the event goes into the outbox) but delivers nothing.
+  const api = await startCartd({ role: "serve", env, volume: volume.path });
+  let ready: string;
+  try {
+    assert.equal((await postCart(api.url, "later", cartOf(["a"], receiver.url))).status, 201);
+    const noSecret = { ...env, CARTD_WEBHOOK_SECRET: "" };
+    const worker = await startCartd({ role: "worker", env: noSecret, volume: volume.path });
+    try {
+      assert.equal((await waitFor(api.url, "later", "ready"))[1], "ready");
+      await pause(2000);
+      assert.equal(receiver.received.length, 0, "nothing is sent without the secret");
+    } finally {
+      await worker.stop();
+    }
+    // The event as the state change wrote it.
+    const db = new DatabaseSync(`${volume.path}/cartd.sqlite3`);
+    try {
+      const rows = db.prepare("SELECT id, status, attempts FROM webhook_events").all();
+      assert.equal(rows.length, 1);
+      assert.equal(rows[0].status, "pending");
+      assert.equal(rows[0].attempts, 0);
+      ready = String(rows[0].id);
+    } finally {
+      db.close();
+    }
+  } finally {
+    await api.stop();
+  }
+  await using next = await startCartd({ env, volume: volume.path });
+  try {
+    await eventually("the event arrives", () => receiver.received.length === 1);
+    assert.equal(receiver.received[0].headers.get("x-cartd-event-id"), ready);
+    assert.equal(receiver.received[0].json.id, ready);
+    assert.ok(receiver.received[0].signed);
+  } catch (e) {
+    console.error(next.output());
+    throw e;
   }
 });
