@@ -39,6 +39,7 @@ import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
+import { EventHub, mountEvents } from "./events.ts";
 import { json } from "./json.ts";
 import { LINK_DEFAULT_S, type LinkFields, LinkSigner, parseLinkKeys } from "./links.ts";
 import { METRICS_ALIAS, METRICS_PATH, mountMetrics } from "./metrics.ts";
@@ -100,6 +101,8 @@ export interface CartApp {
   fetch(request: Request, info?: RequestInfo): Response | Promise<Response>;
   /** This app's downloads in flight (no other app instance shares them). */
   readonly downloads: Downloads<Bundle>;
+  /** This app's event streams (`GET /{uid}/events`): close them before the server stops. */
+  readonly events: EventHub;
 }
 
 /**
@@ -109,7 +112,13 @@ export interface CartApp {
 export function cartRoutes(deps: RouteDeps): CartApp {
   const { store, queue, volume, config, cancellations } = deps;
   const downloads = new Downloads<Bundle>();
-  const app = Object.assign(new Hono(), { downloads });
+  const events = new EventHub({
+    store,
+    config,
+    keepAliveMs: config.api.eventsKeepAliveMs,
+    find: (request, uid) => findCart(store, request, uid),
+  });
+  const app = Object.assign(new Hono(), { downloads, events });
   const access = deps.access ?? new Access(config.access);
   const links = new LinkSigner(parseLinkKeys(config.access.linkKeys));
   const quotas = new Quotas(config.quota);
@@ -219,6 +228,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   const find = (request: Request, uid: string) => findCart(store, request, uid);
   mountMetrics(app, { store, space: deps.estimate?.space, find });
   mountStatus(app, { store, config, find }); // GET /{uid}/status, /{uid}/files: ./status.ts
+  mountEvents(app, events); // GET /{uid}/events: ./events.ts
   const sources = deps.estimate;
   if (sources) app.post(ESTIMATE_PATH, (c) => estimate({ store, config, ...sources }, c.req.raw));
 

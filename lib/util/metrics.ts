@@ -74,6 +74,26 @@ const bytesServed = new Counter({
   registers: [registry],
 });
 
+const filesRecalled = new Counter({
+  name: "cartd_files_recalled_total",
+  help: "Tape recalls of this process's recall manager that ended with the file on disk " +
+    "(one per archive file, however many carts share the recall).",
+  registers: [registry],
+});
+
+const filesShared = new Counter({
+  name: "cartd_files_shared_total",
+  help: "Files this process staged for a cart from a copy another live cart had staged, " +
+    "without asking the archive (reads 0 until cartd shares staged files between carts).",
+  registers: [registry],
+});
+
+const eventStreams = new Gauge({
+  name: "cartd_event_streams_open",
+  help: "Event streams (GET /{uid}/events) this process's API has open now.",
+  registers: [registry],
+});
+
 const downloadsInFlight = new Gauge({
   name: "cartd_downloads_in_flight",
   help: "Cart downloads whose body this process's API is sending now.",
@@ -97,8 +117,9 @@ export type CartEvent =
 
 const cartEvents = new Counter({
   name: "cartd_cart_events_total",
-  help: "Cart events in this process: posted (POST answered 201), deleted (DELETE answered " +
-    "200); created, ready, failed and purged once the code that makes them counts them.",
+  help: "Cart events in this process: posted (POST answered 201), created (a new cart " +
+    "stored), deleted (DELETE answered 200), in the API process; ready, failed and purged " +
+    "(LRU purge or retention), in the process that made them.",
   labelNames: ["event"] as const,
   registers: [registry],
 });
@@ -122,6 +143,28 @@ export function observeArchiveCall(
 export function countFetched(bytes: number): void {
   filesFetched.inc();
   bytesFetched.inc(bytes);
+}
+
+/** Counts one tape recall that ended with the file on disk. */
+export function countRecalled(): void {
+  filesRecalled.inc();
+}
+
+/** Counts one file staged from another live cart's copy, without an archive request. */
+export function countShared(): void {
+  filesShared.inc();
+}
+
+/**
+ * Marks an event stream open now; returns what ends it (once: more calls change nothing).
+ */
+export function openEventStream(): () => void {
+  eventStreams.inc();
+  let open = true;
+  return () => {
+    if (open) eventStreams.dec();
+    open = false;
+  };
 }
 
 /**
