@@ -65,6 +65,9 @@ const BLOCKS: Record<string, { run: string } | { skip: string }> = {
     { skip: "takes minutes; it measures and asserts nothing" },
   "docs/benchmarks.md: deno task bench access   # access off beside access on: HEAD and a 1 GiB GET (about 2 minutes)":
     { skip: "takes minutes; it measures and asserts nothing" },
+  "docs/api.md: curl -N http://127.0.0.1:8081/mycart/events": {
+    skip: "a stream that lasts until the cart is ready; tests/e2e/events_test.ts reads the same",
+  },
   "docs/configuration.md: deno task cartd --help": { run: "help" },
   "docs/deploy.md: docker compose up -d                              # everything but the archive interface":
     {
