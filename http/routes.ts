@@ -46,6 +46,7 @@ import { METRICS_ALIAS, METRICS_PATH, mountMetrics } from "./metrics.ts";
 import { Quotas } from "./quotas.ts";
 import { mountStatus, progressHeaders, retryAfterSeconds } from "./status.ts";
 import { unavailable } from "./unavailable.ts";
+import { countCartEvent } from "../lib/util/metrics.ts";
 
 /** What the routes need. */
 export interface RouteDeps {
@@ -263,7 +264,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     }
     const owner = ownerOf(c.req.raw);
     const created = await store.createCart(uid, doc, documentHash(doc), owner);
-    if (!created.kept) await publishSoon(created.cart.id, uid);
+    if (!created.kept) {
+      countCartEvent("created");
+      await publishSoon(created.cart.id, uid);
+    }
     for (const old of created.replaced) await remove(old, "replaced by a POST");
     log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
       uid,

@@ -137,6 +137,8 @@ export interface RecallStats {
   heads: number;
   /** Stage POSTs sent so far (re-sends included). */
   posts: number;
+  /** Recalls that ended with the file on disk so far (one per archive file, shared or not). */
+  recalled: number;
 }
 
 /** What a HEAD said of the file, and its media (from lib/archive/client.ts), re-exported for callers. */
@@ -284,6 +286,8 @@ export class RecallManager implements AsyncDisposable {
   #shared = 0;
   #heads = 0;
   #posts = 0;
+  /** Recalls that ended on disk (see {@linkcode RecallStats.recalled}). */
+  #recalled = 0;
 
   /** Starts a manager over `client` (its `requestTimeoutMs` bounds each call). */
   constructor(client: ArchiveClient, options: RecallOptions = {}) {
@@ -421,6 +425,7 @@ export class RecallManager implements AsyncDisposable {
       shared: this.#shared,
       heads: this.#heads,
       posts: this.#posts,
+      recalled: this.#recalled,
     };
   }
 
@@ -720,6 +725,8 @@ export class RecallManager implements AsyncDisposable {
     reason = "",
     code: StageErrorCode = "archive",
   ): void {
+    // A recall: stage POSTed (admitted), now on disk.
+    if (st && !Number.isNaN(entry.startedAt)) this.#recalled++;
     this.#drop(entry);
     const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
     this.#waiters -= waiters.length;

@@ -74,13 +74,6 @@ const bytesServed = new Counter({
   registers: [registry],
 });
 
-const filesRecalled = new Counter({
-  name: "cartd_files_recalled_total",
-  help: "Tape recalls of this process's recall manager that ended with the file on disk " +
-    "(one per archive file, however many carts share the recall).",
-  registers: [registry],
-});
-
 const filesShared = new Counter({
   name: "cartd_files_shared_total",
   help: "Files this process staged for a cart from a copy another live cart had staged, " +
@@ -145,11 +138,6 @@ export function countFetched(bytes: number): void {
   bytesFetched.inc(bytes);
 }
 
-/** Counts one tape recall that ended with the file on disk. */
-export function countRecalled(): void {
-  filesRecalled.inc();
-}
-
 /** Counts one file staged from another live cart's copy, without an archive request. */
 export function countShared(): void {
   filesShared.inc();
@@ -204,6 +192,8 @@ export interface RecallFigures {
   heads: number;
   /** Stage POSTs sent so far (re-sends included). */
   posts: number;
+  /** Recalls that ended with the file on disk so far. */
+  recalled: number;
 }
 
 const slotSources = new Set<() => FetchSlots>();
@@ -343,6 +333,13 @@ function scrapeRegistry(figures: GlobalFigures): Registry {
     "cartd_recall_heads_total",
     `HEADs the tape poller ${recalls} has sent.`,
     total(recallSources, (r) => r.heads),
+  );
+  counter(
+    scrape,
+    "cartd_files_recalled_total",
+    `Tape recalls ${recalls} that ended with the file on disk (one per archive file, ` +
+      "however many carts shared it).",
+    total(recallSources, (r) => r.recalled),
   );
   counter(
     scrape,
