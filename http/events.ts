@@ -200,6 +200,10 @@ export class EventHub {
         }
         if ((controller.desiredSize ?? 0) < -MAX_QUEUED_BYTES) {
           log.info("dropped an event stream whose client does not read it", { uid });
+          // An error, not a close: what is queued for it is thrown away with the connection.
+          try {
+            controller.error(new Error("the client does not read its event stream"));
+          } catch { /* cancelled meanwhile */ }
           stream.end();
           return false;
         }
