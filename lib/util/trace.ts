@@ -17,7 +17,10 @@
  * ```
  * @module
  */
-import { type Attributes, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
+import { type Span, SpanStatusCode, trace } from "@opentelemetry/api";
+
+/** The attributes of a span: names such as `cartd.uid`, and their values. */
+export type SpanAttributes = Record<string, string | number | boolean>;
 
 /** The tracer of every cartd span. */
 const tracer = trace.getTracer("cartd");
@@ -25,13 +28,13 @@ const tracer = trace.getTracer("cartd");
 /** A span begun by {@linkcode startSpan}. */
 export interface CartdSpan {
   /** Adds attributes (what became known meanwhile). */
-  set(attributes: Attributes): void;
+  set(attributes: SpanAttributes): void;
   /** Ends the span (once; later calls do nothing), failed when `error` is given. */
   end(error?: unknown): void;
 }
 
 /** Begins a span named `name` with `attributes`, to be ended by the caller. */
-export function startSpan(name: string, attributes: Attributes): CartdSpan {
+export function startSpan(name: string, attributes: SpanAttributes): CartdSpan {
   const span: Span = tracer.startSpan(name, { attributes });
   let open = true;
   return {
@@ -54,7 +57,7 @@ export function startSpan(name: string, attributes: Attributes): CartdSpan {
 /** Runs `work` inside a span named `name`, which ends when it settles (failed if it throws). */
 export async function traced<T>(
   name: string,
-  attributes: Attributes,
+  attributes: SpanAttributes,
   work: (span: CartdSpan) => Promise<T>,
 ): Promise<T> {
   const span = startSpan(name, attributes);
