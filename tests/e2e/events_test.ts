@@ -168,11 +168,12 @@ Deno.test("events: 2,000 dropped streams leave no descriptor and no stream open,
         `RSS ${before.rssKiB} → ${after.rssKiB} KiB`,
     );
     // The process's RSS drifts by several MiB under 100 connections at once, streams or not
-    // (plain GETs of /status measured ±7 MiB over 10,000): this bound catches a leak of whole
-    // connections (tens of KiB each, 40+ MiB here). The exact check of what a stream keeps is
+    // (10,000 plain GETs of /status moved it by 6 to 8 MiB in bench events; here 2,000 dropped
+    // streams moved it by 4 to 15 MiB). A stream kept with its connection is some 40 KiB, 80 MiB
+    // here: this bound catches that, not the noise. The exact check of what a stream keeps is
     // http/events_test.ts's (heap after gc); `deno task bench events` drops 10,000.
     assert.ok(
-      after.rssKiB - before.rssKiB < 16 * 1024,
+      after.rssKiB - before.rssKiB < 32 * 1024,
       `RSS ${before.rssKiB} → ${after.rssKiB} KiB`,
     );
   });
