@@ -19,8 +19,13 @@
 import type { Context } from "hono";
 import { accepts } from "hono/accepts";
 import type { Config } from "../lib/config/config.ts";
-import { type Cart, type CartFile, type CartStore, FILE_STATUSES } from "../lib/store/store.ts";
-import type { FileStatus } from "../lib/store/store.ts";
+import {
+  type Cart,
+  type CartFile,
+  type CartStore,
+  FILE_STATUSES,
+  type FileStatus,
+} from "../lib/store/store.ts";
 import { json } from "./json.ts";
 import { STATUS_PAGE_CSP, statusPage } from "./status_page.ts";
 
