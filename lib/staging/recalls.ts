@@ -78,6 +78,7 @@ import {
   StageError,
   type StageErrorCode,
 } from "./stage_file.ts";
+import { observeTapeWait } from "../util/metrics.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -725,8 +726,11 @@ export class RecallManager implements AsyncDisposable {
     reason = "",
     code: StageErrorCode = "archive",
   ): void {
-    // A recall: stage POSTed (admitted), now on disk.
-    if (st && !Number.isNaN(entry.startedAt)) this.#recalled++;
+    // A recall: stage POSTed (admitted), now on disk; its wait, from the first stage POST.
+    if (st && !Number.isNaN(entry.startedAt)) {
+      this.#recalled++;
+      observeTapeWait(Math.max(0, this.#clock.now() - entry.startedAt) / 1000);
+    }
     this.#drop(entry);
     const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
     this.#waiters -= waiters.length;

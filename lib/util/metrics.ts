@@ -74,6 +74,14 @@ const bytesServed = new Counter({
   registers: [registry],
 });
 
+const tapeWait = new Histogram({
+  name: "cartd_tape_wait_seconds",
+  help: "Time of this process's tape recalls from the first stage POST until the archive " +
+    "said the file is on disk (as the recall poller noticed it).",
+  buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400],
+  registers: [registry],
+});
+
 const filesShared = new Counter({
   name: "cartd_files_shared_total",
   help: "Files this process staged for a cart from a copy another live cart had staged, " +
@@ -136,6 +144,11 @@ export function observeArchiveCall(
 export function countFetched(bytes: number): void {
   filesFetched.inc();
   bytesFetched.inc(bytes);
+}
+
+/** Records the wait of one tape recall that ended on disk, in seconds. */
+export function observeTapeWait(seconds: number): void {
+  tapeWait.observe(seconds);
 }
 
 /** Counts one file staged from another live cart's copy, without an archive request. */

@@ -171,7 +171,7 @@ Deno.test("metrics: GET /metrics, and a cart whose uid is metrics", async () => 
   assert.equal(sum(await scrape(cartd.url, "metrics"), "cartd_carts"), 0);
 });
 
-Deno.test("metrics: carts created, ready, failed and purged; files recalled; event streams open", async () => {
+Deno.test("metrics: carts created, ready, failed and purged; files recalled, tape waits; event streams open", async () => {
   await using archive = startFakeArchive();
   archive.put("disk", "on disk\n");
   archive.put("tape1", "from tape\n", { tapeMs: 100 });
@@ -197,6 +197,11 @@ Deno.test("metrics: carts created, ready, failed and purged; files recalled; eve
   assert.equal(events("ready"), 1);
   assert.equal(events("failed"), 1);
   assert.equal(sum(samples, "cartd_files_recalled_total"), 2, "the two tape files");
+  // Their waits: about 0.1 s each (the fake's tapeMs), under 5 s.
+  assert.equal(sum(samples, "cartd_tape_wait_seconds_count"), 2);
+  assert.equal(sum(samples, "cartd_tape_wait_seconds_bucket", { le: "5" }), 2);
+  const waited = sum(samples, "cartd_tape_wait_seconds_sum");
+  assert.ok(waited >= 0.2 && waited < 10, `tape waits sum to ${waited} s`);
   assert.equal(sum(samples, "cartd_files_shared_total"), 0);
   assert.equal(sum(samples, "cartd_event_streams_open"), 0);
 
