@@ -12,6 +12,7 @@ import { startFakeArchive } from "../support/fake_archive.ts";
 import { postCart, withCartd } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
 import { readEvents } from "../support/events.ts";
+import { run } from "../support/run.ts";
 
 /** A cart document of `ids`. */
 function cartOf(ids: string[]) {
@@ -175,6 +176,26 @@ Deno.test("events: 2,000 dropped streams leave no descriptor and no stream open,
     assert.ok(
       after.rssKiB - before.rssKiB < 32 * 1024,
       `RSS ${before.rssKiB} → ${after.rssKiB} KiB`,
+    );
+  });
+});
+
+Deno.test("events: curl -N prints the events as they come and exits when the cart is ready", async () => {
+  await using archive = startFakeArchive();
+  archive.put("t0", "x".repeat(100), { tapeMs: 1500 });
+  await withCartd({ archive }, async (c) => {
+    assert.equal((await postCart(c.url, "curl", cartOf(["t0"]))).status, 201);
+    const curl = await run("curl", ["-N", "-sS", "--max-time", "30", `${c.url}curl/events`]);
+    assert.equal(curl.code, 0, curl.stderr);
+    const blocks = curl.stdout.trim().split("\n\n");
+    assert.equal(blocks[0], "retry: 2000");
+    assert.match(
+      blocks[1],
+      /^id: \S+\nevent: state\ndata: \{"uid":"curl","state":"(waiting|staging)"/,
+    );
+    assert.match(
+      blocks.at(-1)!,
+      /^id: \S+\.ready\.1\.0\.100\.100\nevent: state\ndata: .*"state":"ready"/,
     );
   });
 });
