@@ -120,7 +120,7 @@ const cartEvents = new Counter({
   name: "cartd_cart_events_total",
   help: "Cart events in this process: posted (POST answered 201), created (a new cart " +
     "stored), deleted (DELETE answered 200), in the API process; ready, failed and purged " +
-    "(LRU purge or retention), in the process that made them.",
+    "(LRU purge or retention), in the worker that made them.",
   labelNames: ["event"] as const,
   registers: [registry],
 });
