@@ -29,6 +29,7 @@ import { Volume } from "../lib/volume/volume.ts";
 import { WebhookOutbox } from "../lib/store/webhooks.ts";
 import { AllowList } from "../lib/webhook/allow.ts";
 import { WebhookSender } from "../lib/webhook/sender.ts";
+import type { EventHub } from "../http/events.ts";
 import { cartRoutes } from "../http/routes.ts";
 import { Access } from "../http/access.ts";
 import { CartWorker } from "../worker/dispatcher.ts";
@@ -157,6 +158,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
 
     let url: string | null = null;
     let server: LimitedServer | null = null;
+    let events: EventHub | null = null;
     // One client for the worker's archive calls, and one space for the API and the worker.
     const archive = new ArchiveClient(config.archiveUrl, {
       requestTimeoutMs: config.staging.requestTimeoutMs,
@@ -177,6 +179,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       await access.start();
       if (access.on) log.info("access control on", { identities: access.describe() });
       const app = cartRoutes({ store, queue, volume, config, cancellations, estimate, access });
+      events = app.events;
       const port = options.port ?? 8081;
       const hostname = options.hostname ?? "127.0.0.1";
       try {
@@ -188,7 +191,10 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       } catch (e) {
         throw listenFailure(e, hostname, port, "the API", API_LISTEN_FLAGS);
       }
+      // Event streams last until their cart is done: they end before the server waits for
+      // its answers in flight.
       opened.push(() => server?.shutdown());
+      opened.push(() => app.events.close());
       const addr = server.addr;
       const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
       url = `http://${host}:${addr.port}/`;
@@ -242,6 +248,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
         // The API stops taking requests first; then the worker, its threads, queue, database.
         const api = server;
         server = null;
+        events?.close();
         await api?.shutdown();
         await closeOpened();
       },

@@ -75,6 +75,7 @@ if (Deno.args[0] === "metrics") Deno.exit(await (await import("./metrics.ts")).m
 if (Deno.args[0] === "status") Deno.exit(await (await import("./status.ts")).main());
 if (Deno.args[0] === "access") Deno.exit(await (await import("./access.ts")).main());
 if (Deno.args[0] === "webhooks") Deno.exit(await (await import("./webhooks.ts")).main());
+if (Deno.args[0] === "events") Deno.exit(await (await import("./events.ts")).main());
 
 const { values, positionals } = parseArgs({
   args: Deno.args,

@@ -12,6 +12,7 @@ import type { Bundle } from "../lib/bundle/plan.ts";
 import { cartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
+import { startSpan } from "../lib/util/trace.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import { noneMatch, rangeApplies } from "./conditional.ts";
@@ -174,6 +175,11 @@ function holdWhileSent(
 ): ReadableStream<Uint8Array> {
   const cartId = cart.id;
   let sent = 0;
+  const span = startSpan("cartd.download", {
+    "cartd.uid": cart.uid,
+    "cartd.cart": cartId,
+    "cartd.bytes": bytes,
+  });
   const warn = (e: unknown) =>
     log.warn("could not record a download's hold on its cart", {
       cart: cartId,
@@ -182,10 +188,12 @@ function holdWhileSent(
   const hold = () => store.touch(cartId, store.now() + DOWNLOAD_HOLD_MS).catch(warn);
   const timer = setInterval(hold, DOWNLOAD_HOLD_MS / 3);
   let ended = false;
-  const end = async () => {
+  const end = async (cut?: string) => {
     if (ended) return;
     ended = true;
     clearInterval(timer);
+    span.set({ "cartd.sent": sent });
+    span.end(cut);
     if (release() === 0) await store.endHold(cartId).catch(warn);
   };
   const reader = body.getReader();
@@ -200,7 +208,7 @@ function holdWhileSent(
         await end(); // before the client sees the end
         controller.close();
       } catch (error) {
-        await end();
+        await end(`the cart's files could not be read: ${errorMessage(error)}`);
         log.warn("download cut: the cart's files could not be read (removed meanwhile?)", {
           uid: cart.uid,
           cart: cartId,
@@ -218,7 +226,7 @@ function holdWhileSent(
         sent,
         bytes,
       });
-      await end();
+      await end("cut by the client");
       await reader.cancel(reason);
     },
   }, { highWaterMark: 0 });

@@ -45,12 +45,14 @@ import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
+import { EventHub, mountEvents } from "./events.ts";
 import { json } from "./json.ts";
 import { LINK_DEFAULT_S, type LinkFields, LinkSigner, parseLinkKeys } from "./links.ts";
 import { METRICS_ALIAS, METRICS_PATH, mountMetrics } from "./metrics.ts";
 import { Quotas } from "./quotas.ts";
 import { mountStatus, progressHeaders, retryAfterSeconds } from "./status.ts";
 import { unavailable } from "./unavailable.ts";
+import { countCartEvent } from "../lib/util/metrics.ts";
 
 /** What the routes need. */
 export interface RouteDeps {
@@ -108,6 +110,8 @@ export interface CartApp {
   fetch(request: Request, info?: RequestInfo): Response | Promise<Response>;
   /** This app's downloads in flight (no other app instance shares them). */
   readonly downloads: Downloads<Bundle>;
+  /** This app's event streams (`GET /{uid}/events`): close them before the server stops. */
+  readonly events: EventHub;
 }
 
 /**
@@ -117,7 +121,13 @@ export interface CartApp {
 export function cartRoutes(deps: RouteDeps): CartApp {
   const { store, queue, volume, config, cancellations } = deps;
   const downloads = new Downloads<Bundle>();
-  const app = Object.assign(new Hono(), { downloads });
+  const events = new EventHub({
+    store,
+    config,
+    keepAliveMs: config.api.eventsKeepAliveMs,
+    find: (request, uid) => findCart(store, request, uid),
+  });
+  const app = Object.assign(new Hono(), { downloads, events });
   const access = deps.access ?? new Access(config.access);
   const links = new LinkSigner(parseLinkKeys(config.access.linkKeys));
   const quotas = new Quotas(config.quota);
@@ -247,6 +257,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   const find = (request: Request, uid: string) => findCart(store, request, uid);
   mountMetrics(app, { store, space: deps.estimate?.space, find });
   mountStatus(app, { store, config, find }); // GET /{uid}/status, /{uid}/files: ./status.ts
+  mountEvents(app, events); // GET /{uid}/events: ./events.ts
   const sources = deps.estimate;
   if (sources) app.post(ESTIMATE_PATH, (c) => estimate({ store, config, ...sources }, c.req.raw));
 
@@ -291,7 +302,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     }
     const owner = ownerOf(c.req.raw);
     const created = await store.createCart(uid, doc, documentHash(doc), owner);
-    if (!created.kept) await publishSoon(created.cart.id, uid);
+    if (!created.kept) {
+      countCartEvent("created");
+      await publishSoon(created.cart.id, uid);
+    }
     for (const old of created.replaced) await remove(old, "replaced by a POST");
     log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
       uid,

@@ -6,8 +6,9 @@
  *   the counters on the cart's row (no count of its files: a HEAD stays one row read).
  * - {@linkcode retryAfterSeconds}: the `Retry-After` of `GET /{uid}` while the cart is not
  *   ready, from {@linkcode estimateOf}.
- * - {@linkcode mountStatus}: `GET /{uid}/status` (a JSON summary) and `GET /{uid}/files`
- *   (each file, paged by index).
+ * - {@linkcode mountStatus}: `GET /{uid}/status` (a JSON summary; for a browser, whose
+ *   `Accept` prefers `text/html`, the status page of ./status_page.ts) and `GET /{uid}/files`
+ *   (each file, paged by index, optionally only those of one state).
  *
  * The database knows three states of a file: `pending`, `staged` and `error`. Whether a
  * pending file is being recalled from tape or fetched right now lives only in the memory of
@@ -15,9 +16,18 @@
  *
  * @module
  */
+import type { Context } from "hono";
+import { accepts } from "hono/accepts";
 import type { Config } from "../lib/config/config.ts";
-import type { Cart, CartFile, CartStore } from "../lib/store/store.ts";
+import {
+  type Cart,
+  type CartFile,
+  type CartStore,
+  FILE_STATUSES,
+  type FileStatus,
+} from "../lib/store/store.ts";
 import { json } from "./json.ts";
+import { STATUS_PAGE_CSP, statusPage } from "./status_page.ts";
 
 /** cartd's HEAD header of files staged of the cart's files: `12/100`. */
 export const FILES_HEADER = "X-Cartd-Files";
@@ -199,8 +209,23 @@ function pagingParameter(
 
 /** What a handler of {@linkcode StatusApp} reads of its request (a Hono context). */
 export interface StatusContext {
-  /** The request's path parameters and query. */
-  req: { param(name: "uid"): string; query(name: string): string | undefined; raw: Request };
+  /** The request's path parameters, query and headers. */
+  req: {
+    param(name: "uid"): string;
+    query(name: string): string | undefined;
+    header(name: string): string | undefined;
+    raw: Request;
+  };
+}
+
+/** Whether the request's `Accept` prefers HTML to JSON (a browser's does; `*\/*` does not). */
+function wantsHtml(c: StatusContext): boolean {
+  const asked = accepts({ req: c.req } as unknown as Context, {
+    header: "Accept",
+    supports: ["application/json", "text/html"],
+    default: "application/json",
+  });
+  return asked === "text/html";
 }
 
 /** The part of the cart API's app (a Hono app) that {@linkcode mountStatus} uses. */
@@ -215,8 +240,26 @@ export function mountStatus(app: StatusApp, deps: StatusDeps): void {
   const find = deps.find ?? ((_: Request, uid: string) => store.liveCart(uid));
   app.get("/:uid/status", async (c) => {
     const cart = await find(c.req.raw, c.req.param("uid"));
-    if (!cart) return json({ message: NO_CART }, 404);
-    return json(cartStatusJson(deps, cart), 200, { "Cache-Control": "no-store" });
+    if (!cart) return json({ message: NO_CART }, 404, { Vary: "Accept" });
+    const status = cartStatusJson(deps, cart);
+    const headers = { "Cache-Control": "no-store", Vary: "Accept" };
+    if (!wantsHtml(c)) return json(status, 200, headers);
+    const page = statusPage({
+      uid: cart.uid,
+      state: cart.status,
+      message: cart.message,
+      json: status,
+    });
+    return new Response(page, {
+      status: 200,
+      headers: {
+        ...headers,
+        "Content-Type": "text/html; charset=utf-8",
+        "Content-Security-Policy": STATUS_PAGE_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+      },
+    });
   });
   app.get("/:uid/files", async (c) => {
     const after = pagingParameter(
@@ -235,9 +278,15 @@ export function mountStatus(app: StatusApp, deps: StatusDeps): void {
       FILES_PAGE_MAX,
     );
     if (typeof limit === "string") return json({ message: limit }, 400);
+    const state = c.req.query("state");
+    if (state !== undefined && !(FILE_STATUSES as readonly string[]).includes(state)) {
+      return json({
+        message: `state must be one of ${FILE_STATUSES.join(", ")}, not ${JSON.stringify(state)}`,
+      }, 400);
+    }
     const cart = await find(c.req.raw, c.req.param("uid"));
     if (!cart) return json({ message: NO_CART }, 404);
-    const page = await store.filePage(cart.id, after, limit);
+    const page = await store.filePage(cart.id, after, limit, state as FileStatus | undefined);
     const last = page.files.at(-1);
     return json(
       {

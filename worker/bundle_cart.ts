@@ -17,6 +17,7 @@ import { errorMessage, log } from "../lib/util/log.ts";
 import type { CartRun } from "./context.ts";
 import { Stopped } from "./errors.ts";
 import { fetchFiles, sizeOnDisk } from "./stage_cart.ts";
+import { countCartEvent } from "../lib/util/metrics.ts";
 
 /** Files whose size on disk is checked at once. */
 const CHECKS_IN_FLIGHT = 32;
@@ -44,6 +45,7 @@ export async function bundleCart(run: CartRun): Promise<void> {
   signal.throwIfAborted();
   const facts = { readyAt, size: download.size, etag: download.etag };
   if (!(await store.markReady(cart.id, owner, facts))) throw new Stopped("gone");
+  countCartEvent("ready");
   // The reservation of a ready cart is what it holds on disk: its checked files, and the tar.
   const held = files.bytes + (cart.bundle ? download.size : 0);
   await space.settle(cart.id, held).catch((e) =>

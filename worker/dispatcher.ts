@@ -32,6 +32,7 @@ import type { CartRun, WorkerDeps } from "./context.ts";
 import { CartFailure, type Classified, classify, Stopped } from "./errors.ts";
 import { stageCart } from "./stage_cart.ts";
 import { Sweep } from "./sweep.ts";
+import { countCartEvent } from "../lib/util/metrics.ts";
 
 export type { WorkerDeps } from "./context.ts";
 
@@ -285,6 +286,7 @@ export class CartWorker {
       );
     }
     if (await store.fail(cart.id, failure.message, this.owner)) {
+      countCartEvent("failed");
       log.warn("cart failed", { uid: cart.uid, cart: cart.id, error: failure.message });
     } else {
       await this.#removeIfDead(cart.id); // deleted or replaced meanwhile

@@ -37,6 +37,7 @@ import { errorMessage, log } from "../lib/util/log.ts";
 import { TaskError } from "../threads/pool.ts";
 import type { CartRun } from "./context.ts";
 import { CartFailure } from "./errors.ts";
+import { startSpan, traced } from "../lib/util/trace.ts";
 
 /**
  * A cart's first staging reserves room, and lets the files fetch, a batch at a time: the
@@ -293,12 +294,18 @@ async function askSize(
  * that no fetch awaits any more (the cart failed first, or was stopped) has nothing to say.
  */
 function recallFile(run: CartRun, file: CartFile, signal: AbortSignal): Promise<ArchiveStatus> {
+  const span = startSpan("cartd.recall", {
+    "cartd.uid": run.cart.uid,
+    "cartd.cart": run.cart.id,
+    "cartd.file.index": file.idx,
+    "cartd.archive_id": file.archiveId,
+  });
   const recall = run.deps.recalls.recall(file.archiveId, {
     cart: run.cart.id,
     label: fileLabel(file),
     signal,
   });
-  recall.catch(() => {});
+  recall.then(() => span.end(), (error) => span.end(error));
   return recall;
 }
 
@@ -442,20 +449,29 @@ export async function fetchFiles(
     statuses.delete(file.idx);
     let facts: StagedFacts;
     try {
-      facts = await pool.stage(
-        {
-          archiveUrl: config.archiveUrl,
-          archiveId: file.archiveId,
-          dest,
-          hashtype: file.hashtype ?? undefined,
-          hashsum: file.hashsum ?? undefined,
-          label: fileLabel(file),
-          status,
-          onTape: "return",
-        },
-        config.staging,
-        inner,
-      );
+      facts = await traced("cartd.stage_file", {
+        "cartd.uid": cart.uid,
+        "cartd.cart": cart.id,
+        "cartd.file.index": file.idx,
+        "cartd.archive_id": file.archiveId,
+      }, async (span) => {
+        const staged = await pool.stage(
+          {
+            archiveUrl: config.archiveUrl,
+            archiveId: file.archiveId,
+            dest,
+            hashtype: file.hashtype ?? undefined,
+            hashsum: file.hashsum ?? undefined,
+            label: fileLabel(file),
+            status,
+            onTape: "return",
+          },
+          config.staging,
+          inner,
+        );
+        span.set({ "cartd.bytes": staged.size });
+        return staged;
+      });
     } catch (caught) {
       let error = caught;
       if (error instanceof TaskError && error.code === "ontape" && !inner.aborted) {

@@ -171,6 +171,11 @@ export interface Config {
     minDownloadRate: number;
     /** The window (ms) over which minDownloadRate is measured. */
     rateWindowMs: number;
+    /**
+     * Time (ms) between the keep-alive comments of an idle event stream (http/events.ts): a
+     * client that went away is noticed when one is written.
+     */
+    eventsKeepAliveMs: number;
   };
   /**
    * Who may do what (issue 17; docs/security.md). Every identity off (the default): cartd

@@ -697,6 +697,13 @@ export const SETTING_TABLE = {
     "86400",
     "seconds after the event during which a webhook delivery is tried again; then it is given up",
   ),
+  CARTD_EVENTS_KEEPALIVE: field(
+    "api.eventsKeepAliveMs",
+    seconds.refine((ms) => ms >= 100, "must be at least 0.1"),
+    "15",
+    "seconds between the keep-alive comments of an idle event stream (`GET /{uid}/events`); " +
+      "a client that went away is noticed at the next one",
+  ),
   CARTD_LOG_LEVEL: field(
     "logLevel",
     oneOf(["debug", "info", "warn", "error"]),

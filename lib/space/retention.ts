@@ -12,6 +12,7 @@ import type { Cancellations } from "./cancellations.ts";
 import { removeCart } from "./remove_cart.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
+import { countCartEvent } from "../util/metrics.ts";
 
 /**
  * Removes every live cart that became ready more than `retentionMs` before `now`; returns the
@@ -32,6 +33,7 @@ export async function expireCarts(
     // Another process may have removed (or replaced) it since the list was read.
     // A cart held by a download in flight (last use in the future: CartStore.touch) is spared.
     if (!(await store.unliveReady(cart.id, { readyBefore, usedBefore: now + 1 }))) continue;
+    countCartEvent("purged");
     const why = `retention: ready for more than ${retentionMs} ms`;
     await removeCart(store, volume, cart, why, cancellations);
     removed.push(cart);

@@ -35,6 +35,7 @@ import { removeCart } from "./remove_cart.ts";
 import { expireCarts } from "./retention.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import type { Volume } from "../volume/volume.ts";
+import { countCartEvent } from "../util/metrics.ts";
 
 /** The exact message SPEC §1 and §4 give for a cart that does not fit. */
 export const NO_SPACE = "No Space Available";
@@ -168,6 +169,7 @@ export class Space {
       // The victim may have been used (or removed) since it was listed: only an idle one goes.
       const safeSince = this.now() - this.settings.lruBufferMs;
       if (await this.store.unliveReady(victim.id, { usedBefore: safeSince })) {
+        countCartEvent("purged");
         const why = `LRU purge to make room for ${cart.uid}`;
         await removeCart(this.store, this.volume, victim, why, this.cancellations);
         purged.push(victim.uid);

@@ -78,6 +78,7 @@ import {
   StageError,
   type StageErrorCode,
 } from "./stage_file.ts";
+import { observeTapeWait } from "../util/metrics.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -137,6 +138,8 @@ export interface RecallStats {
   heads: number;
   /** Stage POSTs sent so far (re-sends included). */
   posts: number;
+  /** Recalls that ended with the file on disk so far (one per archive file, shared or not). */
+  recalled: number;
 }
 
 /** What a HEAD said of the file, and its media (from lib/archive/client.ts), re-exported for callers. */
@@ -284,6 +287,8 @@ export class RecallManager implements AsyncDisposable {
   #shared = 0;
   #heads = 0;
   #posts = 0;
+  /** Recalls that ended on disk (see {@linkcode RecallStats.recalled}). */
+  #recalled = 0;
 
   /** Starts a manager over `client` (its `requestTimeoutMs` bounds each call). */
   constructor(client: ArchiveClient, options: RecallOptions = {}) {
@@ -421,6 +426,7 @@ export class RecallManager implements AsyncDisposable {
       shared: this.#shared,
       heads: this.#heads,
       posts: this.#posts,
+      recalled: this.#recalled,
     };
   }
 
@@ -720,6 +726,11 @@ export class RecallManager implements AsyncDisposable {
     reason = "",
     code: StageErrorCode = "archive",
   ): void {
+    // A recall: stage POSTed (admitted), now on disk; its wait, from the first stage POST.
+    if (st && !Number.isNaN(entry.startedAt)) {
+      this.#recalled++;
+      observeTapeWait(Math.max(0, this.#clock.now() - entry.startedAt) / 1000);
+    }
     this.#drop(entry);
     const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
     this.#waiters -= waiters.length;

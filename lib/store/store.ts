@@ -511,6 +511,26 @@ export class CartStore {
     return rows.length ? toCart(rows[0]) : null;
   }
 
+  /**
+   * The live carts among `ids` (a cart that is not live, or gone, is absent), in one query
+   * however many there are: the list is padded to a power of two by repeating its last id, so
+   * that the statement's text is one of a few (see {@linkcode powerOfTwoBatches}). The event
+   * streams' poller (http/events.ts) reads every cart with an open stream so, once a second.
+   */
+  async liveCartsById(ids: readonly string[]): Promise<Cart[]> {
+    if (!ids.length) return [];
+    const padded = [...ids];
+    const size = 2 ** Math.ceil(Math.log2(ids.length));
+    while (padded.length < size) padded.push(ids[ids.length - 1]);
+    const rows = await this.db.all(
+      `SELECT * FROM carts WHERE live_uid IS NOT NULL AND id IN (${
+        padded.map(() => "?").join(", ")
+      })`,
+      padded,
+    );
+    return rows.map(toCart);
+  }
+
   /** Every cart that is still live, oldest first. */
   async liveCarts(): Promise<Cart[]> {
     const rows = await this.db.all(
@@ -611,15 +631,21 @@ export class CartStore {
    * Up to `limit` files of a cart whose index is above `after`, in document order (keyset
    * paging: each page is one indexed range read, however deep). The query asks for a power
    * of two rows above `limit` (the statement's text is one of a few; see
-   * {@linkcode powerOfTwoBatches}), which also tells whether more files follow.
+   * {@linkcode powerOfTwoBatches}), which also tells whether more files follow. With `status`,
+   * only the files in that {@linkcode FileStatus} (the range read then skips the others).
    */
-  async filePage(cartId: string, after: number, limit: number): Promise<FilePage> {
+  async filePage(
+    cartId: string,
+    after: number,
+    limit: number,
+    status?: FileStatus,
+  ): Promise<FilePage> {
     const wanted = Math.max(1, Math.floor(limit));
     const asked = 2 ** Math.ceil(Math.log2(wanted + 1));
     const rows = await this.db.all(
       `SELECT ${FILE_COLUMNS} FROM cart_files WHERE cart_id = ? AND idx > ?
-       ORDER BY idx LIMIT ${asked}`,
-      [cartId, Math.floor(after)],
+       ${status ? "AND status = ?" : ""} ORDER BY idx LIMIT ${asked}`,
+      status ? [cartId, Math.floor(after), status] : [cartId, Math.floor(after)],
     );
     return {
       files: rows.slice(0, wanted).map((row) => toFile(cartId, row)),

@@ -74,6 +74,27 @@ const bytesServed = new Counter({
   registers: [registry],
 });
 
+const tapeWait = new Histogram({
+  name: "cartd_tape_wait_seconds",
+  help: "Time of this process's tape recalls from the first stage POST until the archive " +
+    "said the file is on disk (as the recall poller noticed it).",
+  buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400],
+  registers: [registry],
+});
+
+const filesShared = new Counter({
+  name: "cartd_files_shared_total",
+  help: "Files this process staged for a cart from a copy another live cart had staged, " +
+    "without asking the archive (reads 0 until cartd shares staged files between carts).",
+  registers: [registry],
+});
+
+const eventStreams = new Gauge({
+  name: "cartd_event_streams_open",
+  help: "Event streams (GET /{uid}/events) this process's API has open now.",
+  registers: [registry],
+});
+
 const downloadsInFlight = new Gauge({
   name: "cartd_downloads_in_flight",
   help: "Cart downloads whose body this process's API is sending now.",
@@ -97,8 +118,9 @@ export type CartEvent =
 
 const cartEvents = new Counter({
   name: "cartd_cart_events_total",
-  help: "Cart events in this process: posted (POST answered 201), deleted (DELETE answered " +
-    "200); created, ready, failed and purged once the code that makes them counts them.",
+  help: "Cart events in this process: posted (POST answered 201), created (a new cart " +
+    "stored), deleted (DELETE answered 200), in the API process; ready, failed and purged " +
+    "(LRU purge or retention), in the worker that made them.",
   labelNames: ["event"] as const,
   registers: [registry],
 });
@@ -153,6 +175,28 @@ export function countFetched(bytes: number): void {
   bytesFetched.inc(bytes);
 }
 
+/** Records the wait of one tape recall that ended on disk, in seconds. */
+export function observeTapeWait(seconds: number): void {
+  tapeWait.observe(seconds);
+}
+
+/** Counts one file staged from another live cart's copy, without an archive request. */
+export function countShared(): void {
+  filesShared.inc();
+}
+
+/**
+ * Marks an event stream open now; returns what ends it (once: more calls change nothing).
+ */
+export function openEventStream(): () => void {
+  eventStreams.inc();
+  let open = true;
+  return () => {
+    if (open) eventStreams.dec();
+    open = false;
+  };
+}
+
 /**
  * Marks a download whose body starts now; returns what the download calls as it goes: `sent`
  * with each chunk's length, `ended` once (more calls change nothing) when the body is sent,
@@ -190,6 +234,8 @@ export interface RecallFigures {
   heads: number;
   /** Stage POSTs sent so far (re-sends included). */
   posts: number;
+  /** Recalls that ended with the file on disk so far. */
+  recalled: number;
 }
 
 const slotSources = new Set<() => FetchSlots>();
@@ -329,6 +375,13 @@ function scrapeRegistry(figures: GlobalFigures): Registry {
     "cartd_recall_heads_total",
     `HEADs the tape poller ${recalls} has sent.`,
     total(recallSources, (r) => r.heads),
+  );
+  counter(
+    scrape,
+    "cartd_files_recalled_total",
+    `Tape recalls ${recalls} that ended with the file on disk (one per archive file, ` +
+      "however many carts shared it).",
+    total(recallSources, (r) => r.recalled),
   );
   counter(
     scrape,

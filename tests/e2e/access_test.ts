@@ -90,6 +90,20 @@ Deno.test("access on: owners, a signed link, the proxy header from 127.0.0.1, ad
     assert.match(await download(ALICE), /the first file of alice/);
     assert.match(await download(BOB), /bob's file/);
     assert.doesNotMatch(await download(BOB), /the first file of alice/);
+    // The event stream is the owner's too: each sees its own cart's end; without credentials, 401.
+    for (const [token, file] of [[ALICE, "f1"], [BOB, "f2"]]) {
+      const r = await call("same/events", { token });
+      assert.equal(r.status, 200);
+      const text = await r.text();
+      assert.match(text, /"state":"ready"/);
+      assert.match(text, new RegExp(`"bytes":\\{"total":${file === "f1" ? 23 : 27},`));
+    }
+    const noEvents = await call("same/events");
+    assert.equal(noEvents.status, 401);
+    await noEvents.body?.cancel();
+    const daveEvents = await call("same/events", { headers: { "x-remote-user": "dave" } });
+    assert.equal(daveEvents.status, 404, 'dave has no cart "same"');
+    await daveEvents.body?.cancel();
 
     // The proxy header, from the real 127.0.0.1 connection, names dave.
     const dave = await call("davescart", {

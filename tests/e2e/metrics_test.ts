@@ -170,3 +170,55 @@ Deno.test("metrics: GET /metrics, and a cart whose uid is metrics", async () => 
   assert.equal((await cartStatus(cartd.url, "metrics"))[0], 404);
   assert.equal(sum(await scrape(cartd.url, "metrics"), "cartd_carts"), 0);
 });
+
+Deno.test("metrics: carts created, ready, failed and purged; files recalled, tape waits; event streams open", async () => {
+  await using archive = startFakeArchive();
+  archive.put("disk", "on disk\n");
+  archive.put("tape1", "from tape\n", { tapeMs: 100 });
+  archive.put("tape2", "from tape too\n", { tapeMs: 100 });
+  archive.put("broken", "x", { error: true, message: "tape library offline" });
+  archive.put("slow", "x", { tapeMs: 600_000 });
+  // Retention of 2 s: a ready cart is purged by the sweep (every second here) soon after.
+  await using cartd = await startCartd({
+    env: { ARCHIVE_INTERFACE_URL: archive.url, CARTD_RETENTION: "2" },
+  });
+  const cart = (ids: string[]) => ({ fileids: ids.map((id) => ({ id, path: `${id}.txt` })) });
+  assert.equal((await postCart(cartd.url, "ok", cart(["disk", "tape1", "tape2"]))).status, 201);
+  // An identical re-POST keeps the cart: posted twice, created once.
+  assert.equal((await postCart(cartd.url, "ok", cart(["disk", "tape1", "tape2"]))).status, 201);
+  assert.equal((await postCart(cartd.url, "bad", cart(["broken"]))).status, 201);
+  assert.equal((await waitFor(cartd.url, "ok", "ready"))[1], "ready");
+  assert.equal((await waitFor(cartd.url, "bad", "error"))[1], "error");
+  let samples: Sample[] = [];
+  const events = (event: string) => sum(samples, "cartd_cart_events_total", { event });
+  samples = await scrape(cartd.url);
+  assert.equal(events("posted"), 3);
+  assert.equal(events("created"), 2);
+  assert.equal(events("ready"), 1);
+  assert.equal(events("failed"), 1);
+  assert.equal(sum(samples, "cartd_files_recalled_total"), 2, "the two tape files");
+  // Their waits: about 0.1 s each (the fake's tapeMs), under 5 s.
+  assert.equal(sum(samples, "cartd_tape_wait_seconds_count"), 2);
+  assert.equal(sum(samples, "cartd_tape_wait_seconds_bucket", { le: "5" }), 2);
+  const waited = sum(samples, "cartd_tape_wait_seconds_sum");
+  assert.ok(waited >= 0.2 && waited < 10, `tape waits sum to ${waited} s`);
+  assert.equal(sum(samples, "cartd_files_shared_total"), 0);
+  assert.equal(sum(samples, "cartd_event_streams_open"), 0);
+
+  // Two open streams of a cart waiting on tape count while they are open.
+  assert.equal((await postCart(cartd.url, "wait", cart(["slow"]))).status, 201);
+  const streams = [0, 1].map(() => new AbortController());
+  const bodies = await Promise.all(
+    streams.map((ac) => fetch(`${cartd.url}wait/events`, { signal: ac.signal })),
+  );
+  assert.equal(sum(await scrape(cartd.url), "cartd_event_streams_open"), 2);
+  for (const ac of streams) ac.abort();
+  for (const body of bodies) await body.body?.cancel().catch(() => {});
+
+  await eventually("retention purged the ready cart", async () => {
+    samples = await scrape(cartd.url);
+    return events("purged") === 1;
+  }, 20_000);
+  assert.equal(sum(samples, "cartd_carts", { state: "ready" }), 0);
+  assert.equal((await fetch(cartd.url + "wait", { method: "DELETE" })).status, 200);
+});

@@ -33,6 +33,7 @@ import {
   waitFor,
 } from "../support/harness.ts";
 import { eventually } from "../support/eventually.ts";
+import { readEvents } from "../support/events.ts";
 import { run } from "../support/run.ts";
 import {
   AMQP_URL,
@@ -284,6 +285,37 @@ async function cartdState(url: string, uid: string): Promise<string> {
 function logLine(message: string, uid: string): RegExp {
   return new RegExp(`${message} uid=${uid.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} `);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Event streams: served by an API process from the database, whichever worker stages.
+
+test.mysqlAndAmqp("an event stream from the API process shows the worker's progress, to ready", async () => {
+  await withStack({}, async (stack) => {
+    // Four files whose recalls end one after the other: four steps of progress.
+    const cart = makeCart(stack.archive, "events", 4);
+    for (const [i, f] of cart.doc.fileids.entries()) {
+      stack.archive.put(f.id, cart.expected.get(f.path)!, { tapeMs: 1000 + i * 1200 });
+    }
+    const server = await stack.start("serve");
+    await stack.start("worker");
+    await post(server.url, cart);
+    const { status, events, ended } = await readEvents(server.url, cart.uid, {
+      timeoutMs: CART_DEADLINE_MS,
+    });
+    assert.equal(status, 200);
+    assert.ok(ended, "the stream ends at ready");
+    const steps = events.map((e) =>
+      `${e.event}:${e.data.state}:${(e.data.files as Record<string, number>).staged}`
+    );
+    assert.equal(events.at(-1)!.data.state, "ready", steps.join(" "));
+    const staged = new Set(events.map((e) => (e.data.files as Record<string, number>).staged));
+    assert.ok(staged.size >= 3, `progress in steps: ${steps.join(" ")}`);
+    assert.ok(events.some((e) => e.data.state === "staging"), steps.join(" "));
+    // The serving process stages nothing: what it streamed came from the database.
+    assert.doesNotMatch(server.output(), /cart claimed/);
+    await checkTar(server.url, cart);
+  });
+});
 
 // ---------------------------------------------------------------------------------------------
 // The fault tests.
