@@ -74,6 +74,7 @@ type Scenario = typeof SCENARIOS[number];
 if (Deno.args[0] === "metrics") Deno.exit(await (await import("./metrics.ts")).main());
 if (Deno.args[0] === "status") Deno.exit(await (await import("./status.ts")).main());
 if (Deno.args[0] === "access") Deno.exit(await (await import("./access.ts")).main());
+if (Deno.args[0] === "concurrent") Deno.exit(await (await import("./concurrent.ts")).main());
 
 const { values, positionals } = parseArgs({
   args: Deno.args,

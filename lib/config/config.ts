@@ -171,6 +171,8 @@ export interface Config {
     minDownloadRate: number;
     /** The window (ms) over which minDownloadRate is measured. */
     rateWindowMs: number;
+    /** Web Worker threads that accept on the API's port and send downloads; 0: main only. */
+    httpThreads: number;
   };
   /**
    * Who may do what (issue 17; docs/security.md). Every identity off (the default): cartd

@@ -85,6 +85,15 @@ export function defaultThreads(cores: number = navigator.hardwareConcurrency): n
 }
 
 /**
+ * HTTP threads when `CARTD_HTTP_THREADS` is not set: one per core, so that downloads use every
+ * core (the main thread keeps the API's other requests, the worker and the database); at
+ * least 1, at most 16.
+ */
+export function defaultHttpThreads(cores: number = navigator.hardwareConcurrency): number {
+  return Math.max(1, Math.min(16, cores || 2));
+}
+
+/**
  * The connection cap when `CARTD_MAX_CONNECTIONS` is not set: half of the descriptor limit
  * (`ulimit -n`, from /proc/self/limits when this process may read it; else 1,024) less 64 for
  * the database, the threads' files and the archive, since a download holds a connection and a
@@ -114,6 +123,9 @@ export const schemas = {
   /** A whole number, at least 1. */
   positiveInt: z.coerce.number({ error: "expected a whole number" })
     .int("expected a whole number").positive("must be at least 1"),
+  /** A whole number, 0 or more. */
+  count: z.coerce.number({ error: "expected a whole number" })
+    .int("expected a whole number").nonnegative("must not be negative"),
   /** Bytes, or a number with K, M, G or T. */
   bytes: z.string().transform((s, ctx) => {
     const n = parseBytes(s);
@@ -236,7 +248,8 @@ function group(fills: string, names: readonly string[], meaning: string): Settin
   };
 }
 
-const { seconds, positiveInt, bytes, flag, url, oneOf, queueName, path, absolutePath } = schemas;
+const { seconds, positiveInt, count, bytes, flag, url, oneOf, queueName, path, absolutePath } =
+  schemas;
 
 /**
  * Every setting, in the order docs/configuration.md and `--help` show them: the name (the
@@ -471,6 +484,13 @@ export const SETTING_TABLE = {
       value: () => defaultMaxConnections(),
     },
     "connections the API keeps open at once; one more gets `503` and is closed",
+  ),
+  CARTD_HTTP_THREADS: field(
+    "api.httpThreads",
+    count,
+    { shown: "one per core (1 to 16)", value: () => defaultHttpThreads() },
+    "threads that serve the API and send downloads, each accepting on the port " +
+      "([how](operations.md#downloads-on-every-core)); `0`: the main thread alone",
   ),
   CARTD_HEADER_TIMEOUT: field(
     "api.headerTimeoutMs",
