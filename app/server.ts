@@ -50,6 +50,17 @@ export interface ServerOptions extends ServerLimits {
   hostname: string;
   /** The port (0 picks a free one). */
   port: number;
+  /**
+   * Listen with `SO_REUSEPORT` (Linux; needs `--unstable-net`), so that several threads of
+   * this process each accept on the same port (app/http_threads.ts).
+   */
+  reusePort?: boolean;
+  /**
+   * The connections open in the whole process, shared by the servers of several threads
+   * (`Int32Array` over a `SharedArrayBuffer`, element 0): the cap `maxConnections` holds
+   * for their sum. Without it, the server counts its own.
+   */
+  openCount?: Int32Array;
 }
 
 /** A running server. */
@@ -111,9 +122,16 @@ export function serveLimited(
 ): LimitedServer {
   const serveHttp = (Deno as unknown as { serveHttp?: (conn: Deno.Conn) => HttpConn }).serveHttp;
   if (typeof serveHttp !== "function") return fallback(options, handler);
-  const listener = Deno.listen({ hostname: options.hostname, port: options.port });
+  const listener = Deno.listen({
+    hostname: options.hostname,
+    port: options.port,
+    ...(options.reusePort ? { reusePort: true } : {}),
+  } as Deno.TcpListenOptions);
   /** Open connections, each with the way to close it when idle (at shutdown). */
   const open = new Map<Deno.Conn, { idle: boolean; close: () => void }>();
+  /** The connections open in the process (all threads' servers), or only this server's. */
+  const shared = options.openCount;
+  const openNow = () => shared ? Atomics.load(shared, 0) : open.size;
   const served = new Set<Promise<void>>();
   let stopping = false;
 
@@ -130,7 +148,7 @@ export function serveLimited(
     };
     const state = { idle: true, close };
     const info: ServeInfo = { remoteAddr: conn.remoteAddr as Deno.NetAddr };
-    open.set(conn, state);
+    open.set(conn, state); // its place in a shared count was taken when it was accepted
     const wait = (ms: number) => ms > 0 ? setTimeout(close, ms) : undefined;
     let timer = wait(options.headerTimeoutMs);
     try {
@@ -155,6 +173,7 @@ export function serveLimited(
     } finally {
       close();
       open.delete(conn);
+      if (shared) Atomics.sub(shared, 0, 1);
     }
   };
 
@@ -203,7 +222,7 @@ export function serveLimited(
             "cannot accept a connection; cartd keeps serving the open ones and tries again",
             {
               error: errorMessage(e),
-              open: open.size,
+              open: openNow(),
               hint: "raise the descriptor limit (ulimit -n) or lower CARTD_MAX_CONNECTIONS",
             },
           );
@@ -214,10 +233,14 @@ export function serveLimited(
         continue;
       }
       if (failures > 0) {
-        log.info("accepting connections again", { failedAccepts: failures, open: open.size });
+        log.info("accepting connections again", { failedAccepts: failures, open: openNow() });
         failures = 0;
       }
-      if (open.size >= options.maxConnections) {
+      // A place is taken before the check, so that threads accepting at once never pass the
+      // cap together.
+      const before = shared ? Atomics.add(shared, 0, 1) : open.size;
+      if (before >= options.maxConnections) {
+        if (shared) Atomics.sub(shared, 0, 1);
         if (refused++ === 0) {
           log.warn("connection cap reached: new connections get 503 until some close", {
             cap: options.maxConnections,
@@ -237,7 +260,7 @@ export function serveLimited(
 
   return {
     addr: listener.addr as Deno.NetAddr,
-    connections: () => open.size,
+    connections: openNow,
     async shutdown() {
       if (stopping) return;
       stopping = true;

@@ -31,10 +31,13 @@ import { AllowList } from "../lib/webhook/allow.ts";
 import { WebhookSender } from "../lib/webhook/sender.ts";
 import type { EventHub } from "../http/events.ts";
 import { cartRoutes } from "../http/routes.ts";
+import { LinkSigner, parseLinkKeys } from "../http/links.ts";
 import { Access } from "../http/access.ts";
 import { CartWorker } from "../worker/dispatcher.ts";
 import { ThreadPool } from "../threads/pool.ts";
 import { type LimitedServer, serveLimited, type ServerLimits } from "./server.ts";
+import { canShareThePort, ProcessHolds, startHttpThreads } from "./http_threads.ts";
+import { Documents } from "./documents.ts";
 
 /** Which parts a process runs. */
 export type Role = "all" | "serve" | "worker";
@@ -178,16 +181,55 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       const access = new Access(config.access);
       await access.start();
       if (access.on) log.info("access control on", { identities: access.describe() });
-      const app = cartRoutes({ store, queue, volume, config, cancellations, estimate, access });
+      let threads = config.api.httpThreads;
+      // The threads answer downloads without the access checks and signed links of the main
+      // thread's app: with either on, the main thread serves alone.
+      const guarded = access.on || new LinkSigner(parseLinkKeys(config.access.linkKeys)).on;
+      if (threads > 0 && guarded) {
+        log.warn(
+          "the API runs on the main thread alone while access control or signed links are on " +
+            "(HTTP threads do not check identities yet)",
+          { CARTD_HTTP_THREADS: threads },
+        );
+        threads = 0;
+      } else if (threads > 0 && !canShareThePort()) {
+        log.warn(
+          "the API runs on the main thread alone: HTTP threads need Linux and Deno's " +
+            "--unstable-net flag (which the tasks, the binary and the image pass)",
+          { CARTD_HTTP_THREADS: threads },
+        );
+        threads = 0;
+      }
+      const holds = threads > 0 ? new ProcessHolds(store) : undefined;
+      // Big documents are read, checked and stored in a thread of their own (issue 15 item 4),
+      // unless access control is on (quotas and owners are the main thread's).
+      const documents = new Documents(config, store);
+      opened.push(() => documents.close());
+      const accept = (request: Request, uid: string) => documents.accept(request, uid);
+      const app = cartRoutes({
+        store,
+        queue,
+        volume,
+        config,
+        cancellations,
+        estimate,
+        access,
+        holds,
+        accept,
+      });
       events = app.events;
       const port = options.port ?? 8081;
       const hostname = options.hostname ?? "127.0.0.1";
       try {
-        // The connection cap and time limits of issue 18 (Deno.serve has none): app/server.ts.
-        server = serveLimited(
-          { port, hostname, ...serverLimits(config) },
-          (r, info) => app.fetch(r, info),
-        );
+        // The connection cap and time limits of issue 18 (Deno.serve has none): app/server.ts;
+        // in every HTTP thread (issue 15), or in the main thread alone.
+        const limits = { ...serverLimits(config) };
+        server = holds
+          ? await startHttpThreads(
+            { threads, hostname, port, limits, config, holds },
+            (r) => app.fetch(r),
+          )
+          : serveLimited({ port, hostname, ...limits }, (r, info) => app.fetch(r, info));
       } catch (e) {
         throw listenFailure(e, hostname, port, "the API", API_LISTEN_FLAGS);
       }

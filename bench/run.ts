@@ -76,6 +76,7 @@ if (Deno.args[0] === "status") Deno.exit(await (await import("./status.ts")).mai
 if (Deno.args[0] === "access") Deno.exit(await (await import("./access.ts")).main());
 if (Deno.args[0] === "webhooks") Deno.exit(await (await import("./webhooks.ts")).main());
 if (Deno.args[0] === "events") Deno.exit(await (await import("./events.ts")).main());
+if (Deno.args[0] === "concurrent") Deno.exit(await (await import("./concurrent.ts")).main());
 
 const { values, positionals } = parseArgs({
   args: Deno.args,

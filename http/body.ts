@@ -140,7 +140,7 @@ export async function readBody(
 }
 
 /** `bytes` as text, or a {@linkcode BodyEncodingError} naming the first byte that is not UTF-8. */
-function decodeUtf8(bytes: Uint8Array): string {
+export function decodeUtf8(bytes: Uint8Array): string {
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {

@@ -17,7 +17,7 @@ import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import { noneMatch, rangeApplies } from "./conditional.ts";
 import { contentDisposition } from "./content_disposition.ts";
-import type { Downloads } from "./downloads.ts";
+import type { DownloadHolds, Downloads } from "./downloads.ts";
 import { json } from "./json.ts";
 import { parseRange } from "./range.ts";
 
@@ -32,6 +32,12 @@ export interface DownloadDeps {
   volume: Volume;
   /** The downloads in flight of this app instance. */
   downloads: Downloads<Bundle>;
+  /**
+   * The downloads in flight of the whole process, when its API runs in several threads
+   * (app/http_threads.ts): the last download of a cart in the process, not in this thread,
+   * ends its hold. Without it, this app's downloads are all there are.
+   */
+  holds?: DownloadHolds;
 }
 
 /** How the client asked for the cart (the GET's query, checked). */
@@ -58,24 +64,50 @@ export async function serveDownload(
   cart: Cart,
   asked: DownloadAsk,
 ): Promise<Response> {
-  const { store, volume, downloads } = deps;
+  const { store, volume, downloads, holds } = deps;
   const form = JSON.stringify([asked.name, asked.format, asked.manifest]);
-  const { bundle, release, shared } = await downloads.take(
-    cart.id,
-    form,
-    () =>
-      cartBundle(cart, volume, asked, async () => {
-        const files = await StagedFiles.load(store, cart, volume);
-        // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
-        return files.length === cart.fileCount ? files : null;
-      }),
-  );
+  // Counted in the process before the plan is taken, as the plan's users are here.
+  holds?.begin(cart.id);
+  let taken;
+  try {
+    taken = await downloads.take(
+      cart.id,
+      form,
+      () =>
+        cartBundle(cart, volume, asked, async () => {
+          const files = await StagedFiles.load(store, cart, volume);
+          // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
+          return files.length === cart.fileCount ? files : null;
+        }),
+    );
+  } catch (error) {
+    await holds?.end(cart.id);
+    throw error;
+  }
+  const { bundle, shared } = taken;
+  let released = false;
+  /** Ends this download's use of the plan, and the cart's hold when it was the last. */
+  const release = async () => {
+    if (released) return;
+    released = true;
+    const left = taken.release();
+    if (holds) return await holds.end(cart.id);
+    if (left === 0) await store.endHold(cart.id).catch((e) => holdNotRecorded(cart.id, e));
+  };
   try {
     return await respond(store, request, cart, asked, bundle, release, shared);
   } catch (error) {
-    release();
+    await release();
     throw error;
   }
+}
+
+/** Logs a hold that could not be recorded (the download goes on). */
+function holdNotRecorded(cartId: string, e: unknown): void {
+  log.warn("could not record a download's hold on its cart", {
+    cart: cartId,
+    error: errorMessage(e),
+  });
 }
 
 /**
@@ -89,11 +121,11 @@ async function respond(
   cart: Cart,
   asked: { name: string },
   bundle: Bundle | null,
-  release: () => number,
+  release: () => Promise<void>,
   shared: boolean,
 ): Promise<Response> {
   if (!bundle) {
-    release();
+    await release();
     return gone();
   }
   const validators: Record<string, string> = {
@@ -103,7 +135,7 @@ async function respond(
   if (!noneMatch(request.headers.get("if-none-match"), bundle.etag)) {
     // The client has these bytes: a use of the cart, without a body (RFC 9110, 15.4.5).
     await store.touch(cart.id);
-    release();
+    await release();
     return new Response(null, { status: 304, headers: validators });
   }
   const headers: Record<string, string> = {
@@ -117,7 +149,7 @@ async function respond(
     : null;
   if (ranges === "unsatisfiable") {
     await store.touch(cart.id);
-    release();
+    await release();
     return json({ message: `The range is outside the ${bundle.size} bytes of this cart` }, 416, {
       "Content-Range": `bytes */${bundle.size}`,
     });
@@ -156,8 +188,8 @@ async function respond(
  * caller set {@linkcode DOWNLOAD_HOLD_MS} ahead, is moved that far ahead again every third of
  * that, so the LRU purge and retention (from whichever process) never delete the files of a
  * download in flight, whatever LRU_BUFFER_TIME is. `release` is called once, when the body is
- * sent, cut off or cancelled; when it tells that no other download of the cart is in flight
- * here, the cart's last use becomes that moment. A process that dies mid-download holds the
+ * sent, cut off or cancelled; when no other download of the cart is in flight in the
+ * process, it makes the cart's last use that moment. A process that dies mid-download holds the
  * cart for at most {@linkcode DOWNLOAD_HOLD_MS}.
  *
  * A download that ends early is logged, not thrown at the server: a client that goes away at
@@ -171,7 +203,7 @@ function holdWhileSent(
   cart: Cart,
   body: ReadableStream<Uint8Array>,
   bytes: number,
-  release: () => number,
+  release: () => Promise<void>,
 ): ReadableStream<Uint8Array> {
   const cartId = cart.id;
   let sent = 0;
@@ -180,12 +212,8 @@ function holdWhileSent(
     "cartd.cart": cartId,
     "cartd.bytes": bytes,
   });
-  const warn = (e: unknown) =>
-    log.warn("could not record a download's hold on its cart", {
-      cart: cartId,
-      error: errorMessage(e),
-    });
-  const hold = () => store.touch(cartId, store.now() + DOWNLOAD_HOLD_MS).catch(warn);
+  const hold = () =>
+    store.touch(cartId, store.now() + DOWNLOAD_HOLD_MS).catch((e) => holdNotRecorded(cartId, e));
   const timer = setInterval(hold, DOWNLOAD_HOLD_MS / 3);
   let ended = false;
   const end = async (cut?: string) => {
@@ -194,7 +222,7 @@ function holdWhileSent(
     clearInterval(timer);
     span.set({ "cartd.sent": sent });
     span.end(cut);
-    if (release() === 0) await store.endHold(cartId).catch(warn);
+    await release();
   };
   const reader = body.getReader();
   return new ReadableStream<Uint8Array>({

@@ -8,6 +8,18 @@
  * @module
  */
 
+/**
+ * The downloads in flight of a whole process whose API runs in several threads, by cart: the
+ * threads tell one counter (app/http_threads.ts), which ends a cart's hold when its last
+ * download in the process ends.
+ */
+export interface DownloadHolds {
+  /** A download of the cart begins in this thread (called before its plan is taken). */
+  begin(cartId: string): void;
+  /** That download ended; resolves once the hold was ended, if it was the cart's last. */
+  end(cartId: string): Promise<void>;
+}
+
 /** One plan and how many downloads use it. */
 interface Entry<P> {
   plan: Promise<P | null>;

@@ -23,7 +23,7 @@ import { errorMessage, log } from "../lib/util/log.ts";
 import type { Queue } from "../lib/queue/queue.ts";
 import type { Cancellations } from "../lib/space/cancellations.ts";
 import { removeCart } from "../lib/space/remove_cart.ts";
-import type { Cart, CartStore } from "../lib/store/store.ts";
+import type { Cart, CartStore, Created } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import {
   AllowList,
@@ -43,7 +43,7 @@ import {
 import { BodyEncodingError, BodyReadError, BodyTimeoutError, readBody } from "./body.ts";
 import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
-import { Downloads } from "./downloads.ts";
+import { type DownloadHolds, Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
 import { EventHub, mountEvents } from "./events.ts";
 import { json } from "./json.ts";
@@ -75,6 +75,13 @@ export interface RouteDeps {
   access?: Access;
   /** Resolves a webhook's host name (default: the system's resolver; tests pass their own). */
   resolver?: Resolver;
+  /** The downloads in flight of the process, when HTTP threads serve them (./downloads.ts). */
+  holds?: DownloadHolds & { downloads(cartId: string): number };
+  /**
+   * Reads, checks and stores a POSTed document when access control is off ({@linkcode
+   * acceptCart} by default; big ones in a thread of their own, app/documents.ts).
+   */
+  accept?: (request: Request, uid: string) => Promise<Response | AcceptedCart>;
 }
 
 /** cartd's own HEAD header: the precise status of the cart, whatever CARTD_STATUS_WORDS says. */
@@ -157,7 +164,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   }
   /** Removes `cart` (a DELETE, a replace), saying so when that cuts downloads in flight here. */
   const remove = (cart: Cart, why: string) => {
-    const cut = downloads.downloads(cart.id);
+    const cut = downloads.downloads(cart.id) + (deps.holds?.downloads(cart.id) ?? 0);
     if (cut > 0) {
       log.warn("removing a cart cuts its downloads in flight; their clients get a short body", {
         uid: cart.uid,
@@ -253,7 +260,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     clearTimeout(timer);
   }
 
-  app.get("/", () => json({ message: "Pacifica Cartd Interface Up and Running" }, 200));
+  app.get("/", () => json({ message: UP_MESSAGE }, 200));
   const find = (request: Request, uid: string) => findCart(store, request, uid);
   mountMetrics(app, { store, space: deps.estimate?.space, find });
   mountStatus(app, { store, config, find }); // GET /{uid}/status, /{uid}/files: ./status.ts
@@ -263,6 +270,21 @@ export function cartRoutes(deps: RouteDeps): CartApp {
 
   app.post("/:uid", async (c) => {
     const uid = c.req.param("uid");
+    if (deps.accept && !access.on) {
+      // Big documents in a thread of their own (app/documents.ts); no principal, no quota.
+      const accepted = await deps.accept(c.req.raw, uid);
+      if (accepted instanceof Response) return accepted;
+      const { created } = accepted;
+      if (!created.kept) await publishSoon(created.cart.id, uid);
+      for (const old of created.replaced) await remove(old, "replaced by a POST");
+      log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
+        uid,
+        cart: created.cart.id,
+        files: accepted.files,
+        replaced: created.replaced.length || undefined,
+      });
+      return json({ message: "Cart Processing has begun" }, 201);
+    }
     const problem = uidProblem(uid);
     if (problem) return json({ message: problem }, 400);
     const body = await readBody(c.req.raw, config.limits.maxBodyBytes, config.api.bodyTimeoutMs);
@@ -447,7 +469,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     const manifest = signed
       ? signed.manifest
       : ["1", "true", "yes"].includes(c.req.query("manifest") ?? "");
-    return await serveDownload({ store, volume, downloads }, c.req.raw, cart, {
+    return await serveDownload({ store, volume, downloads, holds: deps.holds }, c.req.raw, cart, {
       name,
       format,
       manifest,
@@ -464,6 +486,203 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   return app;
 }
 
+/** What `GET /` answers (SPEC §1). */
+const UP_MESSAGE = "Pacifica Cartd Interface Up and Running";
+
+/** A POSTed cart, read, checked and stored by {@linkcode acceptCart}. */
+export interface AcceptedCart {
+  /** The cart's uid. */
+  uid: string;
+  /** How many files its document lists. */
+  files: number;
+  /** What the store did. */
+  created: Created;
+}
+
+/** Big documents read and checked at once by one app (the rest wait): each costs memory. */
+const BIG_DOCUMENT = 1 << 20;
+let bigDocuments = 0;
+const waitingDocuments: (() => void)[] = [];
+
+/**
+ * Reads, checks and stores the cart document of a POST to `/{uid}`: the cart as stored, or
+ * the answer that refuses it (400 naming the problem, 413 over `CARTD_MAX_BODY`). Documents
+ * of 1 MiB or more are taken one at a time in each thread, so that four at once cost about
+ * one's memory at a time, not four's.
+ */
+export async function acceptCart(
+  deps: { store: CartStore; config: Config },
+  request: Request,
+  uid: string,
+): Promise<Response | AcceptedCart> {
+  const { config } = deps;
+  const problem = uidProblem(uid);
+  if (problem) return json({ message: problem }, 400);
+  const declared = Number(request.headers.get("content-length") ?? 0);
+  const big = !(declared < BIG_DOCUMENT); // a body of unknown length counts as big
+  if (big) {
+    if (bigDocuments > 0) await new Promise<void>((r) => waitingDocuments.push(r));
+    else bigDocuments++;
+  }
+  try {
+    const body = await readBody(request, config.limits.maxBodyBytes);
+    if (body === null) {
+      return json({
+        message: `The cart document is larger than ${config.limits.maxBodyBytes} bytes ` +
+          "(CARTD_MAX_BODY); split the cart or raise the limit",
+      }, 413);
+    }
+    return await acceptDocument(deps, uid, body);
+  } finally {
+    if (big) {
+      const next = waitingDocuments.shift();
+      if (next) next(); // hands its turn on
+      else bigDocuments--;
+    }
+  }
+}
+
+/**
+ * Checks and stores the cart document `text` POSTed to `/{uid}` (already read, within
+ * `CARTD_MAX_BODY`): the cart as stored, or the 400 that refuses it.
+ */
+export async function acceptDocument(
+  deps: { store: CartStore; config: Config },
+  uid: string,
+  text: string,
+): Promise<Response | AcceptedCart> {
+  const problem = uidProblem(uid);
+  if (problem) return json({ message: problem }, 400);
+  let doc;
+  try {
+    doc = parseCartDocument(text, { maxFiles: deps.config.limits.maxFiles });
+  } catch (e) {
+    if (e instanceof CartDocumentError) return json({ message: e.message }, 400);
+    throw e;
+  }
+  text = ""; // as large as the document: not kept while the cart is stored
+  const created = await deps.store.createCart(uid, doc, documentHash(doc));
+  return { uid, files: doc.files.length, created };
+}
+
+/**
+ * The answer to a request whose handling threw `error`: 400 for a body that is not UTF-8 or
+ * that the client stopped sending, 503 naming the cause when the database or the volume is
+ * unavailable, else 500.
+ */
+export function errorAnswer(error: unknown, method: string, path: string): Response {
+  // A body that is not UTF-8 (POST /{uid} and the estimate alike): the client's to fix.
+  if (error instanceof BodyEncodingError) return json({ message: error.message }, 400);
+  if (error instanceof BodyReadError) {
+    // The client went away mid-body: nothing failed here, and nobody reads the answer.
+    log.info("client closed the connection before sending the whole body; nothing stored", {
+      method,
+      path,
+      error: errorMessage(error.cause),
+    });
+    return json({ message: error.message }, 400);
+  }
+  // The database away, busy, full or read-only, or a full volume: 503 naming the cause.
+  const down = unavailable(error);
+  if (down) {
+    log.warn(down.logMessage, { error: errorMessage(error) });
+    return json({ message: down.message }, 503, {
+      "Retry-After": String(down.retryAfterSeconds),
+    });
+  }
+  log.error("request failed", { error: errorMessage(error) });
+  return json({ message: "Internal error: the request could not be completed" }, 500);
+}
+
+/** What {@linkcode getCart} needs: where the cart is read, and its downloads in flight. */
+export interface GetCartDeps {
+  /** Where carts and their files are recorded. */
+  store: CartStore;
+  /** Where staged files and tars are read. */
+  volume: Volume;
+  /** The downloads in flight of this app. */
+  downloads: Downloads<Bundle>;
+  /** The downloads in flight of the process, when HTTP threads serve them. */
+  holds?: DownloadHolds;
+}
+
+/**
+ * The answer to `GET /{uid}` (not HEAD): 404, 500 (a failed cart), 202 (not ready), 400 (a
+ * bad `format` or `filename`), or the download (./download.ts). `query` reads the query.
+ */
+export async function getCart(
+  deps: GetCartDeps,
+  request: Request,
+  uid: string,
+  query: (name: string) => string | undefined,
+): Promise<Response> {
+  const { store } = deps;
+  const cart = await store.liveCart(uid);
+  if (!cart) return json({ message: "The cart does not exist or has already been deleted" }, 404);
+  if (cart.status === "error") return json({ message: cart.message }, 500);
+  if (cart.status !== "ready") {
+    return new Response("The cart is not ready for download.", {
+      status: 202,
+      headers: {
+        "Content-Type": "text/plain; charset=UTF-8",
+        "Retry-After": String(retryAfterSeconds(cart, store.now())),
+      },
+    });
+  }
+  const format = query("format") ?? "tar";
+  if (format !== "tar" && format !== "zip") {
+    return json({ message: `format must be "tar" or "zip", not "${format}"` }, 400);
+  }
+  const name = query("filename") ?? defaultName(cart, format);
+  const problem = filenameProblem(name);
+  if (problem) return json({ message: problem }, 400);
+  const manifest = ["1", "true", "yes"].includes(query("manifest") ?? "");
+  return await serveDownload(deps, request, cart, { name, format, manifest });
+}
+
+/** What {@linkcode downloadRoutes} needs. */
+export interface DownloadRouteDeps extends GetCartDeps {
+  /** Wraps a download's body (to count its bytes for the metrics). */
+  counted?: (body: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>;
+}
+
+/**
+ * The routes of an HTTP thread (app/http_thread.ts): `GET /{uid}` of a cart (its download)
+ * is answered here, everything else by `forward` (the main thread's {@linkcode cartRoutes}):
+ * the same answers as the one app, with the bytes of downloads sent from this thread.
+ */
+export function downloadRoutes(
+  deps: DownloadRouteDeps,
+  forward: (request: Request) => Promise<Response>,
+): (request: Request) => Response | Promise<Response> {
+  const app = new Hono();
+  app.onError((error, c) => errorAnswer(error, c.req.method, c.req.path));
+  app.use("*", async (c, next) => {
+    const refused = protocolProblem(c.req.raw);
+    if (refused) return refused;
+    await next();
+  });
+  // GET / answers here, as there (nothing to read): a health check stays quick while the
+  // main thread waits for the database (a big document's transaction holds SQLite's lock).
+  app.get("/", () => json({ message: UP_MESSAGE }, 200));
+  // GET /metrics is the metrics unless a cart is named so: the main thread decides.
+  app.get(METRICS_ALIAS, (c) => forward(c.req.raw));
+  app.get("/:uid", async (c) => {
+    if (c.req.raw.method === "HEAD") return await forward(c.req.raw);
+    const answer = await getCart(deps, c.req.raw, c.req.param("uid"), (n) => c.req.query(n));
+    const { counted } = deps;
+    if (
+      counted && answer.body && (answer.status === 200 || answer.status === 206) &&
+      answer.headers.get("content-type") === "application/octet-stream"
+    ) {
+      return new Response(counted(answer.body), answer);
+    }
+    return answer;
+  });
+  app.all("*", (c) => forward(c.req.raw));
+  return (request) => app.fetch(request);
+}
+
 /**
  * The answer to a request that breaks HTTP's own rules as cartd applies them, or null: a
  * request without `Host` (RFC 9112 §3.2: `400`; the server cannot tell HTTP/1.0 from 1.1,
@@ -472,7 +691,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
  * 9110 §15.5.16 asks): cartd reads cart documents as they are and never inflates a body,
  * which would let a small request grow past `CARTD_MAX_BODY` in memory.
  */
-function protocolProblem(request: Request): Response | null {
+export function protocolProblem(request: Request): Response | null {
   if (request.headers.get("host") === null) {
     return json({ message: "The request has no Host header, which HTTP/1.1 requires" }, 400);
   }

@@ -23,7 +23,13 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { resolve } from "node:path";
-import { DEFAULT_VOLUME, MALLOC_TUNABLES, permissionFlags, V8_FLAGS } from "./compile.ts";
+import {
+  DEFAULT_VOLUME,
+  MALLOC_TUNABLES,
+  permissionFlags,
+  UNSTABLE_FLAGS,
+  V8_FLAGS,
+} from "./compile.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -31,6 +37,8 @@ const ROOT = fileURLToPath(new URL("../", import.meta.url));
 export const ENTRIES: ReadonlyArray<[output: string, source: string]> = [
   ["cartd.js", "main.ts"],
   ["thread.js", "threads/thread.ts"],
+  ["http_thread.js", "app/http_thread.ts"],
+  ["document_thread.js", "app/document_thread.ts"],
 ];
 
 /** What in a bundle would make it depend on files outside it; empty when it stands alone. */
@@ -95,7 +103,7 @@ export async function build(outdir: string): Promise<string[]> {
 export function runCommand(outdir: string, volume: string): string {
   return [
     `GLIBC_TUNABLES=${MALLOC_TUNABLES} VOLUME_PATH=${volume} \\`,
-    `  deno run --no-config ${V8_FLAGS} \\`,
+    `  deno run --no-config ${V8_FLAGS} ${UNSTABLE_FLAGS} \\`,
     `  ${permissionFlags({ volume, read: [outdir] }).join(" ")} \\`,
     `  ${outdir}/cartd.js`,
   ].join("\n");

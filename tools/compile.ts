@@ -66,6 +66,13 @@ export interface CompileOptions {
 export const V8_FLAGS = "--v8-flags=--max-semi-space-size=2,--expose-gc";
 
 /**
+ * Deno's unstable network features that cartd uses: `SO_REUSEPORT`, so that every HTTP thread
+ * accepts on the API's port (app/http_threads.ts). Without it cartd serves from the main
+ * thread alone, and says so.
+ */
+export const UNSTABLE_FLAGS = "--unstable-net";
+
+/**
  * glibc malloc settings for every cartd process, passed as `GLIBC_TUNABLES` (the binary cannot
  * set them itself: glibc reads them when the process starts). Other C libraries ignore them.
  *
@@ -114,8 +121,13 @@ export function compileArgs(options: CompileOptions, envFile: string): string[] 
     ...(options.target ? ["--target", options.target] : []),
     "--include",
     `${ROOT}threads/thread.ts`,
+    "--include",
+    `${ROOT}app/http_thread.ts`,
+    "--include",
+    `${ROOT}app/document_thread.ts`,
     `--env-file=${envFile}`,
     V8_FLAGS,
+    UNSTABLE_FLAGS,
     ...permissionFlags(options),
     `${ROOT}main.ts`,
   ];

@@ -7,7 +7,9 @@ import {
   bundleFromFile,
   type BundleOptions,
   CHUNK_SIZE,
+  FIRST_CHUNK_SIZE,
   planBundle,
+  RAMP_BYTES,
 } from "./plan.ts";
 import { cartBundleOptions, planCartBundle, uidFolder } from "./cart_bundle.ts";
 import { type StagedColumns, StagedFiles } from "./staged_files.ts";
@@ -312,14 +314,20 @@ Deno.test("bundle: bundleFromFile serves a written tar, ranges included", async 
   });
 });
 
-Deno.test("bundle: chunks are 1 MiB and only the needed file regions are read", async () => {
+Deno.test("bundle: chunks are 64 KiB for the first 8 MiB, then 1 MiB; only the needed file regions are read", async () => {
   await withTemp(async (dir) => {
-    const files = await stage(dir);
+    const files = await stage(dir, [...CASES, ["big.bin", RAMP_BYTES + CHUNK_SIZE * 2 + 5]]);
     const bundle = planBundle(files, options());
     const sizes: number[] = [];
     const reader = bundle.stream().getReader();
     for (let r = await reader.read(); !r.done; r = await reader.read()) sizes.push(r.value.length);
-    assert.ok(sizes.slice(0, -1).every((n) => n === CHUNK_SIZE), `chunk sizes ${sizes}`);
+    let offset = 0;
+    for (const [i, n] of sizes.slice(0, -1).entries()) {
+      const want = offset < RAMP_BYTES ? FIRST_CHUNK_SIZE : CHUNK_SIZE;
+      assert.equal(n, want, `chunk ${i} at byte ${offset}: sizes ${sizes}`);
+      offset += n;
+    }
+    assert.ok(bundle.size > RAMP_BYTES, "the bundle reaches the 1 MiB chunks");
 
     // Remove every source but baz.bin: a range inside baz.bin's data must still stream.
     const whole = await bytesOf(bundle.stream());

@@ -5,7 +5,8 @@
  *
  * {@linkcode planBundle} computes the layout (an offset per entry; header bytes are built only
  * while streaming). {@linkcode Bundle.stream} is a pull-based `ReadableStream` that reads the
- * staged files in chunks of 1 MiB, straight into the chunks it hands out.
+ * staged files in chunks of 64 KiB for its first 8 MiB, then of 1 MiB, straight into the
+ * chunks it hands out.
  *
  * Tar layout: `TOP/`, then for each file in the given order its parent directories not yet
  * listed (`TOP/a/`, `TOP/a/b/`, mode 0755) and the file itself (mode 0644), then two zero
@@ -108,8 +109,19 @@ export interface Bundle {
   stream(start?: number, end?: number, signal?: AbortSignal): ReadableStream<Uint8Array>;
 }
 
-/** Size of the chunks a bundle stream hands out (and of its file reads). */
+/** Size of the chunks a bundle stream hands out (and of its file reads), after its first bytes. */
 export const CHUNK_SIZE = 1 << 20;
+
+/**
+ * The first {@linkcode RAMP_BYTES} of a stream go in chunks of this size. A client that reads
+ * slowly, or stops, fills the socket's buffers (on Linux up to about 4 MiB) and is then left
+ * holding the chunk being written and the one read ahead: 128 KiB with these, not 2 MiB, and
+ * 100 such clients leave the allocator no scattered megabytes that it cannot give back.
+ */
+export const FIRST_CHUNK_SIZE = 64 * 1024;
+
+/** Bytes of a stream sent in {@linkcode FIRST_CHUNK_SIZE} chunks before they grow to 1 MiB. */
+export const RAMP_BYTES = 8 << 20;
 
 const LAYOUT_VERSION = "cartd-bundle-1";
 const encoder = new TextEncoder();
@@ -588,7 +600,8 @@ function streamRange(
     },
     async pull(controller) {
       if (done) return;
-      const chunk = new Uint8Array(Math.min(CHUNK_SIZE, to - pos));
+      const size = pos - from < RAMP_BYTES ? FIRST_CHUNK_SIZE : CHUNK_SIZE;
+      const chunk = new Uint8Array(Math.min(size, to - pos));
       // Small files wholly inside this chunk are read concurrently, one call each; the others
       // (large, or cut by the chunk's edges) in order through one open handle.
       const inOrder: (() => Promise<void>)[] = [];

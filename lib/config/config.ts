@@ -176,6 +176,8 @@ export interface Config {
      * client that went away is noticed when one is written.
      */
     eventsKeepAliveMs: number;
+    /** Web Worker threads that accept on the API's port and send downloads; 0: main only. */
+    httpThreads: number;
   };
   /**
    * Who may do what (issue 17; docs/security.md). Every identity off (the default): cartd

@@ -38,6 +38,13 @@ export type MetricEvent = {
   outcome: ArchiveOutcome;
   /** How long it took, in seconds. */
   seconds: number;
+} | {
+  /** A download served by an HTTP thread (app/http_thread.ts): its start, bytes and end. */
+  kind: "download";
+  /** +1 when its body starts, -1 when it ends, 0 between. */
+  inFlight: 1 | 0 | -1;
+  /** Bytes of its body sent since the last event. */
+  bytes: number;
 };
 
 /** Where the main thread's measurements go. */

@@ -260,6 +260,14 @@ export function watchFetchSlots(source: () => FetchSlots): () => void {
   };
 }
 
+/**
+ * Hears the measurements of the process's HTTP threads (app/http_threads.ts) until the returned
+ * function is called.
+ */
+export function watchHttpThreads(): () => void {
+  return hearThreads();
+}
+
 /** Reads a recall manager's figures at each scrape until the returned function is called. */
 export function watchRecalls(source: () => RecallFigures): () => void {
   return watch(recallSources, source);
@@ -400,6 +408,10 @@ export async function exposition(figures: GlobalFigures): Promise<string> {
 /** Where the main thread's and the threads' measurements land. */
 function sink(event: MetricEvent): void {
   if (event.kind === "archive") observeArchiveCall(event.method, event.outcome, event.seconds);
+  else if (event.kind === "download") {
+    if (event.bytes > 0) bytesServed.inc(event.bytes);
+    if (event.inFlight !== 0) downloadsInFlight.inc(event.inFlight);
+  }
 }
 
 setMetricSink(sink);

@@ -15,7 +15,13 @@ import denoJson from "../../deno.json" with { type: "json" };
 import { startFakeArchive } from "../support/fake_archive.ts";
 import { permissions, postCart, ROOT, spawnCollecting, waitFor } from "../support/harness.ts";
 import { build, externalReferences } from "../../tools/build.ts";
-import { MALLOC_TUNABLES, permissionFlags, runtimeFailure, V8_FLAGS } from "../../tools/compile.ts";
+import {
+  MALLOC_TUNABLES,
+  permissionFlags,
+  runtimeFailure,
+  UNSTABLE_FLAGS,
+  V8_FLAGS,
+} from "../../tools/compile.ts";
 
 /** A folder holding a fresh build: cartd.js and thread.js. */
 let built: Promise<string> | null = null;
@@ -34,7 +40,7 @@ function artifact(): Promise<string> {
 async function copyWithout(missing: string): Promise<string> {
   const from = await artifact();
   const dir = await Deno.makeTempDir({ prefix: "cartd-artifact-" });
-  for (const name of ["cartd.js", "thread.js"]) {
+  for (const name of ["cartd.js", "thread.js", "http_thread.js", "document_thread.js"]) {
     if (name !== missing) await Deno.copyFile(`${from}/${name}`, `${dir}/${name}`);
   }
   return dir;
@@ -45,7 +51,16 @@ function runFlags(app: string, volume: string): string[] {
   const flags = permissionFlags({ volume }).map((f) =>
     f.startsWith("--allow-read=") ? `${f},${app}` : f
   );
-  return ["run", "--no-config", "--no-npm", "--no-remote", V8_FLAGS, ...flags, `${app}/cartd.js`];
+  return [
+    "run",
+    "--no-config",
+    "--no-npm",
+    "--no-remote",
+    V8_FLAGS,
+    UNSTABLE_FLAGS,
+    ...flags,
+    `${app}/cartd.js`,
+  ];
 }
 
 function freePort(): number {
@@ -114,7 +129,7 @@ const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest(
 
 Deno.test("the build leaves no module outside the bundle", async () => {
   const dir = await artifact();
-  for (const name of ["cartd.js", "thread.js"]) {
+  for (const name of ["cartd.js", "thread.js", "http_thread.js", "document_thread.js"]) {
     const code = await Deno.readTextFile(`${dir}/${name}`);
     assert.deepEqual(externalReferences(code), [], name);
   }

@@ -5,7 +5,7 @@
  * download read slower than the minimum rate is cut and its cart's purge hold released.
  */
 import assert from "node:assert/strict";
-import { MALLOC_TUNABLES, V8_FLAGS } from "../../tools/compile.ts";
+import { MALLOC_TUNABLES, UNSTABLE_FLAGS, V8_FLAGS } from "../../tools/compile.ts";
 import { startFakeArchive } from "../support/fake_archive.ts";
 import { eventually } from "../support/eventually.ts";
 import {
@@ -36,7 +36,7 @@ async function startLimited(
   env: Record<string, string>,
 ): Promise<LimitedCartd> {
   const ready = Promise.withResolvers<number>();
-  const args = ["run", V8_FLAGS, ...permissions(volume), ENTRY, "--port", "0"];
+  const args = ["run", V8_FLAGS, UNSTABLE_FLAGS, ...permissions(volume), ENTRY, "--port", "0"];
   const cartd = spawnCollecting(
     new Deno.Command("sh", {
       args: ["-c", `ulimit -n ${fds} && exec "$@"`, "sh", Deno.execPath(), ...args],

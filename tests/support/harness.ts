@@ -11,7 +11,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { MALLOC_TUNABLES, V8_FLAGS } from "../../tools/compile.ts";
+import { MALLOC_TUNABLES, UNSTABLE_FLAGS, V8_FLAGS } from "../../tools/compile.ts";
 import { eventually } from "./eventually.ts";
 import { type FakeArchive, startFakeArchive } from "./fake_archive.ts";
 
@@ -88,7 +88,7 @@ export function cartdCommand(
   options: { stdout?: "piped" | "null"; signal?: AbortSignal } = {},
 ): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", V8_FLAGS, ...permissions(volume), ENTRY, ...args],
+    args: ["run", V8_FLAGS, UNSTABLE_FLAGS, ...permissions(volume), ENTRY, ...args],
     env: { VOLUME_PATH: volume, NO_COLOR: "1", GLIBC_TUNABLES: MALLOC_TUNABLES, ...env },
     clearEnv: true,
     stdin: "null",

@@ -1,0 +1,68 @@
+/// <reference lib="deno.worker" />
+/**
+ * The document thread: a Web Worker that reads, checks and stores big cart documents
+ * (`POST /{uid}` bodies of 1 MiB or more), one at a time, with its own database connection,
+ * so that a 64 MiB document of 100,000 files never holds up a thread that answers requests
+ * (app/documents.ts starts it when the first such document comes).
+ *
+ * @module
+ */
+import { openDb } from "../lib/db/open.ts";
+import type { Db } from "../lib/db/db.ts";
+import type { Config } from "../lib/config/config.ts";
+import { CartStore } from "../lib/store/store.ts";
+import { errorMessage } from "../lib/util/log.ts";
+import { log } from "../lib/util/log.ts";
+import { heapCheckpoint, paceHeap } from "../lib/util/memory.ts";
+import { acceptDocument, errorAnswer } from "../http/routes.ts";
+import { decodeParts, type FromDocumentThread, type ToDocumentThread } from "./documents.ts";
+
+let store: CartStore | null = null;
+let db: Db | null = null;
+let config: Config | null = null;
+
+const post = (message: FromDocumentThread, transfer: Transferable[] = []) =>
+  self.postMessage(message, transfer);
+
+async function accept(message: Extract<ToDocumentThread, { type: "accept" }>): Promise<void> {
+  const { id, uid } = message;
+  let response: Response;
+  try {
+    const text = decodeParts(message.parts);
+    message.parts.length = 0;
+    const accepted = await acceptDocument({ store: store!, config: config! }, uid, text);
+    if (!(accepted instanceof Response)) return post({ type: "accepted", id, accepted });
+    response = accepted;
+  } catch (e) {
+    response = errorAnswer(e, "POST", `/${uid}`);
+  } finally {
+    heapCheckpoint(); // the document's garbage is the most this thread ever makes
+  }
+  const body = await response.bytes();
+  post({
+    type: "refused",
+    id,
+    status: response.status,
+    headers: [...response.headers],
+    body,
+  }, [body.buffer]);
+}
+
+self.onmessage = (event: MessageEvent<ToDocumentThread>) => {
+  const message = event.data;
+  if (message.type === "start") {
+    config = message.config;
+    log.setLevel(config.logLevel);
+    log.setFormat(config.logFormat);
+    paceHeap({ slackBytes: config.limits.gcSlackBytes });
+    openDb(config.database).then((opened) => {
+      db = opened;
+      store = new CartStore(db);
+      post({ type: "ready" });
+    }, (e) => post({ type: "failed", message: errorMessage(e) }));
+  } else if (message.type === "accept") {
+    void accept(message);
+  } else if (message.type === "stop") {
+    void db?.close().catch(() => {}).finally(() => self.close());
+  }
+};

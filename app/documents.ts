@@ -1,0 +1,236 @@
+/**
+ * Big cart documents off the threads that answer requests (issue 15 item 4): a `POST /{uid}`
+ * body of 1 MiB or more (by `Content-Length`, or read to be so) is read here, then checked
+ * and stored by the document thread (app/document_thread.ts), one document at a time (the
+ * others wait, read: a client that sends slowly holds up no other). Smaller documents are
+ * taken here, as before. The thread starts with the first big document and stops 5 s after
+ * the last, so an idle cartd pays nothing for it.
+ *
+ * @module
+ */
+import type { Config } from "../lib/config/config.ts";
+import type { Created } from "../lib/store/store.ts";
+import { errorMessage, log } from "../lib/util/log.ts";
+import { BodyReadError, decodeUtf8 } from "../http/body.ts";
+import { acceptCart, acceptDocument, type AcceptedCart } from "../http/routes.ts";
+import type { CartStore } from "../lib/store/store.ts";
+
+/** What the main thread tells the document thread. */
+export type ToDocumentThread =
+  | { type: "start"; config: Config }
+  | { type: "accept"; id: number; uid: string; parts: Uint8Array<ArrayBuffer>[] }
+  | { type: "stop" };
+
+/** What the document thread answers. */
+export type FromDocumentThread =
+  | { type: "ready" }
+  | { type: "failed"; message: string }
+  | { type: "accepted"; id: number; accepted: { uid: string; files: number; created: Created } }
+  | {
+    type: "refused";
+    id: number;
+    status: number;
+    headers: [string, string][];
+    body: Uint8Array<ArrayBuffer>;
+  };
+
+/** Documents at least this long (by `Content-Length`) go to the document thread. */
+export const BIG_DOCUMENT_BYTES = 1 << 20;
+
+/**
+ * How long the document thread stays after its last document: its memory (a 60 MiB document
+ * leaves a few hundred MiB of heap behind) goes with it.
+ */
+const IDLE_MS = 5_000;
+
+/** The module of the thread, beside this one (`.js` inside the bundle). */
+const THREAD_MODULE = new URL(
+  import.meta.url.endsWith(".ts") ? "./document_thread.ts" : "./document_thread.js",
+  import.meta.url,
+);
+
+/** Big cart documents, taken one at a time by a thread of their own. */
+export class Documents {
+  #worker: Worker | null = null;
+  #ready: Promise<void> | null = null;
+  #waiting = new Map<number, (message: FromDocumentThread) => void>();
+  #nextId = 1;
+  #turn: Promise<void> = Promise.resolve();
+  #idle: ReturnType<typeof setTimeout> | undefined;
+  #busy = 0;
+
+  /** Documents for the cartd whose settings are `config` and whose store is `store`. */
+  constructor(readonly config: Config, readonly store: CartStore) {}
+
+  /**
+   * The answer to `POST /{uid}` of `request`, or the cart it stored (for the app to finish):
+   * as {@linkcode acceptCart} answers, whichever thread reads it.
+   */
+  async accept(request: Request, uid: string): Promise<Response | AcceptedCart> {
+    const declared = Number(request.headers.get("content-length") ?? NaN);
+    if (declared < BIG_DOCUMENT_BYTES) {
+      return await acceptCart({ store: this.store, config: this.config }, request, uid);
+    }
+    this.#busy++;
+    clearTimeout(this.#idle);
+    try {
+      const limit = this.config.limits.maxBodyBytes;
+      // Read first, then wait for the turn: a client that sends slowly holds up no other.
+      const parts = declared > limit ? null : await readParts(request, limit);
+      if (parts === null) {
+        // Over CARTD_MAX_BODY: the same 413 as ever (a declared length over it reads nothing).
+        const over = new Request("http://cartd/", {
+          method: "POST",
+          headers: { "content-length": String(limit + 1) },
+        });
+        return await acceptCart({ store: this.store, config: this.config }, over, uid);
+      }
+      const size = parts.reduce((n, p) => n + p.length, 0);
+      if (size < BIG_DOCUMENT_BYTES) {
+        // Of unknown length, and small after all: taken here, as before.
+        const text = decodeParts(parts);
+        return await acceptDocument({ store: this.store, config: this.config }, uid, text);
+      }
+      const previous = this.#turn;
+      const done = Promise.withResolvers<void>();
+      this.#turn = done.promise;
+      try {
+        await previous;
+        return await this.#send(uid, parts);
+      } finally {
+        done.resolve();
+      }
+    } finally {
+      if (--this.#busy === 0) {
+        this.#idle = setTimeout(() => this.close(), IDLE_MS);
+        Deno.unrefTimer(this.#idle);
+      }
+    }
+  }
+
+  async #send(uid: string, parts: Uint8Array<ArrayBuffer>[]): Promise<Response | AcceptedCart> {
+    const worker = await this.#start();
+    const id = this.#nextId++;
+    const answer = new Promise<FromDocumentThread>((resolve) => this.#waiting.set(id, resolve));
+    // Handed over, not copied: the document's bytes are in memory once.
+    const buffers = parts.map((p) => p.buffer);
+    worker.postMessage({ type: "accept", id, uid, parts } as ToDocumentThread, buffers);
+    const message = await answer;
+    if (message.type === "accepted") return message.accepted;
+    if (message.type === "refused") {
+      return new Response(message.body.length ? message.body : null, {
+        status: message.status,
+        headers: message.headers,
+      });
+    }
+    throw new Error(
+      `the document thread failed: ${message.type === "failed" ? message.message : "?"}`,
+    );
+  }
+
+  #start(): Promise<Worker> {
+    if (this.#worker && this.#ready) return this.#ready.then(() => this.#worker!);
+    log.info("starting the document thread for big cart documents", {
+      stopsAfterIdleSeconds: IDLE_MS / 1000,
+    });
+    const worker = new Worker(THREAD_MODULE, { type: "module", name: "cartd-documents" });
+    this.#worker = worker;
+    const ready = Promise.withResolvers<void>();
+    this.#ready = ready.promise;
+    worker.onmessage = (event: MessageEvent<FromDocumentThread>) => {
+      const message = event.data;
+      if (message.type === "ready") return ready.resolve();
+      if (message.type === "failed") return ready.reject(new Error(message.message));
+      const waiting = this.#waiting.get(message.id);
+      this.#waiting.delete(message.id);
+      waiting?.(message);
+    };
+    worker.onerror = (event) => {
+      event.preventDefault();
+      log.error("the document thread failed", { error: event.message });
+      ready.reject(new Error(event.message));
+      for (const waiting of this.#waiting.values()) {
+        waiting({ type: "failed", message: event.message });
+      }
+      this.#waiting.clear();
+      this.#worker = null;
+      this.#ready = null;
+      worker.terminate();
+    };
+    worker.postMessage({ type: "start", config: this.config } as ToDocumentThread);
+    return ready.promise.then(() => worker);
+  }
+
+  /** Stops the thread (a later big document starts it again). */
+  close(): void {
+    clearTimeout(this.#idle);
+    const worker = this.#worker;
+    this.#worker = null;
+    this.#ready = null;
+    if (!worker) return;
+    try {
+      worker.postMessage({ type: "stop" } as ToDocumentThread);
+    } catch (e) {
+      log.debug("the document thread was gone", { error: errorMessage(e) });
+    }
+    // Ended for sure a little later, should it not close itself.
+    Deno.unrefTimer(setTimeout(() => worker.terminate(), 5_000));
+  }
+}
+
+/**
+ * The body of `request` in the chunks it came in (each its own whole buffer, so that it can be
+ * handed to another thread); null when it is longer than `limit`.
+ */
+async function readParts(
+  request: Request,
+  limit: number,
+): Promise<Uint8Array<ArrayBuffer>[] | null> {
+  if (!request.body) return [];
+  const parts: Uint8Array<ArrayBuffer>[] = [];
+  let size = 0;
+  const reader = request.body.getReader();
+  for (;;) {
+    let next: ReadableStreamReadResult<Uint8Array>;
+    try {
+      next = await reader.read();
+    } catch (e) {
+      throw new BodyReadError(e);
+    }
+    if (next.done) break;
+    const value = next.value;
+    size += value.length;
+    if (size > limit) {
+      await reader.cancel().catch(() => {});
+      return null;
+    }
+    const whole = value.byteOffset === 0 && value.byteLength === value.buffer.byteLength &&
+      value.buffer instanceof ArrayBuffer;
+    parts.push(whole ? value as Uint8Array<ArrayBuffer> : value.slice());
+  }
+  return parts;
+}
+
+/**
+ * The text of a body read in `parts`, decoded part by part (the whole bytes and the text are
+ * never both in memory; each part is let go once decoded); a `BodyEncodingError` naming the
+ * first byte that is not UTF-8.
+ */
+export function decodeParts(parts: Uint8Array[]): string {
+  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
+  const pieces: string[] = [];
+  let i = 0;
+  try {
+    for (; i < parts.length; i++) pieces.push(decoder.decode(parts[i], { stream: true }));
+    pieces.push(decoder.decode());
+  } catch {
+    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.length;
+    }
+    return decodeUtf8(all); // throws, naming the first byte that is not UTF-8
+  }
+  return pieces.join("");
+}
