@@ -24,6 +24,8 @@ import { syncSchema } from "../lib/store/schema.ts";
 import { Cancellations } from "../lib/space/cancellations.ts";
 import { diskInfo, Space } from "../lib/space/space.ts";
 import { RecallManager, recallOptions } from "../lib/staging/recalls.ts";
+import { FileShares } from "../worker/shares.ts";
+import { hostname as osHostname } from "node:os";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 import { WebhookOutbox } from "../lib/store/webhooks.ts";
@@ -258,6 +260,14 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       opened.push(() => recalls.close());
       // The recall figures of /metrics (per process), read at each scrape.
       opened.push(watchRecalls(() => recalls.stats()));
+      // One per worker process: one lead per archive file, links to stored copies; with
+      // MySQL (several workers on one database) a claim per file in the database too.
+      const shares = new FileShares(store, volume, pool, {
+        claims: config.database.kind === "mysql",
+        owner: `${osHostname().slice(0, 40)}:${Deno.pid}:f${crypto.randomUUID().slice(0, 8)}`,
+        ttlMs: config.work.claimTtlMs,
+      });
+      opened.push(() => shares.close());
       const worker = new CartWorker({
         store,
         queue,
@@ -268,6 +278,7 @@ export async function startService(config: Config, options: ServiceOptions): Pro
         recalls,
         space,
         cancellations,
+        shares,
       });
       // Stopped before the pool closes (the later entry closes first).
       opened.push(() => worker.stop());

@@ -46,8 +46,9 @@ export async function bundleCart(run: CartRun): Promise<void> {
   const facts = { readyAt, size: download.size, etag: download.etag };
   if (!(await store.markReady(cart.id, owner, facts))) throw new Stopped("gone");
   countCartEvent("ready");
-  // The reservation of a ready cart is what it holds on disk: its checked files, and the tar.
-  const held = files.bytes + (cart.bundle ? download.size : 0);
+  // The reservation of a ready cart is what it holds on disk: its checked files (those it
+  // counts: not its links to files another cart counts, worker/shares.ts), and the tar.
+  const held = (await store.countedBytes(cart.id)) + (cart.bundle ? download.size : 0);
   await space.settle(cart.id, held).catch((e) =>
     log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
   );

@@ -13,6 +13,7 @@ import type { RecallManager } from "../lib/staging/recalls.ts";
 import type { Cart, CartStore } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import type { ThreadPool } from "../threads/pool.ts";
+import type { FileShares } from "./shares.ts";
 
 /** What a worker needs. */
 export interface WorkerDeps {
@@ -35,6 +36,11 @@ export interface WorkerDeps {
   recalls: RecallManager;
   /** Reserves space for carts, purging least-recently-used ones to make room. */
   space: Space;
+  /**
+   * The process's shared files (worker/shares.ts): one lead per archive file, links to
+   * stored copies. Without it, one without database claims is made for these deps.
+   */
+  shares?: FileShares;
   /**
    * Where this process says that a cart's work must stop (DELETE, a replacing POST, purge,
    * retention); the space's cancellations when not given.

@@ -273,6 +273,8 @@ export class CartWorker {
       });
     }
     if (failure.code === "nospace") {
+      // Files it shared stay with the carts that link to them, which count them from now.
+      await store.handOverShared(cart.id);
       await volume.remove(cart.id);
       await store.setReserved(cart.id, 0);
     } else {

@@ -38,6 +38,7 @@ import { TaskError } from "../threads/pool.ts";
 import type { CartRun } from "./context.ts";
 import { CartFailure } from "./errors.ts";
 import { startSpan, traced } from "../lib/util/trace.ts";
+import { contentKey, type Lead, type Reused, sharesOf } from "./shares.ts";
 
 /**
  * A cart's first staging reserves room, and lets the files fetch, a batch at a time: the
@@ -59,9 +60,14 @@ type SizeRecord = { idx: number; size: number; mtime: number };
 
 /**
  * What the archive told of each file (by index), kept until the file is fetched: its HEAD, or
- * for a file on tape its recall under way (which resolves with the HEAD that said `disk`).
+ * for a file on tape its recall under way (which resolves with the HEAD that said `disk`, or
+ * with nothing when another cart led the file meanwhile: then look for its copy), or a stored
+ * copy already linked into the cart's folder (no archive request at all).
  */
-export type Statuses = Map<number, ArchiveStatus | Promise<ArchiveStatus>>;
+export type Statuses = Map<
+  number,
+  ArchiveStatus | Promise<ArchiveStatus | undefined> | { reused: Reused }
+>;
 
 /**
  * How often one file may be found back on tape when it is fetched (the archive pushed it
@@ -77,6 +83,8 @@ export interface FetchCounts {
   adopted: number;
   /** Files found on disk that did not match, and were fetched again. */
   again: number;
+  /** Files linked from a copy another cart holds (worker/shares.ts). */
+  linked: number;
 }
 
 /** How messages name a file: `fileids[3] (id 1234)`. */
@@ -100,9 +108,20 @@ export async function stageCart(run: CartRun): Promise<void> {
   // What the archive told of each file, until the file is fetched (which then needs no HEAD
   // of its own): a few dozen bytes a file.
   const statuses: Statuses = new Map();
-  const done = cart.attempts > 1
-    ? await stageResumed(run, statuses)
-    : await stageFresh(run, statuses);
+  let done: FetchCounts;
+  try {
+    done = cart.attempts > 1 ? await stageResumed(run, statuses) : await stageFresh(run, statuses);
+  } finally {
+    // The leads of files whose staging did not get as far as the fetch (the cart failed).
+    sharesOf(run.deps).endCart(cart.id);
+  }
+  if (done.linked) {
+    log.info("files shared with other carts (linked, not fetched)", {
+      uid: cart.uid,
+      cart: cart.id,
+      files: done.linked,
+    });
+  }
   if (done.adopted || done.again) {
     log.info("staged files found on disk", {
       uid: cart.uid,
@@ -133,6 +152,7 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
   let batchBytes = 0;
   let releasedBytes = 0;
   let releasedFiles = 0;
+  let linkedBytes = 0;
   // Reservations are made one after another, each for all the bytes released so far.
   let reserving = Promise.resolve();
   const release = (): Promise<void> => {
@@ -160,7 +180,9 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
         async (file, inner) => {
           const status = await askSize(run, file, statuses, sizes, inner, both.signal);
           batch.push({ ...file, size: status.size, mtime: status.mtime });
-          batchBytes += status.size;
+          // A file linked from a stored copy takes no room: another cart counts its bytes.
+          if (status.linked) linkedBytes += status.size;
+          else batchBytes += status.size;
           const most = Math.min(MOST_BATCH_FILES, Math.max(FIRST_BATCH_FILES, releasedFiles >> 2));
           if (batch.length >= most || batchBytes >= RESERVE_EVERY_BYTES) await release();
         },
@@ -168,7 +190,7 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
       );
       await sizes.flush();
       await release();
-      await reserveCart(run, releasedBytes);
+      await reserveCart(run, releasedBytes, linkedBytes);
       reserved.close();
     } catch (error) {
       await flushAfterFailure(run, sizes, "sizes");
@@ -207,11 +229,16 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
   const ended = new AbortController();
   const recallSignal = AbortSignal.any([signal, ended.signal]);
   try {
+    // Bytes linked from stored copies: recorded ones, and those linked while sizes are asked.
+    let linkedBytes = await store.linkedBytes(cart.id);
     try {
       await forEachLimited(
         store.eachFile(cart.id, "unsized"),
         config.limits.filesPerCart,
-        async (file, inner) => void await askSize(run, file, statuses, sizes, inner, recallSignal),
+        async (file, inner) => {
+          const status = await askSize(run, file, statuses, sizes, inner, recallSignal);
+          if (status.linked) linkedBytes += status.size;
+        },
         signal,
       );
     } catch (error) {
@@ -219,7 +246,7 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
       throw error;
     }
     await sizes.flush();
-    await reserveCart(run, 0);
+    await reserveCart(run, 0, linkedBytes);
     return await fetchFiles(run, store.eachFile(cart.id, "unstaged"), statuses);
   } finally {
     ended.abort(new Error("the cart's staging ended"));
@@ -266,9 +293,18 @@ async function askSize(
   sizes: Batcher<SizeRecord>,
   signal: AbortSignal,
   cartSignal: AbortSignal,
-): Promise<ArchiveStatus> {
-  const { archive, config } = run.deps;
+): Promise<ArchiveStatus & { linked?: boolean }> {
+  const { archive, config, volume } = run.deps;
   const label = fileLabel(file);
+  // Staged for a live cart already: a link to its bytes, with no archive request.
+  const shares = sharesOf(run.deps);
+  const reused = await shares.reuse(file, volume.filePath(file.cartId, file.idx), signal);
+  if (reused) {
+    statuses.set(file.idx, { reused });
+    const { size, mtime } = reused.facts;
+    await sizes.add({ idx: file.idx, size, mtime });
+    return { media: "disk", size, mtime, linked: true } as ArchiveStatus & { linked: boolean };
+  }
   let status: ArchiveStatus;
   try {
     status = await headFile(archive, { archiveId: file.archiveId, label }, config.staging, signal);
@@ -283,9 +319,31 @@ async function askSize(
         (status.message ? `: ${status.message}` : ""),
     );
   }
-  statuses.set(file.idx, status.media === "tape" ? recallFile(run, file, cartSignal) : status);
+  statuses.set(file.idx, status.media === "tape" ? leadThenRecall(run, file, cartSignal) : status);
   await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
   return status;
+}
+
+/**
+ * A file on tape: its recall once this cart leads the file (worker/shares.ts). When another
+ * cart leads it, resolves with nothing once that lead ends: the fetch then looks for the copy
+ * it recorded, or leads the file itself. Marked handled, as {@linkcode recallFile}.
+ */
+function leadThenRecall(
+  run: CartRun,
+  file: CartFile,
+  signal: AbortSignal,
+): Promise<ArchiveStatus | undefined> {
+  const started = (async () => {
+    const got = await sharesOf(run.deps).lead(file, signal);
+    if ("wait" in got) {
+      await got.wait;
+      return undefined;
+    }
+    return await recallFile(run, file, signal);
+  })();
+  started.catch(() => {});
+  return started;
 }
 
 /**
@@ -313,12 +371,18 @@ function recallFile(run: CartRun, file: CartFile, signal: AbortSignal): Promise<
  * Once every size is recorded: the cart's total, and its whole reservation (its files, and
  * its tar when it is a `"bundle": true` cart) when that is more than `reservedBytes`.
  */
-async function reserveCart(run: CartRun, reservedBytes: number): Promise<void> {
+async function reserveCart(
+  run: CartRun,
+  reservedBytes: number,
+  linkedBytes: number,
+): Promise<void> {
   const { cart, deps: { store, space } } = run;
   const total = await store.totalSize(cart.id);
   await store.setTotalBytes(cart.id, total);
   const tar = cart.bundle ? await tarSize(run) : 0;
-  if (total + tar !== reservedBytes) await space.reserve(cart, total + tar);
+  // Files linked from stored copies are counted by the carts that fetched them.
+  const own = Math.max(0, total - linkedBytes) + tar;
+  if (own !== reservedBytes) await space.reserve(cart, own);
   log.info("staging", { uid: cart.uid, cart: cart.id, files: cart.fileCount, bytes: total });
 }
 
@@ -332,6 +396,15 @@ async function tarSize({ cart, deps: { store, volume } }: CartRun): Promise<numb
 interface ToFetch {
   file: CartFile;
   returns: number;
+}
+
+/** A staged file to record, with its content key, and the lead to end once it is recorded. */
+interface ToRecord {
+  idx: number;
+  facts: StagedFacts;
+  key?: string;
+  linked?: boolean;
+  lead?: Lead;
 }
 
 /**
@@ -351,9 +424,14 @@ export async function fetchFiles(
   statuses: Statuses,
 ): Promise<FetchCounts> {
   const { cart, signal, deps: { store, volume, config, pool } } = run;
-  const counts = { fetched: 0, adopted: 0, again: 0 };
-  const staged = new Batcher<{ idx: number; facts: StagedFacts }>(
-    (items) => store.filesStaged(cart.id, items),
+  const shares = sharesOf(run.deps);
+  const counts = { fetched: 0, adopted: 0, again: 0, linked: 0 };
+  // A file's lead ends once its record is written: the carts waiting for it then find it.
+  const staged = new Batcher<ToRecord>(
+    async (items) => {
+      await store.filesStaged(cart.id, items);
+      for (const item of items) item.lead?.end();
+    },
     256,
     200,
   );
@@ -380,10 +458,12 @@ export async function fetchFiles(
     if (unfinished === 0) queue.close();
     else if (fetching === 0 && queue.size === 0) run.onRecallsOnly?.();
   };
-  const recall = (item: ToFetch, started?: Promise<ArchiveStatus>) => {
+  const recall = (item: ToFetch, started?: Promise<ArchiveStatus | undefined>) => {
     (started ?? recallFile(run, item.file, feeding.signal)).then((status) => {
       if (feeding.signal.aborted) return;
-      statuses.set(item.file.idx, status);
+      // Nothing: another cart led the file meanwhile; the fetch looks for its copy first.
+      if (status) statuses.set(item.file.idx, status);
+      else statuses.delete(item.file.idx);
       queue.push(item);
     }, async (error) => {
       if (feeding.signal.aborted || failing) return;
@@ -403,6 +483,8 @@ export async function fetchFiles(
         if (known instanceof Promise) {
           statuses.delete(file.idx);
           recall(item, known);
+        } else if (known && "reused" in known) {
+          queue.push(item); // linked already: only its record is left to write
         } else if (known?.media === "tape") {
           statuses.delete(file.idx);
           recall(item);
@@ -421,13 +503,26 @@ export async function fetchFiles(
   })();
   const fetchOne = async ({ file, returns }: ToFetch, inner: AbortSignal) => {
     const dest = volume.filePath(cart.id, file.idx);
+    const linkedAlready = statuses.get(file.idx);
+    if (linkedAlready && "reused" in linkedAlready) {
+      statuses.delete(file.idx);
+      const { facts, key } = linkedAlready.reused;
+      await staged.add({ idx: file.idx, facts, key, linked: true });
+      counts.linked++;
+      unfinished--;
+      return;
+    }
     if (lookOnDisk && file.size !== null && (await sizeOnDisk(dest)) === file.size) {
       const hashes = await pool.hash(dest, file.hashtype ?? undefined, inner);
       if (file.hashsum === null || hashes.wanted === file.hashsum) {
         const { size, sha256, crc32 } = hashes;
+        // A link to another cart's bytes (a crash came before its record) is one again.
+        const info = await Deno.stat(dest);
         await staged.add({
           idx: file.idx,
           facts: { size, mtime: file.mtime ?? 0, sha256, crc32 },
+          key: contentKey(info),
+          linked: (info.nlink ?? 1) > 1,
         });
         counts.adopted++;
         unfinished--;
@@ -444,8 +539,28 @@ export async function fetchFiles(
       );
       counts.again++;
     }
+    // One cart leads each archive file: the others wait, outside the fetch slots, and link.
+    const got = await shares.lead(file, feeding.signal);
+    if ("wait" in got) {
+      statuses.delete(file.idx);
+      return recall({ file, returns }, got.wait.then(() => undefined));
+    }
+    const reused = await shares.reuse(file, dest, inner);
+    if (reused) {
+      statuses.delete(file.idx);
+      await staged.add({
+        idx: file.idx,
+        facts: reused.facts,
+        key: reused.key,
+        linked: true,
+        lead: got,
+      });
+      counts.linked++;
+      unfinished--;
+      return;
+    }
     const known = statuses.get(file.idx);
-    const status = known instanceof Promise ? undefined : known;
+    const status = known instanceof Promise || (known && "reused" in known) ? undefined : known;
     statuses.delete(file.idx);
     let facts: StagedFacts;
     try {
@@ -484,13 +599,17 @@ export async function fetchFiles(
             "its recall and its download; ask the archive's operators why it does not stay on disk",
         );
       }
+      got.end();
       // The file that failed first is marked (those stopped because of it are not).
       if (!(error instanceof TaskError && error.code === "nospace") && !inner.aborted) {
         await markFailed(store, cart.id, file, error);
       }
       throw error;
     }
-    await staged.add({ idx: file.idx, facts });
+    const key = contentKey(await Deno.stat(dest));
+    await staged.add({ idx: file.idx, facts, key, lead: got });
+    // Carts wait for this file: they find it once it is recorded, so that is done now.
+    if (got.wanted) staged.flush().catch(() => {});
     counts.fetched++;
     unfinished--;
   };
@@ -512,11 +631,13 @@ export async function fetchFiles(
   } catch (error) {
     feeding.abort(error);
     await flushAfterFailure(run, staged, "staged files");
+    shares.endCart(cart.id);
     throw error;
   } finally {
     signal.removeEventListener("abort", stop);
   }
   await staged.flush();
+  shares.endCart(cart.id);
   return counts;
 }
 

@@ -68,8 +68,9 @@ export async function removeCart(
     });
     return;
   }
+  let handed = { handedFiles: 0, handedBytes: 0 };
   try {
-    await store.forget(cart.id);
+    handed = await store.forget(cart.id);
   } catch (error) {
     // Gone for clients and from the volume: the sweep forgets the rows of dead carts later.
     if (!(error instanceof DbWriteError)) throw error;
@@ -79,5 +80,13 @@ export async function removeCart(
       error: errorMessage(error),
     });
   }
-  log.info("cart removed", { uid: cart.uid, cart: cart.id, why, status: cart.status });
+  log.info("cart removed", {
+    uid: cart.uid,
+    cart: cart.id,
+    why,
+    status: cart.status,
+    // Files it shared: their bytes stay, now counted by a cart that still holds them.
+    shared: handed.handedFiles || undefined,
+    sharedBytes: handed.handedBytes || undefined,
+  });
 }

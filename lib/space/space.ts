@@ -152,7 +152,15 @@ export class Space {
       }
       const short = Math.max(fit.capShort, fit.diskShort);
       const candidates = this.settings.purge ? await this.purgeable(cart.id) : [];
-      const freeable = candidates.reduce((total, c) => total + c.reservedBytes, 0);
+      // A shared file is freed only with its last cart: the bytes a candidate counts that a
+      // cart outside the candidates also holds are handed over, not freed.
+      const kept = candidates.length
+        ? await this.store.sharedOutside(candidates.map((c) => c.id))
+        : new Map<string, number>();
+      const freeable = candidates.reduce(
+        (total, c) => total + Math.max(0, c.reservedBytes - (kept.get(c.id) ?? 0)),
+        0,
+      );
       // A cart that cannot fit even after every allowed purge fails without destroying any.
       if (!candidates.length || (purged.length === 0 && freeable < short)) {
         log.warn("no space for cart", {
@@ -171,6 +179,15 @@ export class Space {
       if (await this.store.unliveReady(victim.id, { usedBefore: safeSince })) {
         countCartEvent("purged");
         const why = `LRU purge to make room for ${cart.uid}`;
+        const shared = await this.store.sharedOutside([victim.id]);
+        const keptBytes = shared.get(victim.id) ?? 0;
+        log.info("LRU purge: removing a cart", {
+          uid: victim.uid,
+          cart: victim.id,
+          frees: Math.max(0, victim.reservedBytes - keptBytes),
+          kept: keptBytes || undefined,
+          note: keptBytes ? "shared files stay for the other carts that hold them" : undefined,
+        });
         await removeCart(this.store, this.volume, victim, why, this.cancellations);
         purged.push(victim.uid);
       }
@@ -179,10 +196,17 @@ export class Space {
 
   /**
    * Sets a final cart's reservation to what its folder holds: `bytes` when the caller knows
-   * it (a ready cart's checked files), else measured on disk.
+   * it (a ready cart's checked files), else measured on disk, less its links to files that
+   * another cart counts (worker/shares.ts).
    */
   async settle(cartId: string, bytes?: number): Promise<void> {
-    await this.store.setReserved(cartId, bytes ?? await this.volume.usage(cartId));
+    if (bytes === undefined) {
+      bytes = await this.volume.usage(cartId);
+      for (const idx of await this.store.linkedFiles(cartId)) {
+        bytes -= await Deno.stat(this.volume.filePath(cartId, idx)).then((s) => s.size, () => 0);
+      }
+    }
+    await this.store.setReserved(cartId, Math.max(0, bytes));
   }
 
   /**

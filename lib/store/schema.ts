@@ -10,7 +10,7 @@
 import type { Db } from "../db/db.ts";
 
 /** The schema version this build of cartd writes and reads. */
-export const SCHEMA_VERSION = 6;
+export const SCHEMA_VERSION = 7;
 
 /** The version that gives carts an owner, and makes uids unique per owner (issue 17). */
 export const OWNER_VERSION = 5;
@@ -99,6 +99,14 @@ function tables(dialect: Db["dialect"], found: number): string[] {
  *   in the transaction that makes the cart ready or failed (lib/store/webhooks.ts), with its
  *   id, URL (and its host, which the delivery loop spreads its attempts over), body and delivery state (`pending`, `delivered`, `given_up`), attempts, the time
  *   of the next attempt and the claim of the process delivering it.
+ * - 7: shared files (issue 14 item 2). `cart_files.content_key` names the stored bytes of a
+ *   staged file (the volume's device and inode: carts that share a file hold hard links to
+ *   one inode, so their rows have one key); `cart_files.counted` is 1 on the one row (of a
+ *   live cart, where there is one) whose cart counts those bytes against the volume, 0 on the
+ *   rows that link to them. `file_claims` holds one row per archive file that a worker
+ *   process is recalling or fetching (by the SHA-256 of its id), so that two workers never
+ *   work on one file at once. Indexes on `cart_files.archive_id` (to find a stored copy) and
+ *   `content_key` (to hand a shared file's count over when a cart goes).
  */
 const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>> = {
   2: (dialect) => {
@@ -162,6 +170,23 @@ const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>>
         done_at ${big} NULL
       )${tail}`,
       "CREATE INDEX webhook_events_due ON webhook_events (status, next_at)",
+    ];
+  },
+  7: (dialect) => {
+    const mysql = dialect === "mysql";
+    const big = mysql ? "BIGINT" : "INTEGER";
+    const tail = mysql ? " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC" : "";
+    return [
+      "ALTER TABLE cart_files ADD COLUMN content_key VARCHAR(96) NULL",
+      "ALTER TABLE cart_files ADD COLUMN counted INTEGER NOT NULL DEFAULT 1",
+      `CREATE INDEX cart_files_archive ON cart_files (${mysql ? "archive_id(255)" : "archive_id"})`,
+      "CREATE INDEX cart_files_content ON cart_files (content_key)",
+      `CREATE TABLE IF NOT EXISTS file_claims (
+        file_key CHAR(64) NOT NULL PRIMARY KEY,
+        owner VARCHAR(64) NOT NULL,
+        expires ${big} NOT NULL
+      )${tail}`,
+      "CREATE INDEX file_claims_owner ON file_claims (owner)",
     ];
   },
 };

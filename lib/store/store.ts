@@ -24,6 +24,10 @@ import type { StagedFacts } from "../cart/staged.ts";
 import { type Db, DbUnavailableError, type Row, type SqlValue } from "../db/db.ts";
 import { errorMessage, log } from "../util/log.ts";
 import { addCartEvent } from "./webhooks.ts";
+import * as shared from "./shared.ts";
+import type { StoredCopy } from "./shared.ts";
+
+export type { StoredCopy };
 
 /** A cart as the store knows it. */
 export interface Cart {
@@ -386,8 +390,8 @@ async function holdings(db: Db, exceptId: string): Promise<SpaceHoldings> {
   );
   const owed = await db.all<{ reserved: number; staged: number | null }>(
     `SELECT c.reserved_bytes AS reserved,
-       (SELECT SUM(f.size) FROM cart_files f WHERE f.cart_id = c.id AND f.status = 'staged')
-         AS staged
+       (SELECT SUM(f.size) FROM cart_files f WHERE f.cart_id = c.id AND f.status = 'staged'
+         AND f.counted = 1) AS staged
      FROM carts c WHERE c.id <> ? AND c.status IN ${IN_PROGRESS_SQL} AND c.reserved_bytes > 0`,
     [exceptId],
   );
@@ -708,19 +712,33 @@ export class CartStore {
     await this.filesStaged(cartId, [{ idx, facts }]);
   }
 
-  /** Marks many files staged, in a few statements (not one commit per file). */
+  /**
+   * Marks many files staged, in a few statements (not one commit per file). `key` is the
+   * content key of the stored bytes (lib/store/shared.ts); `linked` marks a file that is a
+   * hard link to bytes another cart fetched, which this cart counts only when no live cart
+   * counts them already (decided in the same transaction).
+   */
   async filesStaged(
     cartId: string,
-    staged: readonly { idx: number; facts: StagedFacts }[],
+    staged: readonly { idx: number; facts: StagedFacts; key?: string; linked?: boolean }[],
   ): Promise<void> {
-    await this.#updateFiles(cartId, staged, {
-      status: () => "staged",
-      size: (f) => f.facts.size,
-      mtime: (f) => f.facts.mtime,
-      sha256: (f) => f.facts.sha256,
-      crc32: (f) => f.facts.crc32,
-      message: () => null,
-    }, true);
+    const links = staged.flatMap((f) => f.linked && f.key ? [{ idx: f.idx, key: f.key }] : []);
+    await this.#updateFiles(
+      cartId,
+      staged,
+      {
+        status: () => "staged",
+        size: (f) => f.facts.size,
+        mtime: (f) => f.facts.mtime,
+        sha256: (f) => f.facts.sha256,
+        crc32: (f) => f.facts.crc32,
+        message: () => null,
+        content_key: (f) => f.key ?? null,
+        counted: () => 1,
+      },
+      true,
+      (tx) => shared.countLinked(tx, cartId, links),
+    );
   }
 
   /**
@@ -734,6 +752,7 @@ export class CartStore {
     rows: readonly T[],
     columns: Record<string, (row: T) => SqlValue>,
     status = false,
+    after?: (tx: Db) => Promise<void>,
   ): Promise<void> {
     if (!rows.length) return;
     await this.db.transaction(async (tx) => {
@@ -753,6 +772,7 @@ export class CartStore {
         );
         if (status) await stagedDelta(tx, cartId, idxs, "+");
       }
+      await after?.(tx);
     });
   }
 
@@ -1031,11 +1051,16 @@ export class CartStore {
     return changes === 1;
   }
 
-  /** Removes the cart's rows for good (after its files are gone). */
-  async forget(cartId: string): Promise<void> {
-    await this.db.transaction(async (tx) => {
+  /**
+   * Removes the cart's rows for good (after its files are gone). The count of each file it
+   * shared with another cart passes to that cart first: returns what was handed over.
+   */
+  async forget(cartId: string): Promise<{ handedBytes: number; handedFiles: number }> {
+    return await this.db.transaction(async (tx) => {
+      const handed = await shared.handOver(tx, cartId);
       await tx.run("DELETE FROM cart_files WHERE cart_id = ?", [cartId]);
       await tx.run("DELETE FROM carts WHERE id = ?", [cartId]);
+      return handed;
     });
   }
 
@@ -1070,7 +1095,8 @@ export class CartStore {
       await lockSpace(tx);
       const held = await holdings(tx, cartId);
       const [own] = await tx.all<{ staged: number | null }>(
-        "SELECT SUM(size) AS staged FROM cart_files WHERE cart_id = ? AND status = 'staged'",
+        `SELECT SUM(size) AS staged FROM cart_files WHERE cart_id = ? AND status = 'staged'
+          AND counted = 1`,
         [cartId],
       );
       const answer = await decide({ ...held, staged: Number(own?.staged ?? 0) });
@@ -1160,17 +1186,19 @@ export class CartStore {
       await insertCart(tx, { ...old, id: newId }, now);
       await tx.run(
         `INSERT INTO cart_files (cart_id, idx, archive_id, path, hashtype, hashsum, status, size,
-          mtime, sha256, crc32, message)
+          mtime, sha256, crc32, message, content_key, counted)
          SELECT ?, idx, archive_id, path, hashtype, hashsum,
            CASE WHEN status = 'staged' THEN 'staged' ELSE 'pending' END,
            CASE WHEN status = 'staged' THEN size ELSE NULL END,
            CASE WHEN status = 'staged' THEN mtime ELSE NULL END,
            CASE WHEN status = 'staged' THEN sha256 ELSE NULL END,
            CASE WHEN status = 'staged' THEN crc32 ELSE NULL END,
-           NULL
+           NULL, content_key, counted
          FROM cart_files WHERE cart_id = ?`,
         [newId, old.id],
       );
+      // The files move to the new cart, and their count with them.
+      await tx.run("UPDATE cart_files SET counted = 0 WHERE cart_id = ?", [old.id]);
       await tx.run(
         `UPDATE carts SET
           staged_files = (SELECT COUNT(*) FROM cart_files WHERE cart_id = ? AND status = 'staged'),
@@ -1183,6 +1211,57 @@ export class CartStore {
       await inside();
       return toCart((await tx.all("SELECT * FROM carts WHERE id = ?", [newId]))[0]);
     });
+  }
+
+  // --- shared files (lib/store/shared.ts) ------------------------------------------------
+
+  /** Staged copies of archive file `archiveId` in live carts other than `exceptCart`. */
+  copiesOf(archiveId: string, exceptCart: string): Promise<StoredCopy[]> {
+    return shared.copiesOf(this.db, archiveId, exceptCart);
+  }
+
+  /** The bytes of a cart's staged files that it counts against the volume. */
+  countedBytes(cartId: string): Promise<number> {
+    return shared.countedBytes(this.db, cartId);
+  }
+
+  /** The indexes of a cart's staged files that are links to bytes another cart counts. */
+  linkedFiles(cartId: string): Promise<number[]> {
+    return shared.linkedFiles(this.db, cartId);
+  }
+
+  /** The bytes of a cart's staged files that are links to bytes another cart counts. */
+  linkedBytes(cartId: string): Promise<number> {
+    return shared.linkedBytes(this.db, cartId);
+  }
+
+  /**
+   * The cart's files are gone from its folder (or about to be): hands the count of each
+   * shared file to a cart that still holds it (see `handOver` in lib/store/shared.ts).
+   */
+  async handOverShared(cartId: string): Promise<{ handedBytes: number; handedFiles: number }> {
+    return await this.db.transaction((tx) => shared.handOver(tx, cartId));
+  }
+
+  /** The bytes each of `cartIds` counts that a cart outside them holds too. */
+  sharedOutside(cartIds: readonly string[]): Promise<Map<string, number>> {
+    return shared.sharedOutside(this.db, cartIds);
+  }
+
+  /** Takes the claims on archive files `keys` for `owner` for `ttlMs`; returns those held. */
+  claimFiles(keys: readonly string[], owner: string, ttlMs: number): Promise<Set<string>> {
+    const now = this.now();
+    return shared.claimFiles(this.db, keys, owner, now, now + ttlMs);
+  }
+
+  /** Extends every file claim of `owner` by `ttlMs` from now. */
+  renewFileClaims(owner: string, ttlMs: number): Promise<number> {
+    return shared.renewFileClaims(this.db, owner, this.now() + ttlMs);
+  }
+
+  /** Gives up `owner`'s claims on archive files `keys`. */
+  releaseFiles(keys: readonly string[], owner: string): Promise<void> {
+    return shared.releaseFiles(this.db, keys, owner);
   }
 
   /** Writes the uses kept back, then releases the store's connections. */
