@@ -14,7 +14,8 @@
  *   carts with 50 files in common (archive GETs, bytes stored).
  * - `tape-big`: a 100,000-file cart on tape with a 10,000 recall cap, watched for a minute
  *   after its POST (peak RSS, archive HEADs per second, recalls outstanding, how fast cartd
- *   still answers a HEAD of the cart).
+ *   still answers a HEAD of the cart); and cartd killed with 10,000 recalls outstanding, then
+ *   restarted (none lost, none fetched twice).
  *
  * A case that runs past its deadline is cut there and says how far it got.
  *
@@ -392,6 +393,72 @@ async function big(opts: TapeBenchOptions): Promise<TapeRow[]> {
   );
 }
 
+/**
+ * The restart fault: a 10,000-file cart on tape, cartd killed (SIGKILL) once every stage
+ * request is out, then started again on the same volume and database.
+ */
+async function restart(opts: TapeBenchOptions): Promise<TapeRow[]> {
+  const n = 10_000, recallMs = 20_000;
+  const ids = benchIds("restart-", n);
+  opts.progress(`tape-big: ${count(n)} recalls outstanding, kill -9, restart`);
+  await using archive = startFakeArchive({ tapeLibrary: { recallMs } });
+  ids.forEach((id, i) => archive.put(id, SMALL, { tape: { tape: "t", position: i } }));
+  const volume = await opts.tempDir("cartd-bench-restart-");
+  const env = { ...opts.env, ARCHIVE_INTERFACE_URL: archive.url };
+  const first = await startCartd({ env, volume });
+  let second: Cartd | undefined;
+  try {
+    const res = await postCart(first.url, "restart", cartDoc(ids, "restart"));
+    await res.body?.cancel();
+    if (res.status !== 201) throw new Error(`POST: ${res.status}`);
+    const t0 = performance.now();
+    while (archive.totals().post < n) {
+      if (performance.now() - t0 > 120_000) throw new Error("the stage requests did not go out");
+      await sleep(100);
+    }
+    const postsBefore = archive.totals().post;
+    await first.kill();
+    const killedAt = performance.now();
+    second = await startCartd({ env, volume });
+    let ready = false;
+    while (!ready && performance.now() - killedAt < 300_000) {
+      await sleep(250);
+      ready = (await cartStatus(second.url, "restart"))[1] === "ready";
+    }
+    const readyS = (performance.now() - killedAt) / 1000;
+    const gets = ids.map((id) => archive.counts(id).get);
+    const twice = gets.filter((g) => g > 1).length;
+    const lost = gets.filter((g) => g === 0).length;
+    const totals = archive.totals();
+    return [
+      {
+        figure: "recalls outstanding when killed (stage requests sent)",
+        cartd: count(postsBefore),
+        target: count(n),
+        ok: postsBefore >= n,
+      },
+      {
+        figure: "kill → ready again",
+        cartd: ready ? secs(readyS) : `> ${secs(readyS)} (cut)`,
+        baseline: `one recall ${secs(recallMs / 1000)}`,
+      },
+      {
+        figure: "files lost / fetched twice",
+        cartd: `${lost} / ${twice}`,
+        target: "0 / 0",
+        ok: ready && lost === 0 && twice === 0,
+      },
+      {
+        figure: "stage requests re-sent after the restart",
+        cartd: count(totals.post - postsBefore),
+      },
+    ];
+  } finally {
+    await first.stop().catch(() => {});
+    await second?.stop();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /** Runs the selected tape cases; a case that fails is one row saying so. */
@@ -407,6 +474,7 @@ export async function tapeScenarios(opts: TapeBenchOptions): Promise<TapeSection
   }
   if (opts.big) {
     cases.push(["tape-big: 100,000 files on tape, 10,000 recall cap, first minute", big]);
+    cases.push(["tape-big: killed with 10,000 recalls outstanding, restarted", restart]);
   }
   const sections: TapeSection[] = [];
   for (const [title, run] of cases) {
