@@ -104,15 +104,14 @@ export interface ShareOptions {
   pollMs?: number;
 }
 
+/** One lead: small, as a 100,000-file cart may hold as many (its promise made on demand). */
 interface LeadEntry {
-  holder: string;
   cart: string;
-  done: Promise<void>;
-  resolve: () => void;
-  /** Carts of this process waiting for it. */
-  waiting: number;
+  idx: number;
+  /** Resolves the carts of this process waiting for it; undefined while none waits. */
+  waiters: (() => void)[] | undefined;
   /** The database claim's key, when claims are on. */
-  claimKey?: string;
+  claimKey: string | undefined;
 }
 
 /** Counters of {@linkcode FileShares.stats}. */
@@ -147,6 +146,11 @@ export class FileShares {
     this.#volume = volume;
     this.#pool = pool;
     this.#options = { pollMs: 1_000, ...options };
+  }
+
+  /** Whether leads take a claim in the database (several workers on one database). */
+  get claims(): boolean {
+    return this.#options.claims;
   }
 
   /** What was shared so far. */
@@ -204,14 +208,11 @@ export class FileShares {
    * looks for a stored copy and asks again. `signal` stops the wait.
    */
   async lead(file: CartFile, signal: AbortSignal): Promise<Lead | { wait: Promise<void> }> {
-    const holder = `${file.cartId}:${file.idx}`;
     const id = file.archiveId;
     const mine = this.#leads.get(id);
     if (mine) {
-      if (mine.holder === holder) return this.#handle(id, mine);
-      this.#stats.waits++;
-      mine.waiting++;
-      return { wait: abortable(mine.done, signal) };
+      if (mine.cart === file.cartId && mine.idx === file.idx) return this.#handle(id, mine);
+      return { wait: this.#waitFor(mine, signal) };
     }
     let claimKey: string | undefined;
     if (this.#options.claims) {
@@ -220,22 +221,23 @@ export class FileShares {
       const held = await this.#store.claimFiles([claimKey], owner, ttlMs);
       // Another cart of this process may have taken the lead while the claim was asked for.
       const meanwhile = this.#leads.get(id);
-      if (meanwhile) {
-        this.#stats.waits++;
-        meanwhile.waiting++;
-        return { wait: abortable(meanwhile.done, signal) };
-      }
+      if (meanwhile) return { wait: this.#waitFor(meanwhile, signal) };
       if (!held.has(claimKey)) {
         this.#stats.waits++;
         return { wait: this.#waitForClaim(claimKey, signal) };
       }
       this.#startRenewing();
     }
-    let resolve!: () => void;
-    const done = new Promise<void>((r) => resolve = r);
-    const entry: LeadEntry = { holder, cart: file.cartId, done, resolve, waiting: 0, claimKey };
+    const entry: LeadEntry = { cart: file.cartId, idx: file.idx, waiters: undefined, claimKey };
     this.#leads.set(id, entry);
     return this.#handle(id, entry);
+  }
+
+  /** A promise that settles when `entry` ends (or `signal` aborts). */
+  #waitFor(entry: LeadEntry, signal: AbortSignal): Promise<void> {
+    this.#stats.waits++;
+    const done = new Promise<void>((resolve) => (entry.waiters ??= []).push(resolve));
+    return abortable(done, signal);
   }
 
   /** Ends every lead of cart `cartId` (its staging ended, whichever way). */
@@ -254,10 +256,10 @@ export class FileShares {
   #handle(id: string, entry: LeadEntry): Lead {
     return {
       archiveId: id,
-      holder: entry.holder,
+      holder: `${entry.cart}:${entry.idx}`,
       end: () => this.#end(id, entry),
       get wanted() {
-        return entry.waiting > 0;
+        return entry.waiters !== undefined;
       },
     };
   }
@@ -266,7 +268,7 @@ export class FileShares {
     if (this.#leads.get(id) !== entry) return;
     this.#leads.delete(id);
     this.#stats.leads++;
-    entry.resolve();
+    for (const wake of entry.waiters ?? []) wake();
     if (entry.claimKey) {
       this.#store.releaseFiles([entry.claimKey], this.#options.owner).catch((e) =>
         log.warn("could not give up a file claim; it expires by itself", {

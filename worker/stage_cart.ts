@@ -307,6 +307,8 @@ async function askSize(
   }
   let status: ArchiveStatus;
   try {
+    // Size HEADs pass the process's HEAD ceiling too (CARTD_HEADS_PER_SECOND).
+    await run.deps.recalls.headSlot(signal);
     status = await headFile(archive, { archiveId: file.archiveId, label }, config.staging, signal);
   } catch (error) {
     signal.throwIfAborted();
@@ -319,7 +321,10 @@ async function askSize(
         (status.message ? `: ${status.message}` : ""),
     );
   }
-  statuses.set(file.idx, status.media === "tape" ? leadThenRecall(run, file, cartSignal) : status);
+  // With database claims (several workers), a file is recalled only by the worker that leads
+  // it; in one process the RecallManager's one recall per id is that already.
+  const recall = shares.claims ? leadThenRecall : recallFile;
+  statuses.set(file.idx, status.media === "tape" ? recall(run, file, cartSignal) : status);
   await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
   return status;
 }
@@ -562,6 +567,8 @@ export async function fetchFiles(
     const known = statuses.get(file.idx);
     const status = known instanceof Promise || (known && "reused" in known) ? undefined : known;
     statuses.delete(file.idx);
+    // The thread's own HEAD (the media is not known here) passes the HEAD ceiling too.
+    if (!status) await run.deps.recalls.headSlot(inner);
     let facts: StagedFacts;
     try {
       facts = await traced("cartd.stage_file", {

@@ -134,8 +134,12 @@ export interface RecallStats {
   waiters: number;
   /** Waiters that share a recall another cart asked for first. */
   shared: number;
-  /** HEADs sent so far. */
+  /** HEADs sent so far (polls). */
   heads: number;
+  /** HEAD slots given to callers of {@linkcode RecallManager.headSlot} (size HEADs). */
+  sizeHeads: number;
+  /** The typical recall time learned so far, in ms (NaN until a recall has finished). */
+  typicalMs: number;
   /** Stage POSTs sent so far (re-sends included). */
   posts: number;
   /** Recalls that ended with the file on disk so far (one per archive file, shared or not). */
@@ -162,6 +166,20 @@ const SYSTEM_CLOCK: RecallClock = {
   set: (fn, ms) => setTimeout(fn, ms),
   clear: (handle) => clearTimeout(handle as number),
 };
+
+/**
+ * While no recall has finished yet (so the archive's typical recall time is unknown), this
+ * many recalls at most poll on the fast schedule ("probes"); the others wait for what the
+ * probes learn (or `pollMaxMs`) before their first HEAD.
+ */
+const PROBES = 16;
+/** Weight of each finished recall in the typical recall time (an exponential average). */
+const TYPICAL_WEIGHT = 0.1;
+
+/** How an entry's first poll is timed. */
+const NORMAL = 0; // by the typical recall time, or the plain schedule
+const PROBE = 1; // the plain schedule, to learn the typical recall time
+const PARKED = 2; // not polled yet: due at pollMaxMs, or earlier once the typical time is known
 
 /** Where an entry is in its life. */
 const QUEUED = 0; // waiting for the cap
@@ -200,6 +218,10 @@ class Entry {
   startedAt = NaN;
   /** Time of the last successful stage POST (NaN: one is owed). */
   postedAt = NaN;
+  /** Time of its last HEAD that said `tape` (NaN: none yet). */
+  tapeAt = NaN;
+  /** How its first poll is timed: NORMAL, PROBE or PARKED. */
+  kind = NORMAL;
   failure: Failure | undefined = undefined;
   /** The cart queue that holds it while QUEUED. */
   queue: CartQueue | undefined = undefined;
@@ -280,6 +302,17 @@ export class RecallManager implements AsyncDisposable {
   #closed = false;
   /** Stops listening to the archive's health (see {@linkcode RecallManager.archiveBack}). */
   readonly #unlisten: () => void;
+
+  /** The archive's typical recall time (ms), learned from finished recalls; NaN until one. */
+  #typical = NaN;
+  /** Outstanding PROBE entries. */
+  #probes = 0;
+  /** PARKED entries, to bring forward once the typical recall time is known. */
+  #parked: Entry[] = [];
+  /** Callers waiting for a HEAD slot ({@linkcode RecallManager.headSlot}), in order. */
+  #headQueue: ({ resolve: () => void } | undefined)[] = [];
+  #headHead = 0;
+  #sizeHeads = 0;
 
   #outstanding = 0;
   #waiting = 0;
@@ -408,6 +441,66 @@ export class RecallManager implements AsyncDisposable {
   }
 
   /**
+   * Waits for a slot under the process's HEAD ceiling (`headsPerSecond`, shared with the
+   * polls of the recalls) before a HEAD that is not a poll: the size HEADs of a cart's files.
+   * Polls that are due go first; callers are served in order. Rejects with the signal's
+   * reason when it aborts first.
+   *
+   * @example
+   * ```ts
+   * import { ArchiveClient } from "../archive/client.ts";
+   * import { RecallManager } from "./recalls.ts";
+   * await using recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"));
+   * await recalls.headSlot(); // then send the HEAD
+   * ```
+   */
+  headSlot(signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const now = this.#clock.now();
+    this.#refill(now);
+    if (this.#closed || (this.#headHead === this.#headQueue.length && this.#tokens >= 1)) {
+      if (!this.#closed) this.#tokens -= 1;
+      this.#sizeHeads++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const slot = {
+        resolve: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        },
+      };
+      const at = this.#headQueue.length;
+      const onAbort = () => {
+        if (this.#headQueue[at] === slot) this.#headQueue[at] = undefined;
+        reject(signal!.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#headQueue.push(slot);
+      this.#arm(now);
+    });
+  }
+
+  /** Gives waiting {@linkcode headSlot} callers the tokens there are. */
+  #serveHeadSlots(): void {
+    while (this.#headHead < this.#headQueue.length && this.#tokens >= 1) {
+      const slot = this.#headQueue[this.#headHead];
+      this.#headQueue[this.#headHead++] = undefined;
+      if (!slot) continue;
+      this.#tokens -= 1;
+      this.#sizeHeads++;
+      slot.resolve();
+    }
+    if (this.#headHead === this.#headQueue.length) {
+      this.#headQueue = [];
+      this.#headHead = 0;
+    } else if (this.#headHead > 1024 && this.#headHead * 2 > this.#headQueue.length) {
+      this.#headQueue = this.#headQueue.slice(this.#headHead);
+      this.#headHead = 0;
+    }
+  }
+
+  /**
    * Counters for tests, benchmarks and metrics.
    *
    * @example
@@ -425,6 +518,8 @@ export class RecallManager implements AsyncDisposable {
       waiters: this.#waiters,
       shared: this.#shared,
       heads: this.#heads,
+      sizeHeads: this.#sizeHeads,
+      typicalMs: this.#typical,
       posts: this.#posts,
       recalled: this.#recalled,
     };
@@ -457,6 +552,11 @@ export class RecallManager implements AsyncDisposable {
       }
       this.#postQueue = [];
       this.#postHead = 0;
+      // Callers waiting for a HEAD slot go on (their HEADs fail or answer as cartd stops).
+      for (const slot of this.#headQueue) slot?.resolve();
+      this.#headQueue = [];
+      this.#headHead = 0;
+      this.#parked = [];
     }
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
   }
@@ -560,7 +660,58 @@ export class RecallManager implements AsyncDisposable {
     if (error && !error.retryable) return this.#final(entry, error);
     if (error) this.#noteFailure(entry, error, now);
     entry.state = POLLING;
+    this.#scheduleFirst(entry, now);
+  }
+
+  /**
+   * The first poll after the first stage POST: at the typical recall time after it when one
+   * is known; else on the plain schedule for up to {@linkcode PROBES} recalls, the others
+   * parked until the probes have learned the typical time (or `pollMaxMs`).
+   */
+  #scheduleFirst(entry: Entry, now: number): void {
+    if (!Number.isNaN(this.#typical)) {
+      entry.kind = NORMAL;
+      entry.delay = Math.max(this.#initial, entry.startedAt + this.#typical - now);
+    } else if (this.#probes < PROBES) {
+      entry.kind = PROBE;
+      this.#probes++;
+    } else {
+      entry.kind = PARKED;
+      entry.delay = this.#pollMax;
+      this.#parked.push(entry);
+    }
     this.#schedule(entry, now);
+  }
+
+  /**
+   * A recall found on disk `now`: what it says of the typical recall time. Its recall took
+   * between its last `tape` HEAD (or POST) and now; the midpoint is the sample, and a file
+   * found on disk at its first HEAD can only lower the estimate. Once the typical time is
+   * first known, the parked recalls are brought forward to it.
+   */
+  #learn(entry: Entry, now: number): void {
+    const upper = now - entry.startedAt;
+    const sample = Number.isNaN(entry.tapeAt)
+      ? Math.min(upper, Number.isNaN(this.#typical) ? upper : this.#typical)
+      : (entry.tapeAt - entry.startedAt + upper) / 2;
+    const first = Number.isNaN(this.#typical);
+    this.#typical = first
+      ? sample
+      : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
+    if (!first) return;
+    const parked = this.#parked;
+    this.#parked = [];
+    for (const e of parked) {
+      if (e.state !== POLLING || e.kind !== PARKED || e.heapIndex < 0) continue;
+      e.kind = NORMAL;
+      const at = Math.max(now, e.startedAt + this.#typical);
+      if (at < e.dueAt) {
+        this.#heapRemove(e);
+        e.dueAt = at;
+        this.#heapPush(e);
+      }
+    }
+    this.#arm(now);
   }
 
   /** One stage POST; the error when it failed, else undefined. */
@@ -592,9 +743,10 @@ export class RecallManager implements AsyncDisposable {
 
   /** Sets the one timer for the earliest due poll the bucket allows. */
   #arm(now: number): void {
-    if (this.#closed || this.#heap.length === 0) return;
+    const slots = this.#headHead < this.#headQueue.length;
+    if (this.#closed || (this.#heap.length === 0 && !slots)) return;
     this.#refill(now);
-    let at = this.#heap[0].dueAt;
+    let at = slots ? now : this.#heap[0].dueAt;
     if (this.#tokens < 1) at = Math.max(at, now + (1 - this.#tokens) / this.#refillPerMs);
     if (this.#timer !== undefined) {
       if (this.#timerAt <= at) return;
@@ -615,6 +767,7 @@ export class RecallManager implements AsyncDisposable {
       const entry = this.#heapPop();
       this.#track(entry, this.#poll(entry));
     }
+    this.#serveHeadSlots();
     this.#arm(now);
   };
 
@@ -646,7 +799,14 @@ export class RecallManager implements AsyncDisposable {
     }
     if (entry.state !== POLLING) return;
     now = this.#clock.now();
-    if (st?.media === "disk") return this.#settle(entry, st);
+    if (st?.media === "disk") {
+      this.#learn(entry, now);
+      return this.#settle(entry, st);
+    }
+    // A first poll timed by the typical recall time (or parked) jumps the plain schedule.
+    const jumped = Number.isNaN(entry.tapeAt) && entry.kind !== PROBE;
+    if (st?.media === "tape") entry.tapeAt = now;
+    if (entry.kind === PARKED) entry.kind = NORMAL;
     if (st?.media === "error") {
       return this.#fail(
         entry,
@@ -675,7 +835,13 @@ export class RecallManager implements AsyncDisposable {
         "timeout",
       );
     }
-    entry.delay = Math.min(this.#pollMax, entry.delay * this.#factor);
+    // After a jump, the gap the plain schedule would have there: (f − 1)·(t − t0) + i.
+    entry.delay = Math.min(
+      this.#pollMax,
+      jumped
+        ? (this.#factor - 1) * (now - entry.startedAt) + this.#initial
+        : entry.delay * this.#factor,
+    );
     this.#schedule(entry, now);
   }
 
@@ -745,6 +911,10 @@ export class RecallManager implements AsyncDisposable {
 
   /** Takes an entry out of every structure (its waiters are the caller's business). */
   #drop(entry: Entry): void {
+    if (entry.kind === PROBE && entry.state !== DONE) {
+      entry.kind = NORMAL;
+      this.#probes--;
+    }
     if (entry.state === QUEUED) this.#unqueue(entry);
     else if (entry.state !== DONE) this.#outstanding--;
     entry.state = DONE;
