@@ -340,14 +340,19 @@ async function big(opts: TapeBenchOptions): Promise<TapeRow[]> {
       if (res.status !== 201) throw new Error(`POST: ${res.status}`);
       const postS = (performance.now() - t0) / 1000;
       // Once a second: the archive's HEADs in that second, and a timed HEAD of the cart.
+      // The rate of each sample is its HEADs over the time since the last one (a busy machine
+      // makes the driver's "second" longer than a second).
       let last = archive.totals().head;
+      let lastAt = performance.now();
       let maxHeads = 0, maxCartHead = 0, maxOutstanding = 0;
       const end = t0 + watchMs;
       while (performance.now() < end) {
         await sleep(1000);
         const heads = archive.totals().head;
-        maxHeads = Math.max(maxHeads, heads - last);
+        const at = performance.now();
+        maxHeads = Math.max(maxHeads, Math.round((heads - last) / ((at - lastAt) / 1000)));
         last = heads;
+        lastAt = at;
         const h0 = performance.now();
         await cartStatus(cartd.url, "tape-big");
         maxCartHead = Math.max(maxCartHead, performance.now() - h0);
