@@ -83,6 +83,7 @@ export interface Reused {
 
 /** What {@linkcode FileShares.lead} gives: the lead of one archive file, until ended. */
 export interface Lead {
+  /** The archive file led. */
   readonly archiveId: string;
   /** Who leads: `<cart id>:<index>`. */
   readonly holder: string;

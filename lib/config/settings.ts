@@ -395,7 +395,7 @@ export const SETTING_TABLE = {
     "staging.headsPerSecond",
     positiveInt,
     "500",
-    "most `HEAD` requests per second one worker process sends the archive to poll its recalls",
+    "most `HEAD` requests per second one worker process sends the archive (recall polls, and its carts' size `HEAD`s)",
   ),
   CARTD_RESTAGE_EVERY: field(
     "staging.restageEveryMs",
