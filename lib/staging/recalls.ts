@@ -16,8 +16,16 @@
  *   bound sockets; they go out in admission order.)
  * - **One poller.** A single timer over a min-heap of entries keyed by their next poll time.
  *   Each file's delay starts at `pollInitialMs` and grows by `pollFactor` (≤ 1.5) per HEAD up
- *   to `pollMaxMs`. HEADs pass a token bucket whose guarantee is exact: at most
- *   `headsPerSecond` HEADs start in any window of one second. When more polls are due than the
+ *   to `pollMaxMs` (the plain schedule). **The first poll is timed from the archive's typical
+ *   recall time**, learned from the recalls that finished (an exponential average of the
+ *   midpoint between a file's last `tape` HEAD and its `disk` HEAD): a new recall is first
+ *   polled that long after its stage POST, then on the gaps the plain schedule has there.
+ *   Until one recall has finished, {@linkcode PROBES} recalls poll on the plain schedule and
+ *   the others are parked (first poll at `pollMaxMs`, brought forward to the typical time as
+ *   soon as it is known): 1,000 files recalled together cost two or three HEADs each, not six.
+ *   HEADs pass a token bucket whose guarantee is exact: at most `headsPerSecond` HEADs start in
+ *   any window of one second; callers' own HEADs (the size HEADs of a cart) take their slots
+ *   from the same bucket ({@linkcode RecallManager.headSlot}), after the polls that are due. When more polls are due than the
  *   budget allows, those due soonest go first (heap order). The stage POST is re-sent every
  *   `restageEveryMs` per file; a file still on tape `stageTimeoutMs` after its first POST fails.
  * - **The HEAD rule of SPEC §2**, as `headFile` (stage_file.ts) applies it: a retryable failure
@@ -35,7 +43,9 @@
  *     T + min(m, (f − 1)·(T − t0) + i) + B/r + one HEAD round trip
  *
  * where `B` is the number of polls due before its own (at most the outstanding recalls − 1)
- * and `B/r` the queueing behind the ceiling. With the defaults (500 ms, ×1.5, 30 s) a file on
+ * and `B/r` the queueing behind the ceiling. A file on disk before its first poll (at the
+ * typical recall time after `t0`) is noticed at that poll; a parked file, while no recall has
+ * finished, at the first one's end or at `t0 + m`. With the defaults (500 ms, ×1.5, 30 s) a file on
  * disk after 10 s is noticed within about 5.5 s (doubling: up to 10.5 s), after an hour within
  * 30 s; with 10,000 recalls polled at 50 HEADs/s, `B/r` can add up to 200 s, which is what the
  * ceiling costs (raise `headsPerSecond` if the archive takes it).
@@ -695,9 +705,7 @@ export class RecallManager implements AsyncDisposable {
       ? Math.min(upper, Number.isNaN(this.#typical) ? upper : this.#typical)
       : (entry.tapeAt - entry.startedAt + upper) / 2;
     const first = Number.isNaN(this.#typical);
-    this.#typical = first
-      ? sample
-      : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
+    this.#typical = first ? sample : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
     if (!first) return;
     const parked = this.#parked;
     this.#parked = [];
