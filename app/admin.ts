@@ -279,13 +279,17 @@ async function purge(
     if (cart.status === "ready") taken = await store.unliveReady(cart.id, { usedBefore: before });
     else if (cart.status === "error") taken = await store.unlive(cart.id);
     if (!taken) continue; // in progress, or used / removed meanwhile
-    const held = await volume.usage(cart.id);
+    // What removing it frees: its reservation (the bytes it counts), less the files it shares
+    // with carts that stay (their bytes stay, counted by those carts).
+    const shared = (await store.sharedOutside([cart.id])).get(cart.id) ?? 0;
+    const held = Math.max(0, cart.reservedBytes - shared);
     await removeCart(store, volume, cart, `cartd admin purge --older-than ${olderThan}`);
     count++;
     bytes += held;
     say(
       `removed ${JSON.stringify(cart.uid)} (${cart.status}, last used ` +
-        `${new Date(cart.lastUsedAt).toISOString()}, ${formatBytes(held)})`,
+        `${new Date(cart.lastUsedAt).toISOString()}, ${formatBytes(held)}` +
+        (shared ? `; ${formatBytes(shared)} shared with carts that stay, kept)` : ")"),
     );
   }
   say(

@@ -76,6 +76,7 @@ async function cycle(
     "cartd_lock",
     "cartd_schema",
     "carts",
+    "file_claims",
     "webhook_events",
   ]);
 
@@ -102,6 +103,7 @@ async function cycle(
     "cartd_lock",
     "cartd_schema",
     "carts",
+    "file_claims",
     "webhook_events",
   ]);
   exits(await cartd(["dbchk"], env, volume), 0, "dbchk after the upgrade");
