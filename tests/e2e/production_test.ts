@@ -538,6 +538,45 @@ test.mysqlAndAmqp("two workers racing over 50 carts: each cart is claimed and bu
   });
 });
 
+test.mysqlAndAmqp("two workers, two carts with 20 files in common: each common file recalled and fetched once, stored once", async () => {
+  await withStack({}, async (stack) => {
+    const { archive } = stack;
+    const ids = Array.from({ length: 40 }, (_, i) => `s/${i}`);
+    for (const id of ids) {
+      archive.put(id, `bytes of ${id}\n`.repeat(64), { tapeMs: 400, getDelayMs: 30 });
+    }
+    const server = await stack.start("serve");
+    const workers = [await stack.start("worker"), await stack.start("worker")];
+    const a = ids.slice(0, 30), b = ids.slice(10, 40), common = ids.slice(10, 30);
+    const doc = (list: string[]) => ({ fileids: list.map((id) => ({ id, path: id })) });
+    for (const [uid, list] of [["share-a", a], ["share-b", b]] as const) {
+      const res = await fetch(server.url + uid, {
+        method: "POST",
+        body: JSON.stringify(doc(list)),
+      });
+      assert.equal(res.status, 201, await res.text());
+    }
+    await waitReady(server.url, "share-a");
+    await waitReady(server.url, "share-b");
+    for (const id of common) {
+      assert.equal(archive.counts(id).get, 1, `${id} fetched once over both workers`);
+      assert.equal(archive.counts(id).post, 1, `${id} recalled once over both workers`);
+    }
+    const rows = await stack.sql(
+      `SELECT archive_id, COUNT(DISTINCT content_key) AS keys_, SUM(counted) AS counted
+         FROM cart_files WHERE status = 'staged' GROUP BY archive_id`,
+    );
+    for (const row of rows) {
+      assert.equal(Number(row.keys_), 1, `${row.archive_id}: one stored copy`);
+      assert.equal(Number(row.counted), 1, `${row.archive_id}: counted once`);
+    }
+    // The broker hands the two carts one to each worker: the sharing was across processes.
+    assert.deepEqual(workers.map((w) => occurrences(w.output(), /cart claimed/)), [1, 1]);
+    const [claims] = await stack.sql("SELECT COUNT(*) AS n FROM file_claims");
+    assert.equal(Number(claims.n), 0, "every file claim given up");
+  });
+});
+
 test.mysql("start-up with the database unreachable honours DATABASE_CONNECT_ATTEMPTS and DATABASE_WAIT", async () => {
   const proxy = await startProxy(MYSQL_HOST, MYSQL_PORT);
   const volume = await Deno.makeTempDir({ prefix: "cartd-prod-" });
