@@ -522,12 +522,12 @@ export async function fetchFiles(
       if (file.hashsum === null || hashes.wanted === file.hashsum) {
         const { size, sha256, crc32 } = hashes;
         // A link to another cart's bytes (a crash came before its record) is one again.
-        const info = await Deno.stat(dest);
+        const info = await Deno.stat(dest).catch(() => undefined);
         await staged.add({
           idx: file.idx,
           facts: { size, mtime: file.mtime ?? 0, sha256, crc32 },
-          key: contentKey(info),
-          linked: (info.nlink ?? 1) > 1,
+          key: info && contentKey(info),
+          linked: (info?.nlink ?? 1) > 1,
         });
         counts.adopted++;
         unfinished--;
@@ -613,7 +613,9 @@ export async function fetchFiles(
       }
       throw error;
     }
-    const key = contentKey(await Deno.stat(dest));
+    // No key when the file is gone already (removed behind cartd's back: bundling fetches it
+    // again); it is then shared with nobody.
+    const key = await Deno.stat(dest).then(contentKey, () => undefined);
     await staged.add({ idx: file.idx, facts, key, lead: got });
     // Carts wait for this file: they find it once it is recorded, so that is done now.
     if (got.wanted) staged.flush().catch(() => {});

@@ -355,9 +355,10 @@ export class RecallManager implements AsyncDisposable {
     this.#missing = Math.max(0, o.missingAfterMs);
     const rate = positive("headsPerSecond", o.headsPerSecond);
     // A bucket of capacity c refilled at r' per second lets c − 1 + r' HEADs start in any
-    // one-second window; with r' = r − (c − 1) that is exactly r. c holds 10 ms of HEADs, so
-    // that a fast ceiling does not need a timer per HEAD.
-    this.#capacity = Math.max(1, Math.floor(rate / 100));
+    // one-second window; with r' = r − (c − 1) that is exactly r. c holds 100 ms of HEADs: a
+    // burst of a new cart's size HEADs goes out at once (a tape library then sees its stage
+    // requests together), and a fast ceiling needs no timer per HEAD.
+    this.#capacity = Math.max(1, Math.floor(rate / 10));
     this.#refillPerMs = (rate - (this.#capacity - 1)) / 1000;
     this.#tokens = this.#capacity;
     this.#refilledAt = this.#clock.now();
@@ -770,14 +771,38 @@ export class RecallManager implements AsyncDisposable {
     if (this.#closed) return;
     const now = this.#clock.now();
     this.#refill(now);
-    while (this.#heap.length > 0 && this.#heap[0].dueAt <= now && this.#tokens >= 1) {
-      this.#tokens -= 1;
-      const entry = this.#heapPop();
-      this.#track(entry, this.#poll(entry));
+    // Due polls and waiting size HEADs take turns: neither starves the other (size HEADs
+    // lead to new stage requests, which a tape library wants all at once).
+    let slotTurn = true;
+    while (this.#tokens >= 1) {
+      const pollDue = this.#heap.length > 0 && this.#heap[0].dueAt <= now;
+      const slot = this.#nextHeadSlot();
+      if (!pollDue && !slot) break;
+      if (slot && (slotTurn || !pollDue)) {
+        this.#headQueue[this.#headHead++] = undefined;
+        this.#tokens -= 1;
+        this.#sizeHeads++;
+        slot.resolve();
+      } else {
+        this.#tokens -= 1;
+        const entry = this.#heapPop();
+        this.#track(entry, this.#poll(entry));
+      }
+      slotTurn = !slotTurn;
     }
     this.#serveHeadSlots();
     this.#arm(now);
   };
+
+  /** The first caller still waiting for a HEAD slot (skipping those that gave up). */
+  #nextHeadSlot(): { resolve: () => void } | undefined {
+    while (this.#headHead < this.#headQueue.length) {
+      const slot = this.#headQueue[this.#headHead];
+      if (slot) return slot;
+      this.#headHead++;
+    }
+    return undefined;
+  }
 
   #refill(now: number): void {
     const tokens = this.#tokens + (now - this.#refilledAt) * this.#refillPerMs;

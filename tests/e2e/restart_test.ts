@@ -15,7 +15,7 @@ Deno.test("killed with 1,000 recalls outstanding: after the restart each resumes
   await using archive = startFakeArchive();
   const n = 1000;
   const ids = Array.from({ length: n }, (_, i) => `r${i}`);
-  for (const id of ids) archive.put(id, `bytes of ${id}\n`, { tapeMs: 4000 });
+  for (const id of ids) archive.put(id, `bytes of ${id}\n`, { tapeMs: 10_000 });
   const volume = await Deno.makeTempDir({ prefix: "cartd-test-" });
   // A cap under the cart's size: some recalls are outstanding, the rest wait for the cap.
   const env = { ARCHIVE_INTERFACE_URL: archive.url, CARTD_RECALLS_MAX: "800" };
