@@ -550,7 +550,12 @@ export async function fetchFiles(
       statuses.delete(file.idx);
       return recall({ file, returns }, got.wait.then(() => undefined));
     }
-    const reused = await shares.reuse(file, dest, inner);
+    // A file whose HEAD this attempt just answered was looked for in the store then: it is
+    // looked for again only after a wait (a recall, or another cart's lead).
+    const answered = statuses.get(file.idx);
+    const fresh = answered !== undefined && !(answered instanceof Promise) &&
+      !("reused" in answered);
+    const reused = fresh ? null : await shares.reuse(file, dest, inner);
     if (reused) {
       statuses.delete(file.idx);
       await staged.add({
