@@ -1,5 +1,5 @@
 /**
- * The SQL of shared files (issue 14 item 2; schema 5). Carts that want the same archive file
+ * The SQL of shared files (issue 14 item 2; schema 7). Carts that want the same archive file
  * share its bytes on the volume: the second cart's folder holds a hard link to the inode the
  * first one fetched. The rows say so:
  *
@@ -43,7 +43,7 @@ export interface StoredCopy {
   sha256: string;
   /** The CRC-32 staging measured. */
   crc32: number;
-  /** The content key of its bytes (null for a row staged before schema 5). */
+  /** The content key of its bytes (null for a row staged before schema 7). */
   contentKey: string | null;
 }
 

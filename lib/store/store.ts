@@ -660,7 +660,7 @@ export class CartStore {
   /**
    * The files recorded as staged, in any live cart, whose archive id is one of `archiveIds`
    * (matched exactly: MySQL's case-insensitive comparison is undone here). Read a few hundred
-   * ids per query, on the index on `archive_id` (schema 5).
+   * ids per query, on the index on `archive_id` (schema 7).
    * The estimate of `POST /_cartd/estimate` uses it to tell what is on the volume already; the
    * caller checks the hashes (a row's `hashtype`/`hashsum` were verified, `sha256` measured).
    */
