@@ -11,7 +11,8 @@
 import type { Config } from "../lib/config/config.ts";
 import type { Created } from "../lib/store/store.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
-import { BodyReadError, decodeUtf8 } from "../http/body.ts";
+import { BodyReadError, BodyTimeoutError, decodeUtf8 } from "../http/body.ts";
+import { droppedBuffer, spentBuffers } from "../lib/util/memory.ts";
 import { acceptCart, acceptDocument, type AcceptedCart } from "../http/routes.ts";
 import type { CartStore } from "../lib/store/store.ts";
 
@@ -76,7 +77,9 @@ export class Documents {
     try {
       const limit = this.config.limits.maxBodyBytes;
       // Read first, then wait for the turn: a client that sends slowly holds up no other.
-      const parts = declared > limit ? null : await readParts(request, limit);
+      const parts = declared > limit
+        ? null
+        : await readParts(request, limit, this.config.api.bodyTimeoutMs);
       if (parts === null) {
         // Over CARTD_MAX_BODY: the same 413 as ever (a declared length over it reads nothing).
         const over = new Request("http://cartd/", {
@@ -178,37 +181,85 @@ export class Documents {
   }
 }
 
+/** The size of the parts a big body is read into: above the allocator's mmap threshold. */
+const PART_BYTES = 4 << 20;
+
 /**
- * The body of `request` in the chunks it came in (each its own whole buffer, so that it can be
- * handed to another thread); null when it is longer than `limit`.
+ * The body of `request` in parts of {@linkcode PART_BYTES} (each its own whole buffer, so that
+ * it can be handed to another thread); null when it is longer than `limit`.
  */
 async function readParts(
   request: Request,
   limit: number,
+  timeoutMs: number,
 ): Promise<Uint8Array<ArrayBuffer>[] | null> {
   if (!request.body) return [];
   const parts: Uint8Array<ArrayBuffer>[] = [];
+  let current: Uint8Array<ArrayBuffer> | null = null;
+  let used = 0;
   let size = 0;
   const reader = request.body.getReader();
-  for (;;) {
-    let next: ReadableStreamReadResult<Uint8Array>;
-    try {
-      next = await reader.read();
-    } catch (e) {
-      throw new BodyReadError(e);
+  // CARTD_BODY_TIMEOUT, as http/body.ts's readBody: cancelling the reader ends a read in flight.
+  let timedOut = false;
+  const timer = timeoutMs > 0
+    ? setTimeout(() => {
+      timedOut = true;
+      reader.cancel(new Error("CARTD_BODY_TIMEOUT passed")).catch(() => {});
+    }, timeoutMs)
+    : undefined;
+  let whole = false;
+  try {
+    const read = await readAll();
+    whole = read !== null;
+    return read;
+  } finally {
+    clearTimeout(timer);
+    if (!whole) {
+      // Cut off (too slow, too large, broken): what it had sent is garbage now; collect it.
+      parts.length = 0;
+      current = null;
+      droppedBuffer(size);
     }
-    if (next.done) break;
-    const value = next.value;
-    size += value.length;
-    if (size > limit) {
-      await reader.cancel().catch(() => {});
-      return null;
-    }
-    const whole = value.byteOffset === 0 && value.byteLength === value.buffer.byteLength &&
-      value.buffer instanceof ArrayBuffer;
-    parts.push(whole ? value as Uint8Array<ArrayBuffer> : value.slice());
   }
-  return parts;
+
+  async function readAll(): Promise<Uint8Array<ArrayBuffer>[] | null> {
+    for (;;) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (e) {
+        if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
+        throw new BodyReadError(e);
+      }
+      if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
+      if (next.done) break;
+      const value = next.value;
+      size += value.length;
+      if (size > limit) {
+        await reader.cancel().catch(() => {});
+        return null;
+      }
+      // Copied into parts of PART_BYTES: each its own buffer (to hand over to the thread), and
+      // big enough to be mapped on its own, so that a body cut off gives its memory back to the
+      // system (small chunks would stay in the allocator's heap). The chunk is garbage now.
+      for (let at = 0; at < value.length;) {
+        if (!current) current = new Uint8Array(PART_BYTES);
+        const n = Math.min(value.length - at, PART_BYTES - used);
+        current.set(value.subarray(at, at + n), used);
+        at += n;
+        used += n;
+        if (used === PART_BYTES) {
+          parts.push(current);
+          current = null;
+          used = 0;
+        }
+      }
+      spentBuffers(value.buffer.byteLength);
+    }
+    if (current) parts.push(current.slice(0, used));
+    current = null;
+    return parts;
+  }
 }
 
 /**

@@ -150,10 +150,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
    * each delivery: lib/webhook/deliver.ts).
    */
   async function webhookProblem(url: string): Promise<string | null> {
-    if (!config.webhooks.secret) {
-      return "this cartd sends no webhooks (its operator has not set CARTD_WEBHOOK_SECRET); " +
-        "leave the field out, or ask for webhooks to be turned on";
-    }
+    if (!config.webhooks.secret) return NO_WEBHOOKS;
     try {
       await checkedAddresses(new URL(url), webhookAllow, config.webhooks.timeoutMs, deps.resolver);
       return null;
@@ -270,12 +267,16 @@ export function cartRoutes(deps: RouteDeps): CartApp {
 
   app.post("/:uid", async (c) => {
     const uid = c.req.param("uid");
-    if (deps.accept && !access.on) {
-      // Big documents in a thread of their own (app/documents.ts); no principal, no quota.
+    if (deps.accept && !access.on && !config.webhooks.secret) {
+      // Big documents in a thread of their own (app/documents.ts): with no principal, no
+      // quota and no webhook to check (with either on, this app reads every document).
       const accepted = await deps.accept(c.req.raw, uid);
       if (accepted instanceof Response) return accepted;
       const { created } = accepted;
-      if (!created.kept) await publishSoon(created.cart.id, uid);
+      if (!created.kept) {
+        countCartEvent("created");
+        await publishSoon(created.cart.id, uid);
+      }
       for (const old of created.replaced) await remove(old, "replaced by a POST");
       log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
         uid,
@@ -486,6 +487,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   return app;
 }
 
+/** Why a cart that names a webhook is refused where webhooks are off. */
+const NO_WEBHOOKS = "this cartd sends no webhooks (its operator has not set " +
+  "CARTD_WEBHOOK_SECRET); leave the field out, or ask for webhooks to be turned on";
+
 /** What `GET /` answers (SPEC §1). */
 const UP_MESSAGE = "Pacifica Cartd Interface Up and Running";
 
@@ -525,7 +530,7 @@ export async function acceptCart(
     else bigDocuments++;
   }
   try {
-    const body = await readBody(request, config.limits.maxBodyBytes);
+    const body = await readBody(request, config.limits.maxBodyBytes, config.api.bodyTimeoutMs);
     if (body === null) {
       return json({
         message: `The cart document is larger than ${config.limits.maxBodyBytes} bytes ` +
@@ -561,6 +566,8 @@ export async function acceptDocument(
     throw e;
   }
   text = ""; // as large as the document: not kept while the cart is stored
+  // Only taken where webhooks are off (http/routes.ts checks them where they are on).
+  if (doc.webhook !== undefined) return json({ message: `webhook: ${NO_WEBHOOKS}` }, 400);
   const created = await deps.store.createCart(uid, doc, documentHash(doc));
   return { uid, files: doc.files.length, created };
 }
