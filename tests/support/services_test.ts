@@ -75,7 +75,7 @@ Deno.test("CARTD_TEST_MYSQL=off and CARTD_TEST_AMQP=off skip those tests, saying
     CARTD_TEST_AMQP: "off",
   });
   assert.equal(code, 0, output);
-  assert.match(output, /ok \| \d+ passed \| 0 failed \| 6 ignored/, output);
+  assert.match(output, /ok \| \d+ passed \| 0 failed \| [1-9]\d* ignored/, output);
   assert.match(
     output,
     /start-up with the database unreachable .* \[skipped: CARTD_TEST_MYSQL=off\] \.\.\. ignored/,
