@@ -11,7 +11,7 @@
 import type { Config } from "../lib/config/config.ts";
 import type { Created } from "../lib/store/store.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
-import { BodyReadError, BodyTimeoutError, decodeUtf8 } from "../http/body.ts";
+import { decodeUtf8, TimedBodyReader } from "../http/body.ts";
 import { droppedBuffer, spentBuffers } from "../lib/util/memory.ts";
 import { acceptCart, acceptDocument, type AcceptedCart } from "../http/routes.ts";
 import type { CartStore } from "../lib/store/store.ts";
@@ -198,22 +198,14 @@ async function readParts(
   let current: Uint8Array<ArrayBuffer> | null = null;
   let used = 0;
   let size = 0;
-  const reader = request.body.getReader();
-  // CARTD_BODY_TIMEOUT, as http/body.ts's readBody: cancelling the reader ends a read in flight.
-  let timedOut = false;
-  const timer = timeoutMs > 0
-    ? setTimeout(() => {
-      timedOut = true;
-      reader.cancel(new Error("CARTD_BODY_TIMEOUT passed")).catch(() => {});
-    }, timeoutMs)
-    : undefined;
+  const reader = new TimedBodyReader(request.body, timeoutMs);
   let whole = false;
   try {
     const read = await readAll();
     whole = read !== null;
     return read;
   } finally {
-    clearTimeout(timer);
+    reader.release();
     if (!whole) {
       // Cut off (too slow, too large, broken): what it had sent is garbage now; collect it.
       parts.length = 0;
@@ -224,19 +216,11 @@ async function readParts(
 
   async function readAll(): Promise<Uint8Array<ArrayBuffer>[] | null> {
     for (;;) {
-      let next: ReadableStreamReadResult<Uint8Array>;
-      try {
-        next = await reader.read();
-      } catch (e) {
-        if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
-        throw new BodyReadError(e);
-      }
-      if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
-      if (next.done) break;
-      const value = next.value;
+      const value = await reader.read();
+      if (value === null) break;
       size += value.length;
       if (size > limit) {
-        await reader.cancel().catch(() => {});
+        await reader.cancel();
         return null;
       }
       // Copied into parts of PART_BYTES: each its own buffer (to hand over to the thread), and

@@ -91,30 +91,14 @@ export async function readBody(
   // A declared length is only a hint: the bytes that come are what count.
   let buffer = new Uint8Array(Math.min(limit, declared >= 0 ? declared : FIRST_BUFFER));
   let size = 0;
-  const reader = request.body.getReader();
-  let timedOut = false;
+  const reader = new TimedBodyReader(request.body, timeoutMs);
   let whole = false;
-  // Cancelling the reader ends a read in flight (it resolves as done) and the body's stream.
-  const timer = timeoutMs > 0
-    ? setTimeout(() => {
-      timedOut = true;
-      reader.cancel(new Error("CARTD_BODY_TIMEOUT passed")).catch(() => {});
-    }, timeoutMs)
-    : undefined;
   try {
     for (;;) {
-      let next: ReadableStreamReadResult<Uint8Array>;
-      try {
-        next = await reader.read();
-      } catch (e) {
-        if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
-        throw new BodyReadError(e);
-      }
-      if (timedOut) throw new BodyTimeoutError(timeoutMs, size);
-      if (next.done) break;
-      const chunk = next.value;
+      const chunk = await reader.read();
+      if (chunk === null) break;
       if (size + chunk.length > limit) {
-        await reader.cancel().catch(() => {}); // cancels the rest of the body
+        await reader.cancel(); // cancels the rest of the body
         return null;
       }
       if (size + chunk.length > buffer.length) {
@@ -131,12 +115,73 @@ export async function readBody(
     }
     whole = true;
   } finally {
-    clearTimeout(timer);
-    reader.releaseLock();
+    reader.release();
     // A body cut off (too slow, too large, broken): what it had sent is garbage now.
     if (!whole) droppedBuffer(buffer.length);
   }
   return decodeUtf8(buffer.subarray(0, size));
+}
+
+/**
+ * Reads a body's chunks one at a time, within `timeoutMs` of its making (0: no limit): when
+ * the time is up the body is cancelled (which ends a read in flight) and the read throws
+ * {@linkcode BodyTimeoutError}; a body that breaks off throws {@linkcode BodyReadError}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { TimedBodyReader } from "./body.ts";
+ * const reader = new TimedBodyReader(new Response("abc").body!, 1_000);
+ * assert.deepEqual(await reader.read(), new TextEncoder().encode("abc"));
+ * assert.equal(await reader.read(), null); // the end
+ * reader.release();
+ * ```
+ */
+export class TimedBodyReader {
+  /** Bytes read so far. */
+  received = 0;
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #timeoutMs: number;
+  readonly #timer: ReturnType<typeof setTimeout> | undefined;
+  #timedOut = false;
+
+  /** Starts the clock of `timeoutMs` on `body`, which this reader locks. */
+  constructor(body: ReadableStream<Uint8Array>, timeoutMs: number) {
+    this.#reader = body.getReader();
+    this.#timeoutMs = timeoutMs;
+    this.#timer = timeoutMs > 0
+      ? setTimeout(() => {
+        this.#timedOut = true;
+        this.#reader.cancel(new Error("CARTD_BODY_TIMEOUT passed")).catch(() => {});
+      }, timeoutMs)
+      : undefined;
+  }
+
+  /** The next chunk, or null at the body's end. */
+  async read(): Promise<Uint8Array | null> {
+    let next: ReadableStreamReadResult<Uint8Array>;
+    try {
+      next = await this.#reader.read();
+    } catch (e) {
+      if (this.#timedOut) throw new BodyTimeoutError(this.#timeoutMs, this.received);
+      throw new BodyReadError(e);
+    }
+    if (this.#timedOut) throw new BodyTimeoutError(this.#timeoutMs, this.received);
+    if (next.done) return null;
+    this.received += next.value.length;
+    return next.value;
+  }
+
+  /** Cancels the rest of the body (a body over its size limit). */
+  async cancel(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+
+  /** Stops the clock and unlocks the body; call it once reading is over, however it ended. */
+  release(): void {
+    clearTimeout(this.#timer);
+    this.#reader.releaseLock();
+  }
 }
 
 /** `bytes` as text, or a {@linkcode BodyEncodingError} naming the first byte that is not UTF-8. */

@@ -290,10 +290,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     if (problem) return json({ message: problem }, 400);
     const body = await readBody(c.req.raw, config.limits.maxBodyBytes, config.api.bodyTimeoutMs);
     if (body === null) {
-      return json({
-        message: `The cart document is larger than ${config.limits.maxBodyBytes} bytes ` +
-          "(CARTD_MAX_BODY); split the cart or raise the limit",
-      }, 413);
+      return tooLarge(config.limits.maxBodyBytes);
     }
     let doc;
     try {
@@ -487,6 +484,14 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   return app;
 }
 
+/** The `413` of a cart document over `CARTD_MAX_BODY` (`limit` bytes). */
+function tooLarge(limit: number): Response {
+  return json({
+    message: `The cart document is larger than ${limit} bytes (CARTD_MAX_BODY); ` +
+      "split the cart or raise the limit",
+  }, 413);
+}
+
 /** Why a cart that names a webhook is refused where webhooks are off. */
 const NO_WEBHOOKS = "this cartd sends no webhooks (its operator has not set " +
   "CARTD_WEBHOOK_SECRET); leave the field out, or ask for webhooks to be turned on";
@@ -532,10 +537,7 @@ export async function acceptCart(
   try {
     const body = await readBody(request, config.limits.maxBodyBytes, config.api.bodyTimeoutMs);
     if (body === null) {
-      return json({
-        message: `The cart document is larger than ${config.limits.maxBodyBytes} bytes ` +
-          "(CARTD_MAX_BODY); split the cart or raise the limit",
-      }, 413);
+      return tooLarge(config.limits.maxBodyBytes);
     }
     return await acceptDocument(deps, uid, body);
   } finally {
