@@ -173,40 +173,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     return removeCart(store, volume, cart, why, cancellations, freesDatabase);
   };
 
-  app.onError((error, c) => {
-    // A body that is not UTF-8 (POST /{uid} and the estimate alike): the client's to fix.
-    if (error instanceof BodyEncodingError) return json({ message: error.message }, 400);
-    if (error instanceof BodyTimeoutError) {
-      // Too slow, or stopped mid-body: what came is let go; the connection is closed after
-      // the answer, as the rest of the body is not read.
-      log.info("a request body did not come within CARTD_BODY_TIMEOUT; cut, nothing stored", {
-        method: c.req.method,
-        path: c.req.path,
-        seconds: error.timeoutMs / 1000,
-      });
-      return json({ message: error.message }, 408, { Connection: "close" });
-    }
-    if (error instanceof BodyReadError) {
-      // The client went away mid-body: nothing failed here, and nobody reads the answer.
-      log.info("client closed the connection before sending the whole body; nothing stored", {
-        method: c.req.method,
-        path: c.req.path,
-        error: errorMessage(error.cause),
-      });
-      return json({ message: error.message }, 400);
-    }
-    // The database away, busy, full or read-only, or a full volume: 503 naming the cause.
-    const down = unavailable(error);
-    if (down) {
-      log.warn(down.logMessage, { error: errorMessage(error) });
-      return json({ message: down.message }, 503, {
-        "Retry-After": String(down.retryAfterSeconds),
-      });
-    }
-    if (error instanceof AmbiguousCart) return json({ message: error.message }, 409);
-    log.error("request failed", { error: errorMessage(error) });
-    return json({ message: "Internal error: the request could not be completed" }, 500);
-  });
+  app.onError((error, c) => errorAnswer(error, c.req.method, c.req.path));
   app.notFound(() => json({ message: "Not Found" }, 404));
   app.use("*", async (c, next) => {
     const refused = protocolProblem(c.req.raw);
@@ -576,17 +543,28 @@ export async function acceptDocument(
 
 /**
  * The answer to a request whose handling threw `error`: 400 for a body that is not UTF-8 or
- * that the client stopped sending, 503 naming the cause when the database or the volume is
- * unavailable, else 500.
+ * that the client stopped sending, 408 for one that did not come in time, 503 naming the
+ * cause when the database or the volume is unavailable, 409 for an ambiguous admin lookup,
+ * else 500. The app's error handler and the HTTP threads both answer with it.
  */
 export function errorAnswer(error: unknown, method: string, path: string): Response {
   // A body that is not UTF-8 (POST /{uid} and the estimate alike): the client's to fix.
   if (error instanceof BodyEncodingError) return json({ message: error.message }, 400);
+  if (error instanceof BodyTimeoutError) {
+    // Too slow, or stopped mid-body: what came is let go; the connection is closed after
+    // the answer, as the rest of the body is not read.
+    log.info("a request body did not come within CARTD_BODY_TIMEOUT; cut, nothing stored", {
+      method: method,
+      path: path,
+      seconds: error.timeoutMs / 1000,
+    });
+    return json({ message: error.message }, 408, { Connection: "close" });
+  }
   if (error instanceof BodyReadError) {
     // The client went away mid-body: nothing failed here, and nobody reads the answer.
     log.info("client closed the connection before sending the whole body; nothing stored", {
-      method,
-      path,
+      method: method,
+      path: path,
       error: errorMessage(error.cause),
     });
     return json({ message: error.message }, 400);
@@ -599,6 +577,7 @@ export function errorAnswer(error: unknown, method: string, path: string): Respo
       "Retry-After": String(down.retryAfterSeconds),
     });
   }
+  if (error instanceof AmbiguousCart) return json({ message: error.message }, 409);
   log.error("request failed", { error: errorMessage(error) });
   return json({ message: "Internal error: the request could not be completed" }, 500);
 }
