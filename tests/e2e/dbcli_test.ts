@@ -15,6 +15,16 @@ import { cartdCommand, postCart, startCartd, waitFor } from "../support/harness.
 import { startFakeArchive } from "../support/fake_archive.ts";
 import { MYSQL_HOST, MYSQL_PORT, test } from "../support/services.ts";
 
+/** The tables of the current schema, sorted by name, as dbsync leaves them. */
+const SCHEMA_TABLES = [
+  "cart_files",
+  "cartd_lock",
+  "cartd_schema",
+  "carts",
+  "file_claims",
+  "webhook_events",
+];
+
 /** Runs `cartd ARGS` with exactly `env` (plus VOLUME_PATH); returns its exit code and output. */
 async function cartd(
   args: string[],
@@ -71,14 +81,7 @@ async function cycle(
 
   out = exits(await cartd(["dbsync"], env, volume), 0, "dbsync");
   assert.match(out, /Created the cartd schema\./);
-  assert.deepEqual(await tables(), [
-    "cart_files",
-    "cartd_lock",
-    "cartd_schema",
-    "carts",
-    "file_claims",
-    "webhook_events",
-  ]);
+  assert.deepEqual(await tables(), SCHEMA_TABLES);
 
   out = exits(await cartd(["dbchk"], env, volume), 0, "dbchk after dbsync");
   assert.match(out, new RegExp(`The cartd schema is current \\(version ${SCHEMA_VERSION}\\)`));
@@ -98,14 +101,7 @@ async function cycle(
     out,
     older ? new RegExp(`was at version ${older}; it is current now`) : /Created the cartd schema/,
   );
-  assert.deepEqual(await tables(), [
-    "cart_files",
-    "cartd_lock",
-    "cartd_schema",
-    "carts",
-    "file_claims",
-    "webhook_events",
-  ]);
+  assert.deepEqual(await tables(), SCHEMA_TABLES);
   exits(await cartd(["dbchk"], env, volume), 0, "dbchk after the upgrade");
 
   // A database a newer cartd made is never downgraded.
