@@ -556,3 +556,42 @@ Deno.test("a JWKS that cannot be read answers 503 with Retry-After naming the ca
     });
   }
 });
+
+Deno.test("quotas hold under concurrent POSTs: of those at once for the last place, one passes, the others 429, nothing of them stored", async (t) => {
+  const alice = bearer(TOKENS.alice);
+  const burst = (w: Awaited<ReturnType<typeof world>>, uids: string[], n = 1) =>
+    Promise.all(
+      uids.map((uid) => w.request("POST", `/${uid}`, alice, { body: JSON.stringify(DOC(n)) })),
+    );
+  const tally = async (answers: Response[]) => {
+    const codes = answers.map((r) => r.status).sort();
+    for (const r of answers) {
+      if (r.status === 429) assert.ok(Number(r.headers.get("retry-after")) >= 1);
+      await r.body?.cancel();
+    }
+    return codes;
+  };
+  await t.step("live carts", async () => {
+    await using w = await world({ CARTD_QUOTA_CARTS: "3" });
+    assert.equal(
+      (await w.request("POST", "/a", alice, { body: JSON.stringify(DOC()) })).status,
+      201,
+    );
+    assert.equal(
+      (await w.request("POST", "/b", alice, { body: JSON.stringify(DOC()) })).status,
+      201,
+    );
+    const codes = await tally(await burst(w, ["c1", "c2", "c3", "c4", "c5", "c6"]));
+    assert.deepEqual(codes, [201, 429, 429, 429, 429, 429], "exactly one takes the third place");
+    const [use] = await w.store.usage("alice");
+    assert.equal(use.carts, 3);
+    assert.equal((await w.store.allCarts()).length, 3, "nothing of the refused ones stored");
+  });
+  await t.step("files still to stage", async () => {
+    await using w = await world({ CARTD_QUOTA_RECALLS: "4" });
+    const codes = await tally(await burst(w, ["r1", "r2", "r3", "r4"], 2));
+    assert.deepEqual(codes, [201, 201, 429, 429], "two carts of 2 reach 4 exactly; no more");
+    assert.equal((await w.store.usage("alice"))[0].pendingFiles, 4);
+    assert.equal((await w.store.allCarts()).length, 2);
+  });
+});

@@ -57,7 +57,7 @@ import {
   parseLinkKeys,
 } from "./links.ts";
 import { METRICS_ALIAS, METRICS_PATH, mountMetrics } from "./metrics.ts";
-import { Quotas } from "./quotas.ts";
+import { QuotaExceeded, Quotas } from "./quotas.ts";
 import { mountStatus, progressHeaders, retryAfterSeconds } from "./status.ts";
 import { unavailable } from "./unavailable.ts";
 import { countCartEvent } from "../lib/util/metrics.ts";
@@ -294,15 +294,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       throw e;
     }
     const principal = principalOf(c.req.raw);
-    if (principal) {
-      const over = await quotas.admitCart(store, principal, uid, doc.files.length);
-      if (over) {
-        log.info("cart refused: over a quota; nothing stored", {
-          uid,
-          principal: principal.name,
-        });
-        return over;
-      }
+    const tooMany = principal ? quotas.filesPerCart(principal, doc.files.length) : null;
+    if (tooMany) {
+      log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
+      return tooMany;
     }
     if (doc.webhook !== undefined) {
       const refused = await webhookProblem(doc.webhook);
@@ -315,7 +310,16 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       }
     }
     const owner = ownerOf(c.req.raw);
-    const created = await store.createCart(uid, doc, documentHash(doc), owner);
+    // The other quotas are checked inside the transaction that stores the cart (./quotas.ts).
+    const admit = principal ? quotas.admission(principal, doc.files.length) : null;
+    let created: Created;
+    try {
+      created = await store.createCart(uid, doc, documentHash(doc), owner, admit ?? undefined);
+    } catch (e) {
+      if (!(e instanceof QuotaExceeded)) throw e;
+      log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
+      return e.answer();
+    }
     if (!created.kept) {
       countCartEvent("created");
       await publishSoon(created.cart.id, uid);
