@@ -5,7 +5,7 @@
  *
  * - requests per second (`CARTD_QUOTA_RATE`): a token bucket per principal in each API
  *   process, as many tokens as the rate, refilled at the rate;
- * - on `POST /{uid}`, from the database (the principal's live carts, {@linkcode CartStore.usage}):
+ * - on `POST /{uid}`, from the database (the principal's live carts, `CartStore.usage`):
  *   live carts (`CARTD_QUOTA_CARTS`; a POST that replaces one of its carts adds none), files in
  *   the cart (`CARTD_QUOTA_FILES`), files still to stage in its carts in progress
  *   (`CARTD_QUOTA_RECALLS`), and bytes held reserved (`CARTD_QUOTA_BYTES`: a POST is admitted
@@ -19,13 +19,13 @@
  * being fetched (docs/security.md).
  *
  * The POST checks run inside the transaction that stores the cart
- * ({@linkcode CartStore.createCart}'s `admit`), with a principal's creations serialised: of two
+ * (`CartStore.createCart`'s `admit`), with a principal's creations serialised: of two
  * POSTs at once for the last place, one passes and the other is refused, with nothing stored.
  *
  * @module
  */
 import type { Config } from "../lib/config/config.ts";
-import type { Admission, CartStore } from "../lib/store/store.ts";
+import type { Admission } from "../lib/store/store.ts";
 import type { Principal } from "./access.ts";
 import { json } from "./json.ts";
 
@@ -85,7 +85,7 @@ export class Quotas {
 
   /**
    * The check of a POST of `files` files by `principal` against what it holds, for
-   * {@linkcode CartStore.createCart} to run inside its transaction (null for an admin: no
+   * `CartStore.createCart` to run inside its transaction (null for an admin: no
    * quota). It throws {@linkcode QuotaExceeded} over live carts, files still to stage or
    * bytes reserved.
    */
