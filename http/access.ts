@@ -112,8 +112,11 @@ function keySetFailure(e: unknown): boolean {
     (e instanceof joseErrors.JOSEError && e.code === "ERR_JOSE_GENERIC");
 }
 
-/** A digest no token has, compared against when a token is not in the file (same cost). */
-const NO_DIGEST = Buffer.alloc(32);
+/** A digest's hex no token has, compared against when a token is not in the file (same cost). */
+const NO_DIGEST = new Uint8Array(64);
+
+/** Text as UTF-8 bytes. */
+const utf8 = new TextEncoder();
 
 /** A JWT has three base64url parts. */
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
@@ -156,19 +159,22 @@ export function parseTokens(text: string): { entries: TokenEntry[]; bad: number[
 
 /** The SHA-256 digest of `token`, as a tokens file line wants it (`sha256:<hex>`). */
 export function tokenDigest(token: string): string {
-  return "sha256:" + sha256(token).toString("hex");
+  return "sha256:" + sha256Hex(token);
 }
 
 /** `node:crypto`'s one-shot `hash` where the platform has it (faster), else `createHash`. */
 const oneShot = (nodeCrypto as unknown as {
-  hash?: (algorithm: string, data: string, encoding: "buffer") => Buffer;
+  hash?: (algorithm: string, data: string, encoding: "hex") => string;
 }).hash;
 
-/** The SHA-256 digest of `text` (UTF-8). */
-function sha256(text: string): Buffer {
+/**
+ * The SHA-256 digest of `text` (UTF-8) in hex: what a request's token is looked up by. (Hex
+ * straight from `hash` costs half of a `Buffer` of the digest in Deno, 1.6 against 3.3 µs.)
+ */
+function sha256Hex(text: string): string {
   return oneShot
-    ? oneShot("sha256", text, "buffer")
-    : nodeCrypto.createHash("sha256").update(text).digest();
+    ? oneShot("sha256", text, "hex")
+    : nodeCrypto.createHash("sha256").update(text).digest("hex");
 }
 
 /**
@@ -184,8 +190,11 @@ export class Access {
   readonly #proxyHeader: string;
   readonly #jwks: JWTVerifyGetKey | null;
   readonly #secret: Uint8Array | null;
-  /** The tokens file's entries by the hex of their digest, each with its principal. */
-  #tokens = new Map<string, { entry: TokenEntry; principal: Principal }>();
+  /**
+   * The tokens file's entries by the hex of their digest, each with that hex as bytes (what
+   * is compared) and its principal.
+   */
+  #tokens = new Map<string, { hex: Uint8Array; principal: Principal }>();
   /** Verified JWTs by the hex of their digest: the principal, and until when (ms). */
   readonly #jwts = new Map<string, { principal: Principal; until: number }>();
   #tokensStamp = "";
@@ -247,10 +256,13 @@ export class Access {
     const before = this.#tokens.size;
     const first = this.#tokensStamp === "";
     this.#tokens = new Map(
-      entries.map((entry) => [
-        entry.digest.toString("hex"),
-        { entry, principal: this.#principal(entry.name, entry.roles, "token") },
-      ]),
+      entries.map((entry) => {
+        const hex = entry.digest.toString("hex");
+        return [hex, {
+          hex: utf8.encode(hex),
+          principal: this.#principal(entry.name, entry.roles, "token"),
+        }];
+      }),
     );
     this.#tokensStamp = stamp;
     if (!force && !first) log.info("tokens file re-read", { file, tokens: entries.length, before });
@@ -279,13 +291,13 @@ export class Access {
   }
 
   /**
-   * The principal of the tokens file's entry for the token whose SHA-256 is `digest` (`hex`
-   * its hex), or null: the entry found by the digest, then one constant-time comparison of
-   * the digests (against a dummy when none was found, so that a miss costs the same).
+   * The principal of the tokens file's entry for the token whose SHA-256 is `hex`, or null:
+   * the entry found by the digest, then one constant-time comparison of the digests (in hex;
+   * against a dummy when none was found, so that a miss costs the same).
    */
-  #tokenPrincipal(digest: Buffer, hex: string): Principal | null {
+  #tokenPrincipal(hex: string): Principal | null {
     const hit = this.#tokens.get(hex);
-    const equal = nodeCrypto.timingSafeEqual(hit ? hit.entry.digest : NO_DIGEST, digest);
+    const equal = nodeCrypto.timingSafeEqual(hit ? hit.hex : NO_DIGEST, utf8.encode(hex));
     return hit && equal ? hit.principal : null;
   }
 
@@ -392,11 +404,10 @@ export class Access {
         };
       }
       const token = m[1];
-      const digest = sha256(token);
-      const hex = digest.toString("hex");
+      const hex = sha256Hex(token);
       if (this.#settings.tokensFile) {
         if (this.#tokensDue()) await this.#freshTokens();
-        const principal = this.#tokenPrincipal(digest, hex);
+        const principal = this.#tokenPrincipal(hex);
         if (principal) return principal;
       }
       if ((this.#secret || this.#jwks) && JWT_SHAPE.test(token)) {
