@@ -11,7 +11,8 @@
  * access on, each request carries alice's bearer token and writes its access log line (HEAD's
  * at debug, as shipped); then the HEADs again to access on with alice's JWT (HS256) instead of
  * the token. Each process has a burst of HEADs first, unmeasured, to warm it up. The figures
- * are medians over the rounds (8, or BENCH_ROUNDS), and their ratios.
+ * are medians over the rounds (8, or BENCH_ROUNDS), and their ratios. `BENCH_IN_PROCESS_ONLY=1`
+ * stops after the checks in process (below).
  * Before that, the access checks alone: HEAD through the app in this process, off, with the
  * token and with the JWT in alternating blocks (one Request sent again and again, so that the
  * client's cost of making one is not counted); and bob's HEAD of alice's cart beside his HEAD of a uid
@@ -209,6 +210,8 @@ export async function main(): Promise<number> {
     const jwt = await aliceJwt();
     await inProcess(dir, store, volume, jwt);
     await db.close();
+    // BENCH_IN_PROCESS_ONLY=1: the checks alone (about 20 s), to pair two trees run by turns.
+    if (Deno.env.get("BENCH_IN_PROCESS_ONLY") === "1") return 0;
     const modes = {
       off: { env: {}, headers: {} as Record<string, string> },
       on: {
