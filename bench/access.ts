@@ -253,7 +253,13 @@ export async function main(): Promise<number> {
     };
     const jwtHeads = { head: [] as number[], headCpu: [] as number[] };
     // Each process warmed up first (its JIT), or the first round's first process pays for it.
-    for (const [url, headers] of [[off.url, {}], [on.url, modes.on.headers]] as const) {
+    for (
+      const [url, headers] of [
+        [off.url, {}],
+        [on.url, modes.on.headers],
+        [on.url, { authorization: `Bearer ${jwt}` }],
+      ] as const
+    ) {
       await headRate(url + "ready", headers);
     }
     for (let round = 0; round < ROUNDS; round++) {
