@@ -19,7 +19,7 @@ import { Cancellations } from "../lib/space/cancellations.ts";
 import { syncSchema } from "../lib/store/schema.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
-import { Access, tokenDigest } from "./access.ts";
+import { Access, JWT_CACHE_MAX, tokenDigest } from "./access.ts";
 import { type CartApp, cartRoutes } from "./routes.ts";
 
 const SECRET = "jwt-shared-secret-for-tests-0123456789";
@@ -594,4 +594,31 @@ Deno.test("quotas hold under concurrent POSTs: of those at once for the last pla
     assert.equal((await w.store.usage("alice"))[0].pendingFiles, 4);
     assert.equal((await w.store.allCarts()).length, 2);
   });
+});
+
+Deno.test("the remembered JWTs are bounded: past JWT_CACHE_MAX, the oldest is verified again", async () => {
+  await using w = await world();
+  const access = new Access(w.config.access);
+  await access.start();
+  const ask = (token: string) =>
+    access.authenticate(new Request("http://cartd/x", { headers: bearer(token) }), undefined);
+  const tokens = await Promise.all(
+    Array.from({ length: JWT_CACHE_MAX + 1 }, (_, i) => jwt({ sub: `user${i}` })),
+  );
+  for (const token of tokens) assert.ok("name" in await ask(token));
+  const subtle = crypto.subtle;
+  const original = subtle.verify;
+  let verified = 0;
+  try {
+    subtle.verify = function (...args: Parameters<SubtleCrypto["verify"]>) {
+      verified++;
+      return original.apply(subtle, args);
+    };
+    assert.ok("name" in await ask(tokens.at(-1)!));
+    assert.equal(verified, 0, "the newest is remembered");
+    assert.equal(((await ask(tokens[0])) as { name: string }).name, "user0");
+    assert.equal(verified, 1, "the oldest was forgotten to keep the bound, and verified again");
+  } finally {
+    subtle.verify = original;
+  }
 });
