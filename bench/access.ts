@@ -9,9 +9,13 @@
  * process in turn (the order alternates): HEAD of `ready` by 8 clients for 2 s (HEADs per
  * second, and the process's CPU per HEAD), then one curl GET of `big` (MiB/s, and CPU). With
  * access on, each request carries alice's bearer token and writes its access log line (HEAD's
- * at debug, as shipped). The figures are medians over the rounds (8, or BENCH_ROUNDS), and
- * their ratios. Before that, the access checks alone: HEAD through the app in this process,
- * off and on in alternating blocks; and bob's HEAD of alice's cart beside his HEAD of a uid
+ * at debug, as shipped); then the HEADs again to access on with alice's JWT (HS256) instead of
+ * the token. Each process has a burst of HEADs first, unmeasured, to warm it up. The figures
+ * are medians over the rounds (8, or BENCH_ROUNDS), and their ratios. `BENCH_IN_PROCESS_ONLY=1`
+ * stops after the checks in process (below).
+ * Before that, the access checks alone: HEAD through the app in this process, off, with the
+ * token and with the JWT in alternating blocks (one Request sent again and again, so that the
+ * client's cost of making one is not counted); and bob's HEAD of alice's cart beside his HEAD of a uid
  * nobody has (both 404), in alternating blocks, for the time an existence leak would take.
  *
  * @module
@@ -30,6 +34,7 @@ import { loadConfig } from "../lib/config/config.ts";
 import { MemoryQueue } from "../lib/queue/memory.ts";
 import { Cancellations } from "../lib/space/cancellations.ts";
 import { cartRoutes } from "../http/routes.ts";
+import { SignJWT } from "jose";
 import { cpuSeconds, exec, GiB, median, MiB } from "./common.ts";
 
 const TOKEN = "bench-token-of-alice-0123456789";
@@ -37,6 +42,13 @@ const BOB = "bench-token-of-bob-9876543210";
 const CLIENTS = 8;
 const HEAD_MS = 2_000;
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 8);
+const JWT_SECRET = "bench-jwt-secret-0123456789abcdef";
+
+/** Alice's JWT (HS256 under {@linkcode JWT_SECRET}), valid for an hour. */
+function aliceJwt(): Promise<string> {
+  return new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice")
+    .setExpirationTime("1h").sign(new TextEncoder().encode(JWT_SECRET));
+}
 
 /** Writes the carts `ready` and `big` of `owner` (files on the volume, rows in the store). */
 async function fill(store: CartStore, volume: Volume, owner: string): Promise<void> {
@@ -102,7 +114,12 @@ async function download(url: string, headers: Record<string, string>): Promise<n
  * The access checks alone: HEAD of `ready` through the app in this process (no HTTP, no other
  * process), access off and on in alternating blocks; the median µs per request of each.
  */
-async function inProcess(dir: string, store: CartStore, volume: Volume): Promise<void> {
+async function inProcess(
+  dir: string,
+  store: CartStore,
+  volume: Volume,
+  jwt: string,
+): Promise<void> {
   const queue = new MemoryQueue();
   const app = (env: Record<string, string>) =>
     cartRoutes({
@@ -113,23 +130,30 @@ async function inProcess(dir: string, store: CartStore, volume: Volume): Promise
       config: loadConfig({ VOLUME_PATH: dir, ...env }),
     });
   const off = app({});
-  const on = app({ CARTD_ACCESS_TOKENS: join(dir, "tokens"), CARTD_QUOTA_RATE: "100000000" });
+  const on = app({
+    CARTD_ACCESS_TOKENS: join(dir, "tokens"),
+    CARTD_ACCESS_JWT_SECRET: JWT_SECRET,
+    CARTD_QUOTA_RATE: "100000000",
+  });
   const BLOCK = 2000;
-  const times = { off: [] as number[], on: [] as number[] };
+  const times = { off: [] as number[], on: [] as number[], jwt: [] as number[] };
   for (let block = 0; block < 12; block++) {
     for (
-      const [mode, a, headers] of [["off", off, {}], ["on", on, {
-        authorization: `Bearer ${TOKEN}`,
-      }]] as const
+      const [mode, a, headers] of [
+        ["off", off, {}],
+        ["on", on, { authorization: `Bearer ${TOKEN}` }],
+        ["jwt", on, { authorization: `Bearer ${jwt}` }],
+      ] as const
     ) {
+      // One request, sent BLOCK times: making a Request with one more header costs about 6 µs
+      // in Deno, which is the client's, not cartd's (and would count against access on).
+      const request = new Request("http://cartd/ready", {
+        method: "HEAD",
+        headers: { host: "cartd", ...headers },
+      });
       const started = performance.now();
       for (let i = 0; i < BLOCK; i++) {
-        const r = await a.fetch(
-          new Request("http://cartd/ready", {
-            method: "HEAD",
-            headers: { host: "cartd", ...headers },
-          }),
-        );
+        const r = await a.fetch(request);
         if (r.status !== 204) throw new Error(`in-process HEAD (${mode}) answered ${r.status}`);
       }
       if (block > 1) times[mode].push((performance.now() - started) / BLOCK * 1000);
@@ -144,14 +168,13 @@ async function inProcess(dir: string, store: CartStore, volume: Volume): Promise
   const leak = { others: [] as number[], missing: [] as number[] };
   for (let block = 0; block < 12; block++) {
     for (const [kind, uid] of [["others", "ready"], ["missing", "nobody"]] as const) {
+      const request = new Request(`http://cartd/${uid}`, {
+        method: "HEAD",
+        headers: { host: "cartd", authorization: `Bearer ${BOB}` },
+      });
       const started = performance.now();
       for (let i = 0; i < BLOCK; i++) {
-        const r = await bob.fetch(
-          new Request(`http://cartd/${uid}`, {
-            method: "HEAD",
-            headers: { host: "cartd", authorization: `Bearer ${BOB}` },
-          }),
-        );
+        const r = await bob.fetch(request);
         if (r.status !== 404) throw new Error(`bob's HEAD of ${uid} answered ${r.status}`);
       }
       if (block > 1) leak[kind].push((performance.now() - started) / BLOCK * 1000);
@@ -164,9 +187,12 @@ async function inProcess(dir: string, store: CartStore, volume: Volume): Promise
   await queue.close();
   const offUs = median(times.off);
   const onUs = median(times.on);
+  const jwtUs = median(times.jwt);
   console.log(
-    `in process (the app's fetch, no HTTP): HEAD off ${offUs.toFixed(1)} µs, on ` +
-      `${onUs.toFixed(1)} µs: the access checks cost ${(onUs - offUs).toFixed(1)} µs a request`,
+    `in process (the app's fetch, no HTTP): HEAD off ${offUs.toFixed(1)} µs, token ` +
+      `${onUs.toFixed(1)} µs, JWT ${jwtUs.toFixed(1)} µs: the access checks cost ` +
+      `${(onUs - offUs).toFixed(1)} µs a request with a token, ${(jwtUs - offUs).toFixed(1)} ` +
+      "µs with a JWT",
   );
 }
 
@@ -181,14 +207,17 @@ export async function main(): Promise<number> {
     await fill(store, volume, "");
     await fill(store, volume, "alice");
     await Deno.writeTextFile(join(dir, "tokens"), `${tokenDigest(TOKEN)} alice\n`);
-    await inProcess(dir, store, volume);
+    const jwt = await aliceJwt();
+    await inProcess(dir, store, volume, jwt);
     await db.close();
+    // BENCH_IN_PROCESS_ONLY=1: the checks alone (about 20 s), to pair two trees run by turns.
+    if (Deno.env.get("BENCH_IN_PROCESS_ONLY") === "1") return 0;
     const modes = {
       off: { env: {}, headers: {} as Record<string, string> },
       on: {
         env: {
           CARTD_ACCESS_TOKENS: join(dir, "tokens"),
-          CARTD_ACCESS_JWT_SECRET: "bench-jwt-secret-0123456789abcdef",
+          CARTD_ACCESS_JWT_SECRET: JWT_SECRET,
           CARTD_ACCESS_PROXY_ADDRESSES: "127.0.0.2/32",
           CARTD_QUOTA_RATE: "1000000",
         },
@@ -222,6 +251,17 @@ export async function main(): Promise<number> {
         getCpu: [] as number[],
       },
     };
+    const jwtHeads = { head: [] as number[], headCpu: [] as number[] };
+    // Each process warmed up first (its JIT), or the first round's first process pays for it.
+    for (
+      const [url, headers] of [
+        [off.url, {}],
+        [on.url, modes.on.headers],
+        [on.url, { authorization: `Bearer ${jwt}` }],
+      ] as const
+    ) {
+      await headRate(url + "ready", headers);
+    }
     for (let round = 0; round < ROUNDS; round++) {
       for (const mode of round % 2 ? ["on", "off"] as const : ["off", "on"] as const) {
         const { headers } = modes[mode];
@@ -241,6 +281,15 @@ export async function main(): Promise<number> {
             } s CPU`,
         );
       }
+      // The HEADs again to access on, with alice's JWT instead of her token.
+      const before = cpuSeconds(on.process.pid);
+      const { rate, count } = await headRate(on.url + "ready", { authorization: `Bearer ${jwt}` });
+      jwtHeads.head.push(rate);
+      jwtHeads.headCpu.push((cpuSeconds(on.process.pid) - before) / count * 1e6);
+      console.log(
+        `round ${round + 1}, access on, JWT: HEAD ${rate.toFixed(0)}/s, ` +
+          `${jwtHeads.headCpu.at(-1)!.toFixed(0)} µs CPU each`,
+      );
     }
     const m = (xs: number[]) => median(xs);
     const cost = (key: keyof typeof figures.on, higherIsBetter: boolean) => {
@@ -254,6 +303,12 @@ export async function main(): Promise<number> {
         `on ${m(figures.on.headCpu).toFixed(0)} µs (${
           cost("headCpu", false)
         } % more); target ≤ 5 %`,
+    );
+    const jwtCpu = m(jwtHeads.headCpu);
+    console.log(
+      `HEAD with a JWT, median of ${ROUNDS}: ${m(jwtHeads.head).toFixed(0)}/s; CPU ` +
+        `${jwtCpu.toFixed(0)} µs (${((jwtCpu / m(figures.off.headCpu) - 1) * 100).toFixed(1)} % ` +
+        "more than access off)",
     );
     console.log(
       `1 GiB GET, median of ${ROUNDS}: off ${m(figures.off.get).toFixed(0)} MiB/s, on ` +

@@ -14,9 +14,21 @@
  * - a header a trusted proxy sets (`CARTD_ACCESS_PROXY_HEADER`, `X-Remote-User` by default),
  *   believed only from the addresses of `CARTD_ACCESS_PROXY_ADDRESSES` and ignored from others.
  *
- * Tokens and digests are compared with `node:crypto`'s `timingSafeEqual`, called through the
- * module's default export (so a test can see that it is the one called). No token, JWT or
- * digest ever reaches a log line or an answer: a refusal says what was wrong, not what was sent.
+ * What a request costs (docs/benchmarks.md, "Access control"): a bearer token is looked up by
+ * its SHA-256 digest in a map of the tokens file's digests, then that one entry's digest is
+ * compared with `node:crypto`'s `timingSafeEqual` (called through the module's default export,
+ * so a test can see that it is the one called); a miss is compared against a dummy digest, so
+ * both take one comparison. A JWT that verified is remembered by its digest until it expires
+ * (at most {@linkcode JWT_CACHE_MS}, {@linkcode JWT_CACHE_MAX} of them), so a client that
+ * polls with one JWT pays for one verification, not one a request. The tokens file is looked
+ * at for a change at most every {@linkcode TOKENS_CHECK_MS}, without an `await` in between.
+ *
+ * A JWKS that cannot be read (no answer, an answer that is not 200, not a key set) is not the
+ * client's fault: such a request answers `503` with `Retry-After`, never `401`
+ * ({@linkcode Refusal.unavailable}). JWTs remembered from before keep working meanwhile.
+ *
+ * No token, JWT or digest ever reaches a log line or an answer: a refusal says what was
+ * wrong, not what was sent.
  *
  * @module
  */
@@ -47,6 +59,16 @@ export type AccessSettings = Config["access"];
 /** How often, at most, the tokens file is looked at for a change (ms). */
 export const TOKENS_CHECK_MS = 1000;
 
+/** How long at most a verified JWT is remembered (ms): a key removed from the JWKS, or a
+ * secret changed, takes effect within this (and the JWT's own expiry always holds). */
+export const JWT_CACHE_MS = 60_000;
+
+/** Verified JWTs remembered at most; more, and the oldest is forgotten. */
+export const JWT_CACHE_MAX = 10_000;
+
+/** `Retry-After` (s) of a `503` while the JWKS cannot be read (jose asks it again each time). */
+export const JWKS_RETRY_S = 30;
+
 /** The realm of `WWW-Authenticate`. */
 const REALM = `Bearer realm="cartd"`;
 
@@ -66,7 +88,35 @@ export interface Refusal {
   message: string;
   /** `invalid_request` (a header that is not `Bearer <token>`), `invalid_token`, or none. */
   error?: "invalid_request" | "invalid_token";
+  /**
+   * True when the credentials could not be checked at all (the identity provider's key set
+   * cannot be read): the answer is `503` with `Retry-After`, not `401`.
+   */
+  unavailable?: boolean;
 }
+
+/** The JWKS could not be read (fetched, or read as a key set): nothing is known of the JWT. */
+class KeySetUnavailable extends Error {
+  constructor(options: ErrorOptions) {
+    super("the identity provider's key set (CARTD_ACCESS_JWKS_URL) cannot be read", options);
+    this.name = "KeySetUnavailable";
+  }
+}
+
+/** Whether `e`, thrown while jose fetched or read the JWKS, is about the key set's source. */
+function keySetFailure(e: unknown): boolean {
+  // fetch's own failure (refused, reset, DNS) is a TypeError; a time-out is JWKSTimeout; an
+  // answer that is not 200 or not JSON is the plain JOSEError; not a key set, JWKSInvalid.
+  return e instanceof TypeError || e instanceof joseErrors.JWKSTimeout ||
+    e instanceof joseErrors.JWKSInvalid ||
+    (e instanceof joseErrors.JOSEError && e.code === "ERR_JOSE_GENERIC");
+}
+
+/** A digest's hex no token has, compared against when a token is not in the file (same cost). */
+const NO_DIGEST = new Uint8Array(64);
+
+/** Text as UTF-8 bytes. */
+const utf8 = new TextEncoder();
 
 /** A JWT has three base64url parts. */
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
@@ -109,19 +159,22 @@ export function parseTokens(text: string): { entries: TokenEntry[]; bad: number[
 
 /** The SHA-256 digest of `token`, as a tokens file line wants it (`sha256:<hex>`). */
 export function tokenDigest(token: string): string {
-  return "sha256:" + sha256(token).toString("hex");
+  return "sha256:" + sha256Hex(token);
 }
 
 /** `node:crypto`'s one-shot `hash` where the platform has it (faster), else `createHash`. */
 const oneShot = (nodeCrypto as unknown as {
-  hash?: (algorithm: string, data: string, encoding: "buffer") => Buffer;
+  hash?: (algorithm: string, data: string, encoding: "hex") => string;
 }).hash;
 
-/** The SHA-256 digest of `text` (UTF-8). */
-function sha256(text: string): Buffer {
+/**
+ * The SHA-256 digest of `text` (UTF-8) in hex: what a request's token is looked up by. (Hex
+ * straight from `hash` costs half of a `Buffer` of the digest in Deno, 1.6 against 3.3 µs.)
+ */
+function sha256Hex(text: string): string {
   return oneShot
-    ? oneShot("sha256", text, "buffer")
-    : nodeCrypto.createHash("sha256").update(text).digest();
+    ? oneShot("sha256", text, "hex")
+    : nodeCrypto.createHash("sha256").update(text).digest("hex");
 }
 
 /**
@@ -137,7 +190,13 @@ export class Access {
   readonly #proxyHeader: string;
   readonly #jwks: JWTVerifyGetKey | null;
   readonly #secret: Uint8Array | null;
-  #tokens: TokenEntry[] = [];
+  /**
+   * The tokens file's entries by the hex of their digest, each with that hex as bytes (what
+   * is compared) and its principal.
+   */
+  #tokens = new Map<string, { hex: Uint8Array; principal: Principal }>();
+  /** Verified JWTs by the hex of their digest: the principal, and until when (ms). */
+  readonly #jwts = new Map<string, { principal: Principal; until: number }>();
   #tokensStamp = "";
   #tokensCheckedAt = -Infinity;
   #tokensChecking: Promise<void> | null = null;
@@ -155,7 +214,7 @@ export class Access {
     const cidrs = listOf(settings.proxyAddresses);
     this.#proxies = cidrs.length ? blockList(cidrs) : null;
     this.#secret = settings.jwtSecret ? new TextEncoder().encode(settings.jwtSecret) : null;
-    this.#jwks = settings.jwksUrl ? createRemoteJWKSet(new URL(settings.jwksUrl)) : null;
+    this.#jwks = settings.jwksUrl ? keySet(createRemoteJWKSet(new URL(settings.jwksUrl))) : null;
     this.on = Boolean(settings.tokensFile || this.#secret || this.#jwks || this.#proxies);
   }
 
@@ -194,11 +253,27 @@ export class Access {
         lines: bad.join(","),
       });
     }
-    const before = this.#tokens.length;
+    const before = this.#tokens.size;
     const first = this.#tokensStamp === "";
-    this.#tokens = entries;
+    this.#tokens = new Map(
+      entries.map((entry) => {
+        const hex = entry.digest.toString("hex");
+        return [hex, {
+          hex: utf8.encode(hex),
+          principal: this.#principal(entry.name, entry.roles, "token"),
+        }];
+      }),
+    );
     this.#tokensStamp = stamp;
     if (!force && !first) log.info("tokens file re-read", { file, tokens: entries.length, before });
+  }
+
+  /**
+   * Whether the tokens file is due a look ({@linkcode TOKENS_CHECK_MS} since the last), asked
+   * before {@linkcode Access.freshTokens} so that most requests do not wait for anything.
+   */
+  #tokensDue(): boolean {
+    return this.now() - this.#tokensCheckedAt >= TOKENS_CHECK_MS;
   }
 
   /** Looks at the tokens file at most every {@linkcode TOKENS_CHECK_MS}; keeps the old on failure. */
@@ -215,15 +290,39 @@ export class Access {
     await this.#tokensChecking;
   }
 
-  /** The tokens file's entry for `token`, comparing its digest with every entry's. */
-  #tokenEntry(token: string): TokenEntry | null {
-    const digest = sha256(token);
-    let found: TokenEntry | null = null;
-    for (const entry of this.#tokens) {
-      // Every entry compared, whatever matched before: the time does not depend on which.
-      if (nodeCrypto.timingSafeEqual(entry.digest, digest) && !found) found = entry;
+  /**
+   * The principal of the tokens file's entry for the token whose SHA-256 is `hex`, or null:
+   * the entry found by the digest, then one constant-time comparison of the digests (in hex;
+   * against a dummy when none was found, so that a miss costs the same).
+   */
+  #tokenPrincipal(hex: string): Principal | null {
+    const hit = this.#tokens.get(hex);
+    const equal = nodeCrypto.timingSafeEqual(hit ? hit.hex : NO_DIGEST, utf8.encode(hex));
+    return hit && equal ? hit.principal : null;
+  }
+
+  /** The principal of a JWT verified before and not expired since, by its digest's hex. */
+  #cachedJwt(hex: string): Principal | null {
+    const hit = this.#jwts.get(hex);
+    if (!hit) return null;
+    if (this.now() < hit.until) return hit.principal;
+    this.#jwts.delete(hex);
+    return null;
+  }
+
+  /** Remembers a verified JWT (`exp`: its claim, seconds, if any) until it expires. */
+  #rememberJwt(hex: string, principal: Principal, exp: number | undefined): void {
+    const now = this.now();
+    const until = Math.min(now + JWT_CACHE_MS, exp === undefined ? Infinity : exp * 1000);
+    if (!(until > now)) return;
+    if (this.#jwts.size >= JWT_CACHE_MAX) {
+      // The oldest entry first (a Map keeps the order entries came in).
+      for (const [key, old] of this.#jwts) {
+        this.#jwts.delete(key);
+        if (old.until > now) break; // one live entry evicted at most; expired ones all go
+      }
     }
-    return found;
+    this.#jwts.set(hex, { principal, until });
   }
 
   #principal(name: string, roles: string[], via: Principal["via"]): Principal {
@@ -235,8 +334,10 @@ export class Access {
     };
   }
 
-  /** The principal of a JWT, or why there is none. */
-  async #jwt(token: string): Promise<Principal | Refusal> {
+  /** The principal of a JWT (`hex`: its digest's hex), or why there is none. */
+  async #jwt(token: string, hex: string): Promise<Principal | Refusal> {
+    const cached = this.#cachedJwt(hex);
+    if (cached) return cached;
     const secret = this.#secret;
     const jwks = this.#jwks;
     const key: JWTVerifyGetKey = (header, input) => {
@@ -266,8 +367,21 @@ export class Access {
         : typeof claim === "string"
         ? claim.split(/\s+/).filter(Boolean)
         : [];
-      return this.#principal(name, roles, "jwt");
+      const principal = this.#principal(name, roles, "jwt");
+      this.#rememberJwt(hex, principal, typeof payload.exp === "number" ? payload.exp : undefined);
+      return principal;
     } catch (e) {
+      if (e instanceof KeySetUnavailable) {
+        log.warn("cannot read the JWKS: requests with a JWT answer 503 until it can be read", {
+          url: this.#settings.jwksUrl,
+          error: errorMessage(e.cause),
+        });
+        return {
+          message: "The identity provider's key set (JWKS) cannot be read now, so the JWT " +
+            "cannot be checked; this is not a problem with the credentials: try again later",
+          unavailable: true,
+        };
+      }
       return { message: jwtProblem(e), error: "invalid_token" };
     }
   }
@@ -290,12 +404,15 @@ export class Access {
         };
       }
       const token = m[1];
+      const hex = sha256Hex(token);
       if (this.#settings.tokensFile) {
-        await this.#freshTokens();
-        const entry = this.#tokenEntry(token);
-        if (entry) return this.#principal(entry.name, entry.roles, "token");
+        if (this.#tokensDue()) await this.#freshTokens();
+        const principal = this.#tokenPrincipal(hex);
+        if (principal) return principal;
       }
-      if ((this.#secret || this.#jwks) && JWT_SHAPE.test(token)) return await this.#jwt(token);
+      if ((this.#secret || this.#jwks) && JWT_SHAPE.test(token)) {
+        return await this.#jwt(token, hex);
+      }
       return { message: "The bearer token is not valid", error: "invalid_token" };
     }
     if (this.#proxies) {
@@ -317,6 +434,21 @@ export class Access {
     }
     return { message: "This request needs credentials: send Authorization: Bearer <token>" };
   }
+}
+
+/**
+ * `jwks` with its failures to read the key set told apart ({@linkcode KeySetUnavailable}) from
+ * a JWT that no key matches.
+ */
+function keySet(jwks: JWTVerifyGetKey): JWTVerifyGetKey {
+  return async (header, input) => {
+    try {
+      return await jwks(header, input);
+    } catch (e) {
+      if (keySetFailure(e)) throw new KeySetUnavailable({ cause: e });
+      throw e;
+    }
+  };
 }
 
 /** Whether `hostname` (v4, v6 or v4-mapped v6) is in `list`. */
@@ -358,10 +490,6 @@ function jwtProblem(e: unknown): string {
   }
   if (e instanceof joseErrors.JWKSNoMatchingKey) return "No key of the JWKS matches the JWT";
   if (e instanceof joseErrors.JOSEAlgNotAllowed) return "The JWT's algorithm is not accepted";
-  if (e instanceof joseErrors.JWKSTimeout || e instanceof joseErrors.JWKSInvalid) {
-    log.warn("cannot read the JWKS", { error: errorMessage(e) });
-    return "The keys to verify the JWT cannot be read now; try again";
-  }
   if (e instanceof joseErrors.JOSEError) return "The JWT is malformed";
   log.warn("a JWT could not be verified", { error: errorMessage(e) });
   return "The JWT could not be verified";
@@ -471,22 +599,29 @@ export function accessMiddleware(access: Access, hooks: AccessHooks): AccessMidd
   return async (c, next) => {
     const request = c.req.raw;
     const path = c.req.path;
-    const started = performance.now();
+    // HEAD is how clients poll a cart, many times a minute each: its lines are debug (a line
+    // costs more than the access checks themselves; docs/security.md), and when debug is off
+    // nothing of the line is made.
+    const logged = request.method !== "HEAD" || log.enabled("debug");
+    const started = logged ? performance.now() : 0;
     let principal: Principal | null = null;
-    if (hooks.signed(request, path) || hooks.open(request, path)) {
+    if (hooks.open(request, path) || hooks.signed(request, path)) {
       setPrincipal(request, null);
     } else {
       const remote = (c.env as { remoteAddr?: Deno.NetAddr } | undefined)?.remoteAddr;
       const who = await access.authenticate(request, remote);
       if (!("name" in who)) {
+        const status = who.unavailable ? 503 : 401;
         log.info("request refused: no valid credentials", {
           method: request.method,
           path,
-          status: 401,
+          status,
           why: who.message,
           from: remote?.hostname,
         });
-        return unauthorized(who);
+        return who.unavailable
+          ? json({ message: who.message }, 503, { "Retry-After": String(JWKS_RETRY_S) })
+          : unauthorized(who);
       }
       principal = who;
       setPrincipal(request, who);
@@ -509,14 +644,14 @@ export function accessMiddleware(access: Access, hooks: AccessHooks): AccessMidd
       }
     }
     await next();
-    // HEAD is how clients poll a cart, many times a minute each: its lines are debug (a line
-    // costs more than the access checks themselves; docs/security.md).
+    if (!logged) return;
+    const who = principalOf(request) ?? principal;
     (request.method === "HEAD" ? log.debug : log.info)("request", {
       method: request.method,
       path,
       status: c.res.status,
-      principal: principalOf(request)?.name ?? principal?.name ?? "",
-      via: principalOf(request)?.via ?? principal?.via ?? "none",
+      principal: who?.name ?? "",
+      via: who?.via ?? "none",
       ms: Math.round(performance.now() - started),
     });
   };

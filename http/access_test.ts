@@ -19,7 +19,7 @@ import { Cancellations } from "../lib/space/cancellations.ts";
 import { syncSchema } from "../lib/store/schema.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
-import { Access, tokenDigest } from "./access.ts";
+import { Access, JWT_CACHE_MAX, tokenDigest } from "./access.ts";
 import { type CartApp, cartRoutes } from "./routes.ts";
 
 const SECRET = "jwt-shared-secret-for-tests-0123456789";
@@ -464,11 +464,161 @@ Deno.test("tokens are compared by node:crypto's timingSafeEqual: it is called, a
       return original(a, b);
     };
     assert.equal((await w.request("HEAD", "/none", bearer(TOKENS.alice))).status, 404);
-    assert.equal(calls.length, 3, "each of the three tokens compared, not only up to a match");
-    assert.deepEqual(calls[0], [32, 32], "SHA-256 digests");
+    assert.deepEqual(
+      calls,
+      [[64, 64]],
+      "one comparison of SHA-256 digests (in hex), whatever the file holds",
+    );
+    calls.length = 0;
+    assert.equal((await w.request("HEAD", "/none", bearer("tok-nobody-has-this"))).status, 401);
+    assert.deepEqual(calls, [[64, 64]], "a token not in the file costs one comparison too");
     nodeCrypto.timingSafeEqual = () => false;
     assert.equal((await w.request("HEAD", "/none", bearer(TOKENS.alice))).status, 401);
   } finally {
     nodeCrypto.timingSafeEqual = original;
+  }
+});
+
+Deno.test("a verified JWT is remembered until it expires: one verification, not one a request", async () => {
+  await using w = await world();
+  let now = Date.now();
+  const access = new Access(w.config.access, () => now);
+  await access.start();
+  const ask = (token: string) =>
+    access.authenticate(new Request("http://cartd/x", { headers: bearer(token) }), undefined);
+  const subtle = crypto.subtle;
+  const original = subtle.verify;
+  let verified = 0;
+  const token = await jwt({ sub: "carol" }, { exp: Math.floor(now / 1000) + 5 });
+  try {
+    subtle.verify = function (...args: Parameters<SubtleCrypto["verify"]>) {
+      verified++;
+      return original.apply(subtle, args);
+    };
+    for (let i = 0; i < 5; i++) {
+      assert.equal(((await ask(token)) as { name: string }).name, "carol", `request ${i + 1}`);
+    }
+    assert.equal(verified, 1, "five requests with one JWT: one signature verification");
+    const other = await jwt({ sub: "carol" }, { secret: "another-secret-0123456789abcdef" });
+    assert.match(((await ask(other)) as { message: string }).message, /signature/);
+    assert.match(((await ask(other)) as { message: string }).message, /signature/);
+    assert.equal(verified, 3, "a JWT that fails is not remembered");
+  } finally {
+    subtle.verify = original;
+  }
+  // Past its exp and the 30 s of clock skew allowed (CARTD_ACCESS_JWT_CLOCK_SKEW), and well
+  // before the cache's own bound (JWT_CACHE_MS): the JWT's expiry is what ends its entry.
+  now += 36_000;
+  const late = await ask(token);
+  assert.equal("name" in late, false, "past its exp, the remembered JWT is refused");
+  assert.match((late as { message: string }).message, /expired/);
+});
+
+Deno.test("a JWKS that cannot be read answers 503 with Retry-After naming the cause, never 401", async (t) => {
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (closed.addr as Deno.NetAddr).port;
+  closed.close();
+  await using failing = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () => new Response("upstream broke", { status: 500 }),
+  );
+  await using notJson = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () => new Response("<html>login</html>", { status: 200 }),
+  );
+  const { privateKey } = await generateKeyPair("RS256");
+  const token = await new SignJWT({}).setProtectedHeader({ alg: "RS256", kid: "k1" })
+    .setSubject("grace").setIssuer("https://issuer.test").setAudience("cartd")
+    .setExpirationTime("10m").sign(privateKey);
+  for (
+    const [name, url] of [
+      ["a closed port", `http://127.0.0.1:${port}/jwks.json`],
+      ["an answer 500", `http://127.0.0.1:${failing.addr.port}/jwks.json`],
+      ["an answer that is no key set", `http://127.0.0.1:${notJson.addr.port}/jwks.json`],
+    ]
+  ) {
+    await t.step(name, async () => {
+      await using w = await world({ CARTD_ACCESS_JWT_SECRET: "", CARTD_ACCESS_JWKS_URL: url });
+      for (const [method, path] of [["HEAD", "/j"], ["GET", "/j/status"], ["POST", "/j"]]) {
+        const r = await w.request(method, path, bearer(token), {
+          body: method === "POST" ? JSON.stringify(DOC()) : undefined,
+        });
+        assert.equal(r.status, 503, `${method} ${path}`);
+        assert.ok(Number(r.headers.get("retry-after")) >= 1);
+        assert.equal(r.headers.get("www-authenticate"), null, "not a challenge: nothing to fix");
+        if (method !== "HEAD") {
+          assert.match((await r.json()).message, /identity provider's key set \(JWKS\)/);
+        }
+      }
+      assert.equal((await w.store.allCarts()).length, 0, "nothing stored");
+      // A token of the tokens file is not affected.
+      assert.equal((await w.request("HEAD", "/j", bearer(TOKENS.alice))).status, 404);
+    });
+  }
+});
+
+Deno.test("quotas hold under concurrent POSTs: of those at once for the last place, one passes, the others 429, nothing of them stored", async (t) => {
+  const alice = bearer(TOKENS.alice);
+  const burst = (w: Awaited<ReturnType<typeof world>>, uids: string[], n = 1) =>
+    Promise.all(
+      uids.map((uid) => w.request("POST", `/${uid}`, alice, { body: JSON.stringify(DOC(n)) })),
+    );
+  const tally = async (answers: Response[]) => {
+    const codes = answers.map((r) => r.status).sort();
+    for (const r of answers) {
+      if (r.status === 429) assert.ok(Number(r.headers.get("retry-after")) >= 1);
+      await r.body?.cancel();
+    }
+    return codes;
+  };
+  await t.step("live carts", async () => {
+    await using w = await world({ CARTD_QUOTA_CARTS: "3" });
+    assert.equal(
+      (await w.request("POST", "/a", alice, { body: JSON.stringify(DOC()) })).status,
+      201,
+    );
+    assert.equal(
+      (await w.request("POST", "/b", alice, { body: JSON.stringify(DOC()) })).status,
+      201,
+    );
+    const codes = await tally(await burst(w, ["c1", "c2", "c3", "c4", "c5", "c6"]));
+    assert.deepEqual(codes, [201, 429, 429, 429, 429, 429], "exactly one takes the third place");
+    const [use] = await w.store.usage("alice");
+    assert.equal(use.carts, 3);
+    assert.equal((await w.store.allCarts()).length, 3, "nothing of the refused ones stored");
+  });
+  await t.step("files still to stage", async () => {
+    await using w = await world({ CARTD_QUOTA_RECALLS: "4" });
+    const codes = await tally(await burst(w, ["r1", "r2", "r3", "r4"], 2));
+    assert.deepEqual(codes, [201, 201, 429, 429], "two carts of 2 reach 4 exactly; no more");
+    assert.equal((await w.store.usage("alice"))[0].pendingFiles, 4);
+    assert.equal((await w.store.allCarts()).length, 2);
+  });
+});
+
+Deno.test("the remembered JWTs are bounded: past JWT_CACHE_MAX, the oldest is verified again", async () => {
+  await using w = await world();
+  const access = new Access(w.config.access);
+  await access.start();
+  const ask = (token: string) =>
+    access.authenticate(new Request("http://cartd/x", { headers: bearer(token) }), undefined);
+  const tokens = await Promise.all(
+    Array.from({ length: JWT_CACHE_MAX + 1 }, (_, i) => jwt({ sub: `user${i}` })),
+  );
+  for (const token of tokens) assert.ok("name" in await ask(token));
+  const subtle = crypto.subtle;
+  const original = subtle.verify;
+  let verified = 0;
+  try {
+    subtle.verify = function (...args: Parameters<SubtleCrypto["verify"]>) {
+      verified++;
+      return original.apply(subtle, args);
+    };
+    assert.ok("name" in await ask(tokens.at(-1)!));
+    assert.equal(verified, 0, "the newest is remembered");
+    assert.equal(((await ask(tokens[0])) as { name: string }).name, "user0");
+    assert.equal(verified, 1, "the oldest was forgotten to keep the bound, and verified again");
+  } finally {
+    subtle.verify = original;
   }
 });

@@ -8,6 +8,12 @@
  * of `CARTD_LINK_KEYS`. Every key of the setting verifies, so a key is rotated by putting the
  * new one first and removing the old one once its links have expired.
  *
+ * The same query also opens the cart's read-only pages: `GET /{uid}/status` (the JSON, or the
+ * status page in a browser, whose event stream, failed files and download keep the query),
+ * `GET /{uid}/events` and `GET /{uid}/files` ({@linkcode LINK_READS}): an `EventSource` cannot
+ * send a bearer token, so a browser follows a cart through its link. Nothing else: no DELETE,
+ * no POST, no new link.
+ *
  * A link whose signature matches no key answers `403` saying it was altered; one past its
  * expiry, `403` saying it expired; one whose cart was deleted or replaced (another id under
  * the uid), `404` as any missing cart. Signatures are compared with `node:crypto`'s
@@ -23,6 +29,40 @@ import { listOf } from "./access.ts";
 export const LINK_KEY_MIN = 16;
 /** How long a link is valid when `GET /{uid}/link` names no `expires` (s). */
 export const LINK_DEFAULT_S = 3600;
+
+/** The paths under `/{uid}` that a signed link opens besides `/{uid}` itself (read-only). */
+export const LINK_READS: ReadonlySet<string> = new Set(["/status", "/events", "/files"]);
+
+/** The query parameters of a signed link, in the order {@linkcode LinkSigner.query} writes them. */
+const LINK_PARAMS = ["cart", "owner", "format", "filename", "manifest", "expires", "sig"] as const;
+
+/** A signed link refused: altered or expired (`403`, with the message saying which). */
+export class LinkRefused extends Error {
+  /** `message` says which, for the client. */
+  constructor(message: string) {
+    super(message);
+    this.name = "LinkRefused";
+  }
+}
+
+/**
+ * The signed link's part of `url`'s query (the other parameters left out), as it came: what
+ * a status page opened through a link passes on to its event stream, files and download.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { linkQuery } from "./links.ts";
+ * const url = new URL("http://cartd/c/status?state=error&cart=1&owner=a&format=tar" +
+ *   "&filename=&manifest=0&expires=9&sig=xyz");
+ * assert.equal(linkQuery(url), "cart=1&owner=a&format=tar&filename=&manifest=0&expires=9&sig=xyz");
+ * ```
+ */
+export function linkQuery(url: URL): string {
+  const out = new URLSearchParams();
+  for (const name of LINK_PARAMS) out.set(name, url.searchParams.get(name) ?? "");
+  return out.toString();
+}
 
 /** What a link names, all signed. */
 export interface LinkFields {

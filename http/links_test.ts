@@ -70,7 +70,7 @@ async function world() {
   const link = async (a: ReturnType<typeof app>, query = "") => {
     const r = await get(a, `/u/link${query}`, { authorization: `Bearer ${ALICE}` });
     assert.equal(r.status, 200);
-    return (await r.json()) as { url: string; path: string; expires: string };
+    return (await r.json()) as { url: string; path: string; status_path: string; expires: string };
   };
   return {
     store,
@@ -246,5 +246,74 @@ Deno.test("signatures are compared by node:crypto's timingSafeEqual: it is calle
     assert.equal((await w.get(app, made.path)).status, 403);
   } finally {
     nodeCrypto.timingSafeEqual = original;
+  }
+});
+
+Deno.test("a signed link opens the cart's status page, events and files (read-only): tampered or expired 403, deleted 404", async () => {
+  await using w = await world();
+  await w.ready("u", 97);
+  const app = w.app(KEY_A);
+  const made = await w.link(app, "?expires=600");
+  assert.equal(made.status_path, made.path.replace("/u?", "/u/status?"));
+  const query = made.path.slice(made.path.indexOf("?") + 1);
+  const html = { accept: "text/html" };
+  // Without credentials and without the link: 401, as before.
+  assert.equal((await w.get(app, "/u/status", html)).status, 401);
+  // The status page through the link: its event stream, files and download carry the link.
+  const page = await w.get(app, made.status_path, html);
+  assert.equal(page.status, 200);
+  assert.match(page.headers.get("content-type") ?? "", /text\/html/);
+  const text = await page.text();
+  assert.ok(text.includes(`"${query}"`), "the page holds the link's query for its script");
+  assert.ok(text.includes(`href="../u?${query.replaceAll("&", "&#38;")}"`), "the download");
+  const json = await w.get(app, made.status_path);
+  assert.equal(json.status, 200);
+  assert.equal((await json.json()).state, "ready");
+  const files = await w.get(app, `/u/files?state=staged&${query}`);
+  assert.equal(files.status, 200);
+  assert.equal((await files.json()).files.length, 1);
+  // The event stream (what EventSource asks) opens: the cart is ready, so it says so and ends.
+  const events = await w.get(app, `/u/events?${query}`, { accept: "text/event-stream" });
+  assert.equal(events.status, 200);
+  assert.match(await events.text(), /event: state/);
+  // Read-only: the link does not delete, replace or make links.
+  for (const [method, path] of [["DELETE", `/u?${query}`], ["POST", `/u?${query}`]]) {
+    const r = await app.fetch(
+      new Request(`http://cartd${path}`, { method, headers: { host: "cartd" }, body: null }),
+    );
+    assert.equal(r.status, 401, method);
+    await r.body?.cancel();
+  }
+  assert.equal((await w.get(app, `/u/link?${query}`)).status, 401);
+  // Tampered: 403 saying so, on each read.
+  const tampered = query.replace("owner=alice", "owner=bob");
+  for (const path of ["/u/status", "/u/events", "/u/files"]) {
+    const r = await w.get(app, `${path}?${tampered}`);
+    assert.equal(r.status, 403, path);
+    assert.match((await r.json()).message, /altered/);
+  }
+  // Expired: a signer whose clock is past the expiry, same key.
+  const expires = Number(new URLSearchParams(query).get("expires"));
+  const late = new LinkSigner([KEY_A], () => expires * 1000);
+  const check = late.verify("u", new URLSearchParams(query));
+  assert.equal(check.ok, false);
+  assert.match((check as { message: string }).message, /expired/);
+  const short = await w.link(app, "?expires=1");
+  await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 1010));
+  const expired = await w.get(app, short.status_path);
+  assert.equal(expired.status, 403);
+  assert.match((await expired.json()).message, /expired/);
+  // Deleted: 404, as a missing cart, on each read.
+  const del = await app.fetch(
+    new Request("http://cartd/u", {
+      method: "DELETE",
+      headers: { host: "cartd", authorization: `Bearer ${ALICE}` },
+    }),
+  );
+  assert.equal(del.status, 200);
+  for (const path of ["/u/status", "/u/events", "/u/files"]) {
+    const r = await w.get(app, `${path}?${query}`);
+    assert.equal(r.status, 404, path);
+    await r.body?.cancel();
   }
 });

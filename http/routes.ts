@@ -47,9 +47,17 @@ import { type DownloadHolds, Downloads } from "./downloads.ts";
 import { estimate, ESTIMATE_PATH, type EstimateSources } from "./estimate.ts";
 import { EventHub, mountEvents } from "./events.ts";
 import { json } from "./json.ts";
-import { LINK_DEFAULT_S, type LinkFields, LinkSigner, parseLinkKeys } from "./links.ts";
+import {
+  LINK_DEFAULT_S,
+  LINK_READS,
+  type LinkFields,
+  linkQuery,
+  LinkRefused,
+  LinkSigner,
+  parseLinkKeys,
+} from "./links.ts";
 import { METRICS_ALIAS, METRICS_PATH, mountMetrics } from "./metrics.ts";
-import { Quotas } from "./quotas.ts";
+import { QuotaExceeded, Quotas } from "./quotas.ts";
 import { mountStatus, progressHeaders, retryAfterSeconds } from "./status.ts";
 import { unavailable } from "./unavailable.ts";
 import { countCartEvent } from "../lib/util/metrics.ts";
@@ -91,6 +99,8 @@ const PUBLISH_WAIT_MS = 2_000;
 const utf8 = new TextEncoder();
 /** The answer of `GET /{uid}` for a cart that is not live (for the principal asking). */
 const NO_CART = "The cart does not exist or has already been deleted";
+/** The requests that came through a signed link that verified (their status page keeps it). */
+const signedLinks = new WeakSet<Request>();
 
 /** Why a uid is not acceptable, or null when it is. */
 function uidProblem(uid: string): string | null {
@@ -132,7 +142,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     store,
     config,
     keepAliveMs: config.api.eventsKeepAliveMs,
-    find: (request, uid) => findCart(store, request, uid),
+    find: (request, uid) => readable(request, uid),
   });
   const app = Object.assign(new Hono(), { downloads, events });
   const access = deps.access ?? new Access(config.access);
@@ -175,29 +185,39 @@ export function cartRoutes(deps: RouteDeps): CartApp {
 
   app.onError((error, c) => errorAnswer(error, c.req.method, c.req.path));
   app.notFound(() => json({ message: "Not Found" }, 404));
+  // One middleware, not two: with access on, its checks follow HTTP's own in the same hop.
+  const guard = access.on
+    ? accessMiddleware(access, {
+      rate: (principal) => quotas.rate(principal),
+      rateLimit: config.quota.requestsPerSecond,
+      open: (request, path) => {
+        if (path === "/" || path === METRICS_PATH) return true;
+        // GET /metrics without credentials is the metrics; with them, it may be a cart.
+        return path === METRICS_ALIAS && request.method === "GET" &&
+          !request.headers.has("authorization") &&
+          !request.headers.has(config.access.proxyHeader);
+      },
+      signed: (request, path) => linkRequest(request, path),
+    })
+    : null;
   app.use("*", async (c, next) => {
     const refused = protocolProblem(c.req.raw);
     if (refused) return refused;
+    if (guard) return await guard(c, next);
     await next();
   });
-  if (access.on) {
-    app.use(
-      "*",
-      accessMiddleware(access, {
-        rate: (principal) => quotas.rate(principal),
-        rateLimit: config.quota.requestsPerSecond,
-        open: (request, path) => {
-          if (path === "/" || path === METRICS_PATH) return true;
-          // GET /metrics without credentials is the metrics; with them, it may be a cart.
-          return path === METRICS_ALIAS && request.method === "GET" &&
-            !request.headers.has("authorization") &&
-            !request.headers.has(config.access.proxyHeader);
-        },
-        signed: (request, path) =>
-          links.on && (request.method === "GET" || request.method === "HEAD") &&
-          path.lastIndexOf("/") === 0 && new URL(request.url).searchParams.has("sig"),
-      }),
-    );
+
+  /**
+   * Whether `request` (of `path`) is a signed link's, which the route checks itself instead of
+   * credentials: a GET or HEAD with `sig` in its query, of `/{uid}` (the download, the HEAD)
+   * or of the cart's read-only `/{uid}/status`, `/{uid}/events` and `/{uid}/files`.
+   */
+  function linkRequest(request: Request, path: string): boolean {
+    if (!links.on || (request.method !== "GET" && request.method !== "HEAD")) return false;
+    if (!request.url.includes("sig=")) return false; // most requests stop here, unparsed
+    const slash = path.indexOf("/", 1);
+    if (slash >= 0 && !LINK_READS.has(path.slice(slash))) return false;
+    return new URL(request.url).searchParams.has("sig");
   }
 
   /**
@@ -227,7 +247,14 @@ export function cartRoutes(deps: RouteDeps): CartApp {
   app.get("/", () => json({ message: UP_MESSAGE }, 200));
   const find = (request: Request, uid: string) => findCart(store, request, uid);
   mountMetrics(app, { store, space: deps.estimate?.space, find });
-  mountStatus(app, { store, config, find }); // GET /{uid}/status, /{uid}/files: ./status.ts
+  // GET /{uid}/status, /{uid}/files: ./status.ts; through a signed link too (the status page
+  // passes the link's query on to its event stream, its files and its download).
+  mountStatus(app, {
+    store,
+    config,
+    find: readable,
+    link: (request) => signedLinks.has(request) ? linkQuery(new URL(request.url)) : undefined,
+  });
   mountEvents(app, events); // GET /{uid}/events: ./events.ts
   const sources = deps.estimate;
   if (sources) app.post(ESTIMATE_PATH, (c) => estimate({ store, config, ...sources }, c.req.raw));
@@ -267,15 +294,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       throw e;
     }
     const principal = principalOf(c.req.raw);
-    if (principal) {
-      const over = await quotas.admitCart(store, principal, uid, doc.files.length);
-      if (over) {
-        log.info("cart refused: over a quota; nothing stored", {
-          uid,
-          principal: principal.name,
-        });
-        return over;
-      }
+    const tooMany = principal ? quotas.filesPerCart(principal, doc.files.length) : null;
+    if (tooMany) {
+      log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
+      return tooMany;
     }
     if (doc.webhook !== undefined) {
       const refused = await webhookProblem(doc.webhook);
@@ -288,7 +310,16 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       }
     }
     const owner = ownerOf(c.req.raw);
-    const created = await store.createCart(uid, doc, documentHash(doc), owner);
+    // The other quotas are checked inside the transaction that stores the cart (./quotas.ts).
+    const admit = principal ? quotas.admission(principal, doc.files.length) : null;
+    let created: Created;
+    try {
+      created = await store.createCart(uid, doc, documentHash(doc), owner, admit ?? undefined);
+    } catch (e) {
+      if (!(e instanceof QuotaExceeded)) throw e;
+      log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
+      return e.answer();
+    }
     if (!created.kept) {
       countCartEvent("created");
       await publishSoon(created.cart.id, uid);
@@ -370,6 +401,7 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       expires,
     });
     const path = `/${encodeURIComponent(cart.uid)}?${query}`;
+    const statusPath = `/${encodeURIComponent(cart.uid)}/status?${query}`;
     log.info("signed link made", {
       uid: cart.uid,
       cart: cart.id,
@@ -380,6 +412,8 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       {
         url: new URL(path, c.req.url).href,
         path,
+        status_url: new URL(statusPath, c.req.url).href,
+        status_path: statusPath,
         expires: new Date(expires * 1000).toISOString(),
       },
       200,
@@ -387,19 +421,35 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     );
   });
 
-  /** The cart a signed link opens, or the answer that it opens none (403, 404). */
-  async function signedCart(
+  /**
+   * The cart a signed link opens, or null when it was deleted or replaced since (another id
+   * under the uid): the route's 404, as for any missing cart. The request's principal becomes
+   * the cart's owner, by way of the link.
+   *
+   * @throws {LinkRefused} for a link altered or expired (403).
+   */
+  async function linkedCart(
     request: Request,
     uid: string,
-  ): Promise<{ cart: Cart; link: LinkFields } | Response> {
+  ): Promise<{ cart: Cart; link: LinkFields } | null> {
     const check = links.verify(uid, new URL(request.url).searchParams);
-    if (!check.ok) return json({ message: check.message }, 403);
+    if (!check.ok) throw new LinkRefused(check.message);
     const cart = await store.liveCart(uid, check.link.owner);
-    if (!cart || cart.id !== check.link.cartId) {
-      return request.method === "HEAD" ? noCartHead(uid) : json({ message: NO_CART }, 404);
-    }
+    if (!cart || cart.id !== check.link.cartId) return null;
     setPrincipal(request, { name: cart.owner, roles: [], admin: false, via: "link" });
+    signedLinks.add(request);
     return { cart, link: check.link };
+  }
+
+  /**
+   * The live cart `uid` as `request` may read it: through the signed link it carries (a GET
+   * or HEAD with `sig`, when links are on), else as its principal sees it (./access.ts).
+   */
+  async function readable(request: Request, uid: string): Promise<Cart | null> {
+    if (links.on && new URL(request.url).searchParams.has("sig")) {
+      return (await linkedCart(request, uid))?.cart ?? null;
+    }
+    return await findCart(store, request, uid);
   }
 
   app.get("/:uid", async (c) => {
@@ -407,8 +457,10 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     let cart: Cart | null;
     let signed: LinkFields | null = null;
     if (links.on && c.req.query("sig") !== undefined) {
-      const found = await signedCart(c.req.raw, uid);
-      if (found instanceof Response) return found;
+      const found = await linkedCart(c.req.raw, uid);
+      if (!found) {
+        return c.req.raw.method === "HEAD" ? noCartHead(uid) : json({ message: NO_CART }, 404);
+      }
       if (c.req.raw.method === "HEAD") return await statusOf(found.cart);
       cart = found.cart;
       signed = found.link;
@@ -578,6 +630,7 @@ export function errorAnswer(error: unknown, method: string, path: string): Respo
     });
   }
   if (error instanceof AmbiguousCart) return json({ message: error.message }, 409);
+  if (error instanceof LinkRefused) return json({ message: error.message }, 403);
   log.error("request failed", { error: errorMessage(error) });
   return json({ message: "Internal error: the request could not be completed" }, 500);
 }

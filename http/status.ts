@@ -124,6 +124,11 @@ export interface StatusDeps {
    * default the store's live cart of the uid (access off).
    */
   find?: (request: Request, uid: string) => Promise<Cart | null>;
+  /**
+   * The signed link's query of a request that came through one (after `find` verified it),
+   * for the status page to pass on to its event stream, files and download; else undefined.
+   */
+  link?: (request: Request) => string | undefined;
 }
 
 /** A time for JSON: ISO 8601 in UTC, or null. */
@@ -249,6 +254,7 @@ export function mountStatus(app: StatusApp, deps: StatusDeps): void {
       state: cart.status,
       message: cart.message,
       json: status,
+      link: deps.link?.(c.req.raw),
     });
     return new Response(page, {
       status: 200,

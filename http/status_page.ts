@@ -46,6 +46,9 @@ const SCRIPT = `"use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
   const status = JSON.parse($("cart-status").textContent);
+  // Opened through a signed link: the link's query opens the events and files too.
+  const link = JSON.parse($("cart-link").textContent);
+  const signed = (url) => link ? url + (url.includes("?") ? "&" : "?") + link : url;
   const FINAL = new Set(["ready", "error"]);
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   const size = (n) => {
@@ -57,7 +60,7 @@ const SCRIPT = `"use strict";
     Math.round(s / 360) / 10 + " h";
   let failuresShown = -1;
   const loadFailures = async () => {
-    const res = await fetch("files?state=error&limit=100", { headers: { Accept: "application/json" } });
+    const res = await fetch(signed("files?state=error&limit=100"), { headers: { Accept: "application/json" } });
     if (!res.ok) return;
     const page = await res.json();
     const rows = $("failed-rows");
@@ -102,7 +105,7 @@ const SCRIPT = `"use strict";
   render(status);
   if (FINAL.has(status.state) || typeof EventSource !== "function") return;
   const live = $("live");
-  const events = new EventSource("events");
+  const events = new EventSource(signed("events"));
   const follow = (e) => {
     const s = JSON.parse(e.data);
     render(s);
@@ -169,12 +172,17 @@ export interface PageStatus {
   message: string;
   /** The status JSON of `GET /{uid}/status`, which the script renders and then follows. */
   json: unknown;
+  /**
+   * The signed link's query (no `?`) when the page was opened through one: its event stream,
+   * its failed files and its download carry it (a browser sends no bearer token with them).
+   */
+  link?: string;
 }
 
 /** The status page of a cart (see the module doc), as HTML text. */
 export function statusPage(status: PageStatus): string {
   const uid = escapeHtml(status.uid);
-  const download = `../${encodeURIComponent(status.uid)}`;
+  const download = `../${encodeURIComponent(status.uid)}${status.link ? `?${status.link}` : ""}`;
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -204,6 +212,7 @@ export function statusPage(status: PageStatus): string {
 <p id="live" class="live" aria-live="polite"></p>
 </main>
 <script type="application/json" id="cart-status">${scriptJson(status.json)}</script>
+<script type="application/json" id="cart-link">${scriptJson(status.link ?? "")}</script>
 <script>${SCRIPT}</script>
 </body>
 </html>

@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import { heapCheckpoint } from "../util/memory.ts";
 import {
   CART_STATUSES,
@@ -174,6 +175,18 @@ export interface OwnerUsage {
   reservedBytes: number;
   /** Files of its carts in progress not yet staged nor failed. */
   pendingFiles: number;
+}
+
+/**
+ * What a POST's admission check sees inside {@linkcode CartStore.createCart}'s transaction:
+ * what the owner's live carts hold (null: none), and its live cart of the uid the new cart
+ * replaces, if any.
+ */
+export interface Admission {
+  /** The owner's live carts, before the new one. */
+  use: OwnerUsage | null;
+  /** The owner's live cart of the uid, which the new cart replaces (null: none). */
+  replaced: Cart | null;
 }
 
 /** The result of {@linkcode CartStore.createCart}. */
@@ -402,6 +415,37 @@ async function holdings(db: Db, exceptId: string): Promise<SpaceHoldings> {
   return { reserved: Number(sum?.reserved ?? 0), outstanding };
 }
 
+/** What the live carts of each owner hold, on `db` (see {@linkcode CartStore.usage}). */
+async function usageOf(db: Db, owner?: string): Promise<OwnerUsage[]> {
+  const rows = await db.all(
+    `SELECT owner, COUNT(*) AS carts, COALESCE(SUM(reserved_bytes), 0) AS reserved,
+      COALESCE(SUM(CASE WHEN status IN ${IN_PROGRESS_SQL}
+        THEN file_count - staged_files - error_files ELSE 0 END), 0) AS pending
+     FROM carts WHERE live_uid IS NOT NULL ${owner === undefined ? "" : "AND owner = ?"}
+     GROUP BY owner ORDER BY owner`,
+    owner === undefined ? [] : [owner],
+  );
+  return rows.map((r) => ({
+    owner: String(r.owner),
+    carts: num(r.carts),
+    reservedBytes: num(r.reserved),
+    pendingFiles: num(r.pending),
+  }));
+}
+
+/**
+ * The name of `owner`'s row in `cartd_lock` (MySQL), made if missing: `quota:` and the first
+ * 26 hex digits of the SHA-256 of the name (the column holds 32 characters; two names that
+ * shared a row would only wait for each other). The row is inserted in a statement of its
+ * own, before the transaction that locks it: two transactions that both inserted it would
+ * take shared locks and then deadlock on `FOR UPDATE`.
+ */
+async function ownerLock(db: Db, owner: string): Promise<string> {
+  const name = "quota:" + createHash("sha256").update(owner).digest("hex").slice(0, 26);
+  await db.run("INSERT IGNORE INTO cartd_lock (name) VALUES (?)", [name]);
+  return name;
+}
+
 /** Uses of one cart closer than this (ms) are written once: see {@linkcode CartStore.touch}. */
 export const USE_RESOLUTION_MS = 100;
 
@@ -425,20 +469,33 @@ export class CartStore {
    * Stores a new cart for `uid` of `owner` (the principal; `""` with access off), replacing
    * that owner's live one (SPEC: re-POST replaces). An identical document posted to a live
    * cart that has not failed keeps that cart (`kept: true`).
+   *
+   * `admit` (the quotas, http/quotas.ts) is asked inside the transaction, before anything is
+   * written, with what the owner holds then; it throws to refuse, and the transaction stores
+   * nothing. The owner's creations are serialised (SQLite: the transaction itself; MySQL: the
+   * owner's row of `cartd_lock`, read `FOR UPDATE`), so two POSTs at once cannot both take
+   * the last place. A kept cart adds nothing and is not asked about.
    */
   async createCart(
     uid: string,
     doc: CartDocument,
     documentHash: string,
     owner = "",
+    admit?: (admission: Admission) => void,
   ): Promise<Created> {
+    const lock = admit && this.db.dialect === "mysql" ? await ownerLock(this.db, owner) : null;
     return await this.db.transaction(async (tx) => {
+      if (lock) await tx.all("SELECT name FROM cartd_lock WHERE name = ? FOR UPDATE", [lock]);
       const live = (await tx.all("SELECT * FROM carts WHERE owner = ? AND live_uid = ?", [
         owner,
         uid,
       ])).map(toCart);
       const same = live.find((c) => c.documentHash === documentHash && c.status !== "error");
       if (same) return { cart: same, replaced: [], kept: true };
+      if (admit) {
+        const [use] = await usageOf(tx, owner);
+        admit({ use: use ?? null, replaced: live[0] ?? null });
+      }
       const now = this.now();
       if (live.length) {
         await tx.run(
@@ -493,20 +550,7 @@ export class CartStore {
    * live carts is absent): the quotas' figures, and `admin dump`'s.
    */
   async usage(owner?: string): Promise<OwnerUsage[]> {
-    const rows = await this.db.all(
-      `SELECT owner, COUNT(*) AS carts, COALESCE(SUM(reserved_bytes), 0) AS reserved,
-        COALESCE(SUM(CASE WHEN status IN ${IN_PROGRESS_SQL}
-          THEN file_count - staged_files - error_files ELSE 0 END), 0) AS pending
-       FROM carts WHERE live_uid IS NOT NULL ${owner === undefined ? "" : "AND owner = ?"}
-       GROUP BY owner ORDER BY owner`,
-      owner === undefined ? [] : [owner],
-    );
-    return rows.map((r) => ({
-      owner: String(r.owner),
-      carts: num(r.carts),
-      reservedBytes: num(r.reserved),
-      pendingFiles: num(r.pending),
-    }));
+    return await usageOf(this.db, owner);
   }
 
   /** The cart with internal id `id` (live or replaced, not deleted), or null. */

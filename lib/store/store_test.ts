@@ -15,7 +15,13 @@ import { type Db, DbUnavailableError } from "../db/db.ts";
 import { openSqlite } from "../db/sqlite.ts";
 import { openMysql } from "../db/mysql.ts";
 import { OWNER_VERSION, SCHEMA_VERSION, schemaState, syncSchema } from "./schema.ts";
-import { type Cart, CartStore, powerOfTwoBatches, USE_RESOLUTION_MS } from "./store.ts";
+import {
+  type Admission,
+  type Cart,
+  CartStore,
+  powerOfTwoBatches,
+  USE_RESOLUTION_MS,
+} from "./store.ts";
 import type { CartDocument } from "../cart/document.ts";
 import type { CartStatus } from "../cart/state.ts";
 import {
@@ -161,6 +167,44 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
           assert.equal((await schemaState(db)).current, true);
           assert.equal((await store.liveCart(u, "bob"))?.id, b.cart.id);
           for (const c of [again.cart, b.cart, a.cart]) {
+            await store.unlive(c.id);
+            await store.forget(c.id);
+          }
+        },
+      );
+
+      await t.step(
+        "createCart's admit runs inside its transaction: of POSTs at once for the last place, one passes",
+        async () => {
+          const owner = uid("quota-owner");
+          const refusal = new Error("over the quota");
+          const seen: (number | null)[] = [];
+          // At most 2 live carts: the check sees what the owner holds inside the transaction.
+          const admit = (a: Admission) => {
+            seen.push(a.use?.carts ?? null);
+            if ((a.use?.carts ?? 0) - (a.replaced ? 1 : 0) + 1 > 2) throw refusal;
+          };
+          const results = await Promise.allSettled(
+            Array.from(
+              { length: 6 },
+              (_, i) => store.createCart(uid("q"), doc(3, `q${i}`), `h-q${i}`, owner, admit),
+            ),
+          );
+          const made = results.filter((r) => r.status === "fulfilled");
+          assert.equal(made.length, 2, "two places, two carts");
+          for (const r of results) {
+            if (r.status === "rejected") assert.equal(r.reason, refusal);
+          }
+          const [use] = await store.usage(owner);
+          assert.equal(use.carts, 2);
+          assert.equal(use.pendingFiles, 6, "the refused carts stored no file");
+          assert.deepEqual(seen.slice().sort(), [2, 2, 2, 2, null, 1].sort());
+          // Replacing one of its carts at the limit is admitted (the admit sees which).
+          const first = (made[0] as PromiseFulfilledResult<{ cart: Cart }>).value.cart;
+          const again = await store.createCart(first.uid, doc(1, "qr"), "h-qr", owner, admit);
+          assert.deepEqual(again.replaced.map((c) => c.id), [first.id]);
+          for (const c of await store.allCarts()) {
+            if (c.owner !== owner) continue;
             await store.unlive(c.id);
             await store.forget(c.id);
           }

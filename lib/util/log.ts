@@ -96,6 +96,8 @@ export const log = {
   info: (message: string, fields?: Fields) => write("info", message, fields),
   warn: (message: string, fields?: Fields) => write("warn", message, fields),
   error: (message: string, fields?: Fields) => write("error", message, fields),
+  /** Whether lines of `level` are written now (to skip building the fields of one that is not). */
+  enabled: (level: LogLevel): boolean => ORDER.indexOf(level) >= threshold,
   /** Sets the lowest level that is written. */
   setLevel(level: LogLevel): void {
     threshold = ORDER.indexOf(level);

@@ -13,7 +13,8 @@
 import assert from "node:assert/strict";
 import { chromium, type Page } from "playwright-core";
 import { startFakeArchive } from "../support/fake_archive.ts";
-import { postCart, tempDir, withCartd } from "../support/harness.ts";
+import { postCart, startCartd, tempDir, withCartd } from "../support/harness.ts";
+import { tokenDigest } from "../../http/access.ts";
 
 /** The Chromium the test drives. */
 const CHROMIUM = Deno.env.get("CARTD_TEST_CHROMIUM") ?? "/usr/bin/chromium";
@@ -164,4 +165,55 @@ Deno.test("status page: a failed cart lists its failed files and why, on a phone
       assert.deepEqual(seen.errors, []);
     });
   });
+});
+
+Deno.test("status page through a signed link, identities on: no credentials, the stream and the download follow the link", async () => {
+  await using archive = startFakeArchive();
+  const ids = ["p", "q", "r"];
+  for (const [i, id] of ids.entries()) {
+    archive.put(id, id.repeat(3000), { tapeMs: 1500 + i * 1000 });
+  }
+  await using dir = await tempDir("cartd-link-page-");
+  const token = "tok-of-dana-for-the-page-test";
+  await Deno.writeTextFile(`${dir.path}/tokens`, `${tokenDigest(token)} dana\n`);
+  const env = {
+    CARTD_ACCESS_TOKENS: `${dir.path}/tokens`,
+    CARTD_LINK_KEYS: "link-key-of-the-page-test-0123456789",
+  };
+  // The tokens file in the volume, which cartd may read.
+  await using c = await startCartd({
+    env: { ARCHIVE_INTERFACE_URL: archive.url, ...env },
+    volume: dir.path,
+  });
+  {
+    await withPage(async (page, seen) => {
+      const auth = { authorization: `Bearer ${token}` };
+      const posted = await fetch(`${c.url}linked`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify(cartOf(ids)),
+      });
+      assert.equal(posted.status, 201);
+      const link = await (await fetch(`${c.url}linked/link?expires=600`, { headers: auth })).json();
+      // Without the link, the browser (no token) is refused.
+      const bare = await fetch(`${c.url}linked/status`, { headers: { accept: "text/html" } });
+      assert.equal(bare.status, 401);
+      await bare.body?.cancel();
+      const answer = await page.goto(link.status_url);
+      assert.equal(answer?.status(), 200);
+      assert.match(answer!.headers()["content-type"], /^text\/html/);
+      await page.waitForSelector("#download", { state: "visible", timeout: 30_000 });
+      assert.equal(await page.textContent("#state"), "ready");
+      assert.match((await page.textContent("#figures"))!, /3 of 3 files staged/);
+      const query = new URL(link.url).search;
+      const stream = seen.urls.find((u) => new URL(u).pathname === "/linked/events");
+      assert.ok(stream, "the page followed the stream");
+      assert.equal(new URL(stream).search, query, "the stream carried the link");
+      const href = await page.getAttribute("#download-link", "href");
+      const tar = await fetch(new URL(href!, link.status_url));
+      assert.equal(tar.status, 200, "the download button is the signed link");
+      assert.equal((await tar.arrayBuffer()).byteLength > 3 * 3000, true);
+      assert.deepEqual(seen.errors, [], "no console errors");
+    });
+  }
 });
