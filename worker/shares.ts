@@ -29,16 +29,19 @@
  * @module
  */
 import type { HashType } from "../lib/cart/document.ts";
-import type { StagedFacts } from "../lib/cart/staged.ts";
+import { contentKey, type StagedFacts } from "../lib/cart/staged.ts";
 import type { CartFile, CartStore, StoredCopy } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import type { ThreadPool } from "../threads/pool.ts";
 
-/** The content key of a staged file's bytes: its device, inode and birth time. */
-export function contentKey(info: Deno.FileInfo): string {
-  return `${info.dev}:${info.ino ?? 0}:${info.birthtime?.getTime() ?? 0}`;
-}
+export { contentKey } from "../lib/cart/staged.ts";
+
+/**
+ * Files whose stored copies {@linkcode FileShares.withHints} asks for in one query: the first
+ * HEADs of a cart wait for this many files to be read from the store (one page).
+ */
+const HINT_BATCH = 256;
 
 /** Whether a stored copy may serve a file by the hash rule: yes, no, or hash it to know. */
 export type HashVerdict = "yes" | "no" | "check";
@@ -157,6 +160,32 @@ export class FileShares {
   /** What was shared so far. */
   stats(): ShareStats {
     return { ...this.#stats };
+  }
+
+  /**
+   * The files of cart `cartId` from `files`, in their order, each with whether a live cart
+   * other than `cartId` holds its archive file staged right now: one store query per
+   * {@linkcode HINT_BATCH} files instead of a {@linkcode reuse} lookup per file, so that a
+   * cart whose files no other cart holds pays nothing per file for sharing. A file marked
+   * `stored: false` can still be shared: a cart that is fetching it at the same time leads it
+   * ({@linkcode lead}), and the waiting cart looks for its copy once that lead ends.
+   */
+  async *withHints(
+    files: AsyncIterable<CartFile> | Iterable<CartFile>,
+    cartId: string,
+  ): AsyncGenerator<{ file: CartFile; stored: boolean }> {
+    let batch: CartFile[] = [];
+    const flush = async function* (this: FileShares) {
+      const stored = await this.#store.stagedElsewhere(batch.map((f) => f.archiveId), cartId);
+      const out = batch;
+      batch = [];
+      for (const file of out) yield { file, stored: stored.has(file.archiveId) };
+    }.bind(this);
+    for await (const file of files) {
+      batch.push(file);
+      if (batch.length >= HINT_BATCH) yield* flush();
+    }
+    if (batch.length) yield* flush();
   }
 
   /**
