@@ -20,9 +20,12 @@
  *   recall time**, learned from the recalls that finished (an exponential average of the
  *   midpoint between a file's last `tape` HEAD and its `disk` HEAD): a new recall is first
  *   polled that long after its stage POST, then on the gaps the plain schedule has there.
- *   Until one recall has finished, {@linkcode PROBES} recalls poll on the plain schedule and
- *   the others are parked (first poll at `pollMaxMs`, brought forward to the typical time as
- *   soon as it is known): 1,000 files recalled together cost two or three HEADs each, not six.
+ *   Until one recall has finished, {@linkcode PROBES} recalls poll on the plain schedule,
+ *   each stretched by its own factor between 1 and `pollFactor` (so that together they poll
+ *   on a grid that many times finer, and the first end of a recall is seen within a few per
+ *   cent of its time), and the others are parked (first poll at `pollMaxMs`, brought forward
+ *   to the typical time as soon as it is known): 1,000 files recalled together cost two or
+ *   three HEADs each, not six.
  *   HEADs pass a token bucket whose guarantee is exact: at most `headsPerSecond` HEADs start in
  *   any window of one second; callers' own HEADs (the size HEADs of a cart) take their slots
  *   from the same bucket ({@linkcode RecallManager.headSlot}), after the polls that are due,
@@ -318,6 +321,10 @@ export class RecallManager implements AsyncDisposable {
   #typical = NaN;
   /** Outstanding PROBE entries. */
   #probes = 0;
+  /** PROBE entries made so far: each one's schedule is staggered by its number. */
+  #probesMade = 0;
+  /** The longest wait after its first POST at which a probe was still on tape (ms). */
+  #probeTapeMs = 0;
   /** PARKED entries, to bring forward once the typical recall time is known. */
   #parked: Entry[] = [];
   /** Callers waiting for a HEAD slot ({@linkcode RecallManager.headSlot}), in order. */
@@ -693,6 +700,10 @@ export class RecallManager implements AsyncDisposable {
     } else if (this.#probes < PROBES) {
       entry.kind = PROBE;
       this.#probes++;
+      // Probe k polls at f^(k/PROBES) times the plain schedule's times: together the probes
+      // poll on a grid PROBES times finer than one, so the first to find its file on disk
+      // does so within a few per cent of the recall time, not within one gap (×1.5).
+      entry.delay = this.#initial * this.#factor ** ((this.#probesMade++ % PROBES) / PROBES);
     } else {
       entry.kind = PARKED;
       entry.delay = this.#pollMax;
@@ -709,10 +720,18 @@ export class RecallManager implements AsyncDisposable {
    */
   #learn(entry: Entry, now: number): void {
     const upper = now - entry.startedAt;
-    const sample = Number.isNaN(entry.tapeAt)
-      ? Math.min(upper, Number.isNaN(this.#typical) ? upper : this.#typical)
-      : (entry.tapeAt - entry.startedAt + upper) / 2;
     const first = Number.isNaN(this.#typical);
+    let sample = Number.isNaN(entry.tapeAt)
+      ? Math.min(upper, first ? upper : this.#typical)
+      : (entry.tapeAt - entry.startedAt + upper) / 2;
+    if (first && this.#probeTapeMs < upper) {
+      // The staggered probes bracket the first recall time more closely than its own HEADs:
+      // from the longest wait any probe still saw `tape` to this wait. When that is tight
+      // (a tenth of it), its upper end is the estimate, so that recalls of that length are
+      // found on disk at their first poll rather than one gap after it.
+      const lower = Math.max(this.#probeTapeMs, entry.tapeAt - entry.startedAt || 0);
+      if (upper - lower <= upper / 10) sample = upper;
+    }
     this.#typical = first ? sample : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
     if (!first) return;
     const parked = this.#parked;
@@ -845,7 +864,12 @@ export class RecallManager implements AsyncDisposable {
     }
     // A first poll timed by the typical recall time (or parked) jumps the plain schedule.
     const jumped = Number.isNaN(entry.tapeAt) && entry.kind !== PROBE;
-    if (st?.media === "tape") entry.tapeAt = now;
+    if (st?.media === "tape") {
+      entry.tapeAt = now;
+      if (entry.kind === PROBE) {
+        this.#probeTapeMs = Math.max(this.#probeTapeMs, now - entry.startedAt);
+      }
+    }
     if (entry.kind === PARKED) entry.kind = NORMAL;
     if (st?.media === "error") {
       return this.#fail(
