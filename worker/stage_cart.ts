@@ -326,6 +326,11 @@ async function askSize(
         (status.message ? `: ${status.message}` : ""),
     );
   }
+  if (status.media === "tape") {
+    // A cart asks for no more sizes while it has many recalls waiting for the cap: its files
+    // beyond those are held by nothing until their turn (CARTD_RECALLS_MAX).
+    await run.deps.recalls.queueRoom(run.cart.id, signal);
+  }
   // With database claims (several workers), a file is recalled only by the worker that leads
   // it; in one process the RecallManager's one recall per id is that already.
   const recall = shares.claims ? leadThenRecall : recallFile;

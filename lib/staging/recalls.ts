@@ -58,6 +58,10 @@
  * times of its first and last POST, heap index) plus one waiter per cart (label, promise
  * callbacks): measured at about 680 bytes of heap per outstanding recall, the caller's
  * promise included, so about 65 MiB for 100,000 (`recalls_test.ts`, with `--expose-gc`).
+ * Beyond the cap, a cart keeps at most `queuedPerCart` recalls waiting
+ * ({@linkcode RecallManager.queueRoom}: the worker asks for no more sizes of that cart's
+ * files meanwhile), so a cart of 100,000 files on tape under a cap of 10,000 holds about
+ * 11,000 of these, not 100,000.
  *
  * @example
  * ```ts
@@ -124,6 +128,12 @@ export interface RecallOptions {
   stageTimeoutMs?: number;
   /** A file whose HEADs / POSTs keep failing (5xx, no answer) this long counts as missing (default 60,000). */
   missingAfterMs?: number;
+  /**
+   * Recalls of one cart waiting for the cap at which {@linkcode RecallManager.queueRoom}
+   * makes that cart wait (default 1,000): what a cart of 100,000 files on tape holds in
+   * memory beyond the cap.
+   */
+  queuedPerCart?: number;
   /** Clock and timer (default `performance.now`, `setTimeout`). */
   clock?: RecallClock;
 }
@@ -167,6 +177,7 @@ const DEFAULTS = {
   maxOutstanding: DEFAULT_STAGE_SETTINGS.recallsMax,
   headsPerSecond: DEFAULT_STAGE_SETTINGS.headsPerSecond,
   postsInFlight: 100,
+  queuedPerCart: 1000,
   pollFactor: DEFAULT_STAGE_SETTINGS.pollFactor,
   pollInitialMs: DEFAULT_STAGE_SETTINGS.pollInitialMs,
   pollMaxMs: DEFAULT_STAGE_SETTINGS.pollMaxMs,
@@ -259,6 +270,8 @@ interface CartQueue {
   head: number;
   /** Entries of `items` still QUEUED. */
   live: number;
+  /** Callers of {@linkcode RecallManager.queueRoom} for this cart, while it is full. */
+  room: (() => void)[] | undefined;
 }
 
 /**
@@ -284,6 +297,7 @@ export class RecallManager implements AsyncDisposable {
   readonly #restage: number;
   readonly #timeout: number;
   readonly #missing: number;
+  readonly #queuedPerCart: number;
   /** Token bucket: capacity, refill per ms, tokens, time of the last refill. */
   readonly #capacity: number;
   readonly #refillPerMs: number;
@@ -361,6 +375,7 @@ export class RecallManager implements AsyncDisposable {
     this.#restage = positive("restageEveryMs", o.restageEveryMs);
     this.#timeout = positive("stageTimeoutMs", o.stageTimeoutMs);
     this.#missing = Math.max(0, o.missingAfterMs);
+    this.#queuedPerCart = Math.floor(positive("queuedPerCart", o.queuedPerCart));
     const rate = positive("headsPerSecond", o.headsPerSecond);
     // A bucket of capacity c refilled at r' per second lets c − 1 + r' HEADs start in any
     // one-second window; with r' = r − (c − 1) that is exactly r. c holds 100 ms of HEADs: a
@@ -457,6 +472,28 @@ export class RecallManager implements AsyncDisposable {
     }
     if (signal) this.#watch(signal, waiter);
     return promise;
+  }
+
+  /**
+   * Waits until cart `cart` has fewer than `queuedPerCart` recalls waiting for the cap, so
+   * that a cart asks for the sizes of its files on tape only as fast as their recalls can be
+   * admitted: a cart of 100,000 files holds the cap's recalls and this many more, not all of
+   * them (its later files are read from the store when their turn comes). Returns at once
+   * while the cart's queue has room (always while the cap is not reached). Rejects with the
+   * signal's reason when it aborts first.
+   */
+  queueRoom(cart: string, signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const q = this.#queues.get(cart);
+    if (this.#closed || !q || q.live < this.#queuedPerCart) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => reject(signal!.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      (q.room ??= []).push(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      });
+    });
   }
 
   /**
@@ -571,6 +608,7 @@ export class RecallManager implements AsyncDisposable {
       this.#timer = undefined;
       this.#timerAt = Infinity;
       for (const call of this.#calls) call.abort(new Error("the recall manager was closed"));
+      for (const q of this.#queues.values()) this.#wakeRoom(q, true);
       this.#queues.clear();
       for (const entry of [...this.#byId.values()]) {
         this.#settle(entry, undefined, "the recall manager was closed (cartd is stopping)", "io");
@@ -595,7 +633,7 @@ export class RecallManager implements AsyncDisposable {
 
   #enqueue(entry: Entry, cart: string): void {
     let q = this.#queues.get(cart);
-    if (!q) this.#queues.set(cart, q = { items: [], head: 0, live: 0 });
+    if (!q) this.#queues.set(cart, q = { items: [], head: 0, live: 0, room: undefined });
     q.items.push(entry);
     q.live++;
     entry.queue = q;
@@ -617,6 +655,7 @@ export class RecallManager implements AsyncDisposable {
         q.live--;
         this.#waiting--;
         next.queue = undefined;
+        this.#wakeRoom(q);
       }
       if (q.live > 0) {
         if (q.head > 1024 && q.head * 2 > q.items.length) {
@@ -634,7 +673,8 @@ export class RecallManager implements AsyncDisposable {
     this.#waiting--;
     const q = entry.queue!;
     entry.queue = undefined;
-    if (--q.live === 0) {
+    this.#wakeRoom(q, --q.live === 0);
+    if (q.live === 0) {
       for (const [cart, each] of this.#queues) {
         if (each === q) {
           this.#queues.delete(cart);
@@ -642,6 +682,14 @@ export class RecallManager implements AsyncDisposable {
         }
       }
     }
+  }
+
+  /** Wakes the callers of `queueRoom` waiting on `q` once it has room (or `all`). */
+  #wakeRoom(q: CartQueue, all = false): void {
+    if (!q.room || (!all && q.live >= this.#queuedPerCart)) return;
+    const room = q.room;
+    q.room = undefined;
+    for (const wake of room) wake();
   }
 
   #admit(entry: Entry): void {

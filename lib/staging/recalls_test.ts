@@ -151,6 +151,28 @@ Deno.test("maxOutstanding: only that many stage POSTs outstanding; the others fo
   assert.equal(t.recalls.stats().posts, 12);
 });
 
+Deno.test("queueRoom: a cart with queuedPerCart recalls waiting for the cap waits; other carts do not", async () => {
+  await using t = setup({ maxOutstanding: 2, queuedPerCart: 3 });
+  const list = ids("q", 5);
+  for (const id of list) t.fake.put(id, "x", { tapeMs: 100 });
+  // Nothing queued yet: room at once.
+  await t.recalls.queueRoom("a");
+  const waiting = list.map((id) => t.recalls.recall(id, { cart: "a", label: label(id) }));
+  assert.deepEqual([t.recalls.stats().outstanding, t.recalls.stats().waiting], [2, 3]);
+  let roomed = false;
+  const room = t.recalls.queueRoom("a").then(() => (roomed = true));
+  await delay(0);
+  assert.equal(roomed, false, "3 queued of 3: cart a waits");
+  await t.recalls.queueRoom("b"); // another cart has room
+  const aborted = new AbortController();
+  const gone = t.recalls.queueRoom("a", aborted.signal);
+  aborted.abort(new Error("cart deleted"));
+  await assert.rejects(gone, /cart deleted/);
+  await room; // a recall finished and the next was admitted: 2 queued
+  assert.ok(t.recalls.stats().waiting < 3);
+  await Promise.all(waiting);
+});
+
 Deno.test("fairness: both of a small cart's queued recalls are admitted before the big cart's backlog", async () => {
   await using t = setup({ maxOutstanding: 4 });
   const big = ids("B", 50);
