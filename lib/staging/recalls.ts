@@ -25,7 +25,10 @@
  *   on a grid that many times finer, and the first end of a recall is seen within a few per
  *   cent of its time), and the others are parked (first poll at `pollMaxMs`, brought forward
  *   to the typical time as soon as it is known): 1,000 files recalled together cost two or
- *   three HEADs each, not six.
+ *   three HEADs each, not six. A file still on tape that is polled within a second of
+ *   another file of its cart reaching disk is polled again after `pollInitialMs` (at most
+ *   64 such at once): a tape library reads a tape's files one after another, and the rest of
+ *   a tape's batch is noticed as it comes instead of one growing gap later.
  *   HEADs pass a token bucket whose guarantee is exact: at most `headsPerSecond` HEADs start in
  *   any window of one second; callers' own HEADs (the size HEADs of a cart) take their slots
  *   from the same bucket ({@linkcode RecallManager.headSlot}), after the polls that are due,
@@ -198,6 +201,15 @@ const SYSTEM_CLOCK: RecallClock = {
  * probes learn (or `pollMaxMs`) before their first HEAD.
  */
 const PROBES = 16;
+/**
+ * A file still on tape polled within this long of another file of its cart reaching disk is
+ * polled again after `pollInitialMs`, not after its growing gap: a tape library reads a
+ * tape's files one after another, so the rest of a batch that is coming off a tape is
+ * noticed as it comes rather than one gap (up to half the wait so far) late.
+ */
+const ARRIVAL_WINDOW_MS = 1_000;
+/** Recalls on that brisk schedule at once, at most (their HEADs stay few). */
+const MOST_BRISK = 64;
 /** Weight of each finished recall in the typical recall time (an exponential average). */
 const TYPICAL_WEIGHT = 0.1;
 
@@ -247,6 +259,8 @@ class Entry {
   tapeAt = NaN;
   /** How its first poll is timed: NORMAL, PROBE or PARKED. */
   kind = NORMAL;
+  /** Polled after `pollInitialMs` while its cart's files are arriving (see `#arriving`). */
+  brisk = false;
   failure: Failure | undefined = undefined;
   /** The cart queue that holds it while QUEUED. */
   queue: CartQueue | undefined = undefined;
@@ -335,6 +349,10 @@ export class RecallManager implements AsyncDisposable {
   #typical = NaN;
   /** Outstanding PROBE entries. */
   #probes = 0;
+  /** When a file of each cart was last found on disk (carts with recalls). */
+  readonly #arrivedAt = new Map<string, number>();
+  /** Entries with `brisk` set. */
+  #brisk = 0;
   /** PROBE entries made so far: each one's schedule is staggered by its number. */
   #probesMade = 0;
   /** The longest wait after its first POST at which a probe was still on tape (ms). */
@@ -908,6 +926,7 @@ export class RecallManager implements AsyncDisposable {
     now = this.#clock.now();
     if (st?.media === "disk") {
       this.#learn(entry, now);
+      this.#noteArrival(entry, now);
       return this.#settle(entry, st);
     }
     // A first poll timed by the typical recall time (or parked) jumps the plain schedule.
@@ -954,6 +973,13 @@ export class RecallManager implements AsyncDisposable {
         ? (this.#factor - 1) * (now - entry.startedAt) + this.#initial
         : entry.delay * this.#factor,
     );
+    const brisk = st?.media === "tape" && this.#arriving(entry, now) &&
+      (entry.brisk || this.#brisk < MOST_BRISK);
+    if (brisk !== entry.brisk) {
+      entry.brisk = brisk;
+      this.#brisk += brisk ? 1 : -1;
+    }
+    if (brisk) entry.delay = Math.min(entry.delay, this.#initial);
     this.#schedule(entry, now);
   }
 
@@ -1022,7 +1048,32 @@ export class RecallManager implements AsyncDisposable {
   }
 
   /** Takes an entry out of every structure (its waiters are the caller's business). */
+  /** Notes that a file of `entry`'s carts reached disk `now`. */
+  #noteArrival(entry: Entry, now: number): void {
+    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
+    for (const w of waiters) {
+      this.#arrivedAt.delete(w.cart); // newest last: the oldest go first below
+      this.#arrivedAt.set(w.cart, now);
+    }
+    for (const [cart, at] of this.#arrivedAt) {
+      if (now - at < ARRIVAL_WINDOW_MS && this.#arrivedAt.size <= 1024) break;
+      this.#arrivedAt.delete(cart);
+    }
+  }
+
+  /** Whether a file of one of `entry`'s carts reached disk within the arrival window. */
+  #arriving(entry: Entry, now: number): boolean {
+    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
+    return waiters.some((w) =>
+      now - (this.#arrivedAt.get(w.cart) ?? -Infinity) < ARRIVAL_WINDOW_MS
+    );
+  }
+
   #drop(entry: Entry): void {
+    if (entry.brisk) {
+      entry.brisk = false;
+      this.#brisk--;
+    }
     if (entry.kind === PROBE && entry.state !== DONE) {
       entry.kind = NORMAL;
       this.#probes--;
