@@ -38,7 +38,7 @@ import { TaskError } from "../threads/pool.ts";
 import type { CartRun } from "./context.ts";
 import { CartFailure } from "./errors.ts";
 import { startSpan, traced } from "../lib/util/trace.ts";
-import { contentKey, type Lead, type Reused, sharesOf } from "./shares.ts";
+import { contentKey, type Lead, type Reused, type ShareHint, sharesOf } from "./shares.ts";
 
 /**
  * A cart's first staging reserves room, and lets the files fetch, a batch at a time: the
@@ -66,7 +66,7 @@ type SizeRecord = { idx: number; size: number; mtime: number };
  */
 export type Statuses = Map<
   number,
-  | (ArchiveStatus & { recalled?: true })
+  | (ArchiveStatus & { recalled?: true; epoch?: number })
   | Promise<ArchiveStatus | undefined>
   | { reused: Reused }
 >;
@@ -179,8 +179,9 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
       await forEachLimited(
         sharesOf(run.deps).withHints(store.eachFile(cart.id, "unsized"), cart.id),
         config.limits.filesPerCart,
-        async ({ file, stored }, inner) => {
-          const status = await askSize(run, file, stored, statuses, sizes, inner, both.signal);
+        async (hint, inner) => {
+          const { file } = hint;
+          const status = await askSize(run, hint, statuses, sizes, inner, both.signal);
           batch.push({ ...file, size: status.size, mtime: status.mtime });
           // A file linked from a stored copy takes no room: another cart counts its bytes.
           if (status.linked) linkedBytes += status.size;
@@ -237,8 +238,8 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
       await forEachLimited(
         sharesOf(run.deps).withHints(store.eachFile(cart.id, "unsized"), cart.id),
         config.limits.filesPerCart,
-        async ({ file, stored }, inner) => {
-          const status = await askSize(run, file, stored, statuses, sizes, inner, recallSignal);
+        async (hint, inner) => {
+          const status = await askSize(run, hint, statuses, sizes, inner, recallSignal);
           if (status.linked) linkedBytes += status.size;
         },
         signal,
@@ -284,25 +285,25 @@ async function flushAfterFailure<T>(
 /**
  * Asks the archive for a file's size, by the rule that staging follows too
  * ({@linkcode headFile}: 5xx answers are asked again for `CARTD_MISSING_AFTER`); keeps the
- * answer for the fetch and records the size. A file that another live cart holds staged
- * (`stored`, from `FileShares.withHints`) is linked from that copy instead, when one serves. A file on tape is recalled at once (its recall,
+ * answer for the fetch and records the size. A file that another live cart may hold staged
+ * (`hint`, from `FileShares.withHints`) is linked from that copy instead, when one serves. A file on tape is recalled at once (its recall,
  * which `cartSignal` stops, is what is kept): recalls take no room on the volume, so they need
  * not wait for the reservation that its fetch waits for.
  */
 async function askSize(
   run: CartRun,
-  file: CartFile,
-  stored: boolean,
+  hint: ShareHint,
   statuses: Statuses,
   sizes: Batcher<SizeRecord>,
   signal: AbortSignal,
   cartSignal: AbortSignal,
 ): Promise<ArchiveStatus & { linked?: boolean }> {
+  const { file } = hint;
   const { archive, config, volume } = run.deps;
   const label = fileLabel(file);
   // Staged for a live cart already: a link to its bytes, with no archive request.
   const shares = sharesOf(run.deps);
-  const reused = stored &&
+  const reused = shares.worthLooking(hint) &&
     await shares.reuse(file, volume.filePath(file.cartId, file.idx), signal);
   if (reused) {
     statuses.set(file.idx, { reused });
@@ -334,7 +335,11 @@ async function askSize(
   // With database claims (several workers), a file is recalled only by the worker that leads
   // it; in one process the RecallManager's one recall per id is that already.
   const recall = shares.claims ? leadThenRecall : recallFile;
-  statuses.set(file.idx, status.media === "tape" ? recall(run, file, cartSignal) : status);
+  // The fetch looks for a copy again when another cart of the process recorded files since.
+  const known = status.media === "tape"
+    ? recall(run, file, cartSignal)
+    : Object.assign(status, { epoch: shares.epoch(file.cartId) });
+  statuses.set(file.idx, known);
   await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
   return status;
 }
@@ -445,6 +450,7 @@ export async function fetchFiles(
   const staged = new Batcher<ToRecord>(
     async (items) => {
       await store.filesStaged(cart.id, items);
+      shares.noteRecorded(cart.id, items.length);
       for (const item of items) item.lead?.end();
     },
     256,
@@ -563,11 +569,12 @@ export async function fetchFiles(
       return recall({ file, returns }, got.wait.then(() => undefined));
     }
     // A file whose HEAD this attempt just answered was looked for in the store then (when a
-    // copy was stored): it is looked for again only after a wait (a recall, another cart's
-    // lead).
+    // copy may have been stored): it is looked for again only after a wait (a recall,
+    // another cart's lead), or when another cart of the process recorded files since.
     const answered = statuses.get(file.idx);
     const fresh = answered !== undefined && !(answered instanceof Promise) &&
-      !("reused" in answered) && !answered.recalled;
+      !("reused" in answered) && !answered.recalled &&
+      answered.epoch === shares.epoch(cart.id);
     const reused = fresh ? null : await shares.reuse(file, dest, inner);
     if (reused) {
       statuses.delete(file.idx);
