@@ -56,7 +56,7 @@ function maxInWindow(sorted: number[], windowMs: number): number {
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-Deno.test("64 files on tape: every stage POST at once, all on disk by ~300 ms + one poll delay", async () => {
+Deno.test("64 files on tape: every stage POST at once, each seen on disk at its first HEAD after 300 ms", async () => {
   await using t = setup();
   const list = ids("t", 64);
   for (const id of list) t.fake.put(id, `bytes of ${id}`, { tapeMs: 300 });
@@ -78,7 +78,17 @@ Deno.test("64 files on tape: every stage POST at once, all on disk by ~300 ms + 
   const last = Math.max(...done);
   console.log(`POST spread ${spread.toFixed(1)} ms, all on disk after ${last.toFixed(0)} ms`);
   assert.ok(spread < 60, `stage POSTs went out over ${spread} ms, not at once`);
-  assert.ok(last >= 300 && last < 300 + 200 + 250, `all on disk after ${last} ms`);
+  assert.ok(last >= 300, `all on disk after ${last} ms`);
+  // Noticed at the first HEAD after the file reached disk, and polled a few times in all:
+  // counted at the fake archive (its own clock says when each file is on disk), not timed,
+  // as a loaded machine delays the timers.
+  for (const id of list) {
+    const log = t.fake.log(id);
+    const onDiskAt = log.find((r) => r.method === "POST")!.at + 300;
+    const heads = log.filter((r) => r.method === "HEAD");
+    assert.ok(heads.length <= 4, `${id}: ${heads.length} HEADs`);
+    assert.equal(heads.filter((r) => r.at >= onDiskAt).length, 1, `${id}: one HEAD once on disk`);
+  }
   for (const st of all) {
     assert.equal(st.media, "disk");
     assert.equal(st.mtime, FAKE_MTIME);
