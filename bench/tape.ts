@@ -333,12 +333,17 @@ async function big(opts: TapeBenchOptions): Promise<TapeRow[]> {
       ids.forEach((id, i) => archive.put(id, SMALL, { tape: { tape: "t", position: i } }));
     },
     async (cartd, archive) => {
-      const peak = new PeakRss(cartd.process.pid);
+      // Two windows: the POST and the 10 s after its 201 (a document this big is taken by the
+      // document thread, app/documents.ts, which stops 5 s after its last document), then
+      // the rest of the watch, where the recalls are what the process holds.
+      let peak = new PeakRss(cartd.process.pid);
+      let postPeak = NaN;
       const t0 = performance.now();
       const res = await postCart(cartd.url, "tape-big", cartDoc(ids, "big"));
       await res.body?.cancel();
       if (res.status !== 201) throw new Error(`POST: ${res.status}`);
       const postS = (performance.now() - t0) / 1000;
+      const settledAt = performance.now() + 10_000;
       // Once a second: the archive's HEADs in that second, and a timed HEAD of the cart.
       // The rate of each sample is its HEADs over the time since the last one (a busy machine
       // makes the driver's "second" longer than a second).
@@ -348,6 +353,10 @@ async function big(opts: TapeBenchOptions): Promise<TapeRow[]> {
       const end = t0 + watchMs;
       while (performance.now() < end) {
         await sleep(1000);
+        if (Number.isNaN(postPeak) && performance.now() >= settledAt) {
+          postPeak = peak.stop();
+          peak = new PeakRss(cartd.process.pid);
+        }
         const heads = archive.totals().head;
         const at = performance.now();
         maxHeads = Math.max(maxHeads, Math.round((heads - last) / ((at - lastAt) / 1000)));
@@ -359,6 +368,7 @@ async function big(opts: TapeBenchOptions): Promise<TapeRow[]> {
         maxOutstanding = Math.max(maxOutstanding, archive.libraryStats().waiting);
       }
       const rss = peak.stop();
+      const overall = Math.max(rss, postPeak || 0);
       const watched = (performance.now() - t0) / 1000;
       const totals = archive.totals();
       const ceiling = headSetting ? Number(headSetting.value) : NaN;
@@ -366,6 +376,16 @@ async function big(opts: TapeBenchOptions): Promise<TapeRow[]> {
         { figure: "POST of the cart (201)", cartd: secs(postS) },
         {
           figure: `peak RSS, the first ${watchMs / 1000} s`,
+          cartd: mib(overall),
+          target: "≤ 150 MiB",
+          ok: overall <= 150 * MiB,
+        },
+        {
+          figure: "  of which: the POST and the 10 s after it (document thread)",
+          cartd: Number.isNaN(postPeak) ? "" : mib(postPeak),
+        },
+        {
+          figure: `  of which: from then to ${watchMs / 1000} s (the recalls)`,
           cartd: mib(rss),
           target: "≤ 150 MiB",
           ok: rss <= 150 * MiB,

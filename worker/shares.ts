@@ -29,16 +29,19 @@
  * @module
  */
 import type { HashType } from "../lib/cart/document.ts";
-import type { StagedFacts } from "../lib/cart/staged.ts";
+import { contentKey, type StagedFacts } from "../lib/cart/staged.ts";
 import type { CartFile, CartStore, StoredCopy } from "../lib/store/store.ts";
 import type { Volume } from "../lib/volume/volume.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import type { ThreadPool } from "../threads/pool.ts";
 
-/** The content key of a staged file's bytes: its device, inode and birth time. */
-export function contentKey(info: Deno.FileInfo): string {
-  return `${info.dev}:${info.ino ?? 0}:${info.birthtime?.getTime() ?? 0}`;
-}
+export { contentKey } from "../lib/cart/staged.ts";
+
+/**
+ * Files whose stored copies {@linkcode FileShares.withHints} asks for in one query: the first
+ * HEADs of a cart wait for this many files to be read from the store (one page).
+ */
+const HINT_BATCH = 256;
 
 /** Whether a stored copy may serve a file by the hash rule: yes, no, or hash it to know. */
 export type HashVerdict = "yes" | "no" | "check";
@@ -79,6 +82,16 @@ export interface Reused {
   key: string;
   /** The copy it links to. */
   from: StoredCopy;
+}
+
+/** A file with what {@linkcode FileShares.withHints} found of its stored copies. */
+export interface ShareHint {
+  /** The file. */
+  file: CartFile;
+  /** Whether another live cart held its archive file staged when the hint was asked. */
+  stored: boolean;
+  /** The records of the process's other carts then (see `FileShares.worthLooking`). */
+  epoch: number;
 }
 
 /** What {@linkcode FileShares.lead} gives: the lead of one archive file, until ended. */
@@ -140,6 +153,9 @@ export class FileShares {
   readonly #leads = new Map<string, LeadEntry>();
   #renewer: ReturnType<typeof setInterval> | undefined;
   #stats: ShareStats = { linked: 0, leads: 0, waits: 0 };
+  /** Staged files recorded by the process's carts, in all and by each cart staging. */
+  #recorded = 0;
+  readonly #recordedBy = new Map<string, number>();
 
   /** Shares over `store` and `volume`; `pool` hashes links of another hash type. */
   constructor(store: CartStore, volume: Volume, pool: ThreadPool, options: ShareOptions) {
@@ -157,6 +173,62 @@ export class FileShares {
   /** What was shared so far. */
   stats(): ShareStats {
     return { ...this.#stats };
+  }
+
+  /**
+   * The files of cart `cartId` from `files`, in their order, each with whether a live cart
+   * other than `cartId` held its archive file staged when asked (`stored`): one store query
+   * per {@linkcode HINT_BATCH} files instead of a {@linkcode reuse} lookup per file, so that
+   * a cart whose files no other cart holds pays nothing per file for sharing. The hint is as
+   * of the query: {@linkcode worthLooking} says when it may be stale (another cart of this
+   * process recorded files since). A cart that is fetching a file at the same time leads it
+   * ({@linkcode lead}), and the waiting cart looks for its copy once that lead ends.
+   */
+  async *withHints(
+    files: AsyncIterable<CartFile> | Iterable<CartFile>,
+    cartId: string,
+  ): AsyncGenerator<ShareHint> {
+    let batch: CartFile[] = [];
+    const flush = async function* (this: FileShares) {
+      const epoch = this.#othersRecorded(cartId);
+      const stored = await this.#store.stagedElsewhere(batch.map((f) => f.archiveId), cartId);
+      const out = batch;
+      batch = [];
+      for (const file of out) yield { file, stored: stored.has(file.archiveId), epoch };
+    }.bind(this);
+    for await (const file of files) {
+      batch.push(file);
+      if (batch.length >= HINT_BATCH) yield* flush();
+    }
+    if (batch.length) yield* flush();
+  }
+
+  /**
+   * Whether to look for a stored copy of `hint.file` ({@linkcode reuse}): when the hint found
+   * one, or when another cart of this process has recorded staged files since the hint was
+   * asked (it may hold this one now).
+   */
+  worthLooking(hint: ShareHint): boolean {
+    return hint.stored || this.epoch(hint.file.cartId) !== hint.epoch;
+  }
+
+  /**
+   * How many staged files the process's carts other than `cartId` have recorded while
+   * `cartId` stages: a lookup for a stored copy that found none holds while this stays.
+   */
+  epoch(cartId: string): number {
+    return this.#othersRecorded(cartId);
+  }
+
+  /** Cart `cartId` recorded `count` staged files (see {@linkcode worthLooking}). */
+  noteRecorded(cartId: string, count: number): void {
+    this.#recorded += count;
+    this.#recordedBy.set(cartId, (this.#recordedBy.get(cartId) ?? 0) + count);
+  }
+
+  /** Staged files recorded by the process's carts other than `cartId` (while it stages). */
+  #othersRecorded(cartId: string): number {
+    return this.#recorded - (this.#recordedBy.get(cartId) ?? 0);
   }
 
   /**
@@ -243,6 +315,7 @@ export class FileShares {
 
   /** Ends every lead of cart `cartId` (its staging ended, whichever way). */
   endCart(cartId: string): void {
+    this.#recordedBy.delete(cartId);
     for (const [id, entry] of [...this.#leads]) {
       if (entry.cart === cartId) this.#end(id, entry);
     }

@@ -71,6 +71,51 @@ Deno.test("shares: one cart of a process leads an archive file; the others wait 
   }
 });
 
+Deno.test("shares: the stored-copy hints of a batch, and when they go stale", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "shares_test_" });
+  const db = openSqlite(`${dir}/db.sqlite3`);
+  const pool = new ThreadPool(1, 2, 0);
+  try {
+    await syncSchema(db);
+    const store = new CartStore(db);
+    const facts = { size: 1, mtime: 0, sha256: "0".repeat(64), crc32: 0 };
+    const a = (await store.createCart("a", doc(["x", "y"]), "a".repeat(64))).cart;
+    await store.filesStaged(a.id, [{ idx: 0, facts }]); // x staged in a; y not
+    const b = (await store.createCart("b", doc(["x", "y", "X", "z"]), "b".repeat(64))).cart;
+    const shares = new FileShares(store, new Volume(dir), pool, {
+      claims: false,
+      owner: "p1",
+      ttlMs: 1000,
+    });
+    const hints = [];
+    for await (const hint of shares.withHints(await store.files(b.id), b.id)) hints.push(hint);
+    assert.deepEqual(
+      hints.map((h) => [h.file.archiveId, h.stored]),
+      [["x", true], ["y", false], ["X", false], ["z", false]],
+      "x is staged in a live cart; y is not staged; ids are compared exactly",
+    );
+    assert.deepEqual(hints.map((h) => shares.worthLooking(h)), [true, false, false, false]);
+    assert.deepEqual(
+      await store.stagedElsewhere(["x", "y"], a.id),
+      new Set(),
+      "a cart's own files are not copies for it",
+    );
+    shares.noteRecorded(b.id, 3);
+    assert.equal(shares.worthLooking(hints[1]), false, "the cart's own records change nothing");
+    shares.noteRecorded(a.id, 1);
+    assert.equal(shares.worthLooking(hints[1]), true, "another cart recorded files: look again");
+    await store.forget(a.id);
+    assert.deepEqual(await store.stagedElsewhere(["x"], b.id), new Set(), "a is gone");
+    shares.endCart(a.id);
+    shares.endCart(b.id);
+    shares.close();
+  } finally {
+    pool.close();
+    await db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test({
   name:
     "shares (MariaDB): two workers never lead one archive file at once; a dead worker's claim expires",

@@ -28,7 +28,7 @@
 import type { ArchiveStatus } from "../lib/archive/client.ts";
 import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
-import { headFile, StageError } from "../lib/staging/stage_file.ts";
+import { headFile, type StagedFile, StageError } from "../lib/staging/stage_file.ts";
 import type { CartFile, CartStore, StagedFacts } from "../lib/store/store.ts";
 import { Batcher } from "../lib/util/batcher.ts";
 import { Channel } from "../lib/util/channel.ts";
@@ -38,7 +38,7 @@ import { TaskError } from "../threads/pool.ts";
 import type { CartRun } from "./context.ts";
 import { CartFailure } from "./errors.ts";
 import { startSpan, traced } from "../lib/util/trace.ts";
-import { contentKey, type Lead, type Reused, sharesOf } from "./shares.ts";
+import { contentKey, type Lead, type Reused, type ShareHint, sharesOf } from "./shares.ts";
 
 /**
  * A cart's first staging reserves room, and lets the files fetch, a batch at a time: the
@@ -66,7 +66,9 @@ type SizeRecord = { idx: number; size: number; mtime: number };
  */
 export type Statuses = Map<
   number,
-  ArchiveStatus | Promise<ArchiveStatus | undefined> | { reused: Reused }
+  | (ArchiveStatus & { recalled?: true; epoch?: number })
+  | Promise<ArchiveStatus | undefined>
+  | { reused: Reused }
 >;
 
 /**
@@ -175,10 +177,11 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
   const asking = (async () => {
     try {
       await forEachLimited(
-        store.eachFile(cart.id, "unsized"),
+        sharesOf(run.deps).withHints(store.eachFile(cart.id, "unsized"), cart.id),
         config.limits.filesPerCart,
-        async (file, inner) => {
-          const status = await askSize(run, file, statuses, sizes, inner, both.signal);
+        async (hint, inner) => {
+          const { file } = hint;
+          const status = await askSize(run, hint, statuses, sizes, inner, both.signal);
           batch.push({ ...file, size: status.size, mtime: status.mtime });
           // A file linked from a stored copy takes no room: another cart counts its bytes.
           if (status.linked) linkedBytes += status.size;
@@ -233,10 +236,10 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
     let linkedBytes = await store.linkedBytes(cart.id);
     try {
       await forEachLimited(
-        store.eachFile(cart.id, "unsized"),
+        sharesOf(run.deps).withHints(store.eachFile(cart.id, "unsized"), cart.id),
         config.limits.filesPerCart,
-        async (file, inner) => {
-          const status = await askSize(run, file, statuses, sizes, inner, recallSignal);
+        async (hint, inner) => {
+          const status = await askSize(run, hint, statuses, sizes, inner, recallSignal);
           if (status.linked) linkedBytes += status.size;
         },
         signal,
@@ -282,23 +285,26 @@ async function flushAfterFailure<T>(
 /**
  * Asks the archive for a file's size, by the rule that staging follows too
  * ({@linkcode headFile}: 5xx answers are asked again for `CARTD_MISSING_AFTER`); keeps the
- * answer for the fetch and records the size. A file on tape is recalled at once (its recall,
+ * answer for the fetch and records the size. A file that another live cart may hold staged
+ * (`hint`, from `FileShares.withHints`) is linked from that copy instead, when one serves. A file on tape is recalled at once (its recall,
  * which `cartSignal` stops, is what is kept): recalls take no room on the volume, so they need
  * not wait for the reservation that its fetch waits for.
  */
 async function askSize(
   run: CartRun,
-  file: CartFile,
+  hint: ShareHint,
   statuses: Statuses,
   sizes: Batcher<SizeRecord>,
   signal: AbortSignal,
   cartSignal: AbortSignal,
 ): Promise<ArchiveStatus & { linked?: boolean }> {
+  const { file } = hint;
   const { archive, config, volume } = run.deps;
   const label = fileLabel(file);
   // Staged for a live cart already: a link to its bytes, with no archive request.
   const shares = sharesOf(run.deps);
-  const reused = await shares.reuse(file, volume.filePath(file.cartId, file.idx), signal);
+  const reused = shares.worthLooking(hint) &&
+    await shares.reuse(file, volume.filePath(file.cartId, file.idx), signal);
   if (reused) {
     statuses.set(file.idx, { reused });
     const { size, mtime } = reused.facts;
@@ -321,10 +327,19 @@ async function askSize(
         (status.message ? `: ${status.message}` : ""),
     );
   }
+  if (status.media === "tape") {
+    // A cart asks for no more sizes while it has many recalls waiting for the cap: its files
+    // beyond those are held by nothing until their turn (CARTD_RECALLS_MAX).
+    await run.deps.recalls.queueRoom(run.cart.id, signal);
+  }
   // With database claims (several workers), a file is recalled only by the worker that leads
   // it; in one process the RecallManager's one recall per id is that already.
   const recall = shares.claims ? leadThenRecall : recallFile;
-  statuses.set(file.idx, status.media === "tape" ? recall(run, file, cartSignal) : status);
+  // The fetch looks for a copy again when another cart of the process recorded files since.
+  const known = status.media === "tape"
+    ? recall(run, file, cartSignal)
+    : Object.assign(status, { epoch: shares.epoch(file.cartId) });
+  statuses.set(file.idx, known);
   await sizes.add({ idx: file.idx, size: status.size, mtime: status.mtime });
   return status;
 }
@@ -435,6 +450,7 @@ export async function fetchFiles(
   const staged = new Batcher<ToRecord>(
     async (items) => {
       await store.filesStaged(cart.id, items);
+      shares.noteRecorded(cart.id, items.length);
       for (const item of items) item.lead?.end();
     },
     256,
@@ -467,7 +483,9 @@ export async function fetchFiles(
     (started ?? recallFile(run, item.file, feeding.signal)).then((status) => {
       if (feeding.signal.aborted) return;
       // Nothing: another cart led the file meanwhile; the fetch looks for its copy first.
-      if (status) statuses.set(item.file.idx, status);
+      // A recall shared with another cart may have ended in that cart's fetch already: the
+      // status is marked so that the fetch looks for its copy too.
+      if (status) statuses.set(item.file.idx, { ...status, recalled: true });
       else statuses.delete(item.file.idx);
       queue.push(item);
     }, async (error) => {
@@ -550,11 +568,13 @@ export async function fetchFiles(
       statuses.delete(file.idx);
       return recall({ file, returns }, got.wait.then(() => undefined));
     }
-    // A file whose HEAD this attempt just answered was looked for in the store then: it is
-    // looked for again only after a wait (a recall, or another cart's lead).
+    // A file whose HEAD this attempt just answered was looked for in the store then (when a
+    // copy may have been stored): it is looked for again only after a wait (a recall,
+    // another cart's lead), or when another cart of the process recorded files since.
     const answered = statuses.get(file.idx);
     const fresh = answered !== undefined && !(answered instanceof Promise) &&
-      !("reused" in answered);
+      !("reused" in answered) && !answered.recalled &&
+      answered.epoch === shares.epoch(cart.id);
     const reused = fresh ? null : await shares.reuse(file, dest, inner);
     if (reused) {
       statuses.delete(file.idx);
@@ -574,7 +594,7 @@ export async function fetchFiles(
     statuses.delete(file.idx);
     // The thread's own HEAD (the media is not known here) passes the HEAD ceiling too.
     if (!status) await run.deps.recalls.headSlot(inner);
-    let facts: StagedFacts;
+    let facts: StagedFile;
     try {
       facts = await traced("cartd.stage_file", {
         "cartd.uid": cart.uid,
@@ -618,10 +638,10 @@ export async function fetchFiles(
       }
       throw error;
     }
-    // No key when the file is gone already (removed behind cartd's back: bundling fetches it
-    // again); it is then shared with nobody.
-    const key = await Deno.stat(dest).then(contentKey, () => undefined);
-    await staged.add({ idx: file.idx, facts, key, lead: got });
+    // The thread read the key from the file it wrote. None when the file is gone already
+    // (removed behind cartd's back: bundling fetches it again); it is then shared with nobody.
+    const { key, ...record } = facts;
+    await staged.add({ idx: file.idx, facts: record, key, lead: got });
     // Carts wait for this file: they find it once it is recorded, so that is done now.
     if (got.wanted) staged.flush().catch(() => {});
     counts.fetched++;

@@ -22,3 +22,12 @@ export interface StagedFacts {
   /** Unsigned CRC-32 of the bytes (as zlib and tar tools compute it). */
   crc32: number;
 }
+
+/**
+ * The content key of a staged file's bytes: its device, inode and birth time (hard links to
+ * the same bytes share it; see worker/shares.ts). The staging thread takes it from the file it
+ * wrote, the worker from a link it made, so both layers compute it here.
+ */
+export function contentKey(info: Pick<Deno.FileInfo, "dev" | "ino" | "birthtime">): string {
+  return `${info.dev}:${info.ino ?? 0}:${info.birthtime?.getTime() ?? 0}`;
+}

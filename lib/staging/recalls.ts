@@ -20,9 +20,15 @@
  *   recall time**, learned from the recalls that finished (an exponential average of the
  *   midpoint between a file's last `tape` HEAD and its `disk` HEAD): a new recall is first
  *   polled that long after its stage POST, then on the gaps the plain schedule has there.
- *   Until one recall has finished, {@linkcode PROBES} recalls poll on the plain schedule and
- *   the others are parked (first poll at `pollMaxMs`, brought forward to the typical time as
- *   soon as it is known): 1,000 files recalled together cost two or three HEADs each, not six.
+ *   Until one recall has finished, {@linkcode PROBES} recalls poll on the plain schedule,
+ *   each stretched by its own factor between 1 and `pollFactor` (so that together they poll
+ *   on a grid that many times finer, and the first end of a recall is seen within a few per
+ *   cent of its time), and the others are parked (first poll at `pollMaxMs`, brought forward
+ *   to the typical time as soon as it is known): 1,000 files recalled together cost two or
+ *   three HEADs each, not six. A file still on tape that is polled within a second of
+ *   another file of its cart reaching disk is polled again after `pollInitialMs` (at most
+ *   64 such at once): a tape library reads a tape's files one after another, and the rest of
+ *   a tape's batch is noticed as it comes instead of one growing gap later.
  *   HEADs pass a token bucket whose guarantee is exact: at most `headsPerSecond` HEADs start in
  *   any window of one second; callers' own HEADs (the size HEADs of a cart) take their slots
  *   from the same bucket ({@linkcode RecallManager.headSlot}), after the polls that are due,
@@ -55,6 +61,10 @@
  * times of its first and last POST, heap index) plus one waiter per cart (label, promise
  * callbacks): measured at about 680 bytes of heap per outstanding recall, the caller's
  * promise included, so about 65 MiB for 100,000 (`recalls_test.ts`, with `--expose-gc`).
+ * Beyond the cap, a cart keeps at most `queuedPerCart` recalls waiting
+ * ({@linkcode RecallManager.queueRoom}: the worker asks for no more sizes of that cart's
+ * files meanwhile), so a cart of 100,000 files on tape under a cap of 10,000 holds about
+ * 11,000 of these, not 100,000.
  *
  * @example
  * ```ts
@@ -121,6 +131,12 @@ export interface RecallOptions {
   stageTimeoutMs?: number;
   /** A file whose HEADs / POSTs keep failing (5xx, no answer) this long counts as missing (default 60,000). */
   missingAfterMs?: number;
+  /**
+   * Recalls of one cart waiting for the cap at which {@linkcode RecallManager.queueRoom}
+   * makes that cart wait (default 1,000): what a cart of 100,000 files on tape holds in
+   * memory beyond the cap.
+   */
+  queuedPerCart?: number;
   /** Clock and timer (default `performance.now`, `setTimeout`). */
   clock?: RecallClock;
 }
@@ -164,6 +180,7 @@ const DEFAULTS = {
   maxOutstanding: DEFAULT_STAGE_SETTINGS.recallsMax,
   headsPerSecond: DEFAULT_STAGE_SETTINGS.headsPerSecond,
   postsInFlight: 100,
+  queuedPerCart: 1000,
   pollFactor: DEFAULT_STAGE_SETTINGS.pollFactor,
   pollInitialMs: DEFAULT_STAGE_SETTINGS.pollInitialMs,
   pollMaxMs: DEFAULT_STAGE_SETTINGS.pollMaxMs,
@@ -184,6 +201,15 @@ const SYSTEM_CLOCK: RecallClock = {
  * probes learn (or `pollMaxMs`) before their first HEAD.
  */
 const PROBES = 16;
+/**
+ * A file still on tape polled within this long of another file of its cart reaching disk is
+ * polled again after `pollInitialMs`, not after its growing gap: a tape library reads a
+ * tape's files one after another, so the rest of a batch that is coming off a tape is
+ * noticed as it comes rather than one gap (up to half the wait so far) late.
+ */
+const ARRIVAL_WINDOW_MS = 1_000;
+/** Recalls on that brisk schedule at once, at most (their HEADs stay few). */
+const MOST_BRISK = 64;
 /** Weight of each finished recall in the typical recall time (an exponential average). */
 const TYPICAL_WEIGHT = 0.1;
 
@@ -233,6 +259,8 @@ class Entry {
   tapeAt = NaN;
   /** How its first poll is timed: NORMAL, PROBE or PARKED. */
   kind = NORMAL;
+  /** Polled after `pollInitialMs` while its cart's files are arriving (see `#arriving`). */
+  brisk = false;
   failure: Failure | undefined = undefined;
   /** The cart queue that holds it while QUEUED. */
   queue: CartQueue | undefined = undefined;
@@ -256,6 +284,8 @@ interface CartQueue {
   head: number;
   /** Entries of `items` still QUEUED. */
   live: number;
+  /** Callers of {@linkcode RecallManager.queueRoom} for this cart, while it is full. */
+  room: (() => void)[] | undefined;
 }
 
 /**
@@ -281,6 +311,7 @@ export class RecallManager implements AsyncDisposable {
   readonly #restage: number;
   readonly #timeout: number;
   readonly #missing: number;
+  readonly #queuedPerCart: number;
   /** Token bucket: capacity, refill per ms, tokens, time of the last refill. */
   readonly #capacity: number;
   readonly #refillPerMs: number;
@@ -318,6 +349,14 @@ export class RecallManager implements AsyncDisposable {
   #typical = NaN;
   /** Outstanding PROBE entries. */
   #probes = 0;
+  /** When a file of each cart was last found on disk (carts with recalls). */
+  readonly #arrivedAt = new Map<string, number>();
+  /** Entries with `brisk` set. */
+  #brisk = 0;
+  /** PROBE entries made so far: each one's schedule is staggered by its number. */
+  #probesMade = 0;
+  /** The longest wait after its first POST at which a probe was still on tape (ms). */
+  #probeTapeMs = 0;
   /** PARKED entries, to bring forward once the typical recall time is known. */
   #parked: Entry[] = [];
   /** Callers waiting for a HEAD slot ({@linkcode RecallManager.headSlot}), in order. */
@@ -354,6 +393,7 @@ export class RecallManager implements AsyncDisposable {
     this.#restage = positive("restageEveryMs", o.restageEveryMs);
     this.#timeout = positive("stageTimeoutMs", o.stageTimeoutMs);
     this.#missing = Math.max(0, o.missingAfterMs);
+    this.#queuedPerCart = Math.floor(positive("queuedPerCart", o.queuedPerCart));
     const rate = positive("headsPerSecond", o.headsPerSecond);
     // A bucket of capacity c refilled at r' per second lets c − 1 + r' HEADs start in any
     // one-second window; with r' = r − (c − 1) that is exactly r. c holds 100 ms of HEADs: a
@@ -450,6 +490,28 @@ export class RecallManager implements AsyncDisposable {
     }
     if (signal) this.#watch(signal, waiter);
     return promise;
+  }
+
+  /**
+   * Waits until cart `cart` has fewer than `queuedPerCart` recalls waiting for the cap, so
+   * that a cart asks for the sizes of its files on tape only as fast as their recalls can be
+   * admitted: a cart of 100,000 files holds the cap's recalls and this many more, not all of
+   * them (its later files are read from the store when their turn comes). Returns at once
+   * while the cart's queue has room (always while the cap is not reached). Rejects with the
+   * signal's reason when it aborts first.
+   */
+  queueRoom(cart: string, signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const q = this.#queues.get(cart);
+    if (this.#closed || !q || q.live < this.#queuedPerCart) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => reject(signal!.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      (q.room ??= []).push(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      });
+    });
   }
 
   /**
@@ -564,6 +626,7 @@ export class RecallManager implements AsyncDisposable {
       this.#timer = undefined;
       this.#timerAt = Infinity;
       for (const call of this.#calls) call.abort(new Error("the recall manager was closed"));
+      for (const q of this.#queues.values()) this.#wakeRoom(q, true);
       this.#queues.clear();
       for (const entry of [...this.#byId.values()]) {
         this.#settle(entry, undefined, "the recall manager was closed (cartd is stopping)", "io");
@@ -588,7 +651,7 @@ export class RecallManager implements AsyncDisposable {
 
   #enqueue(entry: Entry, cart: string): void {
     let q = this.#queues.get(cart);
-    if (!q) this.#queues.set(cart, q = { items: [], head: 0, live: 0 });
+    if (!q) this.#queues.set(cart, q = { items: [], head: 0, live: 0, room: undefined });
     q.items.push(entry);
     q.live++;
     entry.queue = q;
@@ -610,6 +673,7 @@ export class RecallManager implements AsyncDisposable {
         q.live--;
         this.#waiting--;
         next.queue = undefined;
+        this.#wakeRoom(q);
       }
       if (q.live > 0) {
         if (q.head > 1024 && q.head * 2 > q.items.length) {
@@ -627,7 +691,8 @@ export class RecallManager implements AsyncDisposable {
     this.#waiting--;
     const q = entry.queue!;
     entry.queue = undefined;
-    if (--q.live === 0) {
+    this.#wakeRoom(q, --q.live === 0);
+    if (q.live === 0) {
       for (const [cart, each] of this.#queues) {
         if (each === q) {
           this.#queues.delete(cart);
@@ -635,6 +700,14 @@ export class RecallManager implements AsyncDisposable {
         }
       }
     }
+  }
+
+  /** Wakes the callers of `queueRoom` waiting on `q` once it has room (or `all`). */
+  #wakeRoom(q: CartQueue, all = false): void {
+    if (!q.room || (!all && q.live >= this.#queuedPerCart)) return;
+    const room = q.room;
+    q.room = undefined;
+    for (const wake of room) wake();
   }
 
   #admit(entry: Entry): void {
@@ -693,6 +766,10 @@ export class RecallManager implements AsyncDisposable {
     } else if (this.#probes < PROBES) {
       entry.kind = PROBE;
       this.#probes++;
+      // Probe k polls at f^(k/PROBES) times the plain schedule's times: together the probes
+      // poll on a grid PROBES times finer than one, so the first to find its file on disk
+      // does so within a few per cent of the recall time, not within one gap (×1.5).
+      entry.delay = this.#initial * this.#factor ** ((this.#probesMade++ % PROBES) / PROBES);
     } else {
       entry.kind = PARKED;
       entry.delay = this.#pollMax;
@@ -709,10 +786,18 @@ export class RecallManager implements AsyncDisposable {
    */
   #learn(entry: Entry, now: number): void {
     const upper = now - entry.startedAt;
-    const sample = Number.isNaN(entry.tapeAt)
-      ? Math.min(upper, Number.isNaN(this.#typical) ? upper : this.#typical)
-      : (entry.tapeAt - entry.startedAt + upper) / 2;
     const first = Number.isNaN(this.#typical);
+    let sample = Number.isNaN(entry.tapeAt)
+      ? Math.min(upper, first ? upper : this.#typical)
+      : (entry.tapeAt - entry.startedAt + upper) / 2;
+    if (first && this.#probeTapeMs < upper) {
+      // The staggered probes bracket the first recall time more closely than its own HEADs:
+      // from the longest wait any probe still saw `tape` to this wait. When that is tight
+      // (a tenth of it), its upper end is the estimate, so that recalls of that length are
+      // found on disk at their first poll rather than one gap after it.
+      const lower = Math.max(this.#probeTapeMs, entry.tapeAt - entry.startedAt || 0);
+      if (upper - lower <= upper / 10) sample = upper;
+    }
     this.#typical = first ? sample : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
     if (!first) return;
     const parked = this.#parked;
@@ -841,11 +926,17 @@ export class RecallManager implements AsyncDisposable {
     now = this.#clock.now();
     if (st?.media === "disk") {
       this.#learn(entry, now);
+      this.#noteArrival(entry, now);
       return this.#settle(entry, st);
     }
     // A first poll timed by the typical recall time (or parked) jumps the plain schedule.
     const jumped = Number.isNaN(entry.tapeAt) && entry.kind !== PROBE;
-    if (st?.media === "tape") entry.tapeAt = now;
+    if (st?.media === "tape") {
+      entry.tapeAt = now;
+      if (entry.kind === PROBE) {
+        this.#probeTapeMs = Math.max(this.#probeTapeMs, now - entry.startedAt);
+      }
+    }
     if (entry.kind === PARKED) entry.kind = NORMAL;
     if (st?.media === "error") {
       return this.#fail(
@@ -882,6 +973,13 @@ export class RecallManager implements AsyncDisposable {
         ? (this.#factor - 1) * (now - entry.startedAt) + this.#initial
         : entry.delay * this.#factor,
     );
+    const brisk = st?.media === "tape" && this.#arriving(entry, now) &&
+      (entry.brisk || this.#brisk < MOST_BRISK);
+    if (brisk !== entry.brisk) {
+      entry.brisk = brisk;
+      this.#brisk += brisk ? 1 : -1;
+    }
+    if (brisk) entry.delay = Math.min(entry.delay, this.#initial);
     this.#schedule(entry, now);
   }
 
@@ -950,7 +1048,32 @@ export class RecallManager implements AsyncDisposable {
   }
 
   /** Takes an entry out of every structure (its waiters are the caller's business). */
+  /** Notes that a file of `entry`'s carts reached disk `now`. */
+  #noteArrival(entry: Entry, now: number): void {
+    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
+    for (const w of waiters) {
+      this.#arrivedAt.delete(w.cart); // newest last: the oldest go first below
+      this.#arrivedAt.set(w.cart, now);
+    }
+    for (const [cart, at] of this.#arrivedAt) {
+      if (now - at < ARRIVAL_WINDOW_MS && this.#arrivedAt.size <= 1024) break;
+      this.#arrivedAt.delete(cart);
+    }
+  }
+
+  /** Whether a file of one of `entry`'s carts reached disk within the arrival window. */
+  #arriving(entry: Entry, now: number): boolean {
+    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
+    return waiters.some((w) =>
+      now - (this.#arrivedAt.get(w.cart) ?? -Infinity) < ARRIVAL_WINDOW_MS
+    );
+  }
+
   #drop(entry: Entry): void {
+    if (entry.brisk) {
+      entry.brisk = false;
+      this.#brisk--;
+    }
     if (entry.kind === PROBE && entry.state !== DONE) {
       entry.kind = NORMAL;
       this.#probes--;

@@ -39,7 +39,7 @@ import { errorMessage, log, seconds } from "../util/log.ts";
 import { QuickFs } from "./quick_fs.ts";
 import { sectionDefaults, type StageSettings } from "../config/config.ts";
 import type { HashType } from "../cart/document.ts";
-import type { StagedFacts } from "../cart/staged.ts";
+import { contentKey, type StagedFacts } from "../cart/staged.ts";
 
 /** Defaults of {@linkcode StageSettings}: those of the settings table (lib/config/settings.ts). */
 export const DEFAULT_STAGE_SETTINGS: StageSettings = Object.freeze(sectionDefaults("staging"));
@@ -69,8 +69,13 @@ export interface StageJob {
   onTape?: "wait" | "return";
 }
 
-/** What was written to `dest` (its mtime is set from `Last-Modified`): the store's facts. */
-export type StagedFile = StagedFacts;
+/**
+ * What was written to `dest` (its mtime is set from `Last-Modified`): the store's facts, and
+ * the content key of the file written (`contentKey` of lib/cart/staged.ts; absent when it
+ * could not be read, such as a file removed at once), taken here so that the worker's main
+ * thread makes no call of its own per file.
+ */
+export type StagedFile = StagedFacts & { key?: string };
 
 /**
  * Why staging failed. `"ontape"` is not a failure of the file: it is on tape (again) and must
@@ -527,7 +532,15 @@ async function download(
     } catch (err) {
       throw fsError(job, err, "could not finish");
     }
-    return { size: written, mtime: status.mtime, sha256: sha256Hex, crc32: crc >>> 0 };
+    const info = await quickFs.call(() => Deno.statSync(job.dest), () => Deno.stat(job.dest))
+      .catch(() => undefined);
+    return {
+      size: written,
+      mtime: status.mtime,
+      sha256: sha256Hex,
+      crc32: crc >>> 0,
+      key: info && contentKey(info),
+    };
   } finally {
     if (watchdog !== undefined) clearInterval(watchdog);
     ctl.abort();

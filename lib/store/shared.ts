@@ -87,6 +87,40 @@ export async function copiesOf(
   }));
 }
 
+/** How many archive ids one {@linkcode stagedElsewhere} statement asks about. */
+const HINT_BATCH = 256;
+
+/**
+ * Of `archiveIds`, those that a live cart other than `exceptCart` holds staged (with a
+ * digest, as {@linkcode copiesOf} requires): one statement per {@linkcode HINT_BATCH} ids, on
+ * the index on `archive_id`. The ids are compared exactly, as in `copiesOf`. A staging cart
+ * asks this for a batch of its files before their HEADs and looks for copies only of those
+ * found here, instead of one `copiesOf` per file.
+ */
+export async function stagedElsewhere(
+  db: Db,
+  archiveIds: readonly string[],
+  exceptCart: string,
+): Promise<Set<string>> {
+  const found = new Set<string>();
+  const unique = [...new Set(archiveIds)];
+  for (let i = 0; i < unique.length; i += HINT_BATCH) {
+    const part = unique.slice(i, i + HINT_BATCH);
+    const rows = await db.all(
+      `SELECT DISTINCT f.archive_id FROM cart_files f JOIN carts c ON c.id = f.cart_id
+        WHERE f.archive_id IN (${part.map(() => "?").join(", ")}) AND f.status = 'staged'
+          AND f.cart_id <> ? AND c.live_uid IS NOT NULL AND f.sha256 IS NOT NULL`,
+      [...part, exceptCart],
+    );
+    const asked = new Set(part);
+    for (const r of rows) {
+      const id = String(r.archive_id);
+      if (asked.has(id)) found.add(id);
+    }
+  }
+  return found;
+}
+
 /**
  * Inside the transaction that records files of `cartId` as staged: of the files `linked`
  * (hard links to bytes another cart fetched), those whose key a row of a live cart counts

@@ -1264,6 +1264,14 @@ export class CartStore {
     return shared.copiesOf(this.db, archiveId, exceptCart);
   }
 
+  /**
+   * Of `archiveIds`, those a live cart other than `exceptCart` holds staged: one query for a
+   * batch of files, so that only they are looked for one by one ({@linkcode copiesOf}).
+   */
+  stagedElsewhere(archiveIds: readonly string[], exceptCart: string): Promise<Set<string>> {
+    return shared.stagedElsewhere(this.db, archiveIds, exceptCart);
+  }
+
   /** The bytes of a cart's staged files that it counts against the volume. */
   countedBytes(cartId: string): Promise<number> {
     return shared.countedBytes(this.db, cartId);
