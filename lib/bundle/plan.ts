@@ -6,7 +6,8 @@
  * {@linkcode planBundle} computes the layout (an offset per entry; header bytes are built only
  * while streaming). {@linkcode Bundle.stream} is a pull-based `ReadableStream` that reads the
  * staged files in chunks of 64 KiB for its first 8 MiB, then of 1 MiB, straight into the
- * chunks it hands out.
+ * chunks it hands out: fresh ones, or, for a consumer that is done with each chunk before it
+ * reads the next (the HTTP server), the same few buffers again ({@linkcode StreamOptions}).
  *
  * Tar layout: `TOP/`, then for each file in the given order its parent directories not yet
  * listed (`TOP/a/`, `TOP/a/b/`, mode 0755) and the file itself (mode 0644), then two zero

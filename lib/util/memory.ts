@@ -11,8 +11,11 @@
  *   (a full collection) or its ArrayBuffers (a young-generation one) grew by more than a slack
  *   since the last collection; an idle process is never collected;
  * - {@linkcode spentBuffers} is told of every large buffer handed out for one use (a bundle
- *   chunk) and runs a cheap young-generation collection after every few MiB, so that memory
- *   is reused while it is still warm instead of being mapped afresh.
+ *   chunk given to a consumer that may keep it, a small file read whole) and runs a cheap
+ *   young-generation collection after every few MiB, so that memory is reused while it is
+ *   still warm instead of being mapped afresh. Downloads sent by cartd's server make no such
+ *   buffers: their chunks are lent (lib/bundle/plan.ts, `StreamOptions.lend`), the same few
+ *   buffers filled again, so that ten streams cost the collector no more than one.
  *
  * Both need V8's `gc` function, which `--v8-flags=--expose-gc` provides (cartd's tasks, its
  * binary and its Docker image pass it). Without it they do nothing, and cartd still works,
