@@ -37,7 +37,7 @@
 
 import { createHash } from "node:crypto";
 import { crc32 } from "node:zlib";
-import { heapCheckpoint, spentBuffers } from "../util/memory.ts";
+import { heapCheckpoint, lentBuffersDropped, spentBuffers } from "../util/memory.ts";
 import { encodeTarHeader, TAR_END, tarHeaderLength, tarPadding } from "./tar.ts";
 import {
   encodeZipCentralHeader,
@@ -552,6 +552,9 @@ function streamRange(
   let onAbort: (() => void) | undefined;
 
   const cleanup = () => {
+    if (!done && lent.length > 0) {
+      lentBuffersDropped(lent.reduce((sum, buffer) => sum + (buffer?.length ?? 0), 0));
+    }
     done = true;
     if (file) {
       try {

@@ -170,6 +170,24 @@ export function spentBuffers(bytes: number): void {
   exposedGc()?.({ type: "minor" });
 }
 
+let lentDropped = 0;
+
+/**
+ * Tells the collector that a stream that lent its chunks (lib/bundle/plan.ts) ended, leaving
+ * `bytes` of buffers unreachable once its consumer lets go of the last chunk. They lived as
+ * long as the download, so they sit in the old generation, which only a full collection
+ * frees, and no growth follows to make {@linkcode paceHeap} run one: 100 downloads ending
+ * together left 200 MiB mapped. After every {@linkcode SPENT_BUFFER_SLACK} of them, a full
+ * collection is asked for, run concurrently with the program (a quarter of the downloads
+ * ending at most ask for one).
+ */
+export function lentBuffersDropped(bytes: number): void {
+  lentDropped += bytes;
+  if (lentDropped < SPENT_BUFFER_SLACK) return;
+  lentDropped = 0;
+  exposedGc()?.({ type: "major", execution: "async" });
+}
+
 /** Buffers at least this large that {@linkcode droppedBuffer} is told of are collected at once. */
 export const DROPPED_BUFFER_COLLECTED = 1 << 20;
 
