@@ -22,7 +22,7 @@ import type { Bundle } from "../lib/bundle/plan.ts";
 import { Downloads } from "../http/downloads.ts";
 import { downloadRoutes } from "../http/routes.ts";
 import type { FromHttpThread, ToHttpThread } from "./http_messages.ts";
-import { type LimitedServer, serveLimited } from "./server.ts";
+import { copiesChunks, type LimitedServer, serveLimited } from "./server.ts";
 
 const post = (message: FromHttpThread, transfer: Transferable[] = []) =>
   self.postMessage(message, transfer);
@@ -147,6 +147,7 @@ async function start(message: Extract<ToHttpThread, { type: "start" }>): Promise
       downloads: new Downloads<Bundle>(),
       holds,
       counted,
+      lendChunks: copiesChunks(),
     },
     forward,
   );

@@ -113,6 +113,17 @@ const CLOSE_LINGER_MS = 1000;
 const ACCEPT_BACKOFF_MS = [10, 20, 50, 100, 200, 500, 1000];
 
 /**
+ * Whether {@linkcode serveLimited} serves through `Deno.serveHttp`, which is done with each
+ * chunk of an answer's body (it copies it and writes it) before it asks for the next; so a
+ * body may lend its chunks, filling the same buffers again (lib/bundle/plan.ts,
+ * `StreamOptions.lend`; app/server_test.ts holds it to that). `Deno.serve`, the fallback,
+ * keeps chunks queued after it asked for more: there, chunks must be given.
+ */
+export function copiesChunks(): boolean {
+  return typeof (Deno as unknown as { serveHttp?: unknown }).serveHttp === "function";
+}
+
+/**
  * Serves `handler` on `options.hostname:options.port` within `options`' limits (see the
  * module doc). Throws as `Deno.listen` does when the address cannot be bound.
  */

@@ -37,7 +37,7 @@ import { LinkSigner, parseLinkKeys } from "../http/links.ts";
 import { Access } from "../http/access.ts";
 import { CartWorker } from "../worker/dispatcher.ts";
 import { ThreadPool } from "../threads/pool.ts";
-import { type LimitedServer, serveLimited, type ServerLimits } from "./server.ts";
+import { copiesChunks, type LimitedServer, serveLimited, type ServerLimits } from "./server.ts";
 import { canShareThePort, ProcessHolds, startHttpThreads } from "./http_threads.ts";
 import { Documents } from "./documents.ts";
 
@@ -218,6 +218,9 @@ export async function startService(config: Config, options: ServiceOptions): Pro
         access,
         holds,
         accept,
+        // The main thread's server sends downloads only without HTTP threads (their answers
+        // to forwarded requests are read whole: nothing may be lent to them).
+        lendChunks: !holds && copiesChunks(),
       });
       events = app.events;
       const port = options.port ?? 8081;

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Bundle } from "../lib/bundle/plan.ts";
+import type { Bundle, StreamOptions } from "../lib/bundle/plan.ts";
 import { cartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
@@ -38,6 +38,14 @@ export interface DownloadDeps {
    * ends its hold. Without it, this app's downloads are all there are.
    */
   holds?: DownloadHolds;
+  /**
+   * The server copies each chunk of an answer's body before it asks for the next
+   * (`Deno.serveHttp` does, app/server.ts): the bundle then lends its chunks
+   * ({@linkcode StreamOptions.lend}) and a download makes no garbage of its bytes. Leave it
+   * off for any other consumer (`Deno.serve` keeps chunks queued; a test reading the body
+   * keeps them all).
+   */
+  lendChunks?: boolean;
 }
 
 /** How the client asked for the cart (the GET's query, checked). */
@@ -65,6 +73,7 @@ export async function serveDownload(
   asked: DownloadAsk,
 ): Promise<Response> {
   const { store, volume, downloads, holds } = deps;
+  const options: StreamOptions = { lend: deps.lendChunks ?? false };
   const form = JSON.stringify([asked.name, asked.format, asked.manifest]);
   // Counted in the process before the plan is taken, as the plan's users are here.
   holds?.begin(cart.id);
@@ -95,7 +104,7 @@ export async function serveDownload(
     if (left === 0) await store.endHold(cart.id).catch((e) => holdNotRecorded(cart.id, e));
   };
   try {
-    return await respond(store, request, cart, asked, bundle, release, shared);
+    return await respond(store, request, cart, asked, bundle, release, shared, options);
   } catch (error) {
     await release();
     throw error;
@@ -123,6 +132,7 @@ async function respond(
   bundle: Bundle | null,
   release: () => Promise<void>,
   shared: boolean,
+  options: StreamOptions,
 ): Promise<Response> {
   if (!bundle) {
     await release();
@@ -167,7 +177,7 @@ async function respond(
     holdWhileSent(store, cart, body, bytes, release);
   if (ranges && ranges.length === 1) {
     const { start, end } = ranges[0];
-    return new Response(held(bundle.stream(start, end), end - start + 1), {
+    return new Response(held(bundle.stream(start, end, undefined, options), end - start + 1), {
       status: 206,
       headers: {
         ...headers,
@@ -177,7 +187,7 @@ async function respond(
     });
   }
   // Several ranges: RFC 9110 lets a server answer with the whole representation.
-  return new Response(held(bundle.stream(0, bundle.size - 1), bundle.size), {
+  return new Response(held(bundle.stream(0, bundle.size - 1, undefined, options), bundle.size), {
     status: 200,
     headers: { ...headers, "Content-Length": String(bundle.size) },
   });

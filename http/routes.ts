@@ -86,6 +86,11 @@ export interface RouteDeps {
   /** The downloads in flight of the process, when HTTP threads serve them (./downloads.ts). */
   holds?: DownloadHolds & { downloads(cartId: string): number };
   /**
+   * The server copies each chunk of a download before it asks for the next, so downloads
+   * may lend their chunks (./download.ts, `DownloadDeps.lendChunks`). Off by default.
+   */
+  lendChunks?: boolean;
+  /**
    * Reads, checks and stores a POSTed document when access control is off ({@linkcode
    * acceptCart} by default; big ones in a thread of their own, app/documents.ts).
    */
@@ -486,7 +491,8 @@ export function cartRoutes(deps: RouteDeps): CartApp {
     const manifest = signed
       ? signed.manifest
       : ["1", "true", "yes"].includes(c.req.query("manifest") ?? "");
-    return await serveDownload({ store, volume, downloads, holds: deps.holds }, c.req.raw, cart, {
+    const { holds, lendChunks } = deps;
+    return await serveDownload({ store, volume, downloads, holds, lendChunks }, c.req.raw, cart, {
       name,
       format,
       manifest,
@@ -645,6 +651,8 @@ export interface GetCartDeps {
   downloads: Downloads<Bundle>;
   /** The downloads in flight of the process, when HTTP threads serve them. */
   holds?: DownloadHolds;
+  /** Downloads lend their chunks to the server (./download.ts, `DownloadDeps.lendChunks`). */
+  lendChunks?: boolean;
 }
 
 /**

@@ -347,6 +347,31 @@ Deno.test("bundle: chunks are 64 KiB for the first 8 MiB, then 1 MiB; only the n
   });
 });
 
+Deno.test("bundle: lent chunks are the given bytes, in four buffers, two chunks in a row never one", async () => {
+  await withTemp(async (dir) => {
+    const files = await stage(dir, [...CASES, ["big.bin", RAMP_BYTES + CHUNK_SIZE * 3 + 5]]);
+    for (const format of ["tar", "zip"] as const) {
+      const bundle = planBundle(files, options({ format, manifest: true }));
+      for (const [start, end] of [[0, bundle.size - 1], [700, bundle.size - 2]]) {
+        const given = await bytesOf(bundle.stream(start, end));
+        const reader = bundle.stream(start, end, undefined, { lend: true }).getReader();
+        const copies: Uint8Array<ArrayBuffer>[] = [];
+        const buffers = new Set<ArrayBufferLike>();
+        let last: ArrayBufferLike | null = null;
+        for (let r = await reader.read(); !r.done; r = await reader.read()) {
+          // The consumer is done with a lent chunk before it reads the next one.
+          copies.push(new Uint8Array(r.value));
+          assert.notEqual(r.value.buffer, last, "two chunks in a row share a buffer");
+          last = r.value.buffer;
+          buffers.add(r.value.buffer);
+        }
+        assert.deepEqual(new Uint8Array(await new Blob(copies).arrayBuffer()), given);
+        assert.ok(buffers.size <= 4, `${buffers.size} buffers for ${copies.length} chunks`);
+      }
+    }
+  });
+});
+
 function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
   outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
     for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;

@@ -6,7 +6,8 @@
  * {@linkcode planBundle} computes the layout (an offset per entry; header bytes are built only
  * while streaming). {@linkcode Bundle.stream} is a pull-based `ReadableStream` that reads the
  * staged files in chunks of 64 KiB for its first 8 MiB, then of 1 MiB, straight into the
- * chunks it hands out.
+ * chunks it hands out: fresh ones, or, for a consumer that is done with each chunk before it
+ * reads the next (the HTTP server), the same few buffers again ({@linkcode StreamOptions}).
  *
  * Tar layout: `TOP/`, then for each file in the given order its parent directories not yet
  * listed (`TOP/a/`, `TOP/a/b/`, mode 0755) and the file itself (mode 0644), then two zero
@@ -36,7 +37,7 @@
 
 import { createHash } from "node:crypto";
 import { crc32 } from "node:zlib";
-import { heapCheckpoint, spentBuffers } from "../util/memory.ts";
+import { heapCheckpoint, lentBuffersDropped, spentBuffers } from "../util/memory.ts";
 import { encodeTarHeader, TAR_END, tarHeaderLength, tarPadding } from "./tar.ts";
 import {
   encodeZipCentralHeader,
@@ -100,13 +101,32 @@ export interface Bundle {
   readonly etag: string;
   /**
    * The bytes from `start` to `end` inclusive (default: all of them). Only the file regions
-   * the range covers are read, in chunks of 1 MiB, as the consumer pulls. The stream errors,
-   * naming the file, when a source file is missing or not of its recorded size; and with
+   * the range covers are read, in chunks of 64 KiB and then 1 MiB, as the consumer pulls;
+   * `options.lend` lends the chunks ({@linkcode StreamOptions}). The stream errors, naming
+   * the file, when a source file is missing or not of its recorded size; and with
    * `signal.reason` when `signal` aborts.
    *
    * @throws {RangeError} unless `0 <= start <= end + 1` and `end < size`.
    */
-  stream(start?: number, end?: number, signal?: AbortSignal): ReadableStream<Uint8Array>;
+  stream(
+    start?: number,
+    end?: number,
+    signal?: AbortSignal,
+    options?: StreamOptions,
+  ): ReadableStream<Uint8Array>;
+}
+
+/** How {@linkcode Bundle.stream} hands out its bytes. */
+export interface StreamOptions {
+  /**
+   * Lend the chunks instead of giving them: the stream reads into the same two buffers of
+   * each chunk size over and over, so a chunk is the consumer's only until it reads the next
+   * one. A consumer that keeps chunks (`new Response(stream).bytes()`, a `pipeTo` that queues
+   * them, a transfer to another thread) must not ask for it. In exchange a download makes no
+   * garbage of its bytes: nothing for the collector to trace, free or be forced to run for
+   * (a stream that gives its chunks makes 1 GiB of garbage a GiB). Default false.
+   */
+  lend?: boolean;
 }
 
 /** Size of the chunks a bundle stream hands out (and of its file reads), after its first bytes. */
@@ -444,7 +464,7 @@ function makeBundle(segments: Segments, etag: string): Bundle {
   return {
     size,
     etag,
-    stream(start = 0, end = size - 1, signal) {
+    stream(start = 0, end = size - 1, signal, options) {
       if (
         !Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 ||
         start > end + 1 || end >= size
@@ -453,7 +473,7 @@ function makeBundle(segments: Segments, etag: string): Bundle {
           `Bundle range ${start}-${end} is outside the ${size} bytes of the bundle`,
         );
       }
-      return streamRange(segments, start, end + 1, signal);
+      return streamRange(segments, start, end + 1, signal, options?.lend ?? false);
     },
   };
 }
@@ -506,9 +526,22 @@ function streamRange(
   segments: Segments,
   from: number,
   to: number,
-  signal?: AbortSignal,
+  signal: AbortSignal | undefined,
+  lend: boolean,
 ): ReadableStream<Uint8Array> {
   const { starts } = segments;
+  /** Lent buffers: two of FIRST_CHUNK_SIZE, then two of CHUNK_SIZE, made when first needed. */
+  const lent: (Uint8Array | undefined)[] = [];
+  let turn = 0;
+  /** A chunk of `length` bytes (at most `size`): zeroed when given, not when lent. */
+  const chunkOf = (length: number, size: number): Uint8Array => {
+    if (!lend) return new Uint8Array(length);
+    // Two chunks in a row never share a buffer: the one the consumer holds stays whole
+    // while the next is read ahead.
+    const slot = (size === CHUNK_SIZE ? 2 : 0) + (turn++ & 1);
+    const buffer = lent[slot] ??= new Uint8Array(size);
+    return length === size ? buffer : buffer.subarray(0, length);
+  };
   let pos = from;
   let k = findSegment(starts, from);
   let cachedK = -1;
@@ -519,6 +552,9 @@ function streamRange(
   let onAbort: (() => void) | undefined;
 
   const cleanup = () => {
+    if (!done && lent.length > 0) {
+      lentBuffersDropped(lent.reduce((sum, buffer) => sum + (buffer?.length ?? 0), 0));
+    }
     done = true;
     if (file) {
       try {
@@ -601,7 +637,7 @@ function streamRange(
     async pull(controller) {
       if (done) return;
       const size = pos - from < RAMP_BYTES ? FIRST_CHUNK_SIZE : CHUNK_SIZE;
-      const chunk = new Uint8Array(Math.min(size, to - pos));
+      const chunk = chunkOf(Math.min(size, to - pos), size);
       // Small files wholly inside this chunk are read concurrently, one call each; the others
       // (large, or cut by the chunk's edges) in order through one open handle.
       const inOrder: (() => Promise<void>)[] = [];
@@ -627,7 +663,7 @@ function streamRange(
               cachedK = k;
             }
             view.set(cached.subarray(offset, offset + n));
-          } // zeros: the chunk is zero already
+          } else if (lend) view.fill(0); // a given chunk is zero already
           filled += n;
           pos += n;
         }
@@ -645,7 +681,7 @@ function streamRange(
         throw error;
       }
       controller.enqueue(chunk);
-      spentBuffers(chunk.length);
+      if (!lend) spentBuffers(chunk.length);
       if (pos >= to) {
         cleanup();
         controller.close();

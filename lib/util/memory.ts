@@ -11,8 +11,11 @@
  *   (a full collection) or its ArrayBuffers (a young-generation one) grew by more than a slack
  *   since the last collection; an idle process is never collected;
  * - {@linkcode spentBuffers} is told of every large buffer handed out for one use (a bundle
- *   chunk) and runs a cheap young-generation collection after every few MiB, so that memory
- *   is reused while it is still warm instead of being mapped afresh.
+ *   chunk given to a consumer that may keep it, a small file read whole) and runs a cheap
+ *   young-generation collection after every few MiB, so that memory is reused while it is
+ *   still warm instead of being mapped afresh. Downloads sent by cartd's server make no such
+ *   buffers: their chunks are lent (lib/bundle/plan.ts, `StreamOptions.lend`), the same few
+ *   buffers filled again, so that ten streams cost the collector no more than one.
  *
  * Both need V8's `gc` function, which `--v8-flags=--expose-gc` provides (cartd's tasks, its
  * binary and its Docker image pass it). Without it they do nothing, and cartd still works,
@@ -165,6 +168,24 @@ export function spentBuffers(bytes: number): void {
   if (spent < SPENT_BUFFER_SLACK) return;
   spent = 0;
   exposedGc()?.({ type: "minor" });
+}
+
+let lentDropped = 0;
+
+/**
+ * Tells the collector that a stream that lent its chunks (lib/bundle/plan.ts) ended, leaving
+ * `bytes` of buffers unreachable once its consumer lets go of the last chunk. They lived as
+ * long as the download, so they sit in the old generation, which only a full collection
+ * frees, and no growth follows to make {@linkcode paceHeap} run one: 100 downloads ending
+ * together left 200 MiB mapped. After every {@linkcode SPENT_BUFFER_SLACK} of them, a full
+ * collection is asked for, run concurrently with the program (a quarter of the downloads
+ * ending at most ask for one).
+ */
+export function lentBuffersDropped(bytes: number): void {
+  lentDropped += bytes;
+  if (lentDropped < SPENT_BUFFER_SLACK) return;
+  lentDropped = 0;
+  exposedGc()?.({ type: "major", execution: "async" });
 }
 
 /** Buffers at least this large that {@linkcode droppedBuffer} is told of are collected at once. */
