@@ -86,6 +86,37 @@ Deno.test("a file on disk is staged with size, sha256, crc32 and mtime", async (
   assert.deepEqual(t.fake.counts("1234"), { head: 1, post: 0, get: 1 });
 });
 
+Deno.test("measureSha256 false: no SHA-256 (null), the CRC-32 and a requested hash still checked", async () => {
+  await using t = await setup();
+  t.fake.put("big", { size: 3_000_001 });
+  const bytes = await t.fake.bytes("big");
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  const plain = await stageFile(t.job("big", { measureSha256: false }), FAST);
+  assert.equal(plain.sha256, null);
+  assert.equal(plain.crc32, crc32(bytes) >>> 0);
+  assert.equal(plain.size, bytes.byteLength);
+  // A sha256 to check is measured anyway, and is the file's SHA-256.
+  const checked = await stageFile(
+    t.job("big", { measureSha256: false, hashtype: "sha256", hashsum: sha256 }),
+    FAST,
+  );
+  assert.equal(checked.sha256, sha256);
+  // Another hash type is checked without a SHA-256: a wrong one still fails.
+  const md5 = createHash("md5").update(bytes).digest("hex");
+  const other = await stageFile(
+    t.job("big", { measureSha256: false, hashtype: "md5", hashsum: md5 }),
+    FAST,
+  );
+  assert.equal(other.sha256, null);
+  await assert.rejects(
+    stageFile(t.job("big", { measureSha256: false, hashtype: "md5", hashsum: "0".repeat(32) }), {
+      ...FAST,
+      fetchAttempts: 1,
+    }),
+    /File hash does not match/,
+  );
+});
+
 Deno.test("an empty file is staged", async () => {
   await using t = await setup();
   t.fake.put("empty", new Uint8Array(0));

@@ -621,10 +621,27 @@ Deno.test("?format=zip passes unzip -t; ?manifest=1 passes sha256sum -c", async 
     await Deno.writeFile(`${dir}/z.zip`, await bodyBytes(zip));
     const t = await run("unzip", ["-t", "z.zip"], { cwd: dir });
     assert.equal(t.code, 0, t.stdout + t.stderr);
+    // The cart asked for no manifest: staging measured no SHA-256s, the first manifest asked
+    // for measures them; the default tar's ETag is the same before and after.
+    const first = await download(url, "z", "");
+    await first.body?.cancel();
+    const etag = first.headers.get("etag");
+    assert.ok(etag);
     const m = await untar(await bodyBytes(await download(url, "z", "?manifest=1&filename=m.tar")));
     const check = await run("sha256sum", ["-c", "manifest-sha256.txt"], { cwd: `${m}/m` });
     assert.equal(check.code, 0, check.stdout + check.stderr);
     assert.match(check.stdout, /data\/a\/one\.txt: OK/);
+    const again = await untar(
+      await bodyBytes(await download(url, "z", "?manifest=1&filename=m.tar")),
+    );
+    assert.equal(
+      await Deno.readTextFile(`${again}/m/manifest-sha256.txt`),
+      await Deno.readTextFile(`${m}/m/manifest-sha256.txt`),
+    );
+    await Deno.remove(again, { recursive: true });
+    const tar = await download(url, "z", "");
+    await tar.body?.cancel();
+    assert.equal(tar.headers.get("etag"), etag);
     await Deno.remove(dir, { recursive: true });
     await Deno.remove(m, { recursive: true });
   });
