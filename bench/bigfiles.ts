@@ -1,5 +1,5 @@
 /**
- * `deno task bench bigfiles [--rounds N] [--only 64M|1G] [--before PATH]`: issue 15's staging
+ * `deno task bench bigfiles [--rounds N] [--only 64M|1G] [--before PATH] [--threads N]`: issue 15's staging
  * figures for big files. Carts of 16 × 64 MiB and of 8 × 1 GiB, POST → ready, with and without
  * `sha256` hashes in the document, each beside the plain client (bench/plain_client.ts) that
  * fetches the same files from the same fake archive to disk at the same concurrency
@@ -8,7 +8,8 @@
  * Rounds are paired: in each round every case runs cartd, then the plain client, so the
  * machine's slow spells weigh on both; the ratio is the median of the rounds' ratios. With
  * `--before PATH` (a `main.ts` of another commit, which must lie under the repository, e.g. a
- * `git archive` of it unpacked in `var/`), that cartd runs too, before today's, in every round.
+ * `git archive` of it unpacked in `var/`), that cartd runs too, before today's, in every round;
+ * with `--threads N`, today's cartd runs once more with `CARTD_THREADS=N`.
  *
  * cartd runs with its shipped defaults (its own thread count). What each side writes is removed
  * right after it, which also drops its dirty pages, so the next side does not pay for their
@@ -153,6 +154,7 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
       rounds: { type: "string", default: "2" },
       only: { type: "string" },
       before: { type: "string" },
+      threads: { type: "string" },
     },
   });
   const rounds = Math.max(1, Number(values.rounds) || 2);
@@ -199,12 +201,15 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
         sums.set(c.size, patternSha256(c.size));
       }
     }
-    const results = new Map<string, { before: Side[]; cartd: Side[]; plain: Side[] }>();
+    const results = new Map<
+      string,
+      { before: Side[]; cartd: Side[]; threads: Side[]; plain: Side[] }
+    >();
     for (let round = 1; round <= rounds; round++) {
       for (const c of cases) {
         const sha256 = sums.get(c.size)!;
         const doc = caseDoc(c, sha256);
-        const r = results.get(c.name) ?? { before: [], cartd: [], plain: [] };
+        const r = results.get(c.name) ?? { before: [], cartd: [], threads: [], plain: [] };
         results.set(c.name, r);
         if (values.before) {
           progress(`${c.name}, round ${round}/${rounds}: cartd before`);
@@ -212,6 +217,11 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
         }
         progress(`${c.name}, round ${round}/${rounds}: cartd`);
         r.cartd.push(await cartdSide(archive.url, env, c, doc));
+        if (values.threads) {
+          progress(`${c.name}, round ${round}/${rounds}: cartd, CARTD_THREADS=${values.threads}`);
+          const threadsEnv = { ...env, CARTD_THREADS: values.threads };
+          r.threads.push(await cartdSide(archive.url, threadsEnv, c, doc));
+        }
         progress(`${c.name}, round ${round}/${rounds}: plain client`);
         r.plain.push(await plainSide(archive.url, c, concurrency, sha256));
       }
@@ -244,6 +254,20 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
           figure: `  before: CPU / peak RSS`,
           cartd: `${f2(median(r.before.map((s) => s.cpu!)))} s / ${
             (Math.max(...r.before.map((s) => s.rss!)) / MiB).toFixed(0)
+          } MiB`,
+        });
+      }
+      if (r.threads.length) {
+        const tRatios = r.threads.map((s, i) => s.seconds / r.plain[i].seconds);
+        rows.push({
+          figure: `  CARTD_THREADS=${values.threads}: POST → ready`,
+          cartd: secs(median(r.threads.map((s) => s.seconds))),
+          ratio: `${f2(median(tRatios))}× (rounds ${tRatios.map(f2).join(", ")})`,
+        });
+        rows.push({
+          figure: `  CARTD_THREADS=${values.threads}: CPU / peak RSS`,
+          cartd: `${f2(median(r.threads.map((s) => s.cpu!)))} s / ${
+            (Math.max(...r.threads.map((s) => s.rss!)) / MiB).toFixed(0)
           } MiB`,
         });
       }
