@@ -398,25 +398,34 @@ async function download(
       }
       throw err;
     }
-    const reader = body.getReader();
     // A file that fits the buffer is written in one call once it is all here (create, write
     // and close in one trip to the I/O threads: a cart of 10,000 small files makes 20,000
-    // fewer); a bigger one goes to disk as it comes.
+    // fewer); a bigger one is piped to disk as it comes, then read back once for its sums.
     const whole = expected <= WRITE_CHUNK;
     if (!whole) {
       try {
         file = await createPart(part);
       } catch (err) {
         // The download is given up for this error; the body dropped unread changes nothing.
-        await reader.cancel().catch(() => {});
+        await body.cancel().catch(() => {});
         throw fsError(job, err, "could not create");
       }
     }
 
-    // Idle watchdog: no bytes for requestTimeoutMs aborts the GET.
+    // Idle watchdog: no bytes for requestTimeoutMs aborts the GET. A piped file is watched
+    // by its size on disk.
     const idleMs = settings.requestTimeoutMs;
     let lastByte = performance.now();
+    let sizeSeen = 0;
     watchdog = setInterval(() => {
+      if (!whole) {
+        Deno.stat(part).then((st) => {
+          if (st.size !== sizeSeen) {
+            sizeSeen = st.size;
+            lastByte = performance.now();
+          }
+        }, () => {});
+      }
       if (performance.now() - lastByte >= idleMs) {
         ctl.abort(
           new ArchiveError(job.archiveId, `the archive sent no bytes for ${seconds(idleMs)} s`, {
@@ -434,6 +443,28 @@ async function download(
       ? createHash(job.hashtype)
       : undefined;
     let crc = 0;
+    if (!whole) {
+      written = await pipeToPart(job, part, body, file!, expected, signal, fetchSignal, ctl.signal);
+      file = undefined; // the pipe closed it
+      // One pass over the bytes just written (in the page cache) for every sum at once: the
+      // pipe moves the body in the runtime without a JavaScript call per 64 KiB chunk (on 2
+      // cores: 1.3–1.8 s of CPU per GiB with this pass, against 2.2–2.7 s reading the chunks
+      // here; bench/bigfiles.ts).
+      try {
+        using reading = await Deno.open(part, { read: true });
+        const sums = new Uint8Array(WRITE_CHUNK);
+        for (let n; (n = await reading.read(sums)) !== null;) {
+          signal?.throwIfAborted();
+          const data = sums.subarray(0, n);
+          sha256?.update(data);
+          wanted?.update(data);
+          crc = crc32(data, crc);
+        }
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        throw fsError(job, err, "could not read back");
+      }
+    }
     // No bigger than the file: a 1 KiB file must not cost a 1 MiB buffer (they add up fast
     // between garbage collections when a cart has thousands of small files).
     const buf = new Uint8Array(Math.max(1, Math.min(WRITE_CHUNK, expected)));
@@ -457,7 +488,8 @@ async function download(
       }
     };
 
-    for (;;) {
+    const reader = whole ? body.getReader() : undefined;
+    while (reader) {
       let chunk: ReadableStreamReadResult<Uint8Array>;
       try {
         chunk = await readUnlessAborted(reader, fetchSignal);
@@ -558,6 +590,62 @@ async function download(
       });
     }
   }
+}
+
+/**
+ * Pipes `body` into `file` (which the pipe closes) and returns the bytes on disk. The pipe
+ * runs in the runtime, chunk after chunk, without calls into this thread's JavaScript. A body
+ * that breaks off, or that the idle watchdog aborts (`watchdog`, through the fetch's signal),
+ * is a failed attempt (as is a write that fails for another reason than a full disk, which
+ * is "No Space Available"); more bytes than `expected` is a size error.
+ */
+async function pipeToPart(
+  job: StageJob,
+  part: string,
+  body: ReadableStream<Uint8Array>,
+  file: Deno.FsFile,
+  expected: number,
+  signal: AbortSignal | undefined,
+  fetchSignal: AbortSignal,
+  watchdog: AbortSignal,
+): Promise<number> {
+  const onDisk = () => Deno.stat(part).then((st) => st.size, () => 0);
+  // Aborting the fetch fails the pipe by itself; this makes the time limit and a cancel hold
+  // even if the body missed the abort (as readUnlessAborted does for reads).
+  const aborted = new Promise<never>((_, reject) => {
+    if (fetchSignal.aborted) reject(fetchSignal.reason);
+    fetchSignal.addEventListener("abort", () => reject(fetchSignal.reason), { once: true });
+  });
+  aborted.catch(() => {});
+  try {
+    const piping = body.pipeTo(file.writable);
+    piping.catch(() => {});
+    await Promise.race([piping, aborted]);
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    if (isNoSpace(err)) throw fsError(job, err, "could not write");
+    const reason = watchdog.aborted ? watchdog.reason : err;
+    if (reason instanceof ArchiveError) throw new AttemptFailure(archiveFailure(job, reason));
+    throw new AttemptFailure(
+      new StageError(
+        "archive",
+        `${job.label}: the download broke off after ${await onDisk()} of ${expected} bytes: ${
+          reason instanceof Error ? reason.message : String(reason)
+        }`,
+        { cause: reason },
+      ),
+    );
+  }
+  const written = await onDisk();
+  if (written > expected) {
+    throw new AttemptFailure(
+      new StageError(
+        "size",
+        `${job.label}: the archive sent more than the ${expected} bytes it announced`,
+      ),
+    );
+  }
+  return written;
 }
 
 /**

@@ -416,6 +416,35 @@ Deno.test("an always stalled body fails with a timeout naming the file", async (
   await assertNothingLeft(job.dest);
 });
 
+Deno.test("a file bigger than a write (piped to disk) that stalls or runs long fails as a small one does", async () => {
+  await using t = await setup();
+  t.fake.put("bst", { size: 3_000_000 }, { stallGets: Infinity });
+  const job = t.job("bst");
+  await assert.rejects(
+    stageFile(job, { ...FAST, requestTimeoutMs: 200, fetchAttempts: 2 }),
+    (e) => {
+      assert.ok(e instanceof StageError);
+      assert.equal(e.code, "timeout");
+      assert.equal(e.message, "fileids[0] (id bst): the archive sent no bytes for 0.2 s");
+      return true;
+    },
+  );
+  await assertNothingLeft(job.dest);
+  t.fake.put("bst2", { size: 3_000_000 }, { stallGets: 1 });
+  const again = t.job("bst2");
+  await stageFile(again, { ...FAST, requestTimeoutMs: 300 });
+  await assertStaged(t.fake, "bst2", again.dest);
+  t.fake.put("long", { size: 3_000_000 }, { headers: { "X-Content-Length": "2999999" } });
+  const long = t.job("long");
+  await assert.rejects(stageFile(long, FAST), (e) => {
+    assert.ok(e instanceof StageError);
+    assert.equal(e.code, "size");
+    assert.match(e.message, /more than the 2999999 bytes/);
+    return true;
+  });
+  await assertNothingLeft(long.dest);
+});
+
 Deno.test("a 500 on the first GET is retried after a delay", async () => {
   await using t = await setup();
   t.fake.put("f", text("fine"), { failGets: 1 });
