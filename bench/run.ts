@@ -756,8 +756,8 @@ async function main(): Promise<void> {
         rows.push({
           figure: `${name}, POST → ready${of}`,
           cartd: secs(cartd.seconds),
-          baseline: `plain ${secs(plain.seconds)}`,
-          ratio: `${f2(ratio)}×`,
+          baseline: Number.isNaN(plain.seconds) ? "" : `plain ${secs(plain.seconds)}`,
+          ratio: Number.isNaN(ratio) ? "" : `${f2(ratio)}×`,
           target: "≤ 1.50×",
           ok: Number.isNaN(ratio) ? undefined : ratio <= 1.5,
         });
@@ -770,7 +770,9 @@ async function main(): Promise<void> {
         rows.push({
           figure: `${name}, per file`,
           cartd: `${f2((cartd.seconds / cartd.count) * 1000)} ms`,
-          baseline: `plain ${f2((plain.seconds / cartd.count) * 1000)} ms`,
+          baseline: Number.isNaN(plain.seconds)
+            ? ""
+            : `plain ${f2((plain.seconds / cartd.count) * 1000)} ms`,
         });
       }
       const first = smalls[0].cartd;
