@@ -6,12 +6,36 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
+import { defaultThreads, SETTINGS } from "../lib/config/config.ts";
 
 /** The folder of the benchmarks. */
 export const BENCH_DIR: string = fileURLToPath(new URL("./", import.meta.url));
 
 export const MiB = 1 << 20;
 export const GiB = 1 << 30;
+
+/**
+ * cartd's settings in every benchmark run: the shipped defaults, written out (the test harness
+ * would otherwise apply its fast test settings), and the threads this machine gets by default.
+ */
+export function benchEnv(): Record<string, string> {
+  const env: Record<string, string> = Object.fromEntries(
+    [
+      "CARTD_POLL_INITIAL",
+      "CARTD_POLL_MAX",
+      "CARTD_RESTAGE_EVERY",
+      "CARTD_RETRY_DELAY",
+      "CARTD_REQUEST_TIMEOUT",
+      "CARTD_CLAIM_TTL",
+      "CARTD_FILES_PER_CART",
+      "CARTD_FILES_IN_FLIGHT",
+      "CARTD_CARTS_IN_FLIGHT",
+      "CARTD_LOG_LEVEL",
+    ].map((name) => [name, SETTINGS.find(([n]) => n === name)![2]]),
+  );
+  env.CARTD_THREADS = String(defaultThreads());
+  return env;
+}
 
 /** `count` archive ids: `prefix000000`, `prefix000001`, … */
 export function benchIds(prefix: string, count: number): string[] {

@@ -9,7 +9,7 @@
  * @module
  */
 import type { Bundle, StreamOptions } from "../lib/bundle/plan.ts";
-import { cartBundle } from "../lib/bundle/cart_bundle.ts";
+import { cartBundle, cartBundleOptions } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import { startSpan } from "../lib/util/trace.ts";
@@ -86,7 +86,12 @@ export async function serveDownload(
         cartBundle(cart, volume, asked, async () => {
           const files = await StagedFiles.load(store, cart, volume);
           // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
-          return files.length === cart.fileCount ? files : null;
+          if (files.length !== cart.fileCount) return null;
+          // A manifest the cart did not ask for: staging measured no SHA-256s for it.
+          if (cartBundleOptions(cart, asked).manifest && files.unmeasured) {
+            await files.measureSha256(store);
+          }
+          return files;
         }),
     );
   } catch (error) {

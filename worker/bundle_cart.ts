@@ -33,6 +33,8 @@ const CHECKS_IN_FLIGHT = 32;
 export async function bundleCart(run: CartRun): Promise<void> {
   const { cart, signal, owner, deps: { store, volume, pool, space } } = run;
   const files = await checkedFiles(run);
+  // Files linked from another cart's copies (worker/shares.ts) may come without a SHA-256.
+  if (cart.manifest && files.unmeasured) await files.measureSha256(store, signal);
   const readyAt = Date.now();
   // The plan's folder times come from readyAt: the cart is planned as it will be when ready.
   const ready = { ...cart, readyAt };

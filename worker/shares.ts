@@ -60,14 +60,19 @@ export type HashVerdict = "yes" | "no" | "check";
  * assert.equal(hashVerdict({ hashtype: "sha256", hashsum: "bb" }, copy), "yes");
  * assert.equal(hashVerdict({ hashtype: "sha256", hashsum: "cc" }, copy), "no");
  * assert.equal(hashVerdict({ hashtype: "sha1", hashsum: "dd" }, copy), "check");
+ * // Staged without a manifest, the copy's SHA-256 was not measured: hashed to know.
+ * const unmeasured = { hashtype: null, hashsum: null, sha256: null };
+ * assert.equal(hashVerdict({ hashtype: "sha256", hashsum: "bb" }, unmeasured), "check");
  * ```
  */
 export function hashVerdict(
   file: { hashtype: string | null; hashsum: string | null },
-  copy: { hashtype: string | null; hashsum: string | null; sha256: string },
+  copy: { hashtype: string | null; hashsum: string | null; sha256: string | null },
 ): HashVerdict {
   if (file.hashsum === null || file.hashtype === null) return "yes";
-  if (file.hashtype === "sha256") return copy.sha256 === file.hashsum ? "yes" : "no";
+  if (file.hashtype === "sha256" && copy.sha256 !== null) {
+    return copy.sha256 === file.hashsum ? "yes" : "no";
+  }
   if (copy.hashtype === file.hashtype && copy.hashsum !== null) {
     return copy.hashsum === file.hashsum ? "yes" : "no";
   }

@@ -612,6 +612,8 @@ export async function fetchFiles(
             label: fileLabel(file),
             status,
             onTape: "return",
+            // Only a manifest needs the SHA-256; one asked for at download time measures it.
+            measureSha256: cart.manifest,
           },
           config.staging,
           inner,

@@ -58,7 +58,7 @@ export interface BundleFile {
   mtime: number;
   /** Absolute path of the file on disk. */
   source: string;
-  /** Lowercase hex SHA-256 of the file, computed at staging. */
+  /** Lowercase hex SHA-256 of the file; read only for a bundle with a manifest. */
   sha256: string;
   /** Unsigned CRC-32 of the file, computed at staging. */
   crc32: number;
@@ -197,7 +197,7 @@ class FileEntry implements Entry {
   }
 }
 
-function checkFile(file: BundleFile, index: number): void {
+function checkFile(file: BundleFile, index: number, manifest: boolean): void {
   const where = `Bundle file ${index} ("${file.path}")`;
   const p = file.path;
   if (typeof p !== "string" || p.length === 0 || p.startsWith("/") || p.endsWith("/")) {
@@ -212,7 +212,8 @@ function checkFile(file: BundleFile, index: number): void {
   if (!Number.isFinite(file.mtime)) {
     throw new RangeError(`${where}: mtime ${file.mtime} is not finite`);
   }
-  if (!SHA256_HEX.test(file.sha256)) {
+  // Only a manifest reads the SHA-256 (a file staged without one may have none).
+  if (manifest && !SHA256_HEX.test(file.sha256)) {
     throw new TypeError(`${where}: sha256 "${file.sha256}" is not 64 lowercase hex digits`);
   }
   if (!Number.isInteger(file.crc32) || file.crc32 < 0 || file.crc32 > 0xffffffff) {
@@ -289,7 +290,7 @@ function buildEntries(files: FileList, options: BundleOptions): Entry[] {
   const dirs = new Set<string>();
   const paths = new Set<string>();
   eachOf(files, (file, index) => {
-    checkFile(file, index);
+    checkFile(file, index, options.manifest);
     if (paths.has(file.path) || dirs.has(file.path)) {
       throw new TypeError(`Bundle file ${index} ("${file.path}") collides with an earlier entry`);
     }
@@ -313,8 +314,11 @@ function computeEtag(files: FileList, options: BundleOptions): string {
   hash.update(
     JSON.stringify([LAYOUT_VERSION, options.format, options.top, options.manifest, options.mtime]),
   );
+  // What the bytes are made of: the SHA-256s only when a manifest carries them (a file staged
+  // without one has none until a manifest asks for it, and the tar's ETag must not change then).
   eachOf(files, (f) => {
-    hash.update("\n" + JSON.stringify([f.path, f.size, f.mtime, f.sha256, f.crc32]));
+    const facts = [f.path, f.size, f.mtime, ...(options.manifest ? [f.sha256] : []), f.crc32];
+    hash.update("\n" + JSON.stringify(facts));
   });
   return `"${hash.digest("hex").slice(0, 40)}"`;
 }

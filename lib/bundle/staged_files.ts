@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import type { BundleFile, FileList } from "./plan.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import { Volume } from "../volume/volume.ts";
@@ -24,8 +25,11 @@ export interface StagedColumns {
   unstaged: number[];
   /** Bundle paths. */
   paths: string[];
-  /** Lowercase hex SHA-256s. */
-  sha256: string[];
+  /**
+   * Lowercase hex SHA-256s; null for a staged file whose SHA-256 staging did not measure
+   * (see {@linkcode StagedFiles.measureSha256}).
+   */
+  sha256: (string | null)[];
   /** Document positions (`fileids` indexes), which name the staged files. */
   idx: Uint32Array;
   /** Sizes in bytes. */
@@ -84,8 +88,8 @@ export class StagedFiles implements FileList {
       crc32: new Uint32Array(n),
     };
     for await (const f of store.eachFile(cart.id)) {
-      const staged = f.status === "staged" && f.size !== null && f.sha256 !== null &&
-        f.crc32 !== null;
+      // The SHA-256 may be missing: staging measures it only for a manifest.
+      const staged = f.status === "staged" && f.size !== null && f.crc32 !== null;
       if (!staged && !sizesOnly) {
         throw new Error(`fileids[${f.idx}] (id ${f.archiveId}) is not staged`);
       }
@@ -93,7 +97,7 @@ export class StagedFiles implements FileList {
       const i = c.length++;
       if (!staged) c.unstaged.push(i);
       c.paths.push(f.path);
-      c.sha256.push(f.sha256 ?? ZERO_SHA256);
+      c.sha256.push(staged ? f.sha256 : ZERO_SHA256);
       c.idx[i] = f.idx;
       c.sizes[i] = f.size ?? 0;
       c.mtimes[i] = f.mtime ?? 0;
@@ -131,6 +135,36 @@ export class StagedFiles implements FileList {
     return this.columns.sizes[i];
   }
 
+  /** How many staged files have no SHA-256 yet (a bundle with a manifest needs them). */
+  get unmeasured(): number {
+    let n = 0;
+    for (let i = 0; i < this.columns.length; i++) if (this.columns.sha256[i] === null) n++;
+    return n;
+  }
+
+  /**
+   * Measures the SHA-256 of every staged file that has none (staging measures it only for a
+   * cart that asked for a manifest), reading the staged bytes once each, and records them in
+   * `store`: what a manifest asked for at download time needs before it is planned. A file
+   * measured once is not read again by later downloads.
+   */
+  async measureSha256(store: CartStore, signal?: AbortSignal): Promise<void> {
+    const measured: { idx: number; sha256: string }[] = [];
+    const buf = new Uint8Array(1 << 20);
+    for (let i = 0; i < this.columns.length; i++) {
+      if (this.columns.sha256[i] !== null) continue;
+      signal?.throwIfAborted();
+      const hash = createHash("sha256");
+      using file = await Deno.open(this.source(i), { read: true });
+      for (let n; (n = await file.read(buf)) !== null;) hash.update(buf.subarray(0, n));
+      const sha256 = hash.digest("hex");
+      this.columns.sha256[i] = sha256;
+      measured.push({ idx: this.columns.idx[i], sha256 });
+      if (measured.length >= 256) await store.setSha256(this.columns.cartId, measured.splice(0));
+    }
+    await store.setSha256(this.columns.cartId, measured);
+  }
+
   /** The sum of the files' sizes. */
   get bytes(): number {
     let sum = 0;
@@ -154,7 +188,14 @@ class StagedFileView implements BundleFile {
     return this.files.columns.mtimes[this.i];
   }
   get sha256(): string {
-    return this.files.columns.sha256[this.i];
+    const sha256 = this.files.columns.sha256[this.i];
+    if (sha256 === null) {
+      throw new Error(
+        `fileids[${this.files.idx(this.i)}]: its SHA-256 was not measured at staging; ` +
+          "StagedFiles.measureSha256 measures it before a bundle with a manifest is planned",
+      );
+    }
+    return sha256;
   }
   get crc32(): number {
     return this.files.columns.crc32[this.i];

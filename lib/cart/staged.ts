@@ -17,8 +17,12 @@ export interface StagedFacts {
   size: number;
   /** Modification time in seconds since the epoch, as the archive reported it (`Last-Modified`). */
   mtime: number;
-  /** Lowercase hex SHA-256 of the bytes. */
-  sha256: string;
+  /**
+   * Lowercase hex SHA-256 of the bytes; null when staging did not measure it (it does only
+   * for a cart that asked for a manifest, or that checks a sha256 of its own): a manifest
+   * asked for later measures it then (`StagedFiles.measureSha256`, lib/bundle/staged_files.ts).
+   */
+  sha256: string | null;
   /** Unsigned CRC-32 of the bytes (as zlib and tar tools compute it). */
   crc32: number;
 }

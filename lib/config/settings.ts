@@ -83,9 +83,11 @@ export function parseDuration(text: string): number | null {
 /**
  * Web Worker threads when `CARTD_THREADS` is not set: a core each, but one core stays with the
  * main thread (the API, the database, the archive's status requests); at least 1, at most 4.
- * On 2 cores that is 1 thread: a second one cost about 30 MiB of memory at peak, for about
- * 25 % faster staging of big files (1 GiB: 3.2 → 2.4 s) and 10–15 % of many small ones
- * (see bench/). Set CARTD_THREADS=2 there to trade the memory for that speed.
+ * On 2 cores that is 1 thread: a second one cost about 30 MiB of memory at peak, and since
+ * staging stopped hashing every byte in JavaScript (a SHA-256 only for a manifest, big files
+ * piped to disk by the runtime) it no longer stages faster there: 16 × 64 MiB took 3.5 s with
+ * 2 threads against 2.3 s with 1 in the same run (`deno task bench bigfiles --threads 2`),
+ * as the archive and the threads then share the cores.
  */
 export function defaultThreads(cores: number = navigator.hardwareConcurrency): number {
   return Math.max(1, Math.min(4, (cores || 2) - 1));

@@ -86,6 +86,37 @@ Deno.test("a file on disk is staged with size, sha256, crc32 and mtime", async (
   assert.deepEqual(t.fake.counts("1234"), { head: 1, post: 0, get: 1 });
 });
 
+Deno.test("measureSha256 false: no SHA-256 (null), the CRC-32 and a requested hash still checked", async () => {
+  await using t = await setup();
+  t.fake.put("big", { size: 3_000_001 });
+  const bytes = await t.fake.bytes("big");
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  const plain = await stageFile(t.job("big", { measureSha256: false }), FAST);
+  assert.equal(plain.sha256, null);
+  assert.equal(plain.crc32, crc32(bytes) >>> 0);
+  assert.equal(plain.size, bytes.byteLength);
+  // A sha256 to check is measured anyway, and is the file's SHA-256.
+  const checked = await stageFile(
+    t.job("big", { measureSha256: false, hashtype: "sha256", hashsum: sha256 }),
+    FAST,
+  );
+  assert.equal(checked.sha256, sha256);
+  // Another hash type is checked without a SHA-256: a wrong one still fails.
+  const md5 = createHash("md5").update(bytes).digest("hex");
+  const other = await stageFile(
+    t.job("big", { measureSha256: false, hashtype: "md5", hashsum: md5 }),
+    FAST,
+  );
+  assert.equal(other.sha256, null);
+  await assert.rejects(
+    stageFile(t.job("big", { measureSha256: false, hashtype: "md5", hashsum: "0".repeat(32) }), {
+      ...FAST,
+      fetchAttempts: 1,
+    }),
+    /File hash does not match/,
+  );
+});
+
 Deno.test("an empty file is staged", async () => {
   await using t = await setup();
   t.fake.put("empty", new Uint8Array(0));
@@ -383,6 +414,35 @@ Deno.test("an always stalled body fails with a timeout naming the file", async (
     },
   );
   await assertNothingLeft(job.dest);
+});
+
+Deno.test("a file bigger than a write (piped to disk) that stalls or runs long fails as a small one does", async () => {
+  await using t = await setup();
+  t.fake.put("bst", { size: 3_000_000 }, { stallGets: Infinity });
+  const job = t.job("bst");
+  await assert.rejects(
+    stageFile(job, { ...FAST, requestTimeoutMs: 200, fetchAttempts: 2 }),
+    (e) => {
+      assert.ok(e instanceof StageError);
+      assert.equal(e.code, "timeout");
+      assert.equal(e.message, "fileids[0] (id bst): the archive sent no bytes for 0.2 s");
+      return true;
+    },
+  );
+  await assertNothingLeft(job.dest);
+  t.fake.put("bst2", { size: 3_000_000 }, { stallGets: 1 });
+  const again = t.job("bst2");
+  await stageFile(again, { ...FAST, requestTimeoutMs: 300 });
+  await assertStaged(t.fake, "bst2", again.dest);
+  t.fake.put("long", { size: 3_000_000 }, { headers: { "X-Content-Length": "2999999" } });
+  const long = t.job("long");
+  await assert.rejects(stageFile(long, FAST), (e) => {
+    assert.ok(e instanceof StageError);
+    assert.equal(e.code, "size");
+    assert.match(e.message, /more than the 2999999 bytes/);
+    return true;
+  });
+  await assertNothingLeft(long.dest);
 });
 
 Deno.test("a 500 on the first GET is retried after a delay", async () => {

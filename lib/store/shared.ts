@@ -39,8 +39,8 @@ export interface StoredCopy {
   hashtype: string | null;
   /** The digest of that hash, or null. */
   hashsum: string | null;
-  /** The SHA-256 staging measured. */
-  sha256: string;
+  /** The SHA-256 staging measured, or null when it measured none (no manifest asked for it). */
+  sha256: string | null;
   /** The CRC-32 staging measured. */
   crc32: number;
   /** The content key of its bytes (null for a row staged before schema 7). */
@@ -69,7 +69,7 @@ export async function copiesOf(
         f.crc32, f.content_key
        FROM cart_files f JOIN carts c ON c.id = f.cart_id
       WHERE f.archive_id = ? AND f.status = 'staged' AND f.cart_id <> ?
-        AND c.live_uid IS NOT NULL AND f.sha256 IS NOT NULL
+        AND c.live_uid IS NOT NULL AND f.crc32 IS NOT NULL
       ORDER BY CASE c.status WHEN 'ready' THEN 0 ELSE 1 END, c.created_at
       LIMIT 8`,
     [archiveId, exceptCart],
@@ -81,7 +81,7 @@ export async function copiesOf(
     mtime: Number(r.mtime ?? 0),
     hashtype: r.hashtype === null ? null : String(r.hashtype),
     hashsum: r.hashsum === null ? null : String(r.hashsum),
-    sha256: String(r.sha256),
+    sha256: r.sha256 === null ? null : String(r.sha256),
     crc32: Number(r.crc32 ?? 0),
     contentKey: r.content_key === null ? null : String(r.content_key),
   }));

@@ -742,6 +742,14 @@ export class CartStore {
     });
   }
 
+  /** Records SHA-256s measured after staging (for a manifest asked for at download time). */
+  async setSha256(
+    cartId: string,
+    files: readonly { idx: number; sha256: string }[],
+  ): Promise<void> {
+    await this.#updateFiles(cartId, files, { sha256: (f) => f.sha256 });
+  }
+
   /** Records the cart's total size once every file's size is known. */
   async setTotalBytes(cartId: string, total: number): Promise<void> {
     await this.db.run("UPDATE carts SET total_bytes = ?, updated_at = ? WHERE id = ?", [

@@ -621,11 +621,52 @@ Deno.test("?format=zip passes unzip -t; ?manifest=1 passes sha256sum -c", async 
     await Deno.writeFile(`${dir}/z.zip`, await bodyBytes(zip));
     const t = await run("unzip", ["-t", "z.zip"], { cwd: dir });
     assert.equal(t.code, 0, t.stdout + t.stderr);
+    // The cart asked for no manifest: staging measured no SHA-256s, the first manifest asked
+    // for measures them; the default tar's ETag is the same before and after.
+    const first = await download(url, "z", "");
+    await first.body?.cancel();
+    const etag = first.headers.get("etag");
+    assert.ok(etag);
     const m = await untar(await bodyBytes(await download(url, "z", "?manifest=1&filename=m.tar")));
     const check = await run("sha256sum", ["-c", "manifest-sha256.txt"], { cwd: `${m}/m` });
     assert.equal(check.code, 0, check.stdout + check.stderr);
     assert.match(check.stdout, /data\/a\/one\.txt: OK/);
+    const again = await untar(
+      await bodyBytes(await download(url, "z", "?manifest=1&filename=m.tar")),
+    );
+    assert.equal(
+      await Deno.readTextFile(`${again}/m/manifest-sha256.txt`),
+      await Deno.readTextFile(`${m}/m/manifest-sha256.txt`),
+    );
+    await Deno.remove(again, { recursive: true });
+    const tar = await download(url, "z", "");
+    await tar.body?.cancel();
+    assert.equal(tar.headers.get("etag"), etag);
     await Deno.remove(dir, { recursive: true });
+    await Deno.remove(m, { recursive: true });
+  });
+});
+
+Deno.test("a manifest cart's bag checks out, with a file shared from a cart staged without sha256s", async () => {
+  await withCartdThen(async ({ url }, archive) => {
+    archive.put("s1", { size: 2 * 1024 * 1024 + 3 });
+    archive.put("s2", "second\n");
+    // Staged without a manifest: no sha256 measured for s1.
+    await postCart(url, "plain", { fileids: [{ id: "s1", path: "one.bin" }] });
+    assert.equal((await waitFor(url, "plain", "ready"))[1], "ready");
+    // Linked from "plain" (no archive GET), in a "bundle": true cart with a manifest: the bag
+    // written at bundling time must carry s1's real sha256.
+    await postCart(url, "bag", {
+      fileids: [{ id: "s1", path: "a/one.bin" }, { id: "s2", path: "two.txt" }],
+      bundle: true,
+      manifest: true,
+    });
+    assert.equal((await waitFor(url, "bag", "ready"))[1], "ready");
+    assert.equal(archive.counts("s1").get, 1);
+    const m = await untar(await bodyBytes(await download(url, "bag")));
+    const check = await run("sha256sum", ["-c", "manifest-sha256.txt"], { cwd: `${m}/bag` });
+    assert.equal(check.code, 0, check.stdout + check.stderr);
+    assert.match(check.stdout, /data\/a\/one\.bin: OK/);
     await Deno.remove(m, { recursive: true });
   });
 });

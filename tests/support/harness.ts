@@ -79,16 +79,19 @@ export const FAST_ENV: Record<string, string> = {
 
 /**
  * The `cartd ARGS` command as tests run it: the permissions of the compiled binary, exactly
- * `env` (plus VOLUME_PATH and NO_COLOR; nothing inherited), stdout kept only when asked for.
+ * `env` (plus VOLUME_PATH and NO_COLOR; nothing inherited), stdout kept only when asked for;
+ * `entry` runs another module than {@linkcode ENTRY} (a benchmark's copy of an older commit,
+ * which must lie under {@linkcode ROOT} to be readable).
  */
 export function cartdCommand(
   args: string[],
   volume: string,
   env: Record<string, string>,
-  options: { stdout?: "piped" | "null"; signal?: AbortSignal } = {},
+  options: { stdout?: "piped" | "null"; signal?: AbortSignal; entry?: string } = {},
 ): Deno.Command {
+  const entry = options.entry ?? ENTRY;
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", V8_FLAGS, UNSTABLE_FLAGS, ...permissions(volume), ENTRY, ...args],
+    args: ["run", V8_FLAGS, UNSTABLE_FLAGS, ...permissions(volume), entry, ...args],
     env: { VOLUME_PATH: volume, NO_COLOR: "1", GLIBC_TUNABLES: MALLOC_TUNABLES, ...env },
     clearEnv: true,
     stdin: "null",
@@ -197,6 +200,8 @@ export async function startCartd(options: {
   role?: "all" | "serve" | "worker";
   volume?: string;
   args?: string[];
+  /** The module to run instead of {@linkcode ENTRY} (see {@linkcode cartdCommand}). */
+  entry?: string;
 }): Promise<Cartd> {
   const ownVolume = options.volume === undefined;
   const volume = options.volume ?? await Deno.makeTempDir({ prefix: "cartd-test-" });
@@ -208,7 +213,7 @@ export async function startCartd(options: {
   ];
   const ready = Promise.withResolvers<string>();
   const cartd = spawnCollecting(
-    cartdCommand(args, volume, { ...FAST_ENV, ...options.env }),
+    cartdCommand(args, volume, { ...FAST_ENV, ...options.env }, { entry: options.entry }),
     (text) => {
       const m = /cartd listening on (\S+)/.exec(text);
       if (m) ready.resolve(m[1]);
