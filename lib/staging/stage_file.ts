@@ -3,9 +3,10 @@
  *
  * HEAD ({@linkcode headFile}: a 5xx is asked again for a while before the file counts as
  * missing) → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then,
- * give up after a limit → GET streamed to `dest.part` while computing crc32, the requested
- * hash, and sha256 when `measureSha256` asks for it (one pass, in the thread that reads the
- * bytes), size checked against `X-Content-Length`, retried with a growing delay when
+ * give up after a limit → GET written to `dest.part` (a file that fits one write as it
+ * arrives; a bigger one piped to disk by the runtime, then read back once from the page cache)
+ * with crc32, the requested hash, and sha256 when `measureSha256` asks for it computed in the
+ * same thread, size checked against `X-Content-Length`, retried with a growing delay when
  * short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
  *
  * The worker does not wait for tape here: it recalls files with the process's one
