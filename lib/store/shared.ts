@@ -55,6 +55,13 @@ async function lockSpace(tx: Db): Promise<void> {
 }
 
 /**
+ * Which rows of `cart_files f` (joined to `carts c`) another cart may link to: staged, of a
+ * live cart, with its CRC-32 measured. One condition for {@linkcode copiesOf} and
+ * {@linkcode stagedElsewhere}, so the hint never disagrees with the look-up.
+ */
+const REUSABLE = "f.status = 'staged' AND c.live_uid IS NOT NULL AND f.crc32 IS NOT NULL";
+
+/**
  * The staged copies of archive file `archiveId` in live carts other than `exceptCart`, those
  * of ready carts first (the id is compared exactly: MySQL's case-insensitive match is undone
  * here). Uses the index on `archive_id`.
@@ -68,8 +75,7 @@ export async function copiesOf(
     `SELECT f.cart_id, f.idx, f.archive_id, f.size, f.mtime, f.hashtype, f.hashsum, f.sha256,
         f.crc32, f.content_key
        FROM cart_files f JOIN carts c ON c.id = f.cart_id
-      WHERE f.archive_id = ? AND f.status = 'staged' AND f.cart_id <> ?
-        AND c.live_uid IS NOT NULL AND f.crc32 IS NOT NULL
+      WHERE f.archive_id = ? AND f.cart_id <> ? AND ${REUSABLE}
       ORDER BY CASE c.status WHEN 'ready' THEN 0 ELSE 1 END, c.created_at
       LIMIT 8`,
     [archiveId, exceptCart],
@@ -91,8 +97,8 @@ export async function copiesOf(
 const HINT_BATCH = 256;
 
 /**
- * Of `archiveIds`, those that a live cart other than `exceptCart` holds staged (with a
- * digest, as {@linkcode copiesOf} requires): one statement per {@linkcode HINT_BATCH} ids, on
+ * Of `archiveIds`, those that a live cart other than `exceptCart` holds staged (reusable, as
+ * for {@linkcode copiesOf}): one statement per {@linkcode HINT_BATCH} ids, on
  * the index on `archive_id`. The ids are compared exactly, as in `copiesOf`. A staging cart
  * asks this for a batch of its files before their HEADs and looks for copies only of those
  * found here, instead of one `copiesOf` per file.
@@ -108,8 +114,8 @@ export async function stagedElsewhere(
     const part = unique.slice(i, i + HINT_BATCH);
     const rows = await db.all(
       `SELECT DISTINCT f.archive_id FROM cart_files f JOIN carts c ON c.id = f.cart_id
-        WHERE f.archive_id IN (${part.map(() => "?").join(", ")}) AND f.status = 'staged'
-          AND f.cart_id <> ? AND c.live_uid IS NOT NULL AND f.sha256 IS NOT NULL`,
+        WHERE f.archive_id IN (${part.map(() => "?").join(", ")}) AND f.cart_id <> ?
+          AND ${REUSABLE}`,
       [...part, exceptCart],
     );
     const asked = new Set(part);
