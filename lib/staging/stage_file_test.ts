@@ -153,9 +153,13 @@ Deno.test("tape then disk: one stage POST, few HEADs, growing poll delays", asyn
   assert.ok(took >= 1450 && took < 4000, `took ${took} ms`);
   const heads = t.fake.log("tape").filter((r) => r.method === "HEAD").map((r) => r.at);
   const gaps = heads.slice(1).map((at, i) => at - heads[i]);
+  // Each gap grows on the previous one; below 150 ms a loaded machine's timer lateness (tens
+  // of ms, seen in CI: 72 then 86 ms) can hide that, so there the whole run is held to it.
+  const shown = `poll gaps must grow: ${gaps.map(Math.round)}`;
   for (let i = 1; i < gaps.length; i++) {
-    assert.ok(gaps[i] > gaps[i - 1] * 1.2, `poll gaps must grow: ${gaps.map(Math.round)}`);
+    if (gaps[i - 1] >= 150) assert.ok(gaps[i] > gaps[i - 1] * 1.2, shown);
   }
+  assert.ok(gaps.at(-1)! >= gaps[0] * 4, shown);
 });
 
 Deno.test("a file that stays on tape is re-staged and times out with a clear message", async () => {
