@@ -31,6 +31,7 @@ import {
   median,
   MiB,
   PeakRss,
+  printRows,
   type Row,
   startArchiveProcess,
   threadCpu,
@@ -278,22 +279,7 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
         } MiB`,
       });
     }
-    const head = ["figure", "cartd", "baseline", "ratio", "target", ""];
-    const lines = rows.map((r) => [
-      r.figure,
-      r.cartd,
-      r.baseline ?? "",
-      r.ratio ?? "",
-      r.target ?? "",
-      r.ok === undefined ? "" : r.ok ? "ok" : "MISS",
-    ]);
-    const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-    for (const l of [head, ...lines]) {
-      console.log(
-        l.map((cell, i) => i === 0 ? cell.padEnd(widths[i]) : cell.padStart(widths[i])).join("  ")
-          .trimEnd(),
-      );
-    }
+    printRows(rows);
     console.log(`load at the end: ${load()}`);
   } finally {
     await archive.stop();

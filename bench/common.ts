@@ -302,3 +302,39 @@ export interface Row {
   /** true: meets the target; false: misses it; undefined: no target. */
   ok?: boolean;
 }
+
+/** Rows under their section titles, as `printRows` takes them. */
+export interface Section {
+  title: string;
+  rows: Row[];
+}
+
+/**
+ * Prints `rows` as one aligned table (figure, cartd, baseline, ratio, target, ok/MISS), with a
+ * rule under the head. Rows given in sections get their section's title above them, indented.
+ */
+export function printRows(rows: Row[] | Section[]): void {
+  const head = ["figure", "cartd", "baseline", "ratio", "target", ""];
+  const cells = (r: Row, indent: string) => [
+    indent + r.figure,
+    r.cartd,
+    r.baseline ?? "",
+    r.ratio ?? "",
+    r.target ?? "",
+    r.ok === undefined ? "" : r.ok ? "ok" : "MISS",
+  ];
+  const lines: string[][] = [];
+  for (const item of rows) {
+    if ("title" in item) {
+      lines.push([`[${item.title}]`, "", "", "", "", ""]);
+      for (const r of item.rows) lines.push(cells(r, "  "));
+    } else lines.push(cells(item, ""));
+  }
+  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const fmt = (line: string[]) =>
+    line.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join("  ")
+      .trimEnd();
+  console.log(fmt(head));
+  console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  for (const l of lines) console.log(fmt(l));
+}

@@ -58,6 +58,7 @@ import {
   median,
   MiB,
   PeakRss,
+  printRows,
   type Row,
   rssNow,
   startArchiveProcess,
@@ -145,28 +146,7 @@ const secs = (n: number) => `${n < 10 ? f2(n) : n.toFixed(1)} s`;
 const mib = (bytes: number) => `${f0(bytes / MiB)} MiB`;
 
 function printTable(): void {
-  const head = ["figure", "cartd", "baseline", "ratio", "target", ""];
-  const lines: string[][] = [];
-  for (const s of sections) {
-    lines.push([`[${s.title}]`, "", "", "", "", ""]);
-    for (const r of s.rows) {
-      lines.push([
-        "  " + r.figure,
-        r.cartd,
-        r.baseline ?? "",
-        r.ratio ?? "",
-        r.target ?? "",
-        r.ok === undefined ? "" : r.ok ? "ok" : "MISS",
-      ]);
-    }
-  }
-  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-  const fmt = (cells: string[]) =>
-    cells.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join("  ")
-      .trimEnd();
-  console.log(fmt(head));
-  console.log(widths.map((w) => "-".repeat(w)).join("  "));
-  for (const l of lines) console.log(fmt(l));
+  printRows(sections);
 }
 
 // ---------------------------------------------------------------------------------------------
