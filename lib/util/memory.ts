@@ -155,7 +155,21 @@ export function heapCheckpoint(): void {
 /** Bytes of spent buffers after which {@linkcode spentBuffers} runs a young-generation collection. */
 export const SPENT_BUFFER_SLACK = 8 << 20;
 
-let spent = 0;
+/**
+ * A counter of bytes that runs `collect` each time {@linkcode SPENT_BUFFER_SLACK} more have
+ * been counted: the pacing {@linkcode spentBuffers} and {@linkcode lentBuffersDropped} share.
+ */
+function everySlack(collect: () => void): (bytes: number) => void {
+  let counted = 0;
+  return (bytes) => {
+    counted += bytes;
+    if (counted < SPENT_BUFFER_SLACK) return;
+    counted = 0;
+    collect();
+  };
+}
+
+const spent = everySlack(() => exposedGc()?.({ type: "minor" }));
 
 /**
  * Tells the collector that `bytes` of buffers were handed out for one use each (a chunk of a
@@ -164,13 +178,10 @@ let spent = 0;
  * fraction of a millisecond and frees those of them that were sent.
  */
 export function spentBuffers(bytes: number): void {
-  spent += bytes;
-  if (spent < SPENT_BUFFER_SLACK) return;
-  spent = 0;
-  exposedGc()?.({ type: "minor" });
+  spent(bytes);
 }
 
-let lentDropped = 0;
+const lentDropped = everySlack(() => exposedGc()?.({ type: "major", execution: "async" }));
 
 /**
  * Tells the collector that a stream that lent its chunks (lib/bundle/plan.ts) ended, leaving
@@ -182,10 +193,7 @@ let lentDropped = 0;
  * ending at most ask for one).
  */
 export function lentBuffersDropped(bytes: number): void {
-  lentDropped += bytes;
-  if (lentDropped < SPENT_BUFFER_SLACK) return;
-  lentDropped = 0;
-  exposedGc()?.({ type: "major", execution: "async" });
+  lentDropped(bytes);
 }
 
 /** Buffers at least this large that {@linkcode droppedBuffer} is told of are collected at once. */
