@@ -589,7 +589,9 @@ Deno.test("bundle: zip of a 4 GiB+ file uses zip64; tools read the sparse archiv
   });
 });
 
-Deno.test("bundle: 40,000 files plan quickly with offsets only", () => {
+// How fast a plan is made is a benchmark's figure (`deno task bench small100k` plans 100,000
+// files), not this test's: here, only that a big plan is exact.
+Deno.test("bundle: 40,000 files in 2,200 directories plan to the exact size", () => {
   const files: BundleFile[] = Array.from({ length: 40000 }, (_, i) => ({
     path: `${i % 200}/${Math.floor(i / 200) % 10}/file-${i}.dat`,
     size: i * 7,
@@ -598,11 +600,8 @@ Deno.test("bundle: 40,000 files plan quickly with offsets only", () => {
     sha256: "a".repeat(64),
     crc32: i,
   }));
-  const t0 = performance.now();
   const tar = planBundle(files, options());
   const zip = planBundle(files, options({ format: "zip", manifest: true }));
-  const ms = performance.now() - t0;
-  assert.ok(ms < 2000, `planning took ${ms} ms`);
   // tar: TOP + 200 + 2000 directories (one block each), each file's header + padded data, end.
   let expected = (1 + 200 + 2000) * 512 + 1024;
   for (const f of files) expected += 512 + Math.ceil(f.size / 512) * 512;
