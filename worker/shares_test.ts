@@ -174,3 +174,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "shares (MariaDB): ids that differ only in case are each found staged elsewhere",
+  ignore: MYSQL_OFF,
+  async fn() {
+    const { openMysql } = await import("../lib/db/mysql.ts");
+    const config = testMysqlConfig();
+    const db = await openMysql(config);
+    try {
+      await syncSchema(db);
+      const store = new CartStore(db);
+      const facts = { size: 1, mtime: 0, sha256: "0".repeat(64), crc32: 0 };
+      // MariaDB's default collation holds "X" and "x" equal; cartd's ids are exact.
+      const a = (await store.createCart("a", doc(["X", "x", "Y"]), "a".repeat(64))).cart;
+      await store.filesStaged(a.id, [{ idx: 0, facts }, { idx: 1, facts }, { idx: 2, facts }]);
+      const b = (await store.createCart("b", doc(["x", "X", "y"]), "b".repeat(64))).cart;
+      assert.deepEqual(
+        await store.stagedElsewhere(["x", "X", "y"], b.id),
+        new Set(["x", "X"]),
+        "x and X are both staged in a; y is not (Y is)",
+      );
+      assert.deepEqual(
+        (await store.copiesOf("x", b.id)).map((c) => c.idx),
+        [1],
+        "the copy of x is x's, not X's",
+      );
+    } finally {
+      await db.run(`DROP DATABASE IF EXISTS \`${config.database}\``).catch(() => {});
+      await db.close();
+    }
+  },
+});

@@ -62,9 +62,18 @@ async function lockSpace(tx: Db): Promise<void> {
 const REUSABLE = "f.status = 'staged' AND c.live_uid IS NOT NULL AND f.crc32 IS NOT NULL";
 
 /**
+ * `f.archive_id` as its bytes: MySQL's collations hold `X` and `x` (and `x` and `x `) equal,
+ * in `=`, `IN` and `DISTINCT`; cartd's archive ids are exact. The collated comparison stays
+ * beside it, for the index on `archive_id`.
+ */
+function exactId(db: Db): string {
+  return db.dialect === "mysql" ? "CAST(f.archive_id AS BINARY)" : "f.archive_id";
+}
+
+/**
  * The staged copies of archive file `archiveId` in live carts other than `exceptCart`, those
- * of ready carts first (the id is compared exactly: MySQL's case-insensitive match is undone
- * here). Uses the index on `archive_id`.
+ * of ready carts first; the id is compared exactly ({@linkcode exactId}). Uses the index on
+ * `archive_id`.
  */
 export async function copiesOf(
   db: Db,
@@ -75,12 +84,12 @@ export async function copiesOf(
     `SELECT f.cart_id, f.idx, f.archive_id, f.size, f.mtime, f.hashtype, f.hashsum, f.sha256,
         f.crc32, f.content_key
        FROM cart_files f JOIN carts c ON c.id = f.cart_id
-      WHERE f.archive_id = ? AND f.cart_id <> ? AND ${REUSABLE}
+      WHERE f.archive_id = ? AND ${exactId(db)} = ? AND f.cart_id <> ? AND ${REUSABLE}
       ORDER BY CASE c.status WHEN 'ready' THEN 0 ELSE 1 END, c.created_at
       LIMIT 8`,
-    [archiveId, exceptCart],
+    [archiveId, archiveId, exceptCart],
   );
-  return rows.filter((r) => String(r.archive_id) === archiveId).map((r) => ({
+  return rows.map((r) => ({
     cartId: String(r.cart_id),
     idx: Number(r.idx),
     size: Number(r.size),
@@ -99,7 +108,7 @@ const HINT_BATCH = 256;
 /**
  * Of `archiveIds`, those that a live cart other than `exceptCart` holds staged (reusable, as
  * for {@linkcode copiesOf}): one statement per {@linkcode HINT_BATCH} ids, on
- * the index on `archive_id`. The ids are compared exactly, as in `copiesOf`. A staging cart
+ * the index on `archive_id`. The ids are compared exactly ({@linkcode exactId}). A staging cart
  * asks this for a batch of its files before their HEADs and looks for copies only of those
  * found here, instead of one `copiesOf` per file.
  */
@@ -113,13 +122,15 @@ export async function stagedElsewhere(
   for (let i = 0; i < unique.length; i += HINT_BATCH) {
     const part = unique.slice(i, i + HINT_BATCH);
     const rows = await db.all(
-      `SELECT DISTINCT f.archive_id FROM cart_files f JOIN carts c ON c.id = f.cart_id
+      `SELECT DISTINCT ${exactId(db)} AS archive_id FROM cart_files f
+         JOIN carts c ON c.id = f.cart_id
         WHERE f.archive_id IN (${part.map(() => "?").join(", ")}) AND f.cart_id <> ?
           AND ${REUSABLE}`,
       [...part, exceptCart],
     );
     const asked = new Set(part);
     for (const r of rows) {
+      // MySQL answers the bytes (a Buffer): String() reads them as UTF-8, as they were written.
       const id = String(r.archive_id);
       if (asked.has(id)) found.add(id);
     }
