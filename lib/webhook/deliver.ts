@@ -23,6 +23,7 @@ import { createHmac } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import type { LookupAddress } from "node:dns";
+import type { WebhookOutcome } from "../util/metrics.ts";
 import { type Address, type AllowList, checkedAddresses, WebhookRefused } from "./allow.ts";
 
 /** The headers of an event (their names, as docs/api.md gives them). */
@@ -48,15 +49,7 @@ export function signature(secret: string, timestamp: string, body: string): stri
  * limit), `error` (no answer: the connection failed) or `refused` (an address of the host is
  * not allowed now, or the name does not resolve: nothing was sent).
  */
-export type DeliveryOutcome =
-  | "delivered"
-  | "1xx"
-  | "3xx"
-  | "4xx"
-  | "5xx"
-  | "timeout"
-  | "error"
-  | "refused";
+export type DeliveryOutcome = Exclude<WebhookOutcome, "given_up">;
 
 /** What one attempt came to. */
 export interface AttemptResult {
