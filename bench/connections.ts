@@ -17,14 +17,7 @@
  *
  * @module
  */
-import { MALLOC_TUNABLES, V8_FLAGS } from "../tools/compile.ts";
-import {
-  type Cartd,
-  ENTRY,
-  permissions,
-  spawnCollecting,
-  startCartd,
-} from "../tests/support/harness.ts";
+import { type Cartd, startCartd } from "../tests/support/harness.ts";
 import { MiB, PeakRss, type Row, rssNow } from "./common.ts";
 
 /** What the scenario needs from the driver (bench/run.ts). */
@@ -131,33 +124,14 @@ async function idleConnections(cartd: Cartd) {
 /** Answers to `GET /` on IDLE connections to a cartd under `ulimit -n 1024`, the defaults. */
 async function underLowLimit(opts: ConnectionBenchOptions): Promise<Row> {
   const volume = await opts.tempDir("cartd-bench-fds-");
-  const args = ["run", V8_FLAGS, ...permissions(volume), ENTRY, "--port", "0"];
-  const listening = Promise.withResolvers<number>();
-  const cartd = spawnCollecting(
-    new Deno.Command("sh", {
-      args: ["-c", 'ulimit -n 1024 && exec "$@"', "sh", Deno.execPath(), ...args],
-      env: {
-        ...opts.env,
-        PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-        VOLUME_PATH: volume,
-        NO_COLOR: "1",
-        GLIBC_TUNABLES: MALLOC_TUNABLES,
-        ARCHIVE_INTERFACE_URL: opts.archiveUrl,
-      },
-      clearEnv: true,
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }),
-    (text) => {
-      const m = /cartd listening on http:\/\/[^:]+:(\d+)\//.exec(text);
-      if (m) listening.resolve(Number(m[1]));
-    },
-  );
-  cartd.exited.then((code) => listening.reject(new Error(`cartd exited (${code})`)));
+  const cartd = await startCartd({
+    env: { ...opts.env, ARCHIVE_INTERFACE_URL: opts.archiveUrl },
+    volume,
+    fdLimit: 1024,
+  });
   const conns: Deno.Conn[] = [];
   try {
-    const port = await listening.promise;
+    const port = Number(new URL(cartd.url).port);
     const limit = fdLimit(cartd.process.pid);
     for (let i = 0; i < IDLE; i++) conns.push(await Deno.connect({ hostname: "127.0.0.1", port }));
     await sleep(1000);

@@ -5,72 +5,12 @@
  * download read slower than the minimum rate is cut and its cart's purge hold released.
  */
 import assert from "node:assert/strict";
-import { MALLOC_TUNABLES, UNSTABLE_FLAGS, V8_FLAGS } from "../../tools/compile.ts";
 import { startFakeArchive } from "../support/fake_archive.ts";
 import { eventually } from "../support/eventually.ts";
-import {
-  type Collected,
-  ENTRY,
-  FAST_ENV,
-  permissions,
-  postCart,
-  spawnCollecting,
-  startCartd,
-  tempDir,
-  waitFor,
-} from "../support/harness.ts";
+import { postCart, startCartd, waitFor } from "../support/harness.ts";
 
 const utf8 = new TextEncoder();
 const KiB = 1024;
-
-/** A cartd started as the harness starts it, but under `ulimit -n fds` (the harness has no such option). */
-interface LimitedCartd extends Collected {
-  /** The API's port. */
-  port: number;
-}
-
-/** Starts `cartd --port 0` with `env` in a shell that first lowers the descriptor limit to `fds`. */
-async function startLimited(
-  volume: string,
-  fds: number,
-  env: Record<string, string>,
-): Promise<LimitedCartd> {
-  const ready = Promise.withResolvers<number>();
-  const args = ["run", V8_FLAGS, UNSTABLE_FLAGS, ...permissions(volume), ENTRY, "--port", "0"];
-  const cartd = spawnCollecting(
-    new Deno.Command("sh", {
-      args: ["-c", `ulimit -n ${fds} && exec "$@"`, "sh", Deno.execPath(), ...args],
-      env: {
-        PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-        VOLUME_PATH: volume,
-        NO_COLOR: "1",
-        GLIBC_TUNABLES: MALLOC_TUNABLES,
-        ...FAST_ENV,
-        ...env,
-      },
-      clearEnv: true,
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }),
-    (text) => {
-      const m = /cartd listening on http:\/\/[^:]+:(\d+)\//.exec(text);
-      if (m) ready.resolve(Number(m[1]));
-    },
-  );
-  cartd.exited.then((code) =>
-    ready.reject(new Error(`cartd exited (${code}):\n${cartd.output()}`))
-  );
-  const timer = setTimeout(() => ready.reject(new Error("cartd did not start in 20 s")), 20_000);
-  try {
-    return { ...cartd, port: await ready.promise };
-  } catch (e) {
-    await cartd.stop("SIGKILL");
-    throw e;
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Opens up to `count` TCP connections to `port` (fewer when the server stops taking them). */
 async function openIdle(port: number, count: number): Promise<Deno.Conn[]> {
@@ -122,24 +62,25 @@ function closeAll(conns: Deno.Conn[]): void {
 }
 
 Deno.test("connections: idle connections up to the descriptor limit neither end cartd nor stop it accepting", async () => {
-  await using volume = await tempDir();
   // No cap below the limit: accept itself meets EMFILE (the case of issue 18).
-  const cartd = await startLimited(volume.path, 256, {
-    CARTD_MAX_CONNECTIONS: "1000",
-    CARTD_HEADER_TIMEOUT: "2",
-    CARTD_IDLE_TIMEOUT: "2",
+  await using cartd = await startCartd({
+    env: { CARTD_MAX_CONNECTIONS: "1000", CARTD_HEADER_TIMEOUT: "2", CARTD_IDLE_TIMEOUT: "2" },
+    fdLimit: 256,
   });
-  const conns = await openIdle(cartd.port, 400);
+  const port = Number(new URL(cartd.url).port);
+  const conns = await openIdle(port, 400);
   try {
     await new Promise((r) => setTimeout(r, 500));
-    const exited = await Promise.race([cartd.exited, new Promise((r) => setTimeout(r, 300))]);
+    const exited = await Promise.race([
+      cartd.process.status.then((s) => s.code),
+      new Promise((r) => setTimeout(r, 300)),
+    ]);
     assert.equal(exited, undefined, `cartd exited at the descriptor limit:\n${cartd.output()}`);
     // The idle ones are closed by the header limit; then a fresh connection is served.
-    await eventually("cartd answers GET / again", async () => (await getRoot(cartd.port)) === 200);
+    await eventually("cartd answers GET / again", async () => (await getRoot(port)) === 200);
     assert.match(cartd.output(), /Too many open files|descriptor/i, "the EMFILE is logged");
   } finally {
     closeAll(conns);
-    await cartd.stop();
   }
 });
 

@@ -87,12 +87,28 @@ export function cartdCommand(
   args: string[],
   volume: string,
   env: Record<string, string>,
-  options: { stdout?: "piped" | "null"; signal?: AbortSignal; entry?: string } = {},
+  options: {
+    stdout?: "piped" | "null";
+    signal?: AbortSignal;
+    entry?: string;
+    /** Runs it in `sh` under `ulimit -n fdLimit` (the soft limit of open descriptors). */
+    fdLimit?: number;
+  } = {},
 ): Deno.Command {
   const entry = options.entry ?? ENTRY;
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", V8_FLAGS, UNSTABLE_FLAGS, ...permissions(volume), entry, ...args],
-    env: { VOLUME_PATH: volume, NO_COLOR: "1", GLIBC_TUNABLES: MALLOC_TUNABLES, ...env },
+  const run = ["run", V8_FLAGS, UNSTABLE_FLAGS, ...permissions(volume), entry, ...args];
+  const limited = options.fdLimit !== undefined;
+  return new Deno.Command(limited ? "sh" : Deno.execPath(), {
+    args: limited
+      ? ["-c", `ulimit -n ${options.fdLimit} && exec "$@"`, "sh", Deno.execPath(), ...run]
+      : run,
+    env: {
+      ...(limited ? { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin" } : {}),
+      VOLUME_PATH: volume,
+      NO_COLOR: "1",
+      GLIBC_TUNABLES: MALLOC_TUNABLES,
+      ...env,
+    },
     clearEnv: true,
     stdin: "null",
     stdout: options.stdout ?? "null",
@@ -202,6 +218,8 @@ export async function startCartd(options: {
   args?: string[];
   /** The module to run instead of {@linkcode ENTRY} (see {@linkcode cartdCommand}). */
   entry?: string;
+  /** The soft limit of open descriptors to run it under (see {@linkcode cartdCommand}). */
+  fdLimit?: number;
 }): Promise<Cartd> {
   const ownVolume = options.volume === undefined;
   const volume = options.volume ?? await Deno.makeTempDir({ prefix: "cartd-test-" });
@@ -213,7 +231,10 @@ export async function startCartd(options: {
   ];
   const ready = Promise.withResolvers<string>();
   const cartd = spawnCollecting(
-    cartdCommand(args, volume, { ...FAST_ENV, ...options.env }, { entry: options.entry }),
+    cartdCommand(args, volume, { ...FAST_ENV, ...options.env }, {
+      entry: options.entry,
+      fdLimit: options.fdLimit,
+    }),
     (text) => {
       const m = /cartd listening on (\S+)/.exec(text);
       if (m) ready.resolve(m[1]);
