@@ -11,7 +11,7 @@
 import type { Config } from "../lib/config/config.ts";
 import type { Created } from "../lib/store/store.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
-import { decodeUtf8, TimedBodyReader } from "../http/body.ts";
+import { TimedBodyReader } from "../http/body.ts";
 import { droppedBuffer, spentBuffers } from "../lib/util/memory.ts";
 import { acceptCart, acceptDocument, type AcceptedCart } from "../http/routes.ts";
 import type { CartStore } from "../lib/store/store.ts";
@@ -91,8 +91,7 @@ export class Documents {
       const size = parts.reduce((n, p) => n + p.length, 0);
       if (size < BIG_DOCUMENT_BYTES) {
         // Of unknown length, and small after all: taken here, as before.
-        const text = decodeParts(parts);
-        return await acceptDocument({ store: this.store, config: this.config }, uid, text);
+        return await acceptDocument({ store: this.store, config: this.config }, uid, parts);
       }
       const previous = this.#turn;
       const done = Promise.withResolvers<void>();
@@ -244,28 +243,4 @@ async function readParts(
     current = null;
     return parts;
   }
-}
-
-/**
- * The text of a body read in `parts`, decoded part by part (the whole bytes and the text are
- * never both in memory; each part is let go once decoded); a `BodyEncodingError` naming the
- * first byte that is not UTF-8.
- */
-export function decodeParts(parts: Uint8Array[]): string {
-  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
-  const pieces: string[] = [];
-  let i = 0;
-  try {
-    for (; i < parts.length; i++) pieces.push(decoder.decode(parts[i], { stream: true }));
-    pieces.push(decoder.decode());
-  } catch {
-    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of parts) {
-      all.set(p, at);
-      at += p.length;
-    }
-    return decodeUtf8(all); // throws, naming the first byte that is not UTF-8
-  }
-  return pieces.join("");
 }
