@@ -19,6 +19,7 @@
 import { createHash } from "node:crypto";
 import { z } from "zod/v4";
 import { parseJsonParts } from "../util/json_parts.ts";
+import { heapCheckpoint } from "../util/memory.ts";
 
 /** The hash algorithms a cart file may name in `hashtype`. */
 export const HASH_TYPES = ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] as const;
@@ -288,7 +289,10 @@ export function parseCartDocumentParts(
     if (!(e instanceof SyntaxError)) throw e;
     throw new CartDocumentError(NOT_JSON);
   }
-  return cartDocumentOf(json, limits);
+  // Collected now, not after the whole check: the parts and the text of every batch are
+  // garbage, and this is synchronous work of seconds, which the pacing's timer cannot see.
+  heapCheckpoint();
+  return cartDocumentOf(json, limits, heapCheckpoint);
 }
 
 function decodeWhole(parts: Uint8Array[]): string {
@@ -297,7 +301,11 @@ function decodeWhole(parts: Uint8Array[]): string {
 }
 
 /** The cart document of the JSON value `json`, or the {@linkcode CartDocumentError} refusing it. */
-function cartDocumentOf(json: unknown, limits: CartDocumentLimits): CartDocument {
+function cartDocumentOf(
+  json: unknown,
+  limits: CartDocumentLimits,
+  checkpoint = () => {},
+): CartDocument {
   const parsed = documentSchema(limits).safeParse(json);
   json = undefined; // as large as the document: not kept while the files are checked
   if (!parsed.success) {
@@ -310,6 +318,7 @@ function cartDocumentOf(json: unknown, limits: CartDocumentLimits): CartDocument
     path: f.path,
     ...(f.hashtype && f.hashsum ? { hashtype: f.hashtype, hashsum: f.hashsum.toLowerCase() } : {}),
   }));
+  checkpoint(); // the schema's copies of the files
   checkLayout(files);
   const { bundle = false, manifest = false, webhook } = parsed.data;
   return { files, bundle, manifest, ...(webhook === undefined ? {} : { webhook }) };
