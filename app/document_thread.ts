@@ -15,7 +15,7 @@ import { errorMessage } from "../lib/util/log.ts";
 import { log } from "../lib/util/log.ts";
 import { heapCheckpoint, paceHeap } from "../lib/util/memory.ts";
 import { acceptDocument, errorAnswer } from "../http/routes.ts";
-import { decodeParts, type FromDocumentThread, type ToDocumentThread } from "./documents.ts";
+import type { FromDocumentThread, ToDocumentThread } from "./documents.ts";
 
 let store: CartStore | null = null;
 let db: Db | null = null;
@@ -28,9 +28,8 @@ async function accept(message: Extract<ToDocumentThread, { type: "accept" }>): P
   const { id, uid } = message;
   let response: Response;
   try {
-    const text = decodeParts(message.parts);
-    message.parts.length = 0;
-    const accepted = await acceptDocument({ store: store!, config: config! }, uid, text);
+    // Parsed a piece at a time, each part let go once read: the text is never made whole.
+    const accepted = await acceptDocument({ store: store!, config: config! }, uid, message.parts);
     if (!(accepted instanceof Response)) return post({ type: "accepted", id, accepted });
     response = accepted;
   } catch (e) {

@@ -2,8 +2,10 @@
  * Big cart documents off the threads that answer requests (issue 15 item 4): a `POST /{uid}`
  * body of 1 MiB or more (by `Content-Length`, or read to be so) is read here, then checked
  * and stored by the document thread (app/document_thread.ts), one document at a time (the
- * others wait, read: a client that sends slowly holds up no other). Smaller documents are
- * taken here, as before. The thread starts with the first big document and stops 5 s after
+ * others wait, read: a client that sends slowly holds up no other). At most
+ * {@linkcode READ_AHEAD_DOCUMENTS} documents of `CARTD_MAX_BODY` are held at once (one
+ * checked, one read ahead); more wait to be read, their clients' sending held back
+ * meanwhile. Smaller documents are taken here, as before. The thread starts with the first big document and stops 5 s after
  * the last, so an idle cartd pays nothing for it.
  *
  * @module
@@ -11,8 +13,9 @@
 import type { Config } from "../lib/config/config.ts";
 import type { Created } from "../lib/store/store.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
-import { decodeUtf8, TimedBodyReader } from "../http/body.ts";
+import { TimedBodyReader } from "../http/body.ts";
 import { droppedBuffer, spentBuffers } from "../lib/util/memory.ts";
+import { ByteBudget } from "../lib/util/byte_budget.ts";
 import { acceptCart, acceptDocument, type AcceptedCart } from "../http/routes.ts";
 import type { CartStore } from "../lib/store/store.ts";
 
@@ -38,6 +41,9 @@ export type FromDocumentThread =
 /** Documents at least this long (by `Content-Length`) go to the document thread. */
 export const BIG_DOCUMENT_BYTES = 1 << 20;
 
+/** How many documents of `CARTD_MAX_BODY` may be held at once (read, waiting or checked). */
+export const READ_AHEAD_DOCUMENTS = 2;
+
 /**
  * How long the document thread stays after its last document: its memory (a 60 MiB document
  * leaves a few hundred MiB of heap behind) goes with it.
@@ -59,9 +65,17 @@ export class Documents {
   #turn: Promise<void> = Promise.resolve();
   #idle: ReturnType<typeof setTimeout> | undefined;
   #busy = 0;
+  /**
+   * The bytes of big documents held at once, read, waiting or being checked: two of the
+   * longest allowed (one checked, one read ahead), so that four 64 MiB documents POSTed at
+   * once cost about two's bytes, not four's; the others wait before they are read.
+   */
+  readonly #room: ByteBudget;
 
   /** Documents for the cartd whose settings are `config` and whose store is `store`. */
-  constructor(readonly config: Config, readonly store: CartStore) {}
+  constructor(readonly config: Config, readonly store: CartStore) {
+    this.#room = new ByteBudget(READ_AHEAD_DOCUMENTS * config.limits.maxBodyBytes);
+  }
 
   /**
    * The answer to `POST /{uid}` of `request`, or the cart it stored (for the app to finish):
@@ -74,9 +88,13 @@ export class Documents {
     }
     this.#busy++;
     clearTimeout(this.#idle);
+    const limit = this.config.limits.maxBodyBytes;
+    // Room for its bytes first (of unknown length: room for the longest allowed); a declared
+    // length over the limit reads nothing and needs none.
+    const giveBack = declared > limit ? () => {} : await this.#room.take(declared || limit);
     try {
-      const limit = this.config.limits.maxBodyBytes;
-      // Read first, then wait for the turn: a client that sends slowly holds up no other.
+      // Read first, then wait for the turn: a client that sends slowly holds up no other
+      // (besides those waiting for room).
       const parts = declared > limit
         ? null
         : await readParts(request, limit, this.config.api.bodyTimeoutMs);
@@ -91,8 +109,7 @@ export class Documents {
       const size = parts.reduce((n, p) => n + p.length, 0);
       if (size < BIG_DOCUMENT_BYTES) {
         // Of unknown length, and small after all: taken here, as before.
-        const text = decodeParts(parts);
-        return await acceptDocument({ store: this.store, config: this.config }, uid, text);
+        return await acceptDocument({ store: this.store, config: this.config }, uid, parts);
       }
       const previous = this.#turn;
       const done = Promise.withResolvers<void>();
@@ -104,6 +121,7 @@ export class Documents {
         done.resolve();
       }
     } finally {
+      giveBack();
       if (--this.#busy === 0) {
         this.#idle = setTimeout(() => this.close(), IDLE_MS);
         Deno.unrefTimer(this.#idle);
@@ -244,28 +262,4 @@ async function readParts(
     current = null;
     return parts;
   }
-}
-
-/**
- * The text of a body read in `parts`, decoded part by part (the whole bytes and the text are
- * never both in memory; each part is let go once decoded); a `BodyEncodingError` naming the
- * first byte that is not UTF-8.
- */
-export function decodeParts(parts: Uint8Array[]): string {
-  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
-  const pieces: string[] = [];
-  let i = 0;
-  try {
-    for (; i < parts.length; i++) pieces.push(decoder.decode(parts[i], { stream: true }));
-    pieces.push(decoder.decode());
-  } catch {
-    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of parts) {
-      all.set(p, at);
-      at += p.length;
-    }
-    return decodeUtf8(all); // throws, naming the first byte that is not UTF-8
-  }
-  return pieces.join("");
 }

@@ -220,3 +220,27 @@ function firstInvalid(bytes: Uint8Array): number {
   while (start > 0 && start > good - 3 && (bytes[start - 1] & 0xc0) === 0x80) start--;
   return start > 0 && bytes[start - 1] >= 0xc0 ? start - 1 : good;
 }
+
+/**
+ * The text of a body read in `parts`, decoded part by part (the whole bytes and the text are
+ * never both in memory; each part is let go once decoded); a `BodyEncodingError` naming the
+ * first byte that is not UTF-8.
+ */
+export function decodeParts(parts: Uint8Array[]): string {
+  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
+  const pieces: string[] = [];
+  let i = 0;
+  try {
+    for (; i < parts.length; i++) pieces.push(decoder.decode(parts[i], { stream: true }));
+    pieces.push(decoder.decode());
+  } catch {
+    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.length;
+    }
+    return decodeUtf8(all); // throws, naming the first byte that is not UTF-8
+  }
+  return pieces.join("");
+}

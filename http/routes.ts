@@ -13,9 +13,13 @@
  * @module
  */
 import { Hono } from "hono";
-import { createHash } from "node:crypto";
 import { pacificaStatus } from "../lib/cart/state.ts";
-import { CartDocumentError, parseCartDocument } from "../lib/cart/document.ts";
+import {
+  CartDocumentError,
+  documentHash,
+  parseCartDocument,
+  parseCartDocumentParts,
+} from "../lib/cart/document.ts";
 import type { Bundle } from "../lib/bundle/plan.ts";
 import { defaultName } from "../lib/bundle/cart_bundle.ts";
 import type { Config } from "../lib/config/config.ts";
@@ -40,7 +44,14 @@ import {
   principalOf,
   setPrincipal,
 } from "./access.ts";
-import { BodyEncodingError, BodyReadError, BodyTimeoutError, readBody } from "./body.ts";
+import {
+  BodyEncodingError,
+  BodyReadError,
+  BodyTimeoutError,
+  decodeParts,
+  readBody,
+} from "./body.ts";
+import { isUtf8Parts } from "../lib/util/utf8_parts.ts";
 import { filenameProblem } from "./content_disposition.ts";
 import { serveDownload } from "./download.ts";
 import { type DownloadHolds, Downloads } from "./downloads.ts";
@@ -113,11 +124,6 @@ function uidProblem(uid: string): string | null {
   if (length === 0) return "The cart uid must not be empty";
   if (length > 255) return `The cart uid is ${length} bytes long; at most 255 are allowed`;
   return null;
-}
-
-/** A stable fingerprint of a validated document, so an identical re-POST can be recognised. */
-function documentHash(doc: unknown): string {
-  return createHash("sha256").update(JSON.stringify(doc)).digest("hex");
 }
 
 /** What the server knows of a request besides the request itself. */
@@ -575,24 +581,30 @@ export async function acceptCart(
 }
 
 /**
- * Checks and stores the cart document `text` POSTed to `/{uid}` (already read, within
- * `CARTD_MAX_BODY`): the cart as stored, or the 400 that refuses it.
+ * Checks and stores the cart document POSTed to `/{uid}` (already read, within
+ * `CARTD_MAX_BODY`): its text, or its bytes in `parts` (emptied as they are parsed, so that
+ * the document's text is never made whole: a big document read by app/documents.ts): the
+ * cart as stored, or the 400 that refuses it (a `BodyEncodingError` for bytes not UTF-8).
  */
 export async function acceptDocument(
   deps: { store: CartStore; config: Config },
   uid: string,
-  text: string,
+  body: string | Uint8Array[],
 ): Promise<Response | AcceptedCart> {
   const problem = uidProblem(uid);
   if (problem) return json({ message: problem }, 400);
   let doc;
   try {
-    doc = parseCartDocument(text, { maxFiles: deps.config.limits.maxFiles });
+    const limits = { maxFiles: deps.config.limits.maxFiles };
+    if (typeof body === "string") doc = parseCartDocument(body, limits);
+    else if (!isUtf8Parts(body)) decodeParts(body); // throws, naming the first bad byte
+    else doc = parseCartDocumentParts(body, limits);
   } catch (e) {
     if (e instanceof CartDocumentError) return json({ message: e.message }, 400);
     throw e;
   }
-  text = ""; // as large as the document: not kept while the cart is stored
+  body = ""; // as large as the document: not kept while the cart is stored
+  if (!doc) throw new Error("unreachable: a document that is neither parsed nor refused");
   // Only taken where webhooks are off (http/routes.ts checks them where they are on).
   if (doc.webhook !== undefined) return json({ message: `webhook: ${NO_WEBHOOKS}` }, 400);
   const created = await deps.store.createCart(uid, doc, documentHash(doc));

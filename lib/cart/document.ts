@@ -16,7 +16,10 @@
  * ```
  * @module
  */
+import { createHash } from "node:crypto";
 import { z } from "zod/v4";
+import { parseJsonParts } from "../util/json_parts.ts";
+import { heapCheckpoint } from "../util/memory.ts";
 
 /** The hash algorithms a cart file may name in `hashtype`. */
 export const HASH_TYPES = ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] as const;
@@ -247,6 +250,10 @@ function issuePath(path: PropertyKey[]): string {
   ).join("");
 }
 
+/** Why a body that is not JSON is refused. */
+const NOT_JSON = "The request body is not valid JSON: send a cart document such as " +
+  '{"fileids": [{"id": "foo.txt", "path": "1/2/3/foo.txt"}]}';
+
 /**
  * Parses and validates a cart document from the raw request body.
  * Throws {@linkcode CartDocumentError} naming the first broken rule.
@@ -259,12 +266,48 @@ export function parseCartDocument(
   try {
     json = JSON.parse(body);
   } catch {
-    throw new CartDocumentError(
-      "The request body is not valid JSON: send a cart document such as " +
-        '{"fileids": [{"id": "foo.txt", "path": "1/2/3/foo.txt"}]}',
-    );
+    throw new CartDocumentError(NOT_JSON);
   }
+  return cartDocumentOf(json, limits);
+}
+
+/**
+ * As {@linkcode parseCartDocument}, from a body read in `parts` whose bytes are UTF-8 (the
+ * caller checks them): the document is parsed a piece at a time (lib/util/json_parts.ts), so
+ * that its whole text never exists, and `parts` is emptied as it is read (each part can be
+ * collected once parsed). A 64 MiB document of 100,000 files costs about its size once parsed.
+ */
+export function parseCartDocumentParts(
+  parts: Uint8Array[],
+  limits: CartDocumentLimits = { maxFiles: 100_000 },
+): CartDocument {
+  let json: unknown;
+  try {
+    // Not an object (null): not a cart document, but refused as the whole text would be.
+    json = parseJsonParts(parts) ?? JSON.parse(decodeWhole(parts.splice(0)));
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    throw new CartDocumentError(NOT_JSON);
+  }
+  // Collected now, not after the whole check: the parts and the text of every batch are
+  // garbage, and this is synchronous work of seconds, which the pacing's timer cannot see.
+  heapCheckpoint();
+  return cartDocumentOf(json, limits, heapCheckpoint);
+}
+
+function decodeWhole(parts: Uint8Array[]): string {
+  const decoder = new TextDecoder();
+  return parts.map((p) => decoder.decode(p, { stream: true })).join("") + decoder.decode();
+}
+
+/** The cart document of the JSON value `json`, or the {@linkcode CartDocumentError} refusing it. */
+function cartDocumentOf(
+  json: unknown,
+  limits: CartDocumentLimits,
+  checkpoint = () => {},
+): CartDocument {
   const parsed = documentSchema(limits).safeParse(json);
+  json = undefined; // as large as the document: not kept while the files are checked
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const where = issuePath(issue.path);
@@ -275,9 +318,31 @@ export function parseCartDocument(
     path: f.path,
     ...(f.hashtype && f.hashsum ? { hashtype: f.hashtype, hashsum: f.hashsum.toLowerCase() } : {}),
   }));
+  checkpoint(); // the schema's copies of the files
   checkLayout(files);
   const { bundle = false, manifest = false, webhook } = parsed.data;
   return { files, bundle, manifest, ...(webhook === undefined ? {} : { webhook }) };
+}
+
+/**
+ * The fingerprint of a validated document by which an identical re-POST is recognised: the
+ * sha256 of `JSON.stringify(doc)`, hashed a thousand files at a time, so that the text of a
+ * 100,000-file document (as long as the document) is never made whole.
+ */
+export function documentHash(doc: CartDocument): string {
+  const hash = createHash("sha256");
+  // The keys in the order JSON.stringify writes them (those of a CartDocument as made above).
+  const { files, ...rest } = doc;
+  hash.update('{"files":[');
+  for (let i = 0; i < files.length; i += 1000) {
+    hash.update((i ? "," : "") + files.slice(i, i + 1000).map((f) => JSON.stringify(f)).join(","));
+  }
+  hash.update("]");
+  for (const [key, value] of Object.entries(rest)) {
+    if (value !== undefined) hash.update(`,${JSON.stringify(key)}:${JSON.stringify(value)}`);
+  }
+  hash.update("}");
+  return hash.digest("hex");
 }
 
 /**

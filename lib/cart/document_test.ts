@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { CartDocumentError, parseCartDocument } from "./document.ts";
+import { createHash } from "node:crypto";
+import {
+  CartDocumentError,
+  documentHash,
+  parseCartDocument,
+  parseCartDocumentParts,
+} from "./document.ts";
 
 function rejects(body: unknown, message: string | RegExp): void {
   const text = typeof body === "string" ? body : JSON.stringify(body);
@@ -200,4 +206,27 @@ Deno.test("webhook: what is not an http(s) URL is refused, naming the field", ()
   rejects(doc("javascript:alert(1)"), /^webhook: must be an http: or https: URL/);
   rejects(doc("https://user:secret@example.org/"), /^webhook: must not carry a user name/);
   rejects(doc("https://example.org/" + "a".repeat(2048)), /^webhook: is longer than 2048/);
+});
+
+Deno.test("documentHash is the sha256 of the document's JSON, however many files", () => {
+  const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
+  const many = Array.from({ length: 2500 }, (_, i) => ({ id: `f${i}`, path: `d/${i}.txt` }));
+  for (
+    const text of [
+      { fileids: [{ id: 1, path: "a" }] },
+      { fileids: many, bundle: true },
+      {
+        fileids: [{ id: "x", path: "/b/é", hashtype: "md5", hashsum: "A".repeat(32) }],
+        manifest: true,
+        webhook: "https://example.org/hook#frag",
+      },
+    ].map((d) => JSON.stringify(d))
+  ) {
+    const doc = parseCartDocument(text);
+    assert.equal(documentHash(doc), sha256(JSON.stringify(doc)));
+    // And parsed from parts, the same document.
+    const bytes = new TextEncoder().encode(text);
+    const parts = [bytes.slice(0, 7), bytes.slice(7, 20), bytes.slice(20)];
+    assert.deepEqual(parseCartDocumentParts(parts), doc);
+  }
 });

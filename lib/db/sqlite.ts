@@ -66,15 +66,17 @@ class SqliteDb implements Db {
   }
 
   #exec<T>(work: () => T): Promise<T> {
-    const translated = () => {
+    const once = () => {
       try {
         return Promise.resolve(work());
       } catch (e) {
-        return Promise.reject(translate(e));
+        return Promise.reject(e);
       }
     };
-    // Outside a transaction, wait for any open one so our statement is not swept into it.
-    return this.#inTransaction ? translated() : this.#lock.run(translated);
+    // Outside a transaction, wait for any open one so our statement is not swept into it; a
+    // statement that finds the database busy lets the connection go while it waits.
+    const attempt = this.#inTransaction ? once : () => this.#lock.run(once);
+    return whileBusy(attempt).catch((e) => Promise.reject(translate(e)));
   }
 
   all<T extends Row = Row>(sql: string, params: SqlValue[] = []): Promise<T[]> {
@@ -92,23 +94,23 @@ class SqliteDb implements Db {
 
   transaction<T>(work: (tx: Db) => Promise<T>): Promise<T> {
     if (this.#inTransaction) return work(this);
-    return this.#lock.run(async () => {
-      try {
+    // Only a BEGIN that finds the database busy is tried again (whileBusy), the connection let
+    // go meanwhile; what fails once the transaction is open is translated, never run again.
+    return whileBusy(() =>
+      this.#lock.run(async () => {
         this.sqlite.exec("BEGIN IMMEDIATE");
-      } catch (e) {
-        throw translate(e);
-      }
-      try {
-        const result = await work(
-          new SqliteDb(this.sqlite, this.logging, this.#lock, this.#statements),
-        );
-        this.sqlite.exec("COMMIT");
-        return result;
-      } catch (e) {
-        this.#rollback(e);
-        throw translate(e);
-      }
-    });
+        try {
+          const result = await work(
+            new SqliteDb(this.sqlite, this.logging, this.#lock, this.#statements),
+          );
+          this.sqlite.exec("COMMIT");
+          return result;
+        } catch (e) {
+          this.#rollback(e);
+          throw translate(e);
+        }
+      })
+    ).catch((e) => Promise.reject(translate(e)));
   }
 
   /**
@@ -137,7 +139,47 @@ class SqliteDb implements Db {
 }
 
 /**
- * Another process has held the database longer than `busy_timeout`: that is the database
+ * How long a statement waits for another connection's write transaction to end before the
+ * database counts as busy ({@linkcode DbUnavailableError}).
+ */
+const BUSY_WAIT_MS = 10_000;
+/** The longest pause between two tries of a statement that found the database busy. */
+const BUSY_PAUSE_MAX_MS = 20;
+
+/**
+ * Whether `e` is SQLite's SQLITE_BUSY (another connection holds the write lock), as node:sqlite
+ * throws it (errors translated already, such as a {@linkcode DbUnavailableError}, are not).
+ */
+function isBusy(e: unknown): boolean {
+  if (!(e instanceof Error) || (e as { code?: unknown }).code !== "ERR_SQLITE_ERROR") return false;
+  const errcode = (e as { errcode?: unknown }).errcode;
+  // exec() throws without the numeric code: its message is SQLite's text for it.
+  if (typeof errcode === "number") return (errcode & 0xff) === 5;
+  return /^database is locked/.test(e.message);
+}
+
+/**
+ * `attempt` (one statement, or a BEGIN IMMEDIATE), tried again while another connection holds
+ * the write lock, for up to {@linkcode BUSY_WAIT_MS}, pausing asynchronously in between.
+ * SQLite's own `busy_timeout` would sleep inside the call, blocking the thread's event loop:
+ * the main thread stopped answering for as long as the document thread stored a 100,000-file
+ * cart (issue 15 item 4). So connections run with `busy_timeout = 0` and wait here. A
+ * statement that failed busy did nothing, so running it again is safe.
+ */
+async function whileBusy<T>(attempt: () => Promise<T>): Promise<T> {
+  const started = performance.now();
+  for (let n = 0;; n++) {
+    try {
+      return await attempt();
+    } catch (e) {
+      if (!isBusy(e) || performance.now() - started >= BUSY_WAIT_MS) throw e;
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(2 ** n, BUSY_PAUSE_MAX_MS)));
+  }
+}
+
+/**
+ * Another connection has held the database longer than {@linkcode BUSY_WAIT_MS}: that is the database
  * being unavailable for a moment (the API answers 503, the worker resumes), not a failed cart.
  * A write that fails on a full disk, a read-only file or an I/O error becomes a
  * {@linkcode DbWriteError} naming that cause.
@@ -229,6 +271,8 @@ export function openSqlite(path: string, logging = false): Db {
     sqlite.exec("PRAGMA synchronous = NORMAL");
     sqlite.exec("PRAGMA foreign_keys = ON");
     probeWrite(sqlite, path);
+    // From now on a busy database is waited for without blocking the thread (whileBusy).
+    sqlite.exec("PRAGMA busy_timeout = 0");
   } catch (e) {
     sqlite.close();
     throw e;

@@ -1,0 +1,56 @@
+import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import { openSqlite } from "./sqlite.ts";
+import { DbUnavailableError } from "./db.ts";
+
+Deno.test("a write waits for another connection's transaction without stopping the event loop", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cartd-sqlite-" });
+  const path = `${dir}/busy.db`;
+  const db = openSqlite(path);
+  const other = new DatabaseSync(path);
+  try {
+    await db.run("CREATE TABLE t (x INTEGER)");
+    other.exec("BEGIN IMMEDIATE"); // the other connection holds the write lock
+    other.exec("INSERT INTO t VALUES (1)");
+    let settled = false;
+    const write = db.run("INSERT INTO t VALUES (2)").finally(() => settled = true);
+    const inTransaction = db.transaction((tx) => tx.run("INSERT INTO t VALUES (3)"));
+    // While they wait, this thread goes on: timers fire, nothing is written yet.
+    let ticks = 0;
+    while (ticks < 20) {
+      await new Promise((r) => setTimeout(r, 1));
+      ticks++;
+    }
+    assert.equal(settled, false);
+    // Reads of the connection are not held up behind them.
+    assert.deepEqual(await db.all("SELECT x FROM t"), []);
+    other.exec("COMMIT");
+    assert.deepEqual(await write, { changes: 1 });
+    await inTransaction;
+    const rows = await db.all<{ x: number }>("SELECT x FROM t ORDER BY x");
+    assert.deepEqual(rows.map((r) => r.x), [1, 2, 3]);
+  } finally {
+    other.close();
+    await db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a database busy for longer than the wait: DbUnavailableError, and nothing written", async () => {
+  // (10 s: the wait that busy_timeout was)
+  const dir = await Deno.makeTempDir({ prefix: "cartd-sqlite-" });
+  const path = `${dir}/busy.db`;
+  const db = openSqlite(path);
+  const other = new DatabaseSync(path);
+  try {
+    await db.run("CREATE TABLE t (x INTEGER)");
+    other.exec("BEGIN IMMEDIATE");
+    await assert.rejects(db.run("INSERT INTO t VALUES (2)"), DbUnavailableError);
+    other.exec("ROLLBACK");
+    assert.deepEqual(await db.all("SELECT x FROM t"), []);
+  } finally {
+    other.close();
+    await db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
