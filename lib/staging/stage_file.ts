@@ -4,10 +4,10 @@
  * HEAD ({@linkcode headFile}: a 5xx is asked again for a while before the file counts as
  * missing) → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then,
  * give up after a limit → GET written to `dest.part` (a file that fits one write as it
- * arrives; a bigger one piped to disk by the runtime, then read back once from the page cache)
- * with crc32, the requested hash, and sha256 when `measureSha256` asks for it computed in the
- * same thread, size checked against `X-Content-Length`, retried with a growing delay when
- * short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
+ * arrives; a bigger one piped to disk by the runtime and read from the page cache behind the
+ * pipe, ./tail_sums.ts) with crc32, the requested hash, and sha256 when `measureSha256` asks
+ * for it computed in the same thread, size checked against `X-Content-Length`, retried with a
+ * growing delay when short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
  *
  * The worker does not wait for tape here: it recalls files with the process's one
  * `RecallManager` (./recalls.ts), outside any thread, and stages a file with `onTape:
@@ -420,7 +420,7 @@ async function download(
     }
     // A file that fits the buffer is written in one call once it is all here (create, write
     // and close in one trip to the I/O threads: a cart of 10,000 small files makes 20,000
-    // fewer); a bigger one is piped to disk as it comes, then read back once for its sums.
+    // fewer); a bigger one is piped to disk as it comes, and read behind the pipe for its sums.
     const sha256: Hash | undefined = job.measureSha256 !== false || job.hashtype === "sha256"
       ? createHash("sha256")
       : undefined;

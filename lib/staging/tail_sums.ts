@@ -10,7 +10,8 @@
  * last call, a few milliseconds at a time ({@linkcode TailSums.catchUp}, called on a timer
  * while the pipe runs); the bytes come from the page cache, written moments before, with
  * synchronous reads while those are quick (lib/staging/quick_fs.ts: a slow volume gets
- * asynchronous ones). When the pipe ends, {@linkcode TailSums.finish} reads the rest.
+ * asynchronous ones). When the pipe ends, {@linkcode TailSums.finish} reads the rest, as the
+ * pass after the pipe did.
  *
  * The writer must append in order (a pipe does): every byte below the file's size is final.
  *
@@ -36,9 +37,6 @@ import type { QuickFs } from "./quick_fs.ts";
 
 /** Bytes read at once. */
 const READ_CHUNK = 1 << 20;
-
-/** What {@linkcode TailSums.finish} reads before it lets the thread's other work run. */
-const FINISH_SLICE_MS = 4;
 
 /** Reads a file behind its writer and sums what it read: CRC-32, and the hashes given. */
 export class TailSums {
@@ -111,22 +109,22 @@ export class TailSums {
   }
 
   /**
-   * Reads and sums the rest, once the writer is done; a few milliseconds at a time, letting
-   * the thread's other work (the other files' pipes) run in between.
+   * Reads and sums the rest, once the writer is done, with asynchronous reads: between two,
+   * the thread's other work (the other files' pipes) runs. With a CRC-32 alone the rest is
+   * the last tick's bytes; with a SHA-256, whatever the ticks' budgets left.
    *
    * @throws what a read threw (here or in a {@linkcode catchUp} before); `signal.reason`
    *   when it aborts.
    */
   async finish(signal?: AbortSignal): Promise<void> {
     if (this.#busy) await this.#busy;
-    for (;;) {
+    this.#throwIfFailed();
+    const buf = this.#buf;
+    for (let n; (n = await this.#file.read(buf)) !== null;) {
       signal?.throwIfAborted();
-      this.#throwIfFailed();
-      const atEnd = await this.catchUp(FINISH_SLICE_MS);
-      this.#throwIfFailed();
-      if (atEnd) return;
-      await new Promise((resolve) => setTimeout(resolve, 0));
+      this.#sum(buf.subarray(0, n));
     }
+    signal?.throwIfAborted();
   }
 
   #throwIfFailed(): void {
@@ -146,11 +144,14 @@ export class TailSums {
     for (;;) {
       const n = await this.#fs.call(() => this.#file.readSync(buf), () => this.#file.read(buf));
       if (n === null || n === 0) return true;
-      const data = buf.subarray(0, n);
-      for (const hash of this.#hashes) hash.update(data);
-      this.#crc = crc32(data, this.#crc);
-      this.#bytes += n;
+      this.#sum(buf.subarray(0, n));
       if (this.#now() - start >= budgetMs) return false;
     }
+  }
+
+  #sum(data: Uint8Array): void {
+    for (const hash of this.#hashes) hash.update(data);
+    this.#crc = crc32(data, this.#crc);
+    this.#bytes += data.byteLength;
   }
 }
