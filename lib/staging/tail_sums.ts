@@ -119,6 +119,14 @@ export class TailSums {
   async finish(signal?: AbortSignal): Promise<void> {
     if (this.#busy) await this.#busy;
     this.#throwIfFailed();
+    // A catch-up asked meanwhile (a tick of the caller's timer) waits for the end, reading
+    // nothing: two reads at once on the handle would sum the chunks out of order.
+    const done = this.#readToEnd(signal);
+    this.#busy = done.then(() => true, () => false).finally(() => this.#busy = undefined);
+    await done;
+  }
+
+  async #readToEnd(signal?: AbortSignal): Promise<void> {
     const buf = this.#buf;
     for (let n; (n = await this.#file.read(buf)) !== null;) {
       signal?.throwIfAborted();

@@ -112,3 +112,19 @@ Deno.test("finish stops when its signal aborts", async () => {
   await assert.rejects(tail.finish(stop.signal), /stopped/);
   assert.equal(tail.bytes, 0);
 });
+
+Deno.test("a catch-up asked while finish runs reads nothing: the chunks are summed in order", async () => {
+  await using file = await growingFile();
+  const data = bytes(6 << 20, 8);
+  await file.append(data);
+  const sha256 = createHash("sha256");
+  using tail = await TailSums.open(file.path, [sha256], new QuickFs());
+  const finishing = tail.finish();
+  // What a tick of the download's watchdog does while the rest is read.
+  const ticks = [tail.catchUp(1_000), tail.catchUp(1_000)];
+  await finishing;
+  assert.deepEqual(await Promise.all(ticks), [false, false]);
+  assert.equal(tail.bytes, data.byteLength);
+  assert.equal(tail.crc32, crc32(data) >>> 0);
+  assert.equal(sha256.digest("hex"), createHash("sha256").update(data).digest("hex"));
+});
