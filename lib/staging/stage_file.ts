@@ -4,10 +4,10 @@
  * HEAD ({@linkcode headFile}: a 5xx is asked again for a while before the file counts as
  * missing) → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then,
  * give up after a limit → GET written to `dest.part` (a file that fits one write as it
- * arrives; a bigger one piped to disk by the runtime, then read back once from the page cache)
- * with crc32, the requested hash, and sha256 when `measureSha256` asks for it computed in the
- * same thread, size checked against `X-Content-Length`, retried with a growing delay when
- * short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
+ * arrives; a bigger one piped to disk by the runtime and read from the page cache behind the
+ * pipe, ./tail_sums.ts) with crc32, the requested hash, and sha256 when `measureSha256` asks
+ * for it computed in the same thread, size checked against `X-Content-Length`, retried with a
+ * growing delay when short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
  *
  * The worker does not wait for tape here: it recalls files with the process's one
  * `RecallManager` (./recalls.ts), outside any thread, and stages a file with `onTape:
@@ -39,6 +39,7 @@ import { backoffDelays, retry, sleep } from "../util/backoff.ts";
 import { isNoSpace } from "../util/fs_errors.ts";
 import { errorMessage, log, seconds } from "../util/log.ts";
 import { QuickFs } from "./quick_fs.ts";
+import { TailSums } from "./tail_sums.ts";
 import { sectionDefaults, type StageSettings } from "../config/config.ts";
 import type { HashType } from "../cart/document.ts";
 import { contentKey, type StagedFacts } from "../cart/staged.ts";
@@ -113,6 +114,18 @@ export class StageError extends Error {
 }
 
 const WRITE_CHUNK = 1 << 20;
+
+/**
+ * While a big file is piped to disk, its sums read what was written every this many
+ * milliseconds (lib/staging/tail_sums.ts)…
+ */
+const TAIL_TICK_MS = 50;
+/**
+ * …for this long at most a tick: with a CRC-32 alone that reads some 30 MB from the page cache,
+ * more than a file gets in a tick; a SHA-256 (0.55 GB/s) reads 1 MB, and leaves the rest for
+ * the end, so that it does not hold the thread the other pipes need.
+ */
+const TAIL_BUDGET_MS = 2;
 
 /** This thread's choice between quick synchronous and asynchronous fs calls (see quick_fs.ts). */
 const quickFs = new QuickFs();
@@ -381,6 +394,7 @@ async function download(
   let file: Deno.FsFile | undefined;
   let renamed = false;
   let watchdog: ReturnType<typeof setInterval> | undefined;
+  let tail: TailSums | undefined;
   let written = 0;
   try {
     let body: ReadableStream<Uint8Array>;
@@ -406,11 +420,18 @@ async function download(
     }
     // A file that fits the buffer is written in one call once it is all here (create, write
     // and close in one trip to the I/O threads: a cart of 10,000 small files makes 20,000
-    // fewer); a bigger one is piped to disk as it comes, then read back once for its sums.
+    // fewer); a bigger one is piped to disk as it comes, and read behind the pipe for its sums.
+    const sha256: Hash | undefined = job.measureSha256 !== false || job.hashtype === "sha256"
+      ? createHash("sha256")
+      : undefined;
+    const wanted: Hash | undefined = job.hashtype && job.hashtype !== "sha256"
+      ? createHash(job.hashtype)
+      : undefined;
     const whole = expected <= WRITE_CHUNK;
     if (!whole) {
       try {
         file = await createPart(part);
+        tail = await TailSums.open(part, [sha256, wanted].filter((h) => h !== undefined), quickFs);
       } catch (err) {
         // The download is given up for this error; the body dropped unread changes nothing.
         await body.cancel().catch(() => {});
@@ -419,18 +440,20 @@ async function download(
     }
 
     // Idle watchdog: no bytes for requestTimeoutMs aborts the GET. A piped file is watched
-    // by its size on disk.
+    // by its size on disk, and its sums read what was written since the last tick.
     const idleMs = settings.requestTimeoutMs;
+    const watchMs = Math.max(10, Math.min(1000, idleMs / 4));
     let lastByte = performance.now();
     let sizeSeen = 0;
     watchdog = setInterval(() => {
-      if (!whole) {
-        Deno.stat(part).then((st) => {
-          if (st.size !== sizeSeen) {
-            sizeSeen = st.size;
+      if (tail) {
+        tail.size().then((size) => {
+          if (size !== sizeSeen) {
+            sizeSeen = size;
             lastByte = performance.now();
           }
         }, () => {});
+        tail.catchUp(TAIL_BUDGET_MS);
       }
       if (performance.now() - lastByte >= idleMs) {
         ctl.abort(
@@ -440,40 +463,34 @@ async function download(
           }),
         );
       }
-    }, Math.max(10, Math.min(1000, idleMs / 4)));
+    }, whole ? watchMs : Math.min(watchMs, TAIL_TICK_MS));
 
-    const sha256: Hash | undefined = job.measureSha256 !== false || job.hashtype === "sha256"
-      ? createHash("sha256")
-      : undefined;
-    const wanted: Hash | undefined = job.hashtype && job.hashtype !== "sha256"
-      ? createHash(job.hashtype)
-      : undefined;
     let crc = 0;
-    if (!whole) {
+    if (tail) {
       written = await pipeToPart(job, part, body, file!, expected, signal, fetchSignal, ctl.signal);
       file = undefined; // the pipe closed it
-      // One pass over the bytes just written (in the page cache) for every sum at once: the
-      // pipe moves the body in the runtime without a JavaScript call per 64 KiB chunk (on 2
-      // cores: 1.3–1.8 s of CPU per GiB with this pass, against 2.2–2.7 s reading the chunks
-      // here; bench/bigfiles.ts).
+      // The pipe moves the body in the runtime without a JavaScript call per 64 KiB chunk (on
+      // 2 cores: 1.3–1.8 s of CPU per GiB with the sums, against 2.2–2.7 s reading the chunks
+      // here; bench/bigfiles.ts); the sums read behind it, so only the last tick's bytes are
+      // left to read now.
       try {
-        using reading = await Deno.open(part, { read: true });
-        const sums = new Uint8Array(WRITE_CHUNK);
-        for (let n; (n = await reading.read(sums)) !== null;) {
-          signal?.throwIfAborted();
-          const data = sums.subarray(0, n);
-          sha256?.update(data);
-          wanted?.update(data);
-          crc = crc32(data, crc);
-        }
+        await tail.finish(signal);
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
         throw fsError(job, err, "could not read back");
       }
+      if (tail.bytes !== written) {
+        throw fsError(
+          job,
+          new Error(`read back ${tail.bytes} of the ${written} bytes written`),
+          "could not read back",
+        );
+      }
+      crc = tail.crc32;
     }
     // No bigger than the file: a 1 KiB file must not cost a 1 MiB buffer (they add up fast
     // between garbage collections when a cart has thousands of small files).
-    const buf = new Uint8Array(Math.max(1, Math.min(WRITE_CHUNK, expected)));
+    const buf = new Uint8Array(whole ? Math.max(1, expected) : 1);
     let filled = 0;
     const out = file;
     const writeAll = async (data: Uint8Array) => {
@@ -586,6 +603,7 @@ async function download(
     };
   } finally {
     if (watchdog !== undefined) clearInterval(watchdog);
+    tail?.[Symbol.dispose]();
     ctl.abort();
     if (file) {
       try {

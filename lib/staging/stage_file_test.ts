@@ -117,6 +117,27 @@ Deno.test("measureSha256 false: no SHA-256 (null), the CRC-32 and a requested ha
   );
 });
 
+Deno.test("a big file that comes slowly is summed while it is piped: the sums are the file's", async () => {
+  await using t = await setup();
+  // 24 chunks of 128 KiB, 15 ms apart: the sums read behind the pipe on several ticks.
+  t.fake.put("slow", { size: 3 << 20 }, { chunkSize: 128 << 10, chunkDelayMs: 15 });
+  const bytes = await t.fake.bytes("slow");
+  const sha1 = createHash("sha1").update(bytes).digest("hex");
+  const res = await stageFile(t.job("slow", { hashtype: "sha1", hashsum: sha1 }), FAST);
+  assert.equal(res.size, bytes.byteLength);
+  assert.equal(res.crc32, crc32(bytes) >>> 0);
+  assert.equal(res.sha256, createHash("sha256").update(bytes).digest("hex"));
+  await assertStaged(t.fake, "slow", t.job("slow").dest);
+  // The same file with a wrong hash fails, however the sums were read.
+  await assert.rejects(
+    stageFile(t.job("slow", { hashtype: "sha1", hashsum: "0".repeat(40) }), {
+      ...FAST,
+      fetchAttempts: 1,
+    }),
+    /File hash does not match/,
+  );
+});
+
 Deno.test("an empty file is staged", async () => {
   await using t = await setup();
   t.fake.put("empty", new Uint8Array(0));
