@@ -24,7 +24,8 @@
  *   each stretched by its own factor between 1 and `pollFactor` (so that together they poll
  *   on a grid that many times finer, and the first end of a recall is seen within a few per
  *   cent of its time), and the others are parked (first poll at `pollMaxMs`, brought forward
- *   to the typical time as soon as it is known): 1,000 files recalled together cost two or
+ *   to the typical time as soon as it is known, as are the other probes, whose next poll
+ *   may be one growing gap away: up to half the recall time late): 1,000 files recalled together cost two or
  *   three HEADs each, not six. A file still on tape that is polled within a second of
  *   another file of its cart reaching disk is polled again after `pollInitialMs` (at most
  *   64 such at once): a tape library reads a tape's files one after another, and the rest of
@@ -359,6 +360,8 @@ export class RecallManager implements AsyncDisposable {
   #probeTapeMs = 0;
   /** PARKED entries, to bring forward once the typical recall time is known. */
   #parked: Entry[] = [];
+  /** PROBE entries made before the typical recall time was known, brought forward with them. */
+  #probing: Entry[] = [];
   /** Callers waiting for a HEAD slot ({@linkcode RecallManager.headSlot}), in order. */
   #headQueue: ({ resolve: () => void } | undefined)[] = [];
   #headHead = 0;
@@ -638,6 +641,7 @@ export class RecallManager implements AsyncDisposable {
       this.#headQueue = [];
       this.#headHead = 0;
       this.#parked = [];
+      this.#probing = [];
     }
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
   }
@@ -770,6 +774,10 @@ export class RecallManager implements AsyncDisposable {
       // poll on a grid PROBES times finer than one, so the first to find its file on disk
       // does so within a few per cent of the recall time, not within one gap (×1.5).
       entry.delay = this.#initial * this.#factor ** ((this.#probesMade++ % PROBES) / PROBES);
+      if (this.#probing.length >= 4 * PROBES) {
+        this.#probing = this.#probing.filter((e) => e.kind === PROBE && e.state === POLLING);
+      }
+      this.#probing.push(entry);
     } else {
       entry.kind = PARKED;
       entry.delay = this.#pollMax;
@@ -801,10 +809,16 @@ export class RecallManager implements AsyncDisposable {
     this.#typical = first ? sample : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
     if (!first) return;
     const parked = this.#parked;
+    const probing = this.#probing;
     this.#parked = [];
-    for (const e of parked) {
-      if (e.state !== POLLING || e.kind !== PARKED || e.heapIndex < 0) continue;
-      e.kind = NORMAL;
+    this.#probing = [];
+    // The other probes too: each was posted about when this one was, so it is likely on disk
+    // by now as well, and its own next poll may be one growing gap (up to a half of the
+    // recall time) away; those on tape then go on with the gaps of the plain schedule.
+    for (const e of [...parked, ...probing]) {
+      if (e.state !== POLLING || e.heapIndex < 0) continue;
+      if (e.kind === PARKED) e.kind = NORMAL;
+      else if (e.kind !== PROBE) continue;
       const at = Math.max(now, e.startedAt + this.#typical);
       if (at < e.dueAt) {
         this.#heapRemove(e);

@@ -374,3 +374,89 @@ Deno.test("memory: bytes per outstanding recall", async () => {
   assert.equal(recalls.stats().outstanding, 0);
   await recalls.close();
 });
+
+/**
+ * A clock that moves only when told, for a schedule checked without timing: `run(to)` fires
+ * the due timers in order up to `to`, letting each poll's archive calls finish (real HTTP to
+ * the fake) before the next timer.
+ */
+class StepClock {
+  t = 0;
+  #timers = new Map<number, { at: number; fn: () => void }>();
+  #next = 1;
+  now = () => this.t;
+  set = (fn: () => void, ms: number) => {
+    const id = this.#next++;
+    this.#timers.set(id, { at: this.t + Math.max(0, ms), fn });
+    return id;
+  };
+  clear = (handle: unknown) => void this.#timers.delete(handle as number);
+  async run(to: number, idle: () => Promise<void>): Promise<void> {
+    for (;;) {
+      await idle();
+      let first: [number, { at: number; fn: () => void }] | undefined;
+      for (const each of this.#timers) if (!first || each[1].at < first[1].at) first = each;
+      if (!first || first[1].at > to) break;
+      this.#timers.delete(first[0]);
+      this.t = Math.max(this.t, first[1].at);
+      first[1].fn();
+    }
+    this.t = to;
+  }
+}
+
+/** An archive client that counts its calls on the wire, to wait until there are none. */
+class CountingClient extends ArchiveClient {
+  pending = 0;
+  override async status(id: string, signal?: AbortSignal) {
+    this.pending++;
+    try {
+      return await super.status(id, signal);
+    } finally {
+      this.pending--;
+    }
+  }
+  override async stage(id: string, signal?: AbortSignal) {
+    this.pending++;
+    try {
+      return await super.stage(id, signal);
+    } finally {
+      this.pending--;
+    }
+  }
+  async idle(): Promise<void> {
+    do await delay(2); while (this.pending > 0);
+  }
+}
+
+Deno.test("once one probe finds its file on disk, the other probes are polled then, not one growing gap later", async () => {
+  await using fake = startFakeArchive({ tapeLibrary: { recallMs: 3_600_000 } });
+  const list = ids("p", 24);
+  for (const [i, id] of list.entries()) fake.put(id, "x", { tape: { tape: "T", position: i } });
+  const clock = new StepClock();
+  const client = new CountingClient(fake.url, { requestTimeoutMs: 2000 });
+  await using recalls = new RecallManager(client, {
+    ...FAST,
+    pollInitialMs: 500,
+    pollMaxMs: 30_000,
+    headsPerSecond: 10_000,
+    stageTimeoutMs: 600_000,
+    clock,
+  });
+  const doneAt = new Map<string, number>();
+  const all = Promise.all(
+    list.map((id) =>
+      recalls.recall(id, { cart: "c", label: label(id) }).then(() => doneAt.set(id, clock.t))
+    ),
+  );
+  // The files are recalled at 5 s (on the clock); the probes' polls straddle it.
+  await clock.run(5000, () => client.idle());
+  for (const id of list) fake.put(id, "x");
+  await clock.run(40_000, () => client.idle());
+  await all;
+  const first = Math.min(...doneAt.values());
+  assert.ok(first < 5000 * 1.5 ** (15 / 16), `the first probe on disk at ${first} ms`);
+  // Before, the probes that had just polled waited for their next gap (up to ~2.5 s).
+  for (const [id, at] of doneAt) assert.equal(at, first, `${id} seen on disk at ${at} ms`);
+  assert.equal(recalls.stats().outstanding, 0);
+});
