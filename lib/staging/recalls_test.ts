@@ -460,3 +460,44 @@ Deno.test("once one probe finds its file on disk, the other probes are polled th
   for (const [id, at] of doneAt) assert.equal(at, first, `${id} seen on disk at ${at} ms`);
   assert.equal(recalls.stats().outstanding, 0);
 });
+
+Deno.test("stageEarly: the POST goes before any HEAD; a recall takes it over without a second POST, dropEarly and endEarly free its place", async () => {
+  await using t = setup({ maxOutstanding: 3 });
+  for (const id of ["e1", "e2", "e3", "e4"]) t.fake.put(id, "x", { tapeMs: 200 });
+  assert.equal(t.recalls.stageEarly("e1", "c"), true);
+  assert.equal(t.recalls.stageEarly("e2", "c"), true);
+  assert.equal(t.recalls.stageEarly("e3", "d"), true);
+  assert.equal(t.recalls.stageEarly("e4", "c"), false, "the cap is reached");
+  assert.equal(t.recalls.stageEarly("e1", "d"), true, "being recalled already");
+  await delay(100);
+  assert.deepEqual(t.fake.counts("e1"), { head: 0, post: 1, get: 0 }, "POSTed, not polled");
+  assert.equal(t.recalls.stats().outstanding, 3);
+  // The HEAD said `tape`: the recall counts from the early POST (no second one).
+  const st = await t.recalls.recall("e1", { cart: "c", label: label("e1") });
+  assert.equal(st.media, "disk");
+  assert.equal(t.fake.counts("e1").post, 1);
+  // The HEAD said `disk`, or the cart's HEADs are done: the places go to other recalls.
+  t.recalls.dropEarly("e2");
+  t.recalls.endEarly("d");
+  assert.equal(t.recalls.stats().outstanding, 0);
+  await t.recalls.recall("e4", { cart: "c", label: label("e4") });
+  assert.equal(t.fake.counts("e2").head, 0);
+  assert.equal(t.fake.counts("e3").head, 0);
+  const s = t.recalls.stats();
+  assert.equal(s.early, 3);
+  assert.equal(s.posts, 4);
+  assert.equal(s.outstanding, 0);
+  assert.equal(s.waiters, 0);
+  assert.equal(s.shared, 0);
+});
+
+Deno.test("stageEarly waits for nobody: with recalls waiting for the cap, it sends nothing", async () => {
+  await using t = setup({ maxOutstanding: 1 });
+  for (const id of ["q1", "q2", "q3"]) t.fake.put(id, "x", { tapeMs: 100 });
+  const first = t.recalls.recall("q1", { cart: "a", label: label("q1") });
+  const second = t.recalls.recall("q2", { cart: "b", label: label("q2") });
+  assert.equal(t.recalls.stats().waiting, 1);
+  assert.equal(t.recalls.stageEarly("q3", "c"), false);
+  await Promise.all([first, second]);
+  assert.equal(t.fake.counts("q3").post, 0);
+});
