@@ -12,7 +12,9 @@
  * trickling in at the HEAD pace. The HEADs still come, and decide: one that says `tape` makes
  * the recall of that early request (its first poll at the typical recall time after the POST,
  * not after the HEAD); one that says anything else drops it. Files that another live cart may
- * hold staged (they are linked, not fetched) get no early request.
+ * hold staged (they are linked, not fetched) get no early request. The price: a cart found on
+ * tape that then fails (it does not fit, a file is missing) has had its files asked for, and a
+ * file of it that was on disk got a stage request that changes nothing.
  *
  * @module
  */
