@@ -12,7 +12,8 @@
  * trickling in at the HEAD pace. The HEADs still come, and decide: one that says `tape` makes
  * the recall of that early request (its first poll at the typical recall time after the POST,
  * not after the HEAD); one that says anything else drops it. Files that another live cart may
- * hold staged (they are linked, not fetched) get no early request. The price: a cart found on
+ * hold staged (they are linked, not fetched) get no early request, and with database claims
+ * (several workers) none is sent: each file's recall is its leading worker's. The price: a cart found on
  * tape that then fails (it does not fit, a file is missing) has had its files asked for, and a
  * file of it that was on disk got a stage request that changes nothing.
  *
@@ -38,9 +39,14 @@ export class EarlyStages {
     this.#asked = asked;
   }
 
-  /** A HEAD of the cart said `tape`: sends the early stage requests (the first call only). */
+  /**
+   * A HEAD of the cart said `tape`: sends the early stage requests (the first call only). Not
+   * with database claims (several workers on one database): there a file is recalled only by
+   * the worker whose cart leads it (worker/shares.ts), which its HEAD decides, so a request
+   * sent ahead would recall a file another worker is recalling.
+   */
   onTape(): void {
-    if (this.#sending || this.#stopped) return;
+    if (this.#sending || this.#stopped || sharesOf(this.#run.deps).claims) return;
     this.#sending = this.#send();
   }
 
