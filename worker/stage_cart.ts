@@ -9,8 +9,10 @@
  * Recall and fetch are separate (issue 14): a file whose HEAD says `tape` is handed to the
  * worker process's one `RecallManager` (lib/staging/recalls.ts) as soon as its HEAD answers,
  * so every tape file of the cart is asked for at once (up to `CARTD_RECALLS_MAX` over the
- * process); it waits for the tape without a fetch slot or a thread, and joins the fetch queue
- * when the archive says `disk`. Fetch slots (`CARTD_FILES_PER_CART`, `CARTD_FILES_IN_FLIGHT`)
+ * process), and the first such HEAD has the stage requests of the cart's other files sent
+ * ahead of their HEADs (worker/early_stages.ts: the HEADs go at the pace of the HEAD ceiling,
+ * the stage requests need not); it waits for the tape without a fetch slot or a thread, and
+ * joins the fetch queue when the archive says `disk`. Fetch slots (`CARTD_FILES_PER_CART`, `CARTD_FILES_IN_FLIGHT`)
  * are held only while a file is fetched. A file that a fetch finds back on tape (the archive
  * pushed it back) is recalled again. A cart left with nothing but recalls to wait for tells
  * the dispatcher (`CartRun.onRecallsOnly`), which frees its place among
@@ -39,6 +41,7 @@ import type { CartRun } from "./context.ts";
 import { CartFailure } from "./errors.ts";
 import { startSpan, traced } from "../lib/util/trace.ts";
 import { contentKey, type Lead, type Reused, type ShareHint, sharesOf } from "./shares.ts";
+import { EarlyStages } from "./early_stages.ts";
 
 /**
  * A cart's first staging reserves room, and lets the files fetch, a batch at a time: the
@@ -174,6 +177,8 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
     });
     return reserving;
   };
+  // Once a HEAD says `tape`, the other files' stage requests go out ahead of their HEADs.
+  const early = new EarlyStages(run, (idx) => statuses.has(idx));
   const asking = (async () => {
     try {
       await forEachLimited(
@@ -181,7 +186,7 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
         config.limits.filesPerCart,
         async (hint, inner) => {
           const { file } = hint;
-          const status = await askSize(run, hint, statuses, sizes, inner, both.signal);
+          const status = await askSize(run, hint, statuses, sizes, inner, both.signal, early);
           batch.push({ ...file, size: status.size, mtime: status.mtime });
           // A file linked from a stored copy takes no room: another cart counts its bytes.
           if (status.linked) linkedBytes += status.size;
@@ -200,6 +205,8 @@ async function stageFresh(run: CartRun, statuses: Statuses): Promise<FetchCounts
       reserved.fail(error);
       both.abort(error);
       throw error;
+    } finally {
+      await early.end();
     }
   })();
   const fetching = fetchFiles({ ...run, signal: both.signal }, reserved, statuses).catch(
@@ -231,6 +238,7 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
   // none behind in the process's recall manager.
   const ended = new AbortController();
   const recallSignal = AbortSignal.any([signal, ended.signal]);
+  const early = new EarlyStages(run, (idx) => statuses.has(idx));
   try {
     // Bytes linked from stored copies: recorded ones, and those linked while sizes are asked.
     let linkedBytes = await store.linkedBytes(cart.id);
@@ -239,7 +247,7 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
         sharesOf(run.deps).withHints(store.eachFile(cart.id, "unsized"), cart.id),
         config.limits.filesPerCart,
         async (hint, inner) => {
-          const status = await askSize(run, hint, statuses, sizes, inner, recallSignal);
+          const status = await askSize(run, hint, statuses, sizes, inner, recallSignal, early);
           if (status.linked) linkedBytes += status.size;
         },
         signal,
@@ -247,6 +255,8 @@ async function stageResumed(run: CartRun, statuses: Statuses): Promise<FetchCoun
     } catch (error) {
       await flushAfterFailure(run, sizes, "sizes");
       throw error;
+    } finally {
+      await early.end();
     }
     await sizes.flush();
     await reserveCart(run, 0, linkedBytes);
@@ -288,7 +298,9 @@ async function flushAfterFailure<T>(
  * answer for the fetch and records the size. A file that another live cart may hold staged
  * (`hint`, from `FileShares.withHints`) is linked from that copy instead, when one serves. A file on tape is recalled at once (its recall,
  * which `cartSignal` stops, is what is kept): recalls take no room on the volume, so they need
- * not wait for the reservation that its fetch waits for.
+ * not wait for the reservation that its fetch waits for. The first file on tape makes `early`
+ * send the stage requests of the files not asked yet (worker/early_stages.ts); each HEAD then
+ * takes over or drops its file's early request.
  */
 async function askSize(
   run: CartRun,
@@ -297,6 +309,7 @@ async function askSize(
   sizes: Batcher<SizeRecord>,
   signal: AbortSignal,
   cartSignal: AbortSignal,
+  early: EarlyStages,
 ): Promise<ArchiveStatus & { linked?: boolean }> {
   const { file } = hint;
   const { archive, config, volume } = run.deps;
@@ -306,6 +319,7 @@ async function askSize(
   const reused = shares.worthLooking(hint) &&
     await shares.reuse(file, volume.filePath(file.cartId, file.idx), signal);
   if (reused) {
+    early.notOnTape(file.archiveId);
     statuses.set(file.idx, { reused });
     const { size, mtime } = reused.facts;
     await sizes.add({ idx: file.idx, size, mtime });
@@ -328,10 +342,11 @@ async function askSize(
     );
   }
   if (status.media === "tape") {
+    early.onTape();
     // A cart asks for no more sizes while it has many recalls waiting for the cap: its files
     // beyond those are held by nothing until their turn (CARTD_RECALLS_MAX).
     await run.deps.recalls.queueRoom(run.cart.id, signal);
-  }
+  } else early.notOnTape(file.archiveId);
   // With database claims (several workers), a file is recalled only by the worker that leads
   // it; in one process the RecallManager's one recall per id is that already.
   const recall = shares.claims ? leadThenRecall : recallFile;

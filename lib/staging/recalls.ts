@@ -13,7 +13,10 @@
  *   library can only order what it has been asked for. Beyond the cap, recalls wait in order,
  *   round-robin by cart: each freed slot goes to the next cart in turn, so a 100,000-file cart
  *   cannot starve a 10-file cart. (At most `postsInFlight` POSTs are on the wire at once, to
- *   bound sockets; they go out in admission order.)
+ *   bound sockets; they go out in admission order.) A caller may send a file's stage request
+ *   before its HEAD ({@linkcode RecallManager.stageEarly}; the worker does once a cart is
+ *   found on tape, worker/early_stages.ts): the recall counts from that POST, and the
+ *   file's HEAD then takes it over or drops it.
  * - **One poller.** A single timer over a min-heap of entries keyed by their next poll time.
  *   Each file's delay starts at `pollInitialMs` and grows by `pollFactor` (≤ 1.5) per HEAD up
  *   to `pollMaxMs` (the plain schedule). **The first poll is timed from the archive's typical
@@ -24,7 +27,8 @@
  *   each stretched by its own factor between 1 and `pollFactor` (so that together they poll
  *   on a grid that many times finer, and the first end of a recall is seen within a few per
  *   cent of its time), and the others are parked (first poll at `pollMaxMs`, brought forward
- *   to the typical time as soon as it is known): 1,000 files recalled together cost two or
+ *   to the typical time as soon as it is known, as are the other probes, whose next poll
+ *   may be one growing gap away: up to half the recall time late): 1,000 files recalled together cost two or
  *   three HEADs each, not six. A file still on tape that is polled within a second of
  *   another file of its cart reaching disk is polled again after `pollInitialMs` (at most
  *   64 such at once): a tape library reads a tape's files one after another, and the rest of
@@ -171,6 +175,8 @@ export interface RecallStats {
   posts: number;
   /** Recalls that ended with the file on disk so far (one per archive file, shared or not). */
   recalled: number;
+  /** Stage requests sent ahead of their file's HEAD so far ({@linkcode RecallManager.stageEarly}). */
+  early: number;
 }
 
 /** What a HEAD said of the file, and its media (from lib/archive/client.ts), re-exported for callers. */
@@ -264,9 +270,15 @@ class Entry {
   failure: Failure | undefined = undefined;
   /** The cart queue that holds it while QUEUED. */
   queue: CartQueue | undefined = undefined;
-  /** One waiter, or several when carts share the recall. */
+  /**
+   * The cart whose stage request went ahead of the file's HEAD ({@linkcode
+   * RecallManager.stageEarly}), until a HEAD says `tape` (a waiter comes) or not (it goes).
+   * Such an entry has no waiter (`waiters` is `[]`) and is not polled.
+   */
+  early: string | undefined = undefined;
+  /** One waiter, or several when carts share the recall (none while `early`). */
   waiters: Waiter | Waiter[];
-  constructor(readonly id: string, first: Waiter) {
+  constructor(readonly id: string, first: Waiter | Waiter[]) {
     this.waiters = first;
   }
 }
@@ -359,6 +371,8 @@ export class RecallManager implements AsyncDisposable {
   #probeTapeMs = 0;
   /** PARKED entries, to bring forward once the typical recall time is known. */
   #parked: Entry[] = [];
+  /** PROBE entries made before the typical recall time was known, brought forward with them. */
+  #probing: Entry[] = [];
   /** Callers waiting for a HEAD slot ({@linkcode RecallManager.headSlot}), in order. */
   #headQueue: ({ resolve: () => void } | undefined)[] = [];
   #headHead = 0;
@@ -372,6 +386,9 @@ export class RecallManager implements AsyncDisposable {
   #posts = 0;
   /** Recalls that ended on disk (see {@linkcode RecallStats.recalled}). */
   #recalled = 0;
+  #early = 0;
+  /** The entries of each cart still `early` ({@linkcode RecallManager.stageEarly}). */
+  readonly #earlyOf = new Map<string, Set<Entry>>();
 
   /** Starts a manager over `client` (its `requestTimeoutMs` bounds each call). */
   constructor(client: ArchiveClient, options: RecallOptions = {}) {
@@ -476,7 +493,13 @@ export class RecallManager implements AsyncDisposable {
     });
     this.#waiters++;
     const known = this.#byId.get(archiveId);
-    if (known) {
+    if (known?.early !== undefined) {
+      // Its stage request went ahead of its HEAD: the recall is under way already.
+      waiter.entry = known;
+      known.waiters = waiter;
+      this.#unearly(known);
+      if (known.state === POLLING) this.#scheduleFirst(known, this.#clock.now());
+    } else if (known) {
       waiter.entry = known;
       if (Array.isArray(known.waiters)) known.waiters.push(waiter);
       else known.waiters = [known.waiters, waiter];
@@ -490,6 +513,71 @@ export class RecallManager implements AsyncDisposable {
     }
     if (signal) this.#watch(signal, waiter);
     return promise;
+  }
+
+  /**
+   * Sends the stage request of archive file `archiveId` now, before its HEAD has said whether
+   * it is on tape (SPEC §2: a stage request needs no HEAD before it, and one for a file on
+   * disk changes nothing), so that a cart found on tape has every file asked for at once
+   * instead of at the pace of its size HEADs under the HEAD ceiling. The recall is outstanding
+   * from now (it counts against `maxOutstanding`) but is not polled: the caller's HEAD decides.
+   * When it says `tape`, {@linkcode recall} takes this recall over (no second POST; the first
+   * poll at the typical recall time after this POST); when it says anything else, or the
+   * caller will not HEAD the file, {@linkcode dropEarly} forgets it, and {@linkcode endEarly}
+   * forgets whatever cart `cart` left. Returns false, sending nothing, when the cap is reached
+   * or recalls wait for it (they go first); true when the POST is sent or the file is being
+   * recalled already.
+   *
+   * @example
+   * ```ts
+   * import { ArchiveClient } from "../archive/client.ts";
+   * import { RecallManager } from "./recalls.ts";
+   * await using recalls = new RecallManager(new ArchiveClient("http://127.0.0.1:8080/"));
+   * recalls.stageEarly("1234", "cart-7"); // POST now; then HEAD the file
+   * recalls.dropEarly("1234"); // the HEAD said `disk`
+   * recalls.endEarly("cart-7"); // the cart's HEADs are done
+   * ```
+   */
+  stageEarly(archiveId: string, cart: string): boolean {
+    if (this.#byId.has(archiveId)) return true;
+    if (this.#closed || this.#outstanding >= this.#max || this.#queues.size > 0) return false;
+    const entry = new Entry(archiveId, []);
+    entry.early = cart;
+    let mine = this.#earlyOf.get(cart);
+    if (!mine) this.#earlyOf.set(cart, mine = new Set());
+    mine.add(entry);
+    this.#byId.set(archiveId, entry);
+    this.#early++;
+    this.#admit(entry);
+    return true;
+  }
+
+  /** Forgets the stage request sent ahead for `archiveId` ({@linkcode stageEarly}), if any. */
+  dropEarly(archiveId: string): void {
+    const entry = this.#byId.get(archiveId);
+    if (entry?.early === undefined) return;
+    this.#unearly(entry);
+    this.#drop(entry);
+    this.#admitNext();
+  }
+
+  /** Forgets the stage requests that cart `cart` sent ahead and no HEAD took over. */
+  endEarly(cart: string): void {
+    const mine = this.#earlyOf.get(cart);
+    if (!mine) return;
+    this.#earlyOf.delete(cart);
+    for (const entry of mine) {
+      entry.early = undefined;
+      this.#drop(entry);
+    }
+    this.#admitNext();
+  }
+
+  #unearly(entry: Entry): void {
+    const cart = entry.early!;
+    entry.early = undefined;
+    const mine = this.#earlyOf.get(cart);
+    if (mine?.delete(entry) && mine.size === 0) this.#earlyOf.delete(cart);
   }
 
   /**
@@ -602,6 +690,7 @@ export class RecallManager implements AsyncDisposable {
       typicalMs: this.#typical,
       posts: this.#posts,
       recalled: this.#recalled,
+      early: this.#early,
     };
   }
 
@@ -638,6 +727,8 @@ export class RecallManager implements AsyncDisposable {
       this.#headQueue = [];
       this.#headHead = 0;
       this.#parked = [];
+      this.#probing = [];
+      this.#earlyOf.clear();
     }
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
   }
@@ -751,7 +842,8 @@ export class RecallManager implements AsyncDisposable {
     if (error && !error.retryable) return this.#final(entry, error);
     if (error) this.#noteFailure(entry, error, now);
     entry.state = POLLING;
-    this.#scheduleFirst(entry, now);
+    // Sent ahead of its HEAD: polled only once a HEAD said `tape` (recall() schedules it).
+    if (entry.early === undefined) this.#scheduleFirst(entry, now);
   }
 
   /**
@@ -770,6 +862,10 @@ export class RecallManager implements AsyncDisposable {
       // poll on a grid PROBES times finer than one, so the first to find its file on disk
       // does so within a few per cent of the recall time, not within one gap (×1.5).
       entry.delay = this.#initial * this.#factor ** ((this.#probesMade++ % PROBES) / PROBES);
+      if (this.#probing.length >= 4 * PROBES) {
+        this.#probing = this.#probing.filter((e) => e.kind === PROBE && e.state === POLLING);
+      }
+      this.#probing.push(entry);
     } else {
       entry.kind = PARKED;
       entry.delay = this.#pollMax;
@@ -801,10 +897,16 @@ export class RecallManager implements AsyncDisposable {
     this.#typical = first ? sample : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
     if (!first) return;
     const parked = this.#parked;
+    const probing = this.#probing;
     this.#parked = [];
-    for (const e of parked) {
-      if (e.state !== POLLING || e.kind !== PARKED || e.heapIndex < 0) continue;
-      e.kind = NORMAL;
+    this.#probing = [];
+    // The other probes too: each was posted about when this one was, so it is likely on disk
+    // by now as well, and its own next poll may be one growing gap (up to a half of the
+    // recall time) away; those on tape then go on with the gaps of the plain schedule.
+    for (const e of [...parked, ...probing]) {
+      if (e.state !== POLLING || e.heapIndex < 0) continue;
+      if (e.kind === PARKED) e.kind = NORMAL;
+      else if (e.kind !== PROBE) continue;
       const at = Math.max(now, e.startedAt + this.#typical);
       if (at < e.dueAt) {
         this.#heapRemove(e);
@@ -1038,7 +1140,8 @@ export class RecallManager implements AsyncDisposable {
     this.#drop(entry);
     const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
     this.#waiters -= waiters.length;
-    this.#shared -= waiters.length - 1;
+    this.#shared -= Math.max(0, waiters.length - 1);
+    if (entry.early !== undefined) this.#unearly(entry);
     for (const w of waiters) {
       this.#unwatch(w);
       if (st) w.resolve({ ...st });

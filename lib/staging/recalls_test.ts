@@ -374,3 +374,130 @@ Deno.test("memory: bytes per outstanding recall", async () => {
   assert.equal(recalls.stats().outstanding, 0);
   await recalls.close();
 });
+
+/**
+ * A clock that moves only when told, for a schedule checked without timing: `run(to)` fires
+ * the due timers in order up to `to`, letting each poll's archive calls finish (real HTTP to
+ * the fake) before the next timer.
+ */
+class StepClock {
+  t = 0;
+  #timers = new Map<number, { at: number; fn: () => void }>();
+  #next = 1;
+  now = () => this.t;
+  set = (fn: () => void, ms: number) => {
+    const id = this.#next++;
+    this.#timers.set(id, { at: this.t + Math.max(0, ms), fn });
+    return id;
+  };
+  clear = (handle: unknown) => void this.#timers.delete(handle as number);
+  async run(to: number, idle: () => Promise<void>): Promise<void> {
+    for (;;) {
+      await idle();
+      let first: [number, { at: number; fn: () => void }] | undefined;
+      for (const each of this.#timers) if (!first || each[1].at < first[1].at) first = each;
+      if (!first || first[1].at > to) break;
+      this.#timers.delete(first[0]);
+      this.t = Math.max(this.t, first[1].at);
+      first[1].fn();
+    }
+    this.t = to;
+  }
+}
+
+/** An archive client that counts its calls on the wire, to wait until there are none. */
+class CountingClient extends ArchiveClient {
+  pending = 0;
+  override async status(id: string, signal?: AbortSignal) {
+    this.pending++;
+    try {
+      return await super.status(id, signal);
+    } finally {
+      this.pending--;
+    }
+  }
+  override async stage(id: string, signal?: AbortSignal) {
+    this.pending++;
+    try {
+      return await super.stage(id, signal);
+    } finally {
+      this.pending--;
+    }
+  }
+  async idle(): Promise<void> {
+    do await delay(2); while (this.pending > 0);
+  }
+}
+
+Deno.test("once one probe finds its file on disk, the other probes are polled then, not one growing gap later", async () => {
+  await using fake = startFakeArchive({ tapeLibrary: { recallMs: 3_600_000 } });
+  const list = ids("p", 24);
+  for (const [i, id] of list.entries()) fake.put(id, "x", { tape: { tape: "T", position: i } });
+  const clock = new StepClock();
+  const client = new CountingClient(fake.url, { requestTimeoutMs: 2000 });
+  await using recalls = new RecallManager(client, {
+    ...FAST,
+    pollInitialMs: 500,
+    pollMaxMs: 30_000,
+    headsPerSecond: 10_000,
+    stageTimeoutMs: 600_000,
+    clock,
+  });
+  const doneAt = new Map<string, number>();
+  const all = Promise.all(
+    list.map((id) =>
+      recalls.recall(id, { cart: "c", label: label(id) }).then(() => doneAt.set(id, clock.t))
+    ),
+  );
+  // The files are recalled at 5 s (on the clock); the probes' polls straddle it.
+  await clock.run(5000, () => client.idle());
+  for (const id of list) fake.put(id, "x");
+  await clock.run(40_000, () => client.idle());
+  await all;
+  const first = Math.min(...doneAt.values());
+  assert.ok(first < 5000 * 1.5 ** (15 / 16), `the first probe on disk at ${first} ms`);
+  // Before, the probes that had just polled waited for their next gap (up to ~2.5 s).
+  for (const [id, at] of doneAt) assert.equal(at, first, `${id} seen on disk at ${at} ms`);
+  assert.equal(recalls.stats().outstanding, 0);
+});
+
+Deno.test("stageEarly: the POST goes before any HEAD; a recall takes it over without a second POST, dropEarly and endEarly free its place", async () => {
+  await using t = setup({ maxOutstanding: 3 });
+  for (const id of ["e1", "e2", "e3", "e4"]) t.fake.put(id, "x", { tapeMs: 200 });
+  assert.equal(t.recalls.stageEarly("e1", "c"), true);
+  assert.equal(t.recalls.stageEarly("e2", "c"), true);
+  assert.equal(t.recalls.stageEarly("e3", "d"), true);
+  assert.equal(t.recalls.stageEarly("e4", "c"), false, "the cap is reached");
+  assert.equal(t.recalls.stageEarly("e1", "d"), true, "being recalled already");
+  await delay(100);
+  assert.deepEqual(t.fake.counts("e1"), { head: 0, post: 1, get: 0 }, "POSTed, not polled");
+  assert.equal(t.recalls.stats().outstanding, 3);
+  // The HEAD said `tape`: the recall counts from the early POST (no second one).
+  const st = await t.recalls.recall("e1", { cart: "c", label: label("e1") });
+  assert.equal(st.media, "disk");
+  assert.equal(t.fake.counts("e1").post, 1);
+  // The HEAD said `disk`, or the cart's HEADs are done: the places go to other recalls.
+  t.recalls.dropEarly("e2");
+  t.recalls.endEarly("d");
+  assert.equal(t.recalls.stats().outstanding, 0);
+  await t.recalls.recall("e4", { cart: "c", label: label("e4") });
+  assert.equal(t.fake.counts("e2").head, 0);
+  assert.equal(t.fake.counts("e3").head, 0);
+  const s = t.recalls.stats();
+  assert.equal(s.early, 3);
+  assert.equal(s.posts, 4);
+  assert.equal(s.outstanding, 0);
+  assert.equal(s.waiters, 0);
+  assert.equal(s.shared, 0);
+});
+
+Deno.test("stageEarly waits for nobody: with recalls waiting for the cap, it sends nothing", async () => {
+  await using t = setup({ maxOutstanding: 1 });
+  for (const id of ["q1", "q2", "q3"]) t.fake.put(id, "x", { tapeMs: 100 });
+  const first = t.recalls.recall("q1", { cart: "a", label: label("q1") });
+  const second = t.recalls.recall("q2", { cart: "b", label: label("q2") });
+  assert.equal(t.recalls.stats().waiting, 1);
+  assert.equal(t.recalls.stageEarly("q3", "c"), false);
+  await Promise.all([first, second]);
+  assert.equal(t.fake.counts("q3").post, 0);
+});

@@ -117,11 +117,12 @@ Deno.test("CARTD_HEADS_PER_SECOND bounds the archive HEADs that poll recalls", a
   for (const id of ids) archive.put(id, `bytes of ${id}\n`, { tapeMs: 3000 });
   await withCartd({ archive, env: { CARTD_HEADS_PER_SECOND: "20" } }, async ({ url }) => {
     await ready(url, "ceiling", ids);
-    // The polls: each file's HEADs after its first stage request (its size HEAD is before).
-    const polls = ids.flatMap((id) => {
-      const post = firstAt(archive, id, "POST");
-      return archive.log(id).filter((r) => r.method === "HEAD" && r.at > post).map((r) => r.at);
-    }).sort((a, b) => a - b);
+    // The polls: each file's HEADs but its first, its size HEAD (before its stage request, or
+    // after one sent ahead of it; the first size HEADs, sent before any recall is outstanding,
+    // go at the pace of their concurrency only).
+    const polls = ids.flatMap((id) =>
+      archive.log(id).filter((r) => r.method === "HEAD").slice(1).map((r) => r.at)
+    ).sort((a, b) => a - b);
     let most = 0;
     for (let i = 0, j = 0; i < polls.length; i++) {
       while (polls[i] - polls[j] >= 1000) j++;
@@ -130,6 +131,27 @@ Deno.test("CARTD_HEADS_PER_SECOND bounds the archive HEADs that poll recalls", a
     // One more than the ceiling is arrival jitter: cartd starts at most 20 in any second.
     assert.ok(most <= 21, `${most} HEADs arrived within one second (ceiling 20)`);
     assert.ok(polls.length >= 60, `${polls.length} polls`);
+  });
+});
+
+Deno.test("the HEAD ceiling binding, a cart found on tape has every stage request sent ahead of its HEADs; a cart on disk sends none", async () => {
+  await using archive = startFakeArchive();
+  const tape = Array.from({ length: 40 }, (_, i) => `a${i}`);
+  const disk = Array.from({ length: 20 }, (_, i) => `d${i}`);
+  for (const id of tape) archive.put(id, `bytes of ${id}\n`, { tapeMs: 300 });
+  for (const id of disk) archive.put(id, `bytes of ${id}\n`);
+  await withCartd({ archive, env: { CARTD_HEADS_PER_SECOND: "20" } }, async ({ url }) => {
+    await ready(url, "disk", disk);
+    assert.equal(disk.reduce((n, id) => n + archive.counts(id).post, 0), 0);
+    await ready(url, "ahead", tape);
+    // 40 size HEADs at 20 a second take two seconds; the stage requests go once the first
+    // HEAD has said `tape`. Ordered by the fake's log, not timed.
+    const ahead = tape.filter((id) => {
+      const log = archive.log(id);
+      return log.findIndex((r) => r.method === "POST") < log.findIndex((r) => r.method === "HEAD");
+    });
+    assert.ok(ahead.length >= 30, `${ahead.length} of 40 stage requests before their HEAD`);
+    for (const id of tape) assert.equal(archive.counts(id).post, 1, `${id}: one stage request`);
   });
 });
 

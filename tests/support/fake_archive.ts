@@ -153,6 +153,12 @@ export interface FakeArchive extends AsyncDisposable {
   counts(id: string): FakeCounts;
   /** Requests of every id so far (cheap: kept as running totals). */
   totals(): FakeCounts;
+  /**
+   * GETs of `id` whose whole body was handed to the HTTP server (the stream's end reached, not
+   * cut, stalled or cancelled), as against `counts(id).get`, which counts every GET that
+   * arrived: a GET cut by the client (a killed cartd) is counted there only.
+   */
+  wholeGets(id: string): number;
   /** Every request of `id` so far, in order. */
   log(id: string): FakeRequest[];
   /** Forgets the counts and logs of every id. */
@@ -324,6 +330,7 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
   const totals: FakeCounts = { head: 0, post: 0, get: 0 };
   const files = new Map<string, Entry>();
   const firstHead = new Map<string, number>();
+  const whole = new Map<string, number>();
   const logs = new Map<string, FakeRequest[]>();
   const live = new Set<() => void>();
 
@@ -384,7 +391,7 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
     return promise;
   }
 
-  function body(e: Entry, nth: number): BodyInit | null {
+  function body(e: Entry, nth: number, onWhole: () => void): BodyInit | null {
     const o = e.options;
     const src = e.source;
     const chunk = o.chunkSize ?? DEFAULT_CHUNK;
@@ -445,7 +452,10 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
               };
             });
             return;
-          } else controller.close();
+          } else {
+            controller.close();
+            if (!short) onWhole();
+          }
           done();
           return;
         }
@@ -550,7 +560,8 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
         if (files.get(id) !== e) return json(500, `File not found: ${id}`); // replaced meanwhile
       } else if (media !== "disk") return json(500, `File is on ${media}: ${id}`);
       if (within(nth, o.failGets)) return json(500, "Simulated archive failure");
-      return new Response(body(e, nth), {
+      const sent = () => whole.set(id, (whole.get(id) ?? 0) + 1);
+      return new Response(body(e, nth, sent), {
         status: 200,
         headers: { "Content-Type": "application/octet-stream" },
       });
@@ -600,10 +611,12 @@ export function startFakeArchive(opts: FakeArchiveOptions = {}): FakeArchive {
     libraryStats: () => library.stats(),
     counts: countsOf,
     totals: () => ({ ...totals }),
+    wholeGets: (id) => whole.get(id) ?? 0,
     log: (id) => [...(logs.get(id) ?? [])],
     resetCounts: () => {
       logs.clear();
       firstHead.clear();
+      whole.clear();
       totals.head = totals.post = totals.get = 0;
     },
     async digest(id, hashtype) {

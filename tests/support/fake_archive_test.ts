@@ -253,3 +253,27 @@ Deno.test("96 files on 4 tapes, all asked over HTTP at once: 4 mounts, the libra
   );
   for (const id of ids.slice(0, 5)) assert.equal(await head(archive, id), "disk");
 });
+
+Deno.test("wholeGets counts the GETs whose body was sent to its end, not those cut", async () => {
+  await using archive = startFakeArchive();
+  // Slow chunks, so that a client that drops the body does so before its end is sent (the
+  // socket's buffers would take a fast body whole).
+  archive.put("w", { size: 4 << 20 }, { chunkSize: 1 << 20, chunkDelayMs: 40, cutGets: 1 });
+  // The first GET is cut by the fake (a broken connection), the second read to its end, the
+  // third dropped by the client after its first chunk.
+  const cut = await fetch(archive.url + "w");
+  await assert.rejects(() => cut.arrayBuffer());
+  assert.equal(archive.wholeGets("w"), 0);
+  const read = await fetch(archive.url + "w");
+  assert.equal((await read.arrayBuffer()).byteLength, 4 << 20);
+  assert.equal(archive.wholeGets("w"), 1);
+  const dropped = await fetch(archive.url + "w");
+  const reader = dropped.body!.getReader();
+  await reader.read();
+  await reader.cancel();
+  await sleep(300);
+  assert.equal(archive.counts("w").get, 3);
+  assert.equal(archive.wholeGets("w"), 1);
+  archive.resetCounts();
+  assert.equal(archive.wholeGets("w"), 0);
+});
