@@ -32,7 +32,8 @@
  * header in the memo (a `Map`) compares its characters with a remembered one only when
  * their lengths and string hashes (made of all their characters) are equal: what its time
  * could tell is whether a header is one accepted before, which the answer tells anyway
- * (docs/security.md).
+ * (docs/security.md). Whether a peer address is a trusted proxy's, and what principal a
+ * value of the proxy's header names, are remembered too (both follow from the settings alone).
  *
  * A JWKS that cannot be read (no answer, an answer that is not 200, not a key set) is not the
  * client's fault: such a request answers `503` with `Retry-After`, never `401`
@@ -85,6 +86,12 @@ export const DIGESTS_MAX = 4096;
 
 /** The longest `Authorization` header whose digest is remembered (a JWT is a few hundred). */
 export const DIGEST_MEMO_CHARS = 2048;
+
+/** Peer addresses remembered as a trusted proxy's or not, at most (the oldest forgotten). */
+const PROXY_PEERS_MAX = 1024;
+
+/** Values of the proxy's header remembered with the principal they name, at most. */
+const PROXY_NAMES_MAX = 4096;
 
 /** `Retry-After` (s) of a `503` while the JWKS cannot be read (jose asks it again each time). */
 export const JWKS_RETRY_S = 30;
@@ -242,6 +249,10 @@ export class Access {
   readonly #digests = new Map<string, Digest>();
   /** Whether JWTs are accepted (a secret or a JWKS). */
   readonly #jwtOn: boolean;
+  /** Whether each peer address seen lately is a trusted proxy's. */
+  readonly #proxyPeers = new Map<string, boolean>();
+  /** What each value of the proxy's header seen lately from a proxy names (or what is wrong). */
+  readonly #proxyNames = new Map<string, Principal | Refusal>();
   #tokensStamp = "";
   #tokensCheckedAt = -Infinity;
   #tokensChecking: Promise<void> | null = null;
@@ -352,11 +363,7 @@ export class Access {
   /** Remembers the digest of the accepted header `authorization` (when short enough). */
   #rememberDigest(authorization: string, digest: Digest): void {
     if (authorization.length > DIGEST_MEMO_CHARS || this.#digests.has(authorization)) return;
-    if (this.#digests.size >= DIGESTS_MAX) {
-      // The oldest first (a Map keeps the order entries came in).
-      this.#digests.delete(this.#digests.keys().next().value!);
-    }
-    this.#digests.set(authorization, digest);
+    remember(this.#digests, authorization, digest, DIGESTS_MAX);
   }
 
   /** The principal of a JWT verified before and not expired since, by its digest's hex. */
@@ -511,12 +518,16 @@ export class Access {
     if (this.#proxies) {
       const named = request.headers.get(this.#proxyHeader);
       if (named !== null) {
-        if (remote && trusted(this.#proxies, remote.hostname)) {
-          const problem = nameProblem(named.trim());
-          if (problem) {
-            return { message: `The ${this.#settings.proxyHeader} header ${problem}` };
+        if (remote && this.#trustedPeer(remote.hostname)) {
+          let who = this.#proxyNames.get(named);
+          if (who === undefined) {
+            const problem = nameProblem(named.trim());
+            who = problem
+              ? { message: `The ${this.#settings.proxyHeader} header ${problem}` }
+              : this.#principal(named.trim(), [], "proxy");
+            remember(this.#proxyNames, named, who, PROXY_NAMES_MAX);
           }
-          return this.#principal(named.trim(), [], "proxy");
+          return who;
         }
         log.info("ignored a proxy header from an address that is not a trusted proxy", {
           header: this.#settings.proxyHeader,
@@ -527,6 +538,23 @@ export class Access {
     }
     return { message: "This request needs credentials: send Authorization: Bearer <token>" };
   }
+
+  /** Whether the peer `hostname` is a trusted proxy's (remembered: `BlockList` costs µs). */
+  #trustedPeer(hostname: string): boolean {
+    let yes = this.#proxyPeers.get(hostname);
+    if (yes === undefined) {
+      yes = trusted(this.#proxies!, hostname);
+      remember(this.#proxyPeers, hostname, yes, PROXY_PEERS_MAX);
+    }
+    return yes;
+  }
+}
+
+/** Sets `key` to `value` in `map`, forgetting the oldest entry first when it holds `max`. */
+function remember<K, V>(map: Map<K, V>, key: K, value: V, max: number): void {
+  // A Map keeps the order its entries came in: the first is the oldest.
+  if (map.size >= max) map.delete(map.keys().next().value!);
+  map.set(key, value);
 }
 
 /**

@@ -319,6 +319,31 @@ Deno.test("each identity owns what it creates: a token, a JWT, the proxy header 
   assert.equal(ignored.status, 401);
 });
 
+Deno.test("the proxy's header, asked again and again: each request's peer is checked, a bad name stays refused", async () => {
+  await using w = await world({ CARTD_ACCESS_ADMINS: "ops" });
+  const access = new Access(w.config.access);
+  await access.start();
+  const ask = (name: string, hostname: string) =>
+    access.authenticate(
+      new Request("http://cartd/x", { headers: { "x-remote-user": name } }),
+      { transport: "tcp", hostname, port: 40000 },
+    );
+  for (let i = 0; i < 3; i++) {
+    assert.equal(((await ask("dave", "127.0.0.1")) as Principal).name, "dave", `request ${i + 1}`);
+    assert.equal(((await ask("dave", "::ffff:127.0.0.1")) as Principal).name, "dave");
+    assert.match(
+      ((await ask("dave", "127.0.0.2")) as Refusal).message,
+      /needs credentials/,
+      "the same name from an address that is not a proxy is no identity",
+    );
+    assert.match(((await ask("da\u0007ve", "::1")) as Refusal).message, /control characters/);
+    const ops = (await ask(" ops ", "::1")) as Principal;
+    assert.equal(ops.name, "ops");
+    assert.equal(ops.admin, true, "CARTD_ACCESS_ADMINS names it");
+    assert.equal(((await ask("dave", "10.0.0.1")) as Refusal).message.includes("needs"), true);
+  }
+});
+
 Deno.test("two principals may each have a cart mycart; each sees its own; an admin names the owner", async () => {
   await using w = await world();
   const alice = bearer(TOKENS.alice);
