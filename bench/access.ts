@@ -16,11 +16,14 @@
  * Before that, the access checks alone: HEAD through the app in this process, off, with the
  * token and with the JWT in alternating blocks (one Request sent again and again, so that the
  * client's cost of making one is not counted); and bob's HEAD of alice's cart beside his HEAD of a uid
- * nobody has (both 404), in alternating blocks, for the time an existence leak would take.
+ * nobody has (both 404), in alternating blocks, for the time an existence leak would take. The
+ * checks alone are given in time and in this process's CPU (which, on a shared machine, leaves
+ * out the waits for a core).
  *
  * @module
  */
 import { join } from "node:path";
+import process from "node:process";
 import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { parseCartDocument } from "../lib/cart/document.ts";
@@ -137,6 +140,9 @@ async function inProcess(
   });
   const BLOCK = 2000;
   const times = { off: [] as number[], on: [] as number[], jwt: [] as number[] };
+  // This process's CPU a request too: on a shared machine, unlike the time, it leaves out
+  // the time spent waiting for a core (getrusage, in µs).
+  const cpu = { off: [] as number[], on: [] as number[], jwt: [] as number[] };
   for (let block = 0; block < 12; block++) {
     for (
       const [mode, a, headers] of [
@@ -152,11 +158,16 @@ async function inProcess(
         headers: { host: "cartd", ...headers },
       });
       const started = performance.now();
+      const cpuBefore = process.cpuUsage();
       for (let i = 0; i < BLOCK; i++) {
         const r = await a.fetch(request);
         if (r.status !== 204) throw new Error(`in-process HEAD (${mode}) answered ${r.status}`);
       }
-      if (block > 1) times[mode].push((performance.now() - started) / BLOCK * 1000);
+      const used = process.cpuUsage(cpuBefore);
+      if (block > 1) {
+        times[mode].push((performance.now() - started) / BLOCK * 1000);
+        cpu[mode].push((used.user + used.system) / BLOCK);
+      }
     }
   }
   // Another's cart against a uid nobody has, as bob (who owns neither): the same one query.
@@ -193,6 +204,13 @@ async function inProcess(
       `${onUs.toFixed(1)} µs, JWT ${jwtUs.toFixed(1)} µs: the access checks cost ` +
       `${(onUs - offUs).toFixed(1)} µs a request with a token, ${(jwtUs - offUs).toFixed(1)} ` +
       "µs with a JWT",
+  );
+  const [cpuOff, cpuOn, cpuJwt] = [median(cpu.off), median(cpu.on), median(cpu.jwt)];
+  const more = (us: number) => `${us - cpuOff < 0 ? "" : "+"}${(us - cpuOff).toFixed(1)}`;
+  console.log(
+    `in process, this process's CPU a request: HEAD off ${cpuOff.toFixed(1)} µs, token ` +
+      `${cpuOn.toFixed(1)} µs (${more(cpuOn)}), JWT ${cpuJwt.toFixed(1)} µs (${more(cpuJwt)}); ` +
+      `load average ${Deno.loadavg()[0].toFixed(1)}`,
   );
 }
 

@@ -23,6 +23,18 @@
  * polls with one JWT pays for one verification, not one a request. The tokens file is looked
  * at for a change at most every {@linkcode TOKENS_CHECK_MS}, without an `await` in between.
  *
+ * The digest of an `Authorization` header that was accepted is remembered by the header
+ * ({@linkcode DIGESTS_MAX} of them), so that a client sending the same header again is not
+ * hashed again; the memo holds digests, not verdicts: each request still looks its digest
+ * up in the tokens file as it is now and compares it there with `timingSafeEqual` (or finds
+ * its JWT among those remembered until their expiry), so a token taken out of the file, or
+ * a JWT past its `exp`, is refused as before; a header refused is forgotten. Finding a
+ * header in the memo (a `Map`) compares its characters with a remembered one only when
+ * their lengths and string hashes (made of all their characters) are equal: what its time
+ * could tell is whether a header is one accepted before, which the answer tells anyway
+ * (docs/security.md). Whether a peer address is a trusted proxy's, and what principal a
+ * value of the proxy's header names, are remembered too (both follow from the settings alone).
+ *
  * A JWKS that cannot be read (no answer, an answer that is not 200, not a key set) is not the
  * client's fault: such a request answers `503` with `Retry-After`, never `401`
  * ({@linkcode Refusal.unavailable}). JWTs remembered from before keep working meanwhile.
@@ -65,6 +77,21 @@ export const JWT_CACHE_MS = 60_000;
 
 /** Verified JWTs remembered at most; more, and the oldest is forgotten. */
 export const JWT_CACHE_MAX = 10_000;
+
+/**
+ * Digests of accepted `Authorization` headers remembered at most (more, and the oldest is
+ * forgotten); a header longer than {@linkcode DIGEST_MEMO_CHARS} is hashed each time.
+ */
+export const DIGESTS_MAX = 4096;
+
+/** The longest `Authorization` header whose digest is remembered (a JWT is a few hundred). */
+export const DIGEST_MEMO_CHARS = 2048;
+
+/** Peer addresses remembered as a trusted proxy's or not, at most (the oldest forgotten). */
+const PROXY_PEERS_MAX = 1024;
+
+/** Values of the proxy's header remembered with the principal they name, at most. */
+const PROXY_NAMES_MAX = 4096;
 
 /** `Retry-After` (s) of a `503` while the JWKS cannot be read (jose asks it again each time). */
 export const JWKS_RETRY_S = 30;
@@ -112,11 +139,32 @@ function keySetFailure(e: unknown): boolean {
     (e instanceof joseErrors.JOSEError && e.code === "ERR_JOSE_GENERIC");
 }
 
+/**
+ * A token's SHA-256 digest as the look-ups take it: its hex (the key of the tokens and of the
+ * JWTs remembered) and the bytes of that hex (what `timingSafeEqual` compares), as a
+ * `DataView`, which the platform's compare takes without making one of its own.
+ */
+interface Digest {
+  /** The digest in lowercase hex. */
+  hex: string;
+  /** The 64 bytes of {@linkcode Digest.hex}. */
+  view: DataView;
+}
+
+/** The {@linkcode Digest} of a digest's hex. */
+function digestOfHex(hex: string): Digest {
+  const bytes = utf8.encode(hex);
+  return { hex, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) };
+}
+
 /** A digest's hex no token has, compared against when a token is not in the file (same cost). */
-const NO_DIGEST = new Uint8Array(64);
+const NO_DIGEST = new DataView(new ArrayBuffer(64));
 
 /** Text as UTF-8 bytes. */
 const utf8 = new TextEncoder();
+
+/** An `Authorization` header with a bearer token: the token. */
+const BEARER = /^Bearer +([\x21-\x7e]+) *$/i;
 
 /** A JWT has three base64url parts. */
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
@@ -194,9 +242,17 @@ export class Access {
    * The tokens file's entries by the hex of their digest, each with that hex as bytes (what
    * is compared) and its principal.
    */
-  #tokens = new Map<string, { hex: Uint8Array; principal: Principal }>();
+  #tokens = new Map<string, { view: DataView; principal: Principal }>();
   /** Verified JWTs by the hex of their digest: the principal, and until when (ms). */
   readonly #jwts = new Map<string, { principal: Principal; until: number }>();
+  /** The digests of the `Authorization` headers accepted lately, by header (a memo). */
+  readonly #digests = new Map<string, Digest>();
+  /** Whether JWTs are accepted (a secret or a JWKS). */
+  readonly #jwtOn: boolean;
+  /** Whether each peer address seen lately is a trusted proxy's. */
+  readonly #proxyPeers = new Map<string, boolean>();
+  /** What each value of the proxy's header seen lately from a proxy names (or what is wrong). */
+  readonly #proxyNames = new Map<string, Principal | Refusal>();
   #tokensStamp = "";
   #tokensCheckedAt = -Infinity;
   #tokensChecking: Promise<void> | null = null;
@@ -215,7 +271,8 @@ export class Access {
     this.#proxies = cidrs.length ? blockList(cidrs) : null;
     this.#secret = settings.jwtSecret ? new TextEncoder().encode(settings.jwtSecret) : null;
     this.#jwks = settings.jwksUrl ? keySet(createRemoteJWKSet(new URL(settings.jwksUrl))) : null;
-    this.on = Boolean(settings.tokensFile || this.#secret || this.#jwks || this.#proxies);
+    this.#jwtOn = Boolean(this.#secret || this.#jwks);
+    this.on = Boolean(settings.tokensFile || this.#jwtOn || this.#proxies);
   }
 
   /** Reads the tokens file once; throws when it cannot be read (start-up stops). */
@@ -229,6 +286,11 @@ export class Access {
           errorMessage(e),
       );
     }
+  }
+
+  /** How many accepted `Authorization` headers have their digest remembered (for tests). */
+  get headersRemembered(): number {
+    return this.#digests.size;
   }
 
   /** The identities on, for the start-up log line. */
@@ -257,11 +319,8 @@ export class Access {
     const first = this.#tokensStamp === "";
     this.#tokens = new Map(
       entries.map((entry) => {
-        const hex = entry.digest.toString("hex");
-        return [hex, {
-          hex: utf8.encode(hex),
-          principal: this.#principal(entry.name, entry.roles, "token"),
-        }];
+        const { hex, view } = digestOfHex(entry.digest.toString("hex"));
+        return [hex, { view, principal: this.#principal(entry.name, entry.roles, "token") }];
       }),
     );
     this.#tokensStamp = stamp;
@@ -291,14 +350,20 @@ export class Access {
   }
 
   /**
-   * The principal of the tokens file's entry for the token whose SHA-256 is `hex`, or null:
-   * the entry found by the digest, then one constant-time comparison of the digests (in hex;
-   * against a dummy when none was found, so that a miss costs the same).
+   * The principal of the tokens file's entry for the token of `digest`, or null: the entry
+   * found by the digest, then one constant-time comparison of the digests (in hex; against a
+   * dummy when none was found, so that a miss costs the same).
    */
-  #tokenPrincipal(hex: string): Principal | null {
-    const hit = this.#tokens.get(hex);
-    const equal = nodeCrypto.timingSafeEqual(hit ? hit.hex : NO_DIGEST, utf8.encode(hex));
+  #tokenPrincipal(digest: Digest): Principal | null {
+    const hit = this.#tokens.get(digest.hex);
+    const equal = nodeCrypto.timingSafeEqual(hit ? hit.view : NO_DIGEST, digest.view);
     return hit && equal ? hit.principal : null;
+  }
+
+  /** Remembers the digest of the accepted header `authorization` (when short enough). */
+  #rememberDigest(authorization: string, digest: Digest): void {
+    if (authorization.length > DIGEST_MEMO_CHARS || this.#digests.has(authorization)) return;
+    remember(this.#digests, authorization, digest, DIGESTS_MAX);
   }
 
   /** The principal of a JWT verified before and not expired since, by its digest's hex. */
@@ -334,10 +399,8 @@ export class Access {
     };
   }
 
-  /** The principal of a JWT (`hex`: its digest's hex), or why there is none. */
-  async #jwt(token: string, hex: string): Promise<Principal | Refusal> {
-    const cached = this.#cachedJwt(hex);
-    if (cached) return cached;
+  /** The principal of a JWT not remembered (`hex`: its digest's hex), or why there is none. */
+  async #verifyJwt(token: string, hex: string): Promise<Principal | Refusal> {
     const secret = this.#secret;
     const jwks = this.#jwks;
     const key: JWTVerifyGetKey = (header, input) => {
@@ -388,42 +451,83 @@ export class Access {
 
   /**
    * Who sent `request` (from `remote`, the peer's address, when known), or why nobody can
-   * tell. Call only when {@linkcode Access.on}.
+   * tell. Call only when {@linkcode Access.on}. The answer is there at once (not a promise)
+   * when nothing needs waiting for: a header accepted before, and the tokens file not due a
+   * look; else it is a promise.
    */
-  async authenticate(
+  authenticate(
     request: Request,
     remote: Deno.NetAddr | undefined,
-  ): Promise<Principal | Refusal> {
+  ): Principal | Refusal | Promise<Principal | Refusal> {
     const authorization = request.headers.get("authorization");
-    if (authorization !== null) {
-      const m = /^Bearer +([\x21-\x7e]+) *$/i.exec(authorization);
+    if (authorization === null) return this.#fromProxy(request, remote);
+    if (this.#settings.tokensFile && this.#tokensDue()) {
+      return this.#freshTokens().then(() => this.#bearer(authorization));
+    }
+    return this.#bearer(authorization);
+  }
+
+  /**
+   * The principal of the `Authorization` header `authorization`: its digest (remembered when
+   * it was accepted before, else made) looked up in the tokens file, then among the JWTs
+   * remembered, then a JWT verified.
+   */
+  #bearer(authorization: string): Principal | Refusal | Promise<Principal | Refusal> {
+    const known = this.#digests.get(authorization);
+    let digest = known;
+    if (digest === undefined) {
+      const m = BEARER.exec(authorization);
       if (!m) {
         return {
           message: "The Authorization header is not `Bearer <token>`",
           error: "invalid_request",
         };
       }
-      const token = m[1];
-      const hex = sha256Hex(token);
-      if (this.#settings.tokensFile) {
-        if (this.#tokensDue()) await this.#freshTokens();
-        const principal = this.#tokenPrincipal(hex);
-        if (principal) return principal;
-      }
-      if ((this.#secret || this.#jwks) && JWT_SHAPE.test(token)) {
-        return await this.#jwt(token, hex);
-      }
-      return { message: "The bearer token is not valid", error: "invalid_token" };
+      digest = digestOfHex(sha256Hex(m[1]));
     }
+    if (this.#settings.tokensFile) {
+      const principal = this.#tokenPrincipal(digest);
+      if (principal) {
+        if (!known) this.#rememberDigest(authorization, digest);
+        return principal;
+      }
+    }
+    if (this.#jwtOn) {
+      const cached = this.#cachedJwt(digest.hex);
+      if (cached) {
+        if (!known) this.#rememberDigest(authorization, digest);
+        return cached;
+      }
+      // A header in the memo matched BEARER when it was accepted.
+      const token = BEARER.exec(authorization)![1];
+      if (JWT_SHAPE.test(token)) {
+        const verified = digest;
+        return this.#verifyJwt(token, digest.hex).then((who) => {
+          if ("name" in who) this.#rememberDigest(authorization, verified);
+          else this.#digests.delete(authorization);
+          return who;
+        });
+      }
+    }
+    if (known) this.#digests.delete(authorization);
+    return { message: "The bearer token is not valid", error: "invalid_token" };
+  }
+
+  /** Who sent `request`, which has no `Authorization` header: the proxy's header, or nobody. */
+  #fromProxy(request: Request, remote: Deno.NetAddr | undefined): Principal | Refusal {
     if (this.#proxies) {
       const named = request.headers.get(this.#proxyHeader);
       if (named !== null) {
-        if (remote && trusted(this.#proxies, remote.hostname)) {
-          const problem = nameProblem(named.trim());
-          if (problem) {
-            return { message: `The ${this.#settings.proxyHeader} header ${problem}` };
+        if (remote && this.#trustedPeer(remote.hostname)) {
+          let who = this.#proxyNames.get(named);
+          if (who === undefined) {
+            const problem = nameProblem(named.trim());
+            who = problem
+              ? { message: `The ${this.#settings.proxyHeader} header ${problem}` }
+              : this.#principal(named.trim(), [], "proxy");
+            remember(this.#proxyNames, named, who, PROXY_NAMES_MAX);
           }
-          return this.#principal(named.trim(), [], "proxy");
+          return who;
         }
         log.info("ignored a proxy header from an address that is not a trusted proxy", {
           header: this.#settings.proxyHeader,
@@ -434,6 +538,23 @@ export class Access {
     }
     return { message: "This request needs credentials: send Authorization: Bearer <token>" };
   }
+
+  /** Whether the peer `hostname` is a trusted proxy's (remembered: `BlockList` costs µs). */
+  #trustedPeer(hostname: string): boolean {
+    let yes = this.#proxyPeers.get(hostname);
+    if (yes === undefined) {
+      yes = trusted(this.#proxies!, hostname);
+      remember(this.#proxyPeers, hostname, yes, PROXY_PEERS_MAX);
+    }
+    return yes;
+  }
+}
+
+/** Sets `key` to `value` in `map`, forgetting the oldest entry first when it holds `max`. */
+function remember<K, V>(map: Map<K, V>, key: K, value: V, max: number): void {
+  // A Map keeps the order its entries came in: the first is the oldest.
+  if (map.size >= max) map.delete(map.keys().next().value!);
+  map.set(key, value);
 }
 
 /**
@@ -594,65 +715,94 @@ export interface AccessHooks {
  * is stored); `429` over the principal's request rate; then one access log line per request,
  * naming the principal (and never what it sent as credentials, nor the query: a signed link's
  * signature is in it).
+ *
+ * A request whose principal is known at once (a header accepted before) goes on to the
+ * routes without an `await` of the middleware's own: a HEAD, which clients poll with, costs
+ * the checks and no more (docs/benchmarks.md, "Access control").
  */
 export function accessMiddleware(access: Access, hooks: AccessHooks): AccessMiddleware {
-  return async (c, next) => {
+  /** The request of `c`, told `who` sent it, let through to the routes, or refused. */
+  const admit = (
+    c: AccessContext,
+    next: () => Promise<void>,
+    who: Principal | Refusal,
+    remote: Deno.NetAddr | undefined,
+    started: number,
+  ): Promise<Response | void> => {
     const request = c.req.raw;
-    const path = c.req.path;
+    if (!("name" in who)) {
+      const status = who.unavailable ? 503 : 401;
+      log.info("request refused: no valid credentials", {
+        method: request.method,
+        path: c.req.path,
+        status,
+        why: who.message,
+        from: remote?.hostname,
+      });
+      return Promise.resolve(
+        who.unavailable
+          ? json({ message: who.message }, 503, { "Retry-After": String(JWKS_RETRY_S) })
+          : unauthorized(who),
+      );
+    }
+    setPrincipal(request, who);
+    const wait = who.admin ? null : hooks.rate(who);
+    if (wait !== null) {
+      log.info("request refused: over the principal's request rate", {
+        method: request.method,
+        path: c.req.path,
+        status: 429,
+        principal: who.name,
+      });
+      return Promise.resolve(json(
+        {
+          message: `Quota exceeded: requests per second (CARTD_QUOTA_RATE=${hooks.rateLimit}); ` +
+            "slow down",
+        },
+        429,
+        { "Retry-After": String(wait) },
+      ));
+    }
+    return served(c, next, who, started);
+  };
+
+  /** Runs the routes on the request of `c` (from `principal`), then writes its log line. */
+  const served = (
+    c: AccessContext,
+    next: () => Promise<void>,
+    principal: Principal | null,
+    started: number,
+  ): Promise<void> => {
     // HEAD is how clients poll a cart, many times a minute each: its lines are debug (a line
     // costs more than the access checks themselves; docs/security.md), and when debug is off
-    // nothing of the line is made.
-    const logged = request.method !== "HEAD" || log.enabled("debug");
-    const started = logged ? performance.now() : 0;
-    let principal: Principal | null = null;
+    // nothing of the line is made (`started` is NaN).
+    if (Number.isNaN(started)) return next();
+    return next().then(() => {
+      const request = c.req.raw;
+      const who = principalOf(request) ?? principal;
+      (request.method === "HEAD" ? log.debug : log.info)("request", {
+        method: request.method,
+        path: c.req.path,
+        status: c.res.status,
+        principal: who?.name ?? "",
+        via: who?.via ?? "none",
+        ms: Math.round(performance.now() - started),
+      });
+    });
+  };
+
+  return (c, next) => {
+    const request = c.req.raw;
+    const path = c.req.path;
+    const started = request.method !== "HEAD" || log.enabled("debug") ? performance.now() : NaN;
     if (hooks.open(request, path) || hooks.signed(request, path)) {
       setPrincipal(request, null);
-    } else {
-      const remote = (c.env as { remoteAddr?: Deno.NetAddr } | undefined)?.remoteAddr;
-      const who = await access.authenticate(request, remote);
-      if (!("name" in who)) {
-        const status = who.unavailable ? 503 : 401;
-        log.info("request refused: no valid credentials", {
-          method: request.method,
-          path,
-          status,
-          why: who.message,
-          from: remote?.hostname,
-        });
-        return who.unavailable
-          ? json({ message: who.message }, 503, { "Retry-After": String(JWKS_RETRY_S) })
-          : unauthorized(who);
-      }
-      principal = who;
-      setPrincipal(request, who);
-      const wait = who.admin ? null : hooks.rate(who);
-      if (wait !== null) {
-        log.info("request refused: over the principal's request rate", {
-          method: request.method,
-          path,
-          status: 429,
-          principal: who.name,
-        });
-        return json(
-          {
-            message: `Quota exceeded: requests per second (CARTD_QUOTA_RATE=${hooks.rateLimit}); ` +
-              "slow down",
-          },
-          429,
-          { "Retry-After": String(wait) },
-        );
-      }
+      return served(c, next, null, started);
     }
-    await next();
-    if (!logged) return;
-    const who = principalOf(request) ?? principal;
-    (request.method === "HEAD" ? log.debug : log.info)("request", {
-      method: request.method,
-      path,
-      status: c.res.status,
-      principal: who?.name ?? "",
-      via: who?.via ?? "none",
-      ms: Math.round(performance.now() - started),
-    });
+    const remote = (c.env as { remoteAddr?: Deno.NetAddr } | undefined)?.remoteAddr;
+    const who = access.authenticate(request, remote);
+    return who instanceof Promise
+      ? who.then((known) => admit(c, next, known, remote, started))
+      : admit(c, next, who, remote, started);
   };
 }

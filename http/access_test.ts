@@ -19,7 +19,15 @@ import { Cancellations } from "../lib/space/cancellations.ts";
 import { syncSchema } from "../lib/store/schema.ts";
 import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
-import { Access, JWT_CACHE_MAX, tokenDigest } from "./access.ts";
+import {
+  Access,
+  DIGEST_MEMO_CHARS,
+  DIGESTS_MAX,
+  JWT_CACHE_MAX,
+  type Principal,
+  type Refusal,
+  tokenDigest,
+} from "./access.ts";
 import { type CartApp, cartRoutes } from "./routes.ts";
 
 const SECRET = "jwt-shared-secret-for-tests-0123456789";
@@ -311,6 +319,31 @@ Deno.test("each identity owns what it creates: a token, a JWT, the proxy header 
   assert.equal(ignored.status, 401);
 });
 
+Deno.test("the proxy's header, asked again and again: each request's peer is checked, a bad name stays refused", async () => {
+  await using w = await world({ CARTD_ACCESS_ADMINS: "ops" });
+  const access = new Access(w.config.access);
+  await access.start();
+  const ask = (name: string, hostname: string) =>
+    access.authenticate(
+      new Request("http://cartd/x", { headers: { "x-remote-user": name } }),
+      { transport: "tcp", hostname, port: 40000 },
+    );
+  for (let i = 0; i < 3; i++) {
+    assert.equal(((await ask("dave", "127.0.0.1")) as Principal).name, "dave", `request ${i + 1}`);
+    assert.equal(((await ask("dave", "::ffff:127.0.0.1")) as Principal).name, "dave");
+    assert.match(
+      ((await ask("dave", "127.0.0.2")) as Refusal).message,
+      /needs credentials/,
+      "the same name from an address that is not a proxy is no identity",
+    );
+    assert.match(((await ask("da\u0007ve", "::1")) as Refusal).message, /control characters/);
+    const ops = (await ask(" ops ", "::1")) as Principal;
+    assert.equal(ops.name, "ops");
+    assert.equal(ops.admin, true, "CARTD_ACCESS_ADMINS names it");
+    assert.equal(((await ask("dave", "10.0.0.1")) as Refusal).message.includes("needs"), true);
+  }
+});
+
 Deno.test("two principals may each have a cart mycart; each sees its own; an admin names the owner", async () => {
   await using w = await world();
   const alice = bearer(TOKENS.alice);
@@ -420,6 +453,83 @@ Deno.test("the tokens file is re-read when it changes, without a restart", async
   now += 1001;
   assert.match(((await ask(TOKENS.alice)) as { message: string }).message, /not valid/);
   assert.equal(((await ask("tok-frank-new-one-123")) as { name: string }).name, "frank");
+});
+
+Deno.test("an accepted header's digest is remembered, not its verdict: the tokens file as it is now decides", async () => {
+  await using w = await world();
+  let now = Date.now();
+  const access = new Access(w.config.access, () => now);
+  await access.start();
+  const ask = (authorization: string) =>
+    access.authenticate(new Request("http://cartd/x", { headers: { authorization } }), undefined);
+  const name = async (authorization: string) => ((await ask(authorization)) as Principal).name;
+  const alice = `Bearer ${TOKENS.alice}`;
+  assert.equal(await name(alice), "alice");
+  assert.equal(await name(alice), "alice", "again, from the memo");
+  assert.equal(access.headersRemembered, 1);
+  // The same token in another spelling of the header is another header, hashed anew.
+  assert.equal(await name(`bearer  ${TOKENS.alice} `), "alice");
+  assert.equal(access.headersRemembered, 2);
+  assert.match(((await ask("Bearer tok-nobody-has")) as Refusal).message, /not valid/);
+  assert.equal(access.headersRemembered, 2, "a header refused is not remembered");
+
+  // The same token now names another principal: the file's entry is what answers.
+  await Deno.writeTextFile(w.tokens, `${tokenDigest(TOKENS.alice)} alicia\n`);
+  now += 1001;
+  assert.equal(await name(alice), "alicia");
+  // Taken out of the file: refused, though its digest was remembered, and then forgotten.
+  await Deno.writeTextFile(w.tokens, `${tokenDigest(TOKENS.bob)} bob\n`);
+  now += 1001;
+  const revoked = (await ask(alice)) as Refusal;
+  assert.equal("name" in revoked, false, "a token removed from the file is refused");
+  assert.match(revoked.message, /not valid/);
+  assert.equal(access.headersRemembered, 1, "the revoked header is forgotten");
+  assert.equal("name" in await ask(alice), false, "and stays refused");
+  // Put back: accepted again.
+  await Deno.writeTextFile(w.tokens, tokensFile());
+  now += 1001;
+  assert.equal(await name(alice), "alice");
+});
+
+Deno.test("a remembered JWT header past its exp is refused, and stays refused", async () => {
+  await using w = await world();
+  let now = Date.now();
+  const access = new Access(w.config.access, () => now);
+  await access.start();
+  const token = await jwt({ sub: "carol" }, { exp: Math.floor(now / 1000) + 5 });
+  const ask = () =>
+    access.authenticate(new Request("http://cartd/x", { headers: bearer(token) }), undefined);
+  for (let i = 0; i < 3; i++) assert.equal(((await ask()) as Principal).name, "carol");
+  assert.equal(access.headersRemembered, 1);
+  now += 36_000; // past exp and the 30 s of clock skew allowed
+  for (let i = 0; i < 2; i++) {
+    const late = (await ask()) as Refusal;
+    assert.equal("name" in late, false, `request ${i + 1} past its exp`);
+    assert.match(late.message, /expired/);
+  }
+  assert.equal(access.headersRemembered, 0, "the expired JWT's header is forgotten");
+});
+
+Deno.test("the remembered digests are bounded: DIGESTS_MAX headers, none longer than DIGEST_MEMO_CHARS", async () => {
+  await using w = await world();
+  const tokens = Array.from({ length: DIGESTS_MAX + 1 }, (_, i) => `tok-many-${i}`);
+  await Deno.writeTextFile(
+    w.tokens,
+    tokens.map((t, i) => `${tokenDigest(t)} user${i}`).join("\n") + "\n",
+  );
+  const access = new Access(w.config.access);
+  await access.start();
+  const ask = (token: string) =>
+    access.authenticate(new Request("http://cartd/x", { headers: bearer(token) }), undefined);
+  for (const token of tokens) assert.ok("name" in await ask(token));
+  assert.equal(access.headersRemembered, DIGESTS_MAX, "the oldest forgotten to keep the bound");
+  assert.equal(((await ask(tokens[0])) as Principal).name, "user0", "and hashed again");
+  assert.equal(access.headersRemembered, DIGESTS_MAX);
+  // A JWT whose header is over DIGEST_MEMO_CHARS is accepted, and hashed at each request.
+  const long = await jwt({ sub: "dave", pad: "x".repeat(DIGEST_MEMO_CHARS) });
+  assert.equal(((await ask(long)) as Principal).name, "dave");
+  assert.equal(((await ask(long)) as Principal).name, "dave");
+  assert.equal(access.headersRemembered, DIGESTS_MAX);
 });
 
 Deno.test("JWTs verify against a JWKS served on 127.0.0.1", async () => {

@@ -211,12 +211,19 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       signed: (request, path) => linkRequest(request, path),
     })
     : null;
-  app.use("*", async (c, next) => {
-    const refused = protocolProblem(c.req.raw);
-    if (refused) return refused;
-    if (guard) return await guard(c, next);
-    await next();
-  });
+  if (guard) {
+    // Not an async function: a request let through goes on to the routes in the same hop.
+    app.use("*", (c, next) => {
+      const refused = protocolProblem(c.req.raw);
+      return refused ? Promise.resolve(refused) : guard(c, next);
+    });
+  } else {
+    app.use("*", async (c, next) => {
+      const refused = protocolProblem(c.req.raw);
+      if (refused) return refused;
+      await next();
+    });
+  }
 
   /**
    * Whether `request` (of `path`) is a signed link's, which the route checks itself instead of
