@@ -3,13 +3,26 @@ import { DatabaseSync } from "node:sqlite";
 import { openSqlite } from "./sqlite.ts";
 import { DbUnavailableError } from "./db.ts";
 
-Deno.test("a write waits for another connection's transaction without stopping the event loop", async () => {
+/** Runs `fn` with cartd's connection to a new database and a second, plain one to it. */
+async function withTwoConnections(
+  fn: (db: ReturnType<typeof openSqlite>, other: DatabaseSync) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "cartd-sqlite-" });
   const path = `${dir}/busy.db`;
   const db = openSqlite(path);
   const other = new DatabaseSync(path);
   try {
     await db.run("CREATE TABLE t (x INTEGER)");
+    await fn(db, other);
+  } finally {
+    other.close();
+    await db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("a write waits for another connection's transaction without stopping the event loop", async () => {
+  await withTwoConnections(async (db, other) => {
     other.exec("BEGIN IMMEDIATE"); // the other connection holds the write lock
     other.exec("INSERT INTO t VALUES (1)");
     let settled = false;
@@ -29,28 +42,15 @@ Deno.test("a write waits for another connection's transaction without stopping t
     await inTransaction;
     const rows = await db.all<{ x: number }>("SELECT x FROM t ORDER BY x");
     assert.deepEqual(rows.map((r) => r.x), [1, 2, 3]);
-  } finally {
-    other.close();
-    await db.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("a database busy for longer than the wait: DbUnavailableError, and nothing written", async () => {
   // (10 s: the wait that busy_timeout was)
-  const dir = await Deno.makeTempDir({ prefix: "cartd-sqlite-" });
-  const path = `${dir}/busy.db`;
-  const db = openSqlite(path);
-  const other = new DatabaseSync(path);
-  try {
-    await db.run("CREATE TABLE t (x INTEGER)");
+  await withTwoConnections(async (db, other) => {
     other.exec("BEGIN IMMEDIATE");
     await assert.rejects(db.run("INSERT INTO t VALUES (2)"), DbUnavailableError);
     other.exec("ROLLBACK");
     assert.deepEqual(await db.all("SELECT x FROM t"), []);
-  } finally {
-    other.close();
-    await db.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

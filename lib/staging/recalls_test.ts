@@ -408,18 +408,16 @@ class StepClock {
 /** An archive client that counts its calls on the wire, to wait until there are none. */
 class CountingClient extends ArchiveClient {
   pending = 0;
-  override async status(id: string, signal?: AbortSignal) {
-    this.pending++;
-    try {
-      return await super.status(id, signal);
-    } finally {
-      this.pending--;
-    }
+  override status(id: string, signal?: AbortSignal) {
+    return this.#counted(super.status(id, signal));
   }
-  override async stage(id: string, signal?: AbortSignal) {
+  override stage(id: string, signal?: AbortSignal) {
+    return this.#counted(super.stage(id, signal));
+  }
+  async #counted<T>(call: Promise<T>): Promise<T> {
     this.pending++;
     try {
-      return await super.stage(id, signal);
+      return await call;
     } finally {
       this.pending--;
     }
