@@ -5,8 +5,12 @@
  * fetches the same files from the same fake archive to disk at the same concurrency
  * (`CARTD_FILES_PER_CART`), and hashes them with node:crypto when the document has hashes.
  *
- * Rounds are paired: in each round every case runs cartd, then the plain client, so the
- * machine's slow spells weigh on both; the ratio is the median of the rounds' ratios. With
+ * Rounds are paired: in each round every case runs cartd and the plain client one after the
+ * other, so the machine's slow spells weigh on both; the ratio is the median of the rounds'
+ * ratios. The order alternates (cartd first in odd rounds, the plain client first in even
+ * ones). With cartd always first, the first round of 8 × 1 GiB gave 1.52–1.89× where the
+ * second gave 1.20–1.52× (three quiet runs, 2 December 2026): whatever the first side pays
+ * for, a fixed order counted it against cartd alone. With
  * `--before PATH` (a `main.ts` of another commit, which must lie under the repository, e.g. a
  * `git archive` of it unpacked in `var/`), that cartd runs too, before today's, in every round;
  * with `--threads N`, today's cartd runs once more with `CARTD_THREADS=N`.
@@ -216,6 +220,11 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
           progress(`${c.name}, round ${round}/${rounds}: cartd before`);
           r.before.push(await cartdSide(archive.url, env, c, doc, values.before));
         }
+        const plainSideNow = async () => {
+          progress(`${c.name}, round ${round}/${rounds}: plain client`);
+          r.plain.push(await plainSide(archive.url, c, concurrency, sha256));
+        };
+        if (round % 2 === 0) await plainSideNow();
         progress(`${c.name}, round ${round}/${rounds}: cartd`);
         r.cartd.push(await cartdSide(archive.url, env, c, doc));
         if (values.threads) {
@@ -223,8 +232,7 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
           const threadsEnv = { ...env, CARTD_THREADS: values.threads };
           r.threads.push(await cartdSide(archive.url, threadsEnv, c, doc));
         }
-        progress(`${c.name}, round ${round}/${rounds}: plain client`);
-        r.plain.push(await plainSide(archive.url, c, concurrency, sha256));
+        if (round % 2 === 1) await plainSideNow();
       }
     }
     const rows: Row[] = [];
