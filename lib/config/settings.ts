@@ -83,11 +83,11 @@ export function parseDuration(text: string): number | null {
 /**
  * Web Worker threads when `CARTD_THREADS` is not set: a core each, but one core stays with the
  * main thread (the API, the database, the archive's status requests); at least 1, at most 4.
- * On 2 cores that is 1 thread: a second one cost about 30 MiB of memory at peak, and since
- * staging stopped hashing every byte in JavaScript (a SHA-256 only for a manifest, big files
- * piped to disk by the runtime) it no longer stages faster there: 16 × 64 MiB took 3.5 s with
- * 2 threads against 2.3 s with 1 in the same run (`deno task bench bigfiles --threads 2`),
- * as the archive and the threads then share the cores.
+ * On 2 cores that is 1 thread, for memory: a second one costs 14–30 MiB at peak, and the
+ * small-file carts' figures are at the 150 MiB bound already. It is not for speed: big files
+ * stage faster with 2 (`deno task bench bigfiles --threads 2`, 16 × 64 MiB, paired rounds:
+ * 1.27× the plain client against 1.41× with 1), though an earlier run on a loaded machine had
+ * it the other way (3.5 s against 2.3 s); docs/benchmarks.md has both.
  */
 export function defaultThreads(cores: number = navigator.hardwareConcurrency): number {
   return Math.max(1, Math.min(4, (cores || 2) - 1));
