@@ -355,21 +355,21 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
       const doc = new TextEncoder().encode(bigDocument(100_000, 64 * 1000 * 1000));
       const docBefore = rssNow(pid);
       const peak = new PeakRss(pid);
-      let slowest = 0;
-      let asked = 0;
+      // Each GET /: when it was asked (ms after the POSTs began) and how long it took.
+      const pings: { at: number; ms: number }[] = [];
       let posting = true;
+      const t0 = performance.now();
       const pinger = (async () => {
         while (posting) {
           // curl's own time (its process apart from this one, which is busy sending the four
           // documents), from the start of its connection to the last byte of the answer
+          const at = performance.now() - t0;
           const got = await curl(cartd.url).done;
           if (got.status !== 200) throw new Error(`GET / answered ${got.status}`);
-          slowest = Math.max(slowest, got.seconds * 1000);
-          asked++;
+          pings.push({ at, ms: got.seconds * 1000 });
           await sleep(50);
         }
       })();
-      const t0 = performance.now();
       const posts = await Promise.all([0, 1, 2, 3].map(async (i) => {
         const res = await fetch(`${cartd.url}doc-${i}`, {
           method: "POST",
@@ -383,6 +383,10 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
       posting = false;
       await pinger;
       const docPeak = peak.stop();
+      const slowestPing = pings.reduce((a, b) => (b.ms > a.ms ? b : a), { at: 0, ms: 0 });
+      const sorted = pings.map((p) => p.ms).sort((a, b) => a - b);
+      const quantile = (q: number) =>
+        sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
       await sleep(10_000);
       const docAfter = rssNow(pid);
       rows.push(
@@ -399,9 +403,19 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
         },
         {
           figure: "  slowest GET / meanwhile",
-          cartd: `${slowest.toFixed(0)} ms (${asked} asked)`,
+          cartd: `${slowestPing.ms.toFixed(0)} ms (${pings.length} asked)`,
+          baseline: `asked ${f2(slowestPing.at / 1000)} s after the POSTs began`,
           target: "≤ 100 ms",
-          ok: slowest <= 100,
+          ok: slowestPing.ms <= 100,
+        },
+        {
+          figure: "  GET / meanwhile: median / 95th percentile / over 100 ms",
+          cartd: `${quantile(0.5).toFixed(0)} / ${quantile(0.95).toFixed(0)} ms / ${
+            pings.filter((p) => p.ms > 100).length
+          }`,
+          baseline: pings.filter((p) => p.ms > 100).slice(0, 8).map((p) =>
+            `${f2(p.at / 1000)} s: ${p.ms.toFixed(0)} ms`
+          ).join(", "),
         },
       );
     }
