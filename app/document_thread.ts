@@ -29,7 +29,12 @@ async function accept(message: Extract<ToDocumentThread, { type: "accept" }>): P
   let response: Response;
   try {
     // Parsed a piece at a time, each part let go once read: the text is never made whole.
-    const accepted = await acceptDocument({ store: store!, config: config! }, uid, message.parts);
+    const accepted = await acceptDocument(
+      { store: store!, config: config! },
+      uid,
+      message.parts,
+      message.who,
+    );
     if (!(accepted instanceof Response)) return post({ type: "accepted", id, accepted });
     response = accepted;
   } catch (e) {

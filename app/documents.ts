@@ -16,13 +16,19 @@ import { errorMessage, log } from "../lib/util/log.ts";
 import { TimedBodyReader } from "../http/body.ts";
 import { droppedBuffer, spentBuffers } from "../lib/util/memory.ts";
 import { ByteBudget } from "../lib/util/byte_budget.ts";
-import { acceptCart, acceptDocument, type AcceptedCart } from "../http/routes.ts";
+import { acceptCart, acceptDocument, type AcceptedCart, type Submitter } from "../http/routes.ts";
 import type { CartStore } from "../lib/store/store.ts";
 
 /** What the main thread tells the document thread. */
 export type ToDocumentThread =
   | { type: "start"; config: Config }
-  | { type: "accept"; id: number; uid: string; parts: Uint8Array<ArrayBuffer>[] }
+  | {
+    type: "accept";
+    id: number;
+    uid: string;
+    who: Submitter;
+    parts: Uint8Array<ArrayBuffer>[];
+  }
   | { type: "stop" };
 
 /** What the document thread answers. */
@@ -78,14 +84,18 @@ export class Documents {
   }
 
   /**
-   * The answer to `POST /{uid}` of `request`, or the cart it stored (for the app to finish):
-   * as {@linkcode acceptCart} answers, whichever thread reads it.
+   * The answer to `POST /{uid}` of `request` by `who`, or the cart it stored (for the app to
+   * finish): as {@linkcode acceptCart} answers, whichever thread reads it (owners and quotas
+   * included; a document with a webhook is refused, as webhooks are checked by the app).
    */
-  async accept(request: Request, uid: string): Promise<Response | AcceptedCart> {
+  async accept(
+    request: Request,
+    uid: string,
+    who: Submitter = { owner: "" },
+  ): Promise<Response | AcceptedCart> {
+    const deps = { store: this.store, config: this.config };
     const declared = Number(request.headers.get("content-length") ?? NaN);
-    if (declared < BIG_DOCUMENT_BYTES) {
-      return await acceptCart({ store: this.store, config: this.config }, request, uid);
-    }
+    if (declared < BIG_DOCUMENT_BYTES) return await acceptCart(deps, request, uid, who);
     this.#busy++;
     clearTimeout(this.#idle);
     const limit = this.config.limits.maxBodyBytes;
@@ -104,19 +114,19 @@ export class Documents {
           method: "POST",
           headers: { "content-length": String(limit + 1) },
         });
-        return await acceptCart({ store: this.store, config: this.config }, over, uid);
+        return await acceptCart(deps, over, uid, who);
       }
       const size = parts.reduce((n, p) => n + p.length, 0);
       if (size < BIG_DOCUMENT_BYTES) {
         // Of unknown length, and small after all: taken here, as before.
-        return await acceptDocument({ store: this.store, config: this.config }, uid, parts);
+        return await acceptDocument(deps, uid, parts, who);
       }
       const previous = this.#turn;
       const done = Promise.withResolvers<void>();
       this.#turn = done.promise;
       try {
         await previous;
-        return await this.#send(uid, parts);
+        return await this.#send(uid, who, parts);
       } finally {
         done.resolve();
       }
@@ -129,13 +139,17 @@ export class Documents {
     }
   }
 
-  async #send(uid: string, parts: Uint8Array<ArrayBuffer>[]): Promise<Response | AcceptedCart> {
+  async #send(
+    uid: string,
+    who: Submitter,
+    parts: Uint8Array<ArrayBuffer>[],
+  ): Promise<Response | AcceptedCart> {
     const worker = await this.#start();
     const id = this.#nextId++;
     const answer = new Promise<FromDocumentThread>((resolve) => this.#waiting.set(id, resolve));
     // Handed over, not copied: the document's bytes are in memory once.
     const buffers = parts.map((p) => p.buffer);
-    worker.postMessage({ type: "accept", id, uid, parts } as ToDocumentThread, buffers);
+    worker.postMessage({ type: "accept", id, uid, who, parts } as ToDocumentThread, buffers);
     const message = await answer;
     if (message.type === "accepted") return message.accepted;
     if (message.type === "refused") {

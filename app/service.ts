@@ -32,7 +32,7 @@ import { WebhookOutbox } from "../lib/store/webhooks.ts";
 import { AllowList } from "../lib/webhook/allow.ts";
 import { WebhookSender } from "../lib/webhook/sender.ts";
 import type { EventHub } from "../http/events.ts";
-import { cartRoutes } from "../http/routes.ts";
+import { cartRoutes, type Submitter } from "../http/routes.ts";
 import { LinkSigner, parseLinkKeys } from "../http/links.ts";
 import { Access } from "../http/access.ts";
 import { CartWorker } from "../worker/dispatcher.ts";
@@ -204,10 +204,11 @@ export async function startService(config: Config, options: ServiceOptions): Pro
       }
       const holds = threads > 0 ? new ProcessHolds(store) : undefined;
       // Big documents are read, checked and stored in a thread of their own (issue 15 item 4),
-      // unless access control is on (quotas and owners are the main thread's).
+      // owners and quotas included (with webhooks on, the app reads them: it checks their URLs).
       const documents = new Documents(config, store);
       opened.push(() => documents.close());
-      const accept = (request: Request, uid: string) => documents.accept(request, uid);
+      const accept = (request: Request, uid: string, who: Submitter) =>
+        documents.accept(request, uid, who);
       const app = cartRoutes({
         store,
         queue,

@@ -41,6 +41,7 @@ import {
   AmbiguousCart,
   findCart,
   ownerOf,
+  type Principal,
   principalOf,
   setPrincipal,
 } from "./access.ts";
@@ -102,10 +103,10 @@ export interface RouteDeps {
    */
   lendChunks?: boolean;
   /**
-   * Reads, checks and stores a POSTed document when access control is off ({@linkcode
+   * Reads, checks and stores a POSTed document for `who` when webhooks are off ({@linkcode
    * acceptCart} by default; big ones in a thread of their own, app/documents.ts).
    */
-  accept?: (request: Request, uid: string) => Promise<Response | AcceptedCart>;
+  accept?: (request: Request, uid: string, who: Submitter) => Promise<Response | AcceptedCart>;
 }
 
 /** cartd's own HEAD header: the precise status of the cart, whatever CARTD_STATUS_WORDS says. */
@@ -279,65 +280,15 @@ export function cartRoutes(deps: RouteDeps): CartApp {
 
   app.post("/:uid", async (c) => {
     const uid = c.req.param("uid");
-    if (deps.accept && !access.on && !config.webhooks.secret) {
-      // Big documents in a thread of their own (app/documents.ts): with no principal, no
-      // quota and no webhook to check (with either on, this app reads every document).
-      const accepted = await deps.accept(c.req.raw, uid);
-      if (accepted instanceof Response) return accepted;
-      const { created } = accepted;
-      if (!created.kept) {
-        countCartEvent("created");
-        await publishSoon(created.cart.id, uid);
-      }
-      for (const old of created.replaced) await remove(old, "replaced by a POST");
-      log.info(created.kept ? "cart kept (identical re-POST)" : "cart accepted", {
-        uid,
-        cart: created.cart.id,
-        files: accepted.files,
-        replaced: created.replaced.length || undefined,
-      });
-      return json({ message: "Cart Processing has begun" }, 201);
-    }
-    const problem = uidProblem(uid);
-    if (problem) return json({ message: problem }, 400);
-    const body = await readBody(c.req.raw, config.limits.maxBodyBytes, config.api.bodyTimeoutMs);
-    if (body === null) {
-      return tooLarge(config.limits.maxBodyBytes);
-    }
-    let doc;
-    try {
-      doc = parseCartDocument(body, { maxFiles: config.limits.maxFiles });
-    } catch (e) {
-      if (e instanceof CartDocumentError) return json({ message: e.message }, 400);
-      throw e;
-    }
-    const principal = principalOf(c.req.raw);
-    const tooMany = principal ? quotas.filesPerCart(principal, doc.files.length) : null;
-    if (tooMany) {
-      log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
-      return tooMany;
-    }
-    if (doc.webhook !== undefined) {
-      const refused = await webhookProblem(doc.webhook);
-      if (refused) {
-        log.info("cart refused: its webhook may not be called; nothing stored", {
-          uid,
-          error: refused,
-        });
-        return json({ message: `webhook: ${refused}` }, 400);
-      }
-    }
-    const owner = ownerOf(c.req.raw);
-    // The other quotas are checked inside the transaction that stores the cart (./quotas.ts).
-    const admit = principal ? quotas.admission(principal, doc.files.length) : null;
-    let created: Created;
-    try {
-      created = await store.createCart(uid, doc, documentHash(doc), owner, admit ?? undefined);
-    } catch (e) {
-      if (!(e instanceof QuotaExceeded)) throw e;
-      log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
-      return e.answer();
-    }
+    const principal = principalOf(c.req.raw) ?? undefined;
+    const who: Submitter = { owner: ownerOf(c.req.raw), principal };
+    // Big documents in a thread of their own (app/documents.ts), owners and quotas included;
+    // with webhooks on, this thread reads every document (a webhook's address is checked here).
+    const accepted = deps.accept && !config.webhooks.secret
+      ? await deps.accept(c.req.raw, uid, who)
+      : await acceptCart({ store, config, webhookProblem }, c.req.raw, uid, who);
+    if (accepted instanceof Response) return accepted;
+    const { created } = accepted;
     if (!created.kept) {
       countCartEvent("created");
       await publishSoon(created.cart.id, uid);
@@ -347,9 +298,9 @@ export function cartRoutes(deps: RouteDeps): CartApp {
       uid,
       cart: created.cart.id,
       principal: principal?.name,
-      files: doc.files.length,
+      files: accepted.files,
       replaced: created.replaced.length || undefined,
-      webhook: doc.webhook === undefined ? undefined : new URL(doc.webhook).host,
+      webhook: accepted.webhook === undefined ? undefined : new URL(accepted.webhook).host,
     });
     return json({ message: "Cart Processing has begun" }, 201);
   });
@@ -545,6 +496,33 @@ export interface AcceptedCart {
   files: number;
   /** What the store did. */
   created: Created;
+  /** The document's webhook URL, when it has one (for the log: its host). */
+  webhook?: string;
+}
+
+/**
+ * Who POSTs a cart: the owner its cart gets (`""` with access off) and, with access on, the
+ * principal whose quotas it counts against. Plain data, so that it goes to the document thread
+ * with the document.
+ */
+export interface Submitter {
+  /** The owner the cart gets. */
+  owner: string;
+  /** The principal whose quotas count it (none with access off). */
+  principal?: Principal;
+}
+
+/** What {@linkcode acceptCart} and {@linkcode acceptDocument} need besides the document. */
+export interface AcceptDeps {
+  /** Where the cart is stored. */
+  store: CartStore;
+  /** The limits and quotas it is checked against. */
+  config: Config;
+  /**
+   * Why a document's webhook URL is refused, or null. Without it (the document thread) a
+   * document with a webhook is refused: no webhooks are sent where none are checked.
+   */
+  webhookProblem?: (url: string) => Promise<string | null>;
 }
 
 /** Big documents read and checked at once by one app (the rest wait): each costs memory. */
@@ -559,9 +537,10 @@ const waitingDocuments: (() => void)[] = [];
  * one's memory at a time, not four's.
  */
 export async function acceptCart(
-  deps: { store: CartStore; config: Config },
+  deps: AcceptDeps,
   request: Request,
   uid: string,
+  who: Submitter = { owner: "" },
 ): Promise<Response | AcceptedCart> {
   const { config } = deps;
   const problem = uidProblem(uid);
@@ -577,7 +556,7 @@ export async function acceptCart(
     if (body === null) {
       return tooLarge(config.limits.maxBodyBytes);
     }
-    return await acceptDocument(deps, uid, body);
+    return await acceptDocument(deps, uid, body, who);
   } finally {
     if (big) {
       const next = waitingDocuments.shift();
@@ -591,12 +570,15 @@ export async function acceptCart(
  * Checks and stores the cart document POSTed to `/{uid}` (already read, within
  * `CARTD_MAX_BODY`): its text, or its bytes in `parts` (emptied as they are parsed, so that
  * the document's text is never made whole: a big document read by app/documents.ts): the
- * cart as stored, or the 400 that refuses it (a `BodyEncodingError` for bytes not UTF-8).
+ * cart as stored, or the answer that refuses it (400 naming the problem, 429 over one of
+ * `who`'s quotas; a `BodyEncodingError` for bytes not UTF-8). Nothing is stored when it
+ * refuses.
  */
 export async function acceptDocument(
-  deps: { store: CartStore; config: Config },
+  deps: AcceptDeps,
   uid: string,
   body: string | Uint8Array[],
+  who: Submitter = { owner: "" },
 ): Promise<Response | AcceptedCart> {
   const problem = uidProblem(uid);
   if (problem) return json({ message: problem }, 400);
@@ -612,10 +594,40 @@ export async function acceptDocument(
   }
   body = ""; // as large as the document: not kept while the cart is stored
   if (!doc) throw new Error("unreachable: a document that is neither parsed nor refused");
-  // Only taken where webhooks are off (http/routes.ts checks them where they are on).
-  if (doc.webhook !== undefined) return json({ message: `webhook: ${NO_WEBHOOKS}` }, 400);
-  const created = await deps.store.createCart(uid, doc, documentHash(doc));
-  return { uid, files: doc.files.length, created };
+  const { principal } = who;
+  const quotas = principal ? new Quotas(deps.config.quota) : null;
+  const tooMany = principal ? quotas!.filesPerCart(principal, doc.files.length) : null;
+  if (tooMany) {
+    log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
+    return tooMany;
+  }
+  if (doc.webhook !== undefined) {
+    const refused = deps.webhookProblem ? await deps.webhookProblem(doc.webhook) : NO_WEBHOOKS;
+    if (refused) {
+      log.info("cart refused: its webhook may not be called; nothing stored", {
+        uid,
+        error: refused,
+      });
+      return json({ message: `webhook: ${refused}` }, 400);
+    }
+  }
+  // The other quotas are checked inside the transaction that stores the cart (./quotas.ts).
+  const admit = principal ? quotas!.admission(principal, doc.files.length) : null;
+  let created: Created;
+  try {
+    created = await deps.store.createCart(
+      uid,
+      doc,
+      documentHash(doc),
+      who.owner,
+      admit ?? undefined,
+    );
+  } catch (e) {
+    if (!(e instanceof QuotaExceeded)) throw e;
+    log.info("cart refused: over a quota; nothing stored", { uid, principal: principal?.name });
+    return e.answer();
+  }
+  return { uid, files: doc.files.length, created, webhook: doc.webhook };
 }
 
 /**
