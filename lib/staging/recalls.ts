@@ -104,6 +104,7 @@ import {
   type StageErrorCode,
 } from "./stage_file.ts";
 import { observeTapeWait } from "../util/metrics.ts";
+import { MinHeap } from "../util/heap.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -331,7 +332,8 @@ export class RecallManager implements AsyncDisposable {
   #refilledAt: number;
 
   readonly #byId = new Map<string, Entry>();
-  readonly #heap: Entry[] = [];
+  /** Polling entries by their next poll time. */
+  readonly #heap = new MinHeap<Entry>((e) => e.dueAt);
   /** Carts with recalls waiting for the cap; Map order is the round-robin order. */
   readonly #queues = new Map<string, CartQueue>();
   /** Admitted entries whose first POST waits for a free POST slot. */
@@ -446,10 +448,9 @@ export class RecallManager implements AsyncDisposable {
       entry.postedAt = NaN;
       entry.delay = this.#initial;
       entry.failure = undefined;
-      if (entry.heapIndex >= 0) {
-        this.#heapRemove(entry);
+      if (this.#heap.has(entry)) {
         entry.dueAt = now;
-        this.#heapPush(entry);
+        this.#heap.update(entry);
       }
     }
     this.#arm(now);
@@ -904,14 +905,13 @@ export class RecallManager implements AsyncDisposable {
     // by now as well, and its own next poll may be one growing gap (up to a half of the
     // recall time) away; those on tape then go on with the gaps of the plain schedule.
     for (const e of [...parked, ...probing]) {
-      if (e.state !== POLLING || e.heapIndex < 0) continue;
+      if (e.state !== POLLING || !this.#heap.has(e)) continue;
       if (e.kind === PARKED) e.kind = NORMAL;
       else if (e.kind !== PROBE) continue;
       const at = Math.max(now, e.startedAt + this.#typical);
       if (at < e.dueAt) {
-        this.#heapRemove(e);
         e.dueAt = at;
-        this.#heapPush(e);
+        this.#heap.update(e);
       }
     }
     this.#arm(now);
@@ -940,16 +940,16 @@ export class RecallManager implements AsyncDisposable {
     if (!Number.isNaN(entry.postedAt)) at = Math.min(at, entry.postedAt + this.#restage);
     at = Math.min(at, entry.startedAt + this.#timeout);
     entry.dueAt = at;
-    this.#heapPush(entry);
+    this.#heap.push(entry);
     this.#arm(now);
   }
 
   /** Sets the one timer for the earliest due poll the bucket allows. */
   #arm(now: number): void {
     const slots = this.#headHead < this.#headQueue.length;
-    if (this.#closed || (this.#heap.length === 0 && !slots)) return;
+    if (this.#closed || (this.#heap.size === 0 && !slots)) return;
     this.#refill(now);
-    let at = slots ? now : this.#heap[0].dueAt;
+    let at = slots ? now : this.#heap.peek()!.dueAt;
     if (this.#tokens < 1) at = Math.max(at, now + (1 - this.#tokens) / this.#refillPerMs);
     if (this.#timer !== undefined) {
       if (this.#timerAt <= at) return;
@@ -969,7 +969,7 @@ export class RecallManager implements AsyncDisposable {
     // lead to new stage requests, which a tape library wants all at once).
     let slotTurn = true;
     while (this.#tokens >= 1) {
-      const pollDue = this.#heap.length > 0 && this.#heap[0].dueAt <= now;
+      const pollDue = (this.#heap.peek()?.dueAt ?? Infinity) <= now;
       const slot = this.#nextHeadSlot();
       if (!pollDue && !slot) break;
       if (slot && (slotTurn || !pollDue)) {
@@ -979,7 +979,7 @@ export class RecallManager implements AsyncDisposable {
         slot.resolve();
       } else {
         this.#tokens -= 1;
-        const entry = this.#heapPop();
+        const entry = this.#heap.pop()!;
         this.#track(entry, this.#poll(entry));
       }
       slotTurn = !slotTurn;
@@ -1184,7 +1184,7 @@ export class RecallManager implements AsyncDisposable {
     if (entry.state === QUEUED) this.#unqueue(entry);
     else if (entry.state !== DONE) this.#outstanding--;
     entry.state = DONE;
-    if (entry.heapIndex >= 0) this.#heapRemove(entry);
+    this.#heap.remove(entry);
     if (this.#byId.get(entry.id) === entry) this.#byId.delete(entry.id);
   }
 
@@ -1238,63 +1238,6 @@ export class RecallManager implements AsyncDisposable {
       w.signal.removeEventListener("abort", watch.onAbort);
       this.#bySignal.delete(w.signal);
     }
-  }
-
-  // --- the min-heap by dueAt -------------------------------------------------------------
-
-  #heapPush(e: Entry): void {
-    e.heapIndex = this.#heap.length;
-    this.#heap.push(e);
-    this.#siftUp(e.heapIndex);
-  }
-
-  #heapPop(): Entry {
-    const top = this.#heap[0];
-    this.#heapRemove(top);
-    return top;
-  }
-
-  #heapRemove(e: Entry): void {
-    const h = this.#heap;
-    const i = e.heapIndex;
-    const last = h.pop()!;
-    e.heapIndex = -1;
-    if (last === e) return;
-    h[i] = last;
-    last.heapIndex = i;
-    this.#siftUp(i);
-    this.#siftDown(last.heapIndex);
-  }
-
-  #siftUp(i: number): void {
-    const h = this.#heap;
-    const e = h[i];
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (h[p].dueAt <= e.dueAt) break;
-      h[i] = h[p];
-      h[i].heapIndex = i;
-      i = p;
-    }
-    h[i] = e;
-    e.heapIndex = i;
-  }
-
-  #siftDown(i: number): void {
-    const h = this.#heap;
-    const e = h[i];
-    const n = h.length;
-    for (;;) {
-      let c = 2 * i + 1;
-      if (c >= n) break;
-      if (c + 1 < n && h[c + 1].dueAt < h[c].dueAt) c++;
-      if (h[c].dueAt >= e.dueAt) break;
-      h[i] = h[c];
-      h[i].heapIndex = i;
-      i = c;
-    }
-    h[i] = e;
-    e.heapIndex = i;
   }
 }
 
