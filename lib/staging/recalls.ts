@@ -105,6 +105,7 @@ import {
 } from "./stage_file.ts";
 import { observeTapeWait } from "../util/metrics.ts";
 import { MinHeap } from "../util/heap.ts";
+import { HeadCeiling } from "./head_ceiling.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -325,11 +326,8 @@ export class RecallManager implements AsyncDisposable {
   readonly #timeout: number;
   readonly #missing: number;
   readonly #queuedPerCart: number;
-  /** Token bucket: capacity, refill per ms, tokens, time of the last refill. */
-  readonly #capacity: number;
-  readonly #refillPerMs: number;
-  #tokens: number;
-  #refilledAt: number;
+  /** The HEAD ceiling, shared by the polls and the callers of headSlot(). */
+  readonly #ceiling: HeadCeiling;
 
   readonly #byId = new Map<string, Entry>();
   /** Polling entries by their next poll time. */
@@ -375,10 +373,6 @@ export class RecallManager implements AsyncDisposable {
   #parked: Entry[] = [];
   /** PROBE entries made before the typical recall time was known, brought forward with them. */
   #probing: Entry[] = [];
-  /** Callers waiting for a HEAD slot ({@linkcode RecallManager.headSlot}), in order. */
-  #headQueue: ({ resolve: () => void } | undefined)[] = [];
-  #headHead = 0;
-  #sizeHeads = 0;
 
   #outstanding = 0;
   #waiting = 0;
@@ -413,15 +407,10 @@ export class RecallManager implements AsyncDisposable {
     this.#timeout = positive("stageTimeoutMs", o.stageTimeoutMs);
     this.#missing = Math.max(0, o.missingAfterMs);
     this.#queuedPerCart = Math.floor(positive("queuedPerCart", o.queuedPerCart));
-    const rate = positive("headsPerSecond", o.headsPerSecond);
-    // A bucket of capacity c refilled at r' per second lets c − 1 + r' HEADs start in any
-    // one-second window; with r' = r − (c − 1) that is exactly r. c holds 100 ms of HEADs: a
-    // burst of a new cart's size HEADs goes out at once (a tape library then sees its stage
-    // requests together), and a fast ceiling needs no timer per HEAD.
-    this.#capacity = Math.max(1, Math.floor(rate / 10));
-    this.#refillPerMs = (rate - (this.#capacity - 1)) / 1000;
-    this.#tokens = this.#capacity;
-    this.#refilledAt = this.#clock.now();
+    this.#ceiling = new HeadCeiling(
+      positive("headsPerSecond", o.headsPerSecond),
+      this.#clock.now(),
+    );
     this.#unlisten = client.health.onUp(() => this.archiveBack());
   }
 
@@ -619,54 +608,14 @@ export class RecallManager implements AsyncDisposable {
    * ```
    */
   headSlot(signal?: AbortSignal): Promise<void> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
     const now = this.#clock.now();
-    this.#refill(now);
     // With no recall to poll, a cart's size HEADs compete with nothing: they go at the pace of
     // their own concurrency (CARTD_FILES_IN_FLIGHT), so a cart on disk is not slowed to the
     // ceiling (10,000 files would take 20 s at 500 a second).
-    const idle = this.#byId.size === 0;
-    const free = this.#headHead === this.#headQueue.length && (this.#tokens >= 1 || idle);
-    if (this.#closed || free) {
-      if (!this.#closed && this.#tokens >= 1) this.#tokens -= 1;
-      this.#sizeHeads++;
-      return Promise.resolve();
-    }
-    return new Promise<void>((resolve, reject) => {
-      const slot = {
-        resolve: () => {
-          signal?.removeEventListener("abort", onAbort);
-          resolve();
-        },
-      };
-      const at = this.#headQueue.length;
-      const onAbort = () => {
-        if (this.#headQueue[at] === slot) this.#headQueue[at] = undefined;
-        reject(signal!.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.#headQueue.push(slot);
-      this.#arm(now);
-    });
-  }
-
-  /** Gives waiting {@linkcode headSlot} callers the tokens there are. */
-  #serveHeadSlots(): void {
-    while (this.#headHead < this.#headQueue.length && this.#tokens >= 1) {
-      const slot = this.#headQueue[this.#headHead];
-      this.#headQueue[this.#headHead++] = undefined;
-      if (!slot) continue;
-      this.#tokens -= 1;
-      this.#sizeHeads++;
-      slot.resolve();
-    }
-    if (this.#headHead === this.#headQueue.length) {
-      this.#headQueue = [];
-      this.#headHead = 0;
-    } else if (this.#headHead > 1024 && this.#headHead * 2 > this.#headQueue.length) {
-      this.#headQueue = this.#headQueue.slice(this.#headHead);
-      this.#headHead = 0;
-    }
+    const unbounded = this.#closed || this.#byId.size === 0;
+    const slot = this.#ceiling.slot(now, unbounded, signal);
+    if (this.#ceiling.waiting) this.#arm(now);
+    return slot;
   }
 
   /**
@@ -687,7 +636,7 @@ export class RecallManager implements AsyncDisposable {
       waiters: this.#waiters,
       shared: this.#shared,
       heads: this.#heads,
-      sizeHeads: this.#sizeHeads,
+      sizeHeads: this.#ceiling.granted,
       typicalMs: this.#typical,
       posts: this.#posts,
       recalled: this.#recalled,
@@ -724,9 +673,7 @@ export class RecallManager implements AsyncDisposable {
       this.#postQueue = [];
       this.#postHead = 0;
       // Callers waiting for a HEAD slot go on (their HEADs fail or answer as cartd stops).
-      for (const slot of this.#headQueue) slot?.resolve();
-      this.#headQueue = [];
-      this.#headHead = 0;
+      this.#ceiling.releaseAll();
       this.#parked = [];
       this.#probing = [];
       this.#earlyOf.clear();
@@ -946,11 +893,11 @@ export class RecallManager implements AsyncDisposable {
 
   /** Sets the one timer for the earliest due poll the bucket allows. */
   #arm(now: number): void {
-    const slots = this.#headHead < this.#headQueue.length;
+    const slots = this.#ceiling.waiting;
     if (this.#closed || (this.#heap.size === 0 && !slots)) return;
-    this.#refill(now);
     let at = slots ? now : this.#heap.peek()!.dueAt;
-    if (this.#tokens < 1) at = Math.max(at, now + (1 - this.#tokens) / this.#refillPerMs);
+    const wait = this.#ceiling.tokenIn(now);
+    if (wait > 0) at = Math.max(at, now + wait);
     if (this.#timer !== undefined) {
       if (this.#timerAt <= at) return;
       this.#clock.clear(this.#timer);
@@ -964,45 +911,22 @@ export class RecallManager implements AsyncDisposable {
     this.#timerAt = Infinity;
     if (this.#closed) return;
     const now = this.#clock.now();
-    this.#refill(now);
     // Due polls and waiting size HEADs take turns: neither starves the other (size HEADs
     // lead to new stage requests, which a tape library wants all at once).
     let slotTurn = true;
-    while (this.#tokens >= 1) {
+    for (;;) {
       const pollDue = (this.#heap.peek()?.dueAt ?? Infinity) <= now;
-      const slot = this.#nextHeadSlot();
-      if (!pollDue && !slot) break;
-      if (slot && (slotTurn || !pollDue)) {
-        this.#headQueue[this.#headHead++] = undefined;
-        this.#tokens -= 1;
-        this.#sizeHeads++;
-        slot.resolve();
-      } else {
-        this.#tokens -= 1;
+      const slot = this.#ceiling.waiting;
+      if ((!pollDue && !slot) || !this.#ceiling.take(now)) break;
+      if (slot && (slotTurn || !pollDue)) this.#ceiling.grant();
+      else {
         const entry = this.#heap.pop()!;
         this.#track(entry, this.#poll(entry));
       }
       slotTurn = !slotTurn;
     }
-    this.#serveHeadSlots();
     this.#arm(now);
   };
-
-  /** The first caller still waiting for a HEAD slot (skipping those that gave up). */
-  #nextHeadSlot(): { resolve: () => void } | undefined {
-    while (this.#headHead < this.#headQueue.length) {
-      const slot = this.#headQueue[this.#headHead];
-      if (slot) return slot;
-      this.#headHead++;
-    }
-    return undefined;
-  }
-
-  #refill(now: number): void {
-    const tokens = this.#tokens + (now - this.#refilledAt) * this.#refillPerMs;
-    this.#tokens = Math.min(this.#capacity, tokens);
-    this.#refilledAt = now;
-  }
 
   /** One poll: the stage POST when one is owed, then a HEAD; then settle or reschedule. */
   async #poll(entry: Entry): Promise<void> {
