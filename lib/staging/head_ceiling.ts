@@ -42,6 +42,8 @@ export class HeadCeiling {
   /** Callers waiting for a slot, in order; a caller that gave up leaves a hole. */
   #queue: (Slot | undefined)[] = [];
   #head = 0;
+  /** Slots dropped off the front of `#queue` so far: a caller's place is its number minus this. */
+  #dropped = 0;
   #granted = 0;
 
   /** A full bucket for `headsPerSecond` (> 0) HEADs a second, at time `now` (ms). */
@@ -100,8 +102,10 @@ export class HeadCeiling {
           resolve();
         },
       };
-      const at = this.#queue.length;
+      // Its number among all callers: the queue is cut at the front as callers are served.
+      const number = this.#dropped + this.#queue.length;
       const onAbort = () => {
+        const at = number - this.#dropped;
         if (this.#queue[at] === slot) this.#queue[at] = undefined;
         reject(signal!.reason);
       };
@@ -116,6 +120,7 @@ export class HeadCeiling {
     const slot = this.#queue[this.#head]!;
     this.#queue[this.#head++] = undefined;
     this.#granted++;
+    this.#compact();
     slot.resolve();
   }
 
@@ -123,15 +128,18 @@ export class HeadCeiling {
   releaseAll(): void {
     const queue = this.#queue;
     this.#queue = [];
+    this.#dropped += queue.length;
     this.#head = 0;
     for (const slot of queue) slot?.resolve();
   }
 
   #compact(): void {
     if (this.#head === this.#queue.length) {
+      this.#dropped += this.#head;
       this.#queue = [];
       this.#head = 0;
     } else if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
+      this.#dropped += this.#head;
       this.#queue = this.#queue.slice(this.#head);
       this.#head = 0;
     }
