@@ -106,6 +106,7 @@ import {
 import { observeTapeWait } from "../util/metrics.ts";
 import { MinHeap } from "../util/heap.ts";
 import { HeadCeiling } from "./head_ceiling.ts";
+import { type CartQueue, RecallQueue } from "./recall_queue.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -270,8 +271,8 @@ class Entry {
   /** Polled after `pollInitialMs` while its cart's files are arriving (see `#arriving`). */
   brisk = false;
   failure: Failure | undefined = undefined;
-  /** The cart queue that holds it while QUEUED. */
-  queue: CartQueue | undefined = undefined;
+  /** The cart queue that holds it while QUEUED (kept by the RecallQueue). */
+  queue: CartQueue<Entry> | undefined = undefined;
   /**
    * The cart whose stage request went ahead of the file's HEAD ({@linkcode
    * RecallManager.stageEarly}), until a HEAD says `tape` (a waiter comes) or not (it goes).
@@ -290,16 +291,6 @@ interface Watch {
   list: Waiter[];
   live: number;
   onAbort: () => void;
-}
-
-/** The recalls of one cart waiting for the cap, in order. */
-interface CartQueue {
-  items: (Entry | undefined)[];
-  head: number;
-  /** Entries of `items` still QUEUED. */
-  live: number;
-  /** Callers of {@linkcode RecallManager.queueRoom} for this cart, while it is full. */
-  room: (() => void)[] | undefined;
 }
 
 /**
@@ -325,15 +316,14 @@ export class RecallManager implements AsyncDisposable {
   readonly #restage: number;
   readonly #timeout: number;
   readonly #missing: number;
-  readonly #queuedPerCart: number;
   /** The HEAD ceiling, shared by the polls and the callers of headSlot(). */
   readonly #ceiling: HeadCeiling;
 
   readonly #byId = new Map<string, Entry>();
   /** Polling entries by their next poll time. */
   readonly #heap = new MinHeap<Entry>((e) => e.dueAt);
-  /** Carts with recalls waiting for the cap; Map order is the round-robin order. */
-  readonly #queues = new Map<string, CartQueue>();
+  /** Recalls waiting for the cap, round-robin by cart. */
+  readonly #queue: RecallQueue<Entry>;
   /** Admitted entries whose first POST waits for a free POST slot. */
   #postQueue: (Entry | undefined)[] = [];
   #postHead = 0;
@@ -375,7 +365,6 @@ export class RecallManager implements AsyncDisposable {
   #probing: Entry[] = [];
 
   #outstanding = 0;
-  #waiting = 0;
   #waiters = 0;
   #shared = 0;
   #heads = 0;
@@ -406,7 +395,7 @@ export class RecallManager implements AsyncDisposable {
     this.#restage = positive("restageEveryMs", o.restageEveryMs);
     this.#timeout = positive("stageTimeoutMs", o.stageTimeoutMs);
     this.#missing = Math.max(0, o.missingAfterMs);
-    this.#queuedPerCart = Math.floor(positive("queuedPerCart", o.queuedPerCart));
+    this.#queue = new RecallQueue(Math.floor(positive("queuedPerCart", o.queuedPerCart)));
     this.#ceiling = new HeadCeiling(
       positive("headsPerSecond", o.headsPerSecond),
       this.#clock.now(),
@@ -498,8 +487,8 @@ export class RecallManager implements AsyncDisposable {
       const entry = new Entry(archiveId, waiter);
       waiter.entry = entry;
       this.#byId.set(archiveId, entry);
-      if (this.#outstanding < this.#max && this.#queues.size === 0) this.#admit(entry);
-      else this.#enqueue(entry, request.cart);
+      if (this.#outstanding < this.#max && this.#queue.empty) this.#admit(entry);
+      else this.#queue.add(entry, request.cart);
     }
     if (signal) this.#watch(signal, waiter);
     return promise;
@@ -530,7 +519,7 @@ export class RecallManager implements AsyncDisposable {
    */
   stageEarly(archiveId: string, cart: string): boolean {
     if (this.#byId.has(archiveId)) return true;
-    if (this.#closed || this.#outstanding >= this.#max || this.#queues.size > 0) return false;
+    if (this.#closed || this.#outstanding >= this.#max || !this.#queue.empty) return false;
     const entry = new Entry(archiveId, []);
     entry.early = cart;
     let mine = this.#earlyOf.get(cart);
@@ -580,16 +569,8 @@ export class RecallManager implements AsyncDisposable {
    */
   queueRoom(cart: string, signal?: AbortSignal): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const q = this.#queues.get(cart);
-    if (this.#closed || !q || q.live < this.#queuedPerCart) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = () => reject(signal!.reason);
-      signal?.addEventListener("abort", onAbort, { once: true });
-      (q.room ??= []).push(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      });
-    });
+    if (this.#closed) return Promise.resolve();
+    return this.#queue.room(cart, signal);
   }
 
   /**
@@ -632,7 +613,7 @@ export class RecallManager implements AsyncDisposable {
   stats(): RecallStats {
     return {
       outstanding: this.#outstanding,
-      waiting: this.#waiting,
+      waiting: this.#queue.waiting,
       waiters: this.#waiters,
       shared: this.#shared,
       heads: this.#heads,
@@ -665,8 +646,7 @@ export class RecallManager implements AsyncDisposable {
       this.#timer = undefined;
       this.#timerAt = Infinity;
       for (const call of this.#calls) call.abort(new Error("the recall manager was closed"));
-      for (const q of this.#queues.values()) this.#wakeRoom(q, true);
-      this.#queues.clear();
+      this.#queue.clear();
       for (const entry of [...this.#byId.values()]) {
         this.#settle(entry, undefined, "the recall manager was closed (cartd is stopping)", "io");
       }
@@ -686,67 +666,15 @@ export class RecallManager implements AsyncDisposable {
     return this.close();
   }
 
-  // --- the cap and its round-robin queue -------------------------------------------------
-
-  #enqueue(entry: Entry, cart: string): void {
-    let q = this.#queues.get(cart);
-    if (!q) this.#queues.set(cart, q = { items: [], head: 0, live: 0, room: undefined });
-    q.items.push(entry);
-    q.live++;
-    entry.queue = q;
-    this.#waiting++;
-  }
+  // --- admission -------------------------------------------------------------------------
 
   /** Admits queued recalls while the cap allows, one per cart in turn. */
   #admitNext(): void {
-    while (!this.#closed && this.#outstanding < this.#max && this.#queues.size > 0) {
-      const [cart, q] = this.#queues.entries().next().value!;
-      this.#queues.delete(cart);
-      let next: Entry | undefined;
-      while (q.head < q.items.length && next === undefined) {
-        const e = q.items[q.head];
-        q.items[q.head++] = undefined;
-        if (e && e.state === QUEUED) next = e;
-      }
-      if (next) {
-        q.live--;
-        this.#waiting--;
-        next.queue = undefined;
-        this.#wakeRoom(q);
-      }
-      if (q.live > 0) {
-        if (q.head > 1024 && q.head * 2 > q.items.length) {
-          q.items = q.items.slice(q.head);
-          q.head = 0;
-        }
-        this.#queues.set(cart, q); // to the back of the round
-      }
-      if (next) this.#admit(next);
+    while (!this.#closed && this.#outstanding < this.#max) {
+      const next = this.#queue.next();
+      if (!next) return;
+      this.#admit(next);
     }
-  }
-
-  /** A QUEUED entry leaves its cart queue (it stays in `items`, skipped when its turn comes). */
-  #unqueue(entry: Entry): void {
-    this.#waiting--;
-    const q = entry.queue!;
-    entry.queue = undefined;
-    this.#wakeRoom(q, --q.live === 0);
-    if (q.live === 0) {
-      for (const [cart, each] of this.#queues) {
-        if (each === q) {
-          this.#queues.delete(cart);
-          break;
-        }
-      }
-    }
-  }
-
-  /** Wakes the callers of `queueRoom` waiting on `q` once it has room (or `all`). */
-  #wakeRoom(q: CartQueue, all = false): void {
-    if (!q.room || (!all && q.live >= this.#queuedPerCart)) return;
-    const room = q.room;
-    q.room = undefined;
-    for (const wake of room) wake();
   }
 
   #admit(entry: Entry): void {
@@ -1105,7 +1033,7 @@ export class RecallManager implements AsyncDisposable {
       entry.kind = NORMAL;
       this.#probes--;
     }
-    if (entry.state === QUEUED) this.#unqueue(entry);
+    if (entry.state === QUEUED) this.#queue.remove(entry);
     else if (entry.state !== DONE) this.#outstanding--;
     entry.state = DONE;
     this.#heap.remove(entry);
