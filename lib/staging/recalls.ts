@@ -11,55 +11,32 @@
  * - **Everything asked at once.** A new recall sends its stage POST at once, as long as fewer
  *   than `maxOutstanding` recalls are outstanding (POSTed, not yet seen on disk); the tape
  *   library can only order what it has been asked for. Beyond the cap, recalls wait in order,
- *   round-robin by cart: each freed slot goes to the next cart in turn, so a 100,000-file cart
- *   cannot starve a 10-file cart. (At most `postsInFlight` POSTs are on the wire at once, to
- *   bound sockets; they go out in admission order.) A caller may send a file's stage request
- *   before its HEAD ({@linkcode RecallManager.stageEarly}; the worker does once a cart is
- *   found on tape, worker/early_stages.ts): the recall counts from that POST, and the
- *   file's HEAD then takes it over or drops it.
- * - **One poller.** A single timer over a min-heap of entries keyed by their next poll time.
- *   Each file's delay starts at `pollInitialMs` and grows by `pollFactor` (≤ 1.5) per HEAD up
- *   to `pollMaxMs` (the plain schedule). **The first poll is timed from the archive's typical
- *   recall time**, learned from the recalls that finished (an exponential average of the
- *   midpoint between a file's last `tape` HEAD and its `disk` HEAD): a new recall is first
- *   polled that long after its stage POST, then on the gaps the plain schedule has there.
- *   Until one recall has finished, {@linkcode PROBES} recalls poll on the plain schedule,
- *   each stretched by its own factor between 1 and `pollFactor` (so that together they poll
- *   on a grid that many times finer, and the first end of a recall is seen within a few per
- *   cent of its time), and the others are parked (first poll at `pollMaxMs`, brought forward
- *   to the typical time as soon as it is known, as are the other probes, whose next poll
- *   may be one growing gap away: up to half the recall time late): 1,000 files recalled together cost two or
- *   three HEADs each, not six. A file still on tape that is polled within a second of
- *   another file of its cart reaching disk is polled again after `pollInitialMs` (at most
- *   64 such at once): a tape library reads a tape's files one after another, and the rest of
- *   a tape's batch is noticed as it comes instead of one growing gap later.
- *   HEADs pass a token bucket whose guarantee is exact: at most `headsPerSecond` HEADs start in
- *   any window of one second; callers' own HEADs (the size HEADs of a cart) take their slots
- *   from the same bucket ({@linkcode RecallManager.headSlot}), after the polls that are due,
- *   while any recall is outstanding (with none, size HEADs are bounded by their concurrency only). When more polls are due than the
- *   budget allows, those due soonest go first (heap order). The stage POST is re-sent every
- *   `restageEveryMs` per file; a file still on tape `stageTimeoutMs` after its first POST fails.
+ *   round-robin by cart (./recall_queue.ts): each freed slot goes to the next cart in turn, so
+ *   a 100,000-file cart cannot starve a 10-file cart. (At most `postsInFlight` POSTs are on
+ *   the wire at once, to bound sockets; they go out in admission order.) A caller may send a
+ *   file's stage request before its HEAD ({@linkcode RecallManager.stageEarly}; the worker
+ *   does once a cart is found on tape, worker/early_stages.ts): the recall counts from that
+ *   POST, is not polled until the file's HEAD takes it over, or is dropped.
+ * - **One poller.** A single timer over the poll schedule (./poll_schedule.ts): every file's
+ *   next poll time in one heap, each file's gaps growing from `pollInitialMs` by `pollFactor`
+ *   to `pollMaxMs`, its first poll timed from the archive's typical recall time (learned from
+ *   the recalls that finished; probes and parked files until one has), brisk re-polls while a
+ *   cart's files are coming off a tape, the stage POST re-sent every `restageEveryMs`, and a
+ *   file still on tape `stageTimeoutMs` after its first POST fails. That module says how late
+ *   a file that reached disk is noticed. 1,000 files recalled together cost two or three HEADs
+ *   each, not six.
+ * - **One HEAD ceiling** (./head_ceiling.ts): at most `headsPerSecond` HEADs start in any
+ *   window of one second. Callers' own HEADs (the size HEADs of a cart) take their slots from
+ *   the same bucket ({@linkcode RecallManager.headSlot}), taking turns with the polls that are
+ *   due, while any recall is outstanding (with none, size HEADs are bounded by their
+ *   concurrency only). When more polls are due than the budget allows, those due soonest go
+ *   first.
  * - **The HEAD rule of SPEC §2**, as `headFile` (stage_file.ts) applies it: a retryable failure
  *   (5xx, 408/429, no answer, a time-out) is not final; the file counts as missing only when
  *   its calls have kept failing for `missingAfterMs`; any other failure is final at once. Here
  *   the asking again happens on the file's poll schedule, inside the HEAD ceiling, rather than
  *   in `headFile`'s own sleep loop (which would give each failing file a timer of its own and
  *   bypass the ceiling during an archive outage), so `headFile` itself is not called.
- *
- * **How late a file that reached disk is noticed.** With `i = pollInitialMs`,
- * `f = pollFactor`, `m = pollMaxMs`, `r = headsPerSecond`, a file POSTed at `t0` is polled at
- * `t0 + i·(f^k − 1)/(f − 1)` while the ceiling does not bind; the gap after a poll at `t` is
- * `(f − 1)·(t − t0) + i`, capped at `m`. So a file that reaches disk at `T` is noticed by
- *
- *     T + min(m, (f − 1)·(T − t0) + i) + B/r + one HEAD round trip
- *
- * where `B` is the number of polls due before its own (at most the outstanding recalls − 1)
- * and `B/r` the queueing behind the ceiling. A file on disk before its first poll (at the
- * typical recall time after `t0`) is noticed at that poll; a parked file, while no recall has
- * finished, at the first one's end or at `t0 + m`. With the defaults (500 ms, ×1.5, 30 s) a file on
- * disk after 10 s is noticed within about 5.5 s (doubling: up to 10.5 s), after an hour within
- * 30 s; with 10,000 recalls polled at 50 HEADs/s, `B/r` can add up to 200 s, which is what the
- * ceiling costs (raise `headsPerSecond` if the archive takes it).
  *
  * **Memory.** An outstanding recall costs one small entry object (id, next poll time, delay,
  * times of its first and last POST, heap index) plus one waiter per cart (label, promise
@@ -104,9 +81,9 @@ import {
   type StageErrorCode,
 } from "./stage_file.ts";
 import { observeTapeWait } from "../util/metrics.ts";
-import { MinHeap } from "../util/heap.ts";
 import { HeadCeiling } from "./head_ceiling.ts";
 import { type CartQueue, RecallQueue } from "./recall_queue.ts";
+import { FirstPoll, PollSchedule } from "./poll_schedule.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -204,33 +181,10 @@ const SYSTEM_CLOCK: RecallClock = {
   clear: (handle) => clearTimeout(handle as number),
 };
 
-/**
- * While no recall has finished yet (so the archive's typical recall time is unknown), this
- * many recalls at most poll on the fast schedule ("probes"); the others wait for what the
- * probes learn (or `pollMaxMs`) before their first HEAD.
- */
-const PROBES = 16;
-/**
- * A file still on tape polled within this long of another file of its cart reaching disk is
- * polled again after `pollInitialMs`, not after its growing gap: a tape library reads a
- * tape's files one after another, so the rest of a batch that is coming off a tape is
- * noticed as it comes rather than one gap (up to half the wait so far) late.
- */
-const ARRIVAL_WINDOW_MS = 1_000;
-/** Recalls on that brisk schedule at once, at most (their HEADs stay few). */
-const MOST_BRISK = 64;
-/** Weight of each finished recall in the typical recall time (an exponential average). */
-const TYPICAL_WEIGHT = 0.1;
-
-/** How an entry's first poll is timed. */
-const NORMAL = 0; // by the typical recall time, or the plain schedule
-const PROBE = 1; // the plain schedule, to learn the typical recall time
-const PARKED = 2; // not polled yet: due at pollMaxMs, or earlier once the typical time is known
-
 /** Where an entry is in its life. */
 const QUEUED = 0; // waiting for the cap
 const POSTING = 1; // admitted, first stage POST queued or on the wire
-const POLLING = 2; // in the heap, or its poll on the wire
+const POLLING = 2; // in the poll schedule, or its poll on the wire (or held: `early`)
 const DONE = 3; // settled or abandoned: ignored wherever it is still referenced
 
 /** One cart waiting for a recall. */
@@ -251,12 +205,15 @@ interface Failure {
   says: string;
 }
 
-/** One archive id being recalled. Kept small: there may be 100,000 of them. */
+/**
+ * One archive id being recalled. Kept small: there may be 100,000 of them. Its schedule
+ * fields (from `heapIndex` to `brisk`) are kept by the PollSchedule (./poll_schedule.ts).
+ */
 class Entry {
   state = QUEUED;
-  /** Heap position, -1 when not in the heap. */
+  /** Place in the poll schedule's heap, -1 when not in it. */
   heapIndex = -1;
-  /** Next poll time (heap key). */
+  /** Next poll time. */
   dueAt = 0;
   /** Delay before the next HEAD. */
   delay = 0;
@@ -266,9 +223,9 @@ class Entry {
   postedAt = NaN;
   /** Time of its last HEAD that said `tape` (NaN: none yet). */
   tapeAt = NaN;
-  /** How its first poll is timed: NORMAL, PROBE or PARKED. */
-  kind = NORMAL;
-  /** Polled after `pollInitialMs` while its cart's files are arriving (see `#arriving`). */
+  /** How its first poll is timed. */
+  kind: FirstPoll = FirstPoll.timed;
+  /** Polled after `pollInitialMs` while its cart's files are arriving. */
   brisk = false;
   failure: Failure | undefined = undefined;
   /** The cart queue that holds it while QUEUED (kept by the RecallQueue). */
@@ -310,18 +267,14 @@ export class RecallManager implements AsyncDisposable {
   readonly #clock: RecallClock;
   readonly #max: number;
   readonly #postsInFlight: number;
-  readonly #initial: number;
-  readonly #pollMax: number;
-  readonly #factor: number;
-  readonly #restage: number;
   readonly #timeout: number;
   readonly #missing: number;
   /** The HEAD ceiling, shared by the polls and the callers of headSlot(). */
   readonly #ceiling: HeadCeiling;
 
   readonly #byId = new Map<string, Entry>();
-  /** Polling entries by their next poll time. */
-  readonly #heap = new MinHeap<Entry>((e) => e.dueAt);
+  /** When each polling entry is polled next. */
+  readonly #schedule: PollSchedule<Entry>;
   /** Recalls waiting for the cap, round-robin by cart. */
   readonly #queue: RecallQueue<Entry>;
   /** Admitted entries whose first POST waits for a free POST slot. */
@@ -347,23 +300,6 @@ export class RecallManager implements AsyncDisposable {
   /** Stops listening to the archive's health (see {@linkcode RecallManager.archiveBack}). */
   readonly #unlisten: () => void;
 
-  /** The archive's typical recall time (ms), learned from finished recalls; NaN until one. */
-  #typical = NaN;
-  /** Outstanding PROBE entries. */
-  #probes = 0;
-  /** When a file of each cart was last found on disk (carts with recalls). */
-  readonly #arrivedAt = new Map<string, number>();
-  /** Entries with `brisk` set. */
-  #brisk = 0;
-  /** PROBE entries made so far: each one's schedule is staggered by its number. */
-  #probesMade = 0;
-  /** The longest wait after its first POST at which a probe was still on tape (ms). */
-  #probeTapeMs = 0;
-  /** PARKED entries, to bring forward once the typical recall time is known. */
-  #parked: Entry[] = [];
-  /** PROBE entries made before the typical recall time was known, brought forward with them. */
-  #probing: Entry[] = [];
-
   #outstanding = 0;
   #waiters = 0;
   #shared = 0;
@@ -386,14 +322,20 @@ export class RecallManager implements AsyncDisposable {
     this.#clock = options.clock ?? SYSTEM_CLOCK;
     this.#max = Math.floor(positive("maxOutstanding", o.maxOutstanding));
     this.#postsInFlight = Math.floor(positive("postsInFlight", o.postsInFlight));
-    this.#initial = positive("pollInitialMs", o.pollInitialMs);
-    this.#pollMax = Math.max(this.#initial, positive("pollMaxMs", o.pollMaxMs));
+    const initialMs = positive("pollInitialMs", o.pollInitialMs);
+    const maxMs = Math.max(initialMs, positive("pollMaxMs", o.pollMaxMs));
     if (!(o.pollFactor >= 1 && o.pollFactor <= 1.5)) {
       throw new RangeError(`recalls: pollFactor must be between 1 and 1.5, got ${o.pollFactor}`);
     }
-    this.#factor = o.pollFactor;
-    this.#restage = positive("restageEveryMs", o.restageEveryMs);
+    const restageEveryMs = positive("restageEveryMs", o.restageEveryMs);
     this.#timeout = positive("stageTimeoutMs", o.stageTimeoutMs);
+    this.#schedule = new PollSchedule({
+      initialMs,
+      maxMs,
+      factor: o.pollFactor,
+      restageEveryMs,
+      timeoutMs: this.#timeout,
+    });
     this.#missing = Math.max(0, o.missingAfterMs);
     this.#queue = new RecallQueue(Math.floor(positive("queuedPerCart", o.queuedPerCart)));
     this.#ceiling = new HeadCeiling(
@@ -424,12 +366,8 @@ export class RecallManager implements AsyncDisposable {
     for (const entry of this.#byId.values()) {
       if (entry.state !== POLLING) continue;
       entry.postedAt = NaN;
-      entry.delay = this.#initial;
       entry.failure = undefined;
-      if (this.#heap.has(entry)) {
-        entry.dueAt = now;
-        this.#heap.update(entry);
-      }
+      this.#schedule.restart(entry, now);
     }
     this.#arm(now);
   }
@@ -477,7 +415,7 @@ export class RecallManager implements AsyncDisposable {
       waiter.entry = known;
       known.waiters = waiter;
       this.#unearly(known);
-      if (known.state === POLLING) this.#scheduleFirst(known, this.#clock.now());
+      if (known.state === POLLING) this.#pollFirst(known, this.#clock.now());
     } else if (known) {
       waiter.entry = known;
       if (Array.isArray(known.waiters)) known.waiters.push(waiter);
@@ -618,7 +556,7 @@ export class RecallManager implements AsyncDisposable {
       shared: this.#shared,
       heads: this.#heads,
       sizeHeads: this.#ceiling.granted,
-      typicalMs: this.#typical,
+      typicalMs: this.#schedule.typicalMs,
       posts: this.#posts,
       recalled: this.#recalled,
       early: this.#early,
@@ -654,8 +592,7 @@ export class RecallManager implements AsyncDisposable {
       this.#postHead = 0;
       // Callers waiting for a HEAD slot go on (their HEADs fail or answer as cartd stops).
       this.#ceiling.releaseAll();
-      this.#parked = [];
-      this.#probing = [];
+      this.#schedule.clear();
       this.#earlyOf.clear();
     }
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
@@ -680,7 +617,6 @@ export class RecallManager implements AsyncDisposable {
   #admit(entry: Entry): void {
     entry.state = POSTING;
     entry.startedAt = this.#clock.now();
-    entry.delay = this.#initial;
     this.#outstanding++;
     this.#postQueue.push(entry);
     this.#pumpPosts();
@@ -719,76 +655,12 @@ export class RecallManager implements AsyncDisposable {
     if (error) this.#noteFailure(entry, error, now);
     entry.state = POLLING;
     // Sent ahead of its HEAD: polled only once a HEAD said `tape` (recall() schedules it).
-    if (entry.early === undefined) this.#scheduleFirst(entry, now);
+    if (entry.early === undefined) this.#pollFirst(entry, now);
   }
 
-  /**
-   * The first poll after the first stage POST: at the typical recall time after it when one
-   * is known; else on the plain schedule for up to {@linkcode PROBES} recalls, the others
-   * parked until the probes have learned the typical time (or `pollMaxMs`).
-   */
-  #scheduleFirst(entry: Entry, now: number): void {
-    if (!Number.isNaN(this.#typical)) {
-      entry.kind = NORMAL;
-      entry.delay = Math.max(this.#initial, entry.startedAt + this.#typical - now);
-    } else if (this.#probes < PROBES) {
-      entry.kind = PROBE;
-      this.#probes++;
-      // Probe k polls at f^(k/PROBES) times the plain schedule's times: together the probes
-      // poll on a grid PROBES times finer than one, so the first to find its file on disk
-      // does so within a few per cent of the recall time, not within one gap (×1.5).
-      entry.delay = this.#initial * this.#factor ** ((this.#probesMade++ % PROBES) / PROBES);
-      if (this.#probing.length >= 4 * PROBES) {
-        this.#probing = this.#probing.filter((e) => e.kind === PROBE && e.state === POLLING);
-      }
-      this.#probing.push(entry);
-    } else {
-      entry.kind = PARKED;
-      entry.delay = this.#pollMax;
-      this.#parked.push(entry);
-    }
-    this.#schedule(entry, now);
-  }
-
-  /**
-   * A recall found on disk `now`: what it says of the typical recall time. Its recall took
-   * between its last `tape` HEAD (or POST) and now; the midpoint is the sample, and a file
-   * found on disk at its first HEAD can only lower the estimate. Once the typical time is
-   * first known, the parked recalls are brought forward to it.
-   */
-  #learn(entry: Entry, now: number): void {
-    const upper = now - entry.startedAt;
-    const first = Number.isNaN(this.#typical);
-    let sample = Number.isNaN(entry.tapeAt)
-      ? Math.min(upper, first ? upper : this.#typical)
-      : (entry.tapeAt - entry.startedAt + upper) / 2;
-    if (first && this.#probeTapeMs < upper) {
-      // The staggered probes bracket the first recall time more closely than its own HEADs:
-      // from the longest wait any probe still saw `tape` to this wait. When that is tight
-      // (a tenth of it), its upper end is the estimate, so that recalls of that length are
-      // found on disk at their first poll rather than one gap after it.
-      const lower = Math.max(this.#probeTapeMs, entry.tapeAt - entry.startedAt || 0);
-      if (upper - lower <= upper / 10) sample = upper;
-    }
-    this.#typical = first ? sample : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
-    if (!first) return;
-    const parked = this.#parked;
-    const probing = this.#probing;
-    this.#parked = [];
-    this.#probing = [];
-    // The other probes too: each was posted about when this one was, so it is likely on disk
-    // by now as well, and its own next poll may be one growing gap (up to a half of the
-    // recall time) away; those on tape then go on with the gaps of the plain schedule.
-    for (const e of [...parked, ...probing]) {
-      if (e.state !== POLLING || !this.#heap.has(e)) continue;
-      if (e.kind === PARKED) e.kind = NORMAL;
-      else if (e.kind !== PROBE) continue;
-      const at = Math.max(now, e.startedAt + this.#typical);
-      if (at < e.dueAt) {
-        e.dueAt = at;
-        this.#heap.update(e);
-      }
-    }
+  /** Schedules the first poll of an entry whose first stage POST went. */
+  #pollFirst(entry: Entry, now: number): void {
+    this.#schedule.first(entry, now);
     this.#arm(now);
   }
 
@@ -808,22 +680,11 @@ export class RecallManager implements AsyncDisposable {
 
   // --- the poller ------------------------------------------------------------------------
 
-  /** Puts a polling entry back in the heap for its next HEAD after `now`. */
-  #schedule(entry: Entry, now: number): void {
-    // A POST that is owed (postedAt NaN) is retried with the next HEAD.
-    let at = now + entry.delay;
-    if (!Number.isNaN(entry.postedAt)) at = Math.min(at, entry.postedAt + this.#restage);
-    at = Math.min(at, entry.startedAt + this.#timeout);
-    entry.dueAt = at;
-    this.#heap.push(entry);
-    this.#arm(now);
-  }
-
   /** Sets the one timer for the earliest due poll the bucket allows. */
   #arm(now: number): void {
     const slots = this.#ceiling.waiting;
-    if (this.#closed || (this.#heap.size === 0 && !slots)) return;
-    let at = slots ? now : this.#heap.peek()!.dueAt;
+    if (this.#closed || (this.#schedule.nextDueAt === Infinity && !slots)) return;
+    let at = slots ? now : this.#schedule.nextDueAt;
     const wait = this.#ceiling.tokenIn(now);
     if (wait > 0) at = Math.max(at, now + wait);
     if (this.#timer !== undefined) {
@@ -843,12 +704,12 @@ export class RecallManager implements AsyncDisposable {
     // lead to new stage requests, which a tape library wants all at once).
     let slotTurn = true;
     for (;;) {
-      const pollDue = (this.#heap.peek()?.dueAt ?? Infinity) <= now;
+      const pollDue = this.#schedule.nextDueAt <= now;
       const slot = this.#ceiling.waiting;
       if ((!pollDue && !slot) || !this.#ceiling.take(now)) break;
       if (slot && (slotTurn || !pollDue)) this.#ceiling.grant();
       else {
-        const entry = this.#heap.pop()!;
+        const entry = this.#schedule.takeDue(now)!;
         this.#track(entry, this.#poll(entry));
       }
       slotTurn = !slotTurn;
@@ -860,7 +721,7 @@ export class RecallManager implements AsyncDisposable {
   async #poll(entry: Entry): Promise<void> {
     let failed: ArchiveError | undefined;
     let now = this.#clock.now();
-    if (Number.isNaN(entry.postedAt) || now - entry.postedAt >= this.#restage) {
+    if (this.#schedule.owesPost(entry, now)) {
       failed = await this.#post(entry);
       if (entry.state !== POLLING) return;
       if (failed && !failed.retryable) return this.#final(entry, failed);
@@ -879,19 +740,13 @@ export class RecallManager implements AsyncDisposable {
     if (entry.state !== POLLING) return;
     now = this.#clock.now();
     if (st?.media === "disk") {
-      this.#learn(entry, now);
-      this.#noteArrival(entry, now);
+      this.#schedule.arrived(entry, now);
+      this.#arm(now); // parked entries may have been brought forward
       return this.#settle(entry, st);
     }
-    // A first poll timed by the typical recall time (or parked) jumps the plain schedule.
-    const jumped = Number.isNaN(entry.tapeAt) && entry.kind !== PROBE;
-    if (st?.media === "tape") {
-      entry.tapeAt = now;
-      if (entry.kind === PROBE) {
-        this.#probeTapeMs = Math.max(this.#probeTapeMs, now - entry.startedAt);
-      }
-    }
-    if (entry.kind === PARKED) entry.kind = NORMAL;
+    // What the poll said, and the gap to the next one (noted also when the file fails below:
+    // a probe that saw `tape` still bounds the typical recall time).
+    this.#schedule.heard(entry, st?.media, now);
     if (st?.media === "error") {
       return this.#fail(
         entry,
@@ -906,8 +761,8 @@ export class RecallManager implements AsyncDisposable {
         return this.#fail(entry, reason, code);
       }
     } else entry.failure = undefined;
-    const waited = now - entry.startedAt;
-    if (waited >= this.#timeout) {
+    if (this.#schedule.expired(entry, now)) {
+      const waited = now - entry.startedAt;
       const f = entry.failure;
       return this.#fail(
         entry,
@@ -920,21 +775,8 @@ export class RecallManager implements AsyncDisposable {
         "timeout",
       );
     }
-    // After a jump, the gap the plain schedule would have there: (f − 1)·(t − t0) + i.
-    entry.delay = Math.min(
-      this.#pollMax,
-      jumped
-        ? (this.#factor - 1) * (now - entry.startedAt) + this.#initial
-        : entry.delay * this.#factor,
-    );
-    const brisk = st?.media === "tape" && this.#arriving(entry, now) &&
-      (entry.brisk || this.#brisk < MOST_BRISK);
-    if (brisk !== entry.brisk) {
-      entry.brisk = brisk;
-      this.#brisk += brisk ? 1 : -1;
-    }
-    if (brisk) entry.delay = Math.min(entry.delay, this.#initial);
-    this.#schedule(entry, now);
+    this.#schedule.next(entry, now);
+    this.#arm(now);
   }
 
   /** Runs one archive call with a signal that close() aborts. */
@@ -1003,40 +845,11 @@ export class RecallManager implements AsyncDisposable {
   }
 
   /** Takes an entry out of every structure (its waiters are the caller's business). */
-  /** Notes that a file of `entry`'s carts reached disk `now`. */
-  #noteArrival(entry: Entry, now: number): void {
-    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
-    for (const w of waiters) {
-      this.#arrivedAt.delete(w.cart); // newest last: the oldest go first below
-      this.#arrivedAt.set(w.cart, now);
-    }
-    for (const [cart, at] of this.#arrivedAt) {
-      if (now - at < ARRIVAL_WINDOW_MS && this.#arrivedAt.size <= 1024) break;
-      this.#arrivedAt.delete(cart);
-    }
-  }
-
-  /** Whether a file of one of `entry`'s carts reached disk within the arrival window. */
-  #arriving(entry: Entry, now: number): boolean {
-    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
-    return waiters.some((w) =>
-      now - (this.#arrivedAt.get(w.cart) ?? -Infinity) < ARRIVAL_WINDOW_MS
-    );
-  }
-
   #drop(entry: Entry): void {
-    if (entry.brisk) {
-      entry.brisk = false;
-      this.#brisk--;
-    }
-    if (entry.kind === PROBE && entry.state !== DONE) {
-      entry.kind = NORMAL;
-      this.#probes--;
-    }
+    this.#schedule.forget(entry);
     if (entry.state === QUEUED) this.#queue.remove(entry);
     else if (entry.state !== DONE) this.#outstanding--;
     entry.state = DONE;
-    this.#heap.remove(entry);
     if (this.#byId.get(entry.id) === entry) this.#byId.delete(entry.id);
   }
 
