@@ -11,55 +11,32 @@
  * - **Everything asked at once.** A new recall sends its stage POST at once, as long as fewer
  *   than `maxOutstanding` recalls are outstanding (POSTed, not yet seen on disk); the tape
  *   library can only order what it has been asked for. Beyond the cap, recalls wait in order,
- *   round-robin by cart: each freed slot goes to the next cart in turn, so a 100,000-file cart
- *   cannot starve a 10-file cart. (At most `postsInFlight` POSTs are on the wire at once, to
- *   bound sockets; they go out in admission order.) A caller may send a file's stage request
- *   before its HEAD ({@linkcode RecallManager.stageEarly}; the worker does once a cart is
- *   found on tape, worker/early_stages.ts): the recall counts from that POST, and the
- *   file's HEAD then takes it over or drops it.
- * - **One poller.** A single timer over a min-heap of entries keyed by their next poll time.
- *   Each file's delay starts at `pollInitialMs` and grows by `pollFactor` (≤ 1.5) per HEAD up
- *   to `pollMaxMs` (the plain schedule). **The first poll is timed from the archive's typical
- *   recall time**, learned from the recalls that finished (an exponential average of the
- *   midpoint between a file's last `tape` HEAD and its `disk` HEAD): a new recall is first
- *   polled that long after its stage POST, then on the gaps the plain schedule has there.
- *   Until one recall has finished, {@linkcode PROBES} recalls poll on the plain schedule,
- *   each stretched by its own factor between 1 and `pollFactor` (so that together they poll
- *   on a grid that many times finer, and the first end of a recall is seen within a few per
- *   cent of its time), and the others are parked (first poll at `pollMaxMs`, brought forward
- *   to the typical time as soon as it is known, as are the other probes, whose next poll
- *   may be one growing gap away: up to half the recall time late): 1,000 files recalled together cost two or
- *   three HEADs each, not six. A file still on tape that is polled within a second of
- *   another file of its cart reaching disk is polled again after `pollInitialMs` (at most
- *   64 such at once): a tape library reads a tape's files one after another, and the rest of
- *   a tape's batch is noticed as it comes instead of one growing gap later.
- *   HEADs pass a token bucket whose guarantee is exact: at most `headsPerSecond` HEADs start in
- *   any window of one second; callers' own HEADs (the size HEADs of a cart) take their slots
- *   from the same bucket ({@linkcode RecallManager.headSlot}), after the polls that are due,
- *   while any recall is outstanding (with none, size HEADs are bounded by their concurrency only). When more polls are due than the
- *   budget allows, those due soonest go first (heap order). The stage POST is re-sent every
- *   `restageEveryMs` per file; a file still on tape `stageTimeoutMs` after its first POST fails.
+ *   round-robin by cart (./recall_queue.ts): each freed slot goes to the next cart in turn, so
+ *   a 100,000-file cart cannot starve a 10-file cart. (At most `postsInFlight` POSTs are on
+ *   the wire at once, to bound sockets; they go out in admission order.) A caller may send a
+ *   file's stage request before its HEAD ({@linkcode RecallManager.stageEarly}; the worker
+ *   does once a cart is found on tape, worker/early_stages.ts): the recall counts from that
+ *   POST, is not polled until the file's HEAD takes it over, or is dropped.
+ * - **One poller.** A single timer over the poll schedule (./poll_schedule.ts): every file's
+ *   next poll time in one heap, each file's gaps growing from `pollInitialMs` by `pollFactor`
+ *   to `pollMaxMs`, its first poll timed from the archive's typical recall time (learned from
+ *   the recalls that finished; probes and parked files until one has), brisk re-polls while a
+ *   cart's files are coming off a tape, the stage POST re-sent every `restageEveryMs`, and a
+ *   file still on tape `stageTimeoutMs` after its first POST fails. That module says how late
+ *   a file that reached disk is noticed. 1,000 files recalled together cost two or three HEADs
+ *   each, not six.
+ * - **One HEAD ceiling** (./head_ceiling.ts): at most `headsPerSecond` HEADs start in any
+ *   window of one second. Callers' own HEADs (the size HEADs of a cart) take their slots from
+ *   the same bucket ({@linkcode RecallManager.headSlot}), taking turns with the polls that are
+ *   due, while any recall is outstanding (with none, size HEADs are bounded by their
+ *   concurrency only). When more polls are due than the budget allows, those due soonest go
+ *   first.
  * - **The HEAD rule of SPEC §2**, as `headFile` (stage_file.ts) applies it: a retryable failure
  *   (5xx, 408/429, no answer, a time-out) is not final; the file counts as missing only when
  *   its calls have kept failing for `missingAfterMs`; any other failure is final at once. Here
  *   the asking again happens on the file's poll schedule, inside the HEAD ceiling, rather than
  *   in `headFile`'s own sleep loop (which would give each failing file a timer of its own and
  *   bypass the ceiling during an archive outage), so `headFile` itself is not called.
- *
- * **How late a file that reached disk is noticed.** With `i = pollInitialMs`,
- * `f = pollFactor`, `m = pollMaxMs`, `r = headsPerSecond`, a file POSTed at `t0` is polled at
- * `t0 + i·(f^k − 1)/(f − 1)` while the ceiling does not bind; the gap after a poll at `t` is
- * `(f − 1)·(t − t0) + i`, capped at `m`. So a file that reaches disk at `T` is noticed by
- *
- *     T + min(m, (f − 1)·(T − t0) + i) + B/r + one HEAD round trip
- *
- * where `B` is the number of polls due before its own (at most the outstanding recalls − 1)
- * and `B/r` the queueing behind the ceiling. A file on disk before its first poll (at the
- * typical recall time after `t0`) is noticed at that poll; a parked file, while no recall has
- * finished, at the first one's end or at `t0 + m`. With the defaults (500 ms, ×1.5, 30 s) a file on
- * disk after 10 s is noticed within about 5.5 s (doubling: up to 10.5 s), after an hour within
- * 30 s; with 10,000 recalls polled at 50 HEADs/s, `B/r` can add up to 200 s, which is what the
- * ceiling costs (raise `headsPerSecond` if the archive takes it).
  *
  * **Memory.** An outstanding recall costs one small entry object (id, next poll time, delay,
  * times of its first and last POST, heap index) plus one waiter per cart (label, promise
@@ -104,6 +81,9 @@ import {
   type StageErrorCode,
 } from "./stage_file.ts";
 import { observeTapeWait } from "../util/metrics.ts";
+import { HeadCeiling } from "./head_ceiling.ts";
+import { type CartQueue, RecallQueue } from "./recall_queue.ts";
+import { FirstPoll, PollSchedule } from "./poll_schedule.ts";
 
 /** A clock and timer for {@linkcode RecallManager}; tests may pass their own. */
 export interface RecallClock {
@@ -201,33 +181,10 @@ const SYSTEM_CLOCK: RecallClock = {
   clear: (handle) => clearTimeout(handle as number),
 };
 
-/**
- * While no recall has finished yet (so the archive's typical recall time is unknown), this
- * many recalls at most poll on the fast schedule ("probes"); the others wait for what the
- * probes learn (or `pollMaxMs`) before their first HEAD.
- */
-const PROBES = 16;
-/**
- * A file still on tape polled within this long of another file of its cart reaching disk is
- * polled again after `pollInitialMs`, not after its growing gap: a tape library reads a
- * tape's files one after another, so the rest of a batch that is coming off a tape is
- * noticed as it comes rather than one gap (up to half the wait so far) late.
- */
-const ARRIVAL_WINDOW_MS = 1_000;
-/** Recalls on that brisk schedule at once, at most (their HEADs stay few). */
-const MOST_BRISK = 64;
-/** Weight of each finished recall in the typical recall time (an exponential average). */
-const TYPICAL_WEIGHT = 0.1;
-
-/** How an entry's first poll is timed. */
-const NORMAL = 0; // by the typical recall time, or the plain schedule
-const PROBE = 1; // the plain schedule, to learn the typical recall time
-const PARKED = 2; // not polled yet: due at pollMaxMs, or earlier once the typical time is known
-
 /** Where an entry is in its life. */
 const QUEUED = 0; // waiting for the cap
 const POSTING = 1; // admitted, first stage POST queued or on the wire
-const POLLING = 2; // in the heap, or its poll on the wire
+const POLLING = 2; // in the poll schedule, or its poll on the wire (or held: `early`)
 const DONE = 3; // settled or abandoned: ignored wherever it is still referenced
 
 /** One cart waiting for a recall. */
@@ -248,12 +205,15 @@ interface Failure {
   says: string;
 }
 
-/** One archive id being recalled. Kept small: there may be 100,000 of them. */
+/**
+ * One archive id being recalled. Kept small: there may be 100,000 of them. Its schedule
+ * fields (from `heapIndex` to `brisk`) are kept by the PollSchedule (./poll_schedule.ts).
+ */
 class Entry {
   state = QUEUED;
-  /** Heap position, -1 when not in the heap. */
+  /** Place in the poll schedule's heap, -1 when not in it. */
   heapIndex = -1;
-  /** Next poll time (heap key). */
+  /** Next poll time. */
   dueAt = 0;
   /** Delay before the next HEAD. */
   delay = 0;
@@ -263,13 +223,13 @@ class Entry {
   postedAt = NaN;
   /** Time of its last HEAD that said `tape` (NaN: none yet). */
   tapeAt = NaN;
-  /** How its first poll is timed: NORMAL, PROBE or PARKED. */
-  kind = NORMAL;
-  /** Polled after `pollInitialMs` while its cart's files are arriving (see `#arriving`). */
+  /** How its first poll is timed. */
+  kind: FirstPoll = FirstPoll.timed;
+  /** Polled after `pollInitialMs` while its cart's files are arriving. */
   brisk = false;
   failure: Failure | undefined = undefined;
-  /** The cart queue that holds it while QUEUED. */
-  queue: CartQueue | undefined = undefined;
+  /** The cart queue that holds it while QUEUED (kept by the RecallQueue). */
+  queue: CartQueue<Entry> | undefined = undefined;
   /**
    * The cart whose stage request went ahead of the file's HEAD ({@linkcode
    * RecallManager.stageEarly}), until a HEAD says `tape` (a waiter comes) or not (it goes).
@@ -290,16 +250,6 @@ interface Watch {
   onAbort: () => void;
 }
 
-/** The recalls of one cart waiting for the cap, in order. */
-interface CartQueue {
-  items: (Entry | undefined)[];
-  head: number;
-  /** Entries of `items` still QUEUED. */
-  live: number;
-  /** Callers of {@linkcode RecallManager.queueRoom} for this cart, while it is full. */
-  room: (() => void)[] | undefined;
-}
-
 /**
  * Recalls archive files from tape for every cart of the process: see the module description.
  *
@@ -317,23 +267,16 @@ export class RecallManager implements AsyncDisposable {
   readonly #clock: RecallClock;
   readonly #max: number;
   readonly #postsInFlight: number;
-  readonly #initial: number;
-  readonly #pollMax: number;
-  readonly #factor: number;
-  readonly #restage: number;
   readonly #timeout: number;
   readonly #missing: number;
-  readonly #queuedPerCart: number;
-  /** Token bucket: capacity, refill per ms, tokens, time of the last refill. */
-  readonly #capacity: number;
-  readonly #refillPerMs: number;
-  #tokens: number;
-  #refilledAt: number;
+  /** The HEAD ceiling, shared by the polls and the callers of headSlot(). */
+  readonly #ceiling: HeadCeiling;
 
   readonly #byId = new Map<string, Entry>();
-  readonly #heap: Entry[] = [];
-  /** Carts with recalls waiting for the cap; Map order is the round-robin order. */
-  readonly #queues = new Map<string, CartQueue>();
+  /** When each polling entry is polled next. */
+  readonly #schedule: PollSchedule<Entry>;
+  /** Recalls waiting for the cap, round-robin by cart. */
+  readonly #queue: RecallQueue<Entry>;
   /** Admitted entries whose first POST waits for a free POST slot. */
   #postQueue: (Entry | undefined)[] = [];
   #postHead = 0;
@@ -357,29 +300,7 @@ export class RecallManager implements AsyncDisposable {
   /** Stops listening to the archive's health (see {@linkcode RecallManager.archiveBack}). */
   readonly #unlisten: () => void;
 
-  /** The archive's typical recall time (ms), learned from finished recalls; NaN until one. */
-  #typical = NaN;
-  /** Outstanding PROBE entries. */
-  #probes = 0;
-  /** When a file of each cart was last found on disk (carts with recalls). */
-  readonly #arrivedAt = new Map<string, number>();
-  /** Entries with `brisk` set. */
-  #brisk = 0;
-  /** PROBE entries made so far: each one's schedule is staggered by its number. */
-  #probesMade = 0;
-  /** The longest wait after its first POST at which a probe was still on tape (ms). */
-  #probeTapeMs = 0;
-  /** PARKED entries, to bring forward once the typical recall time is known. */
-  #parked: Entry[] = [];
-  /** PROBE entries made before the typical recall time was known, brought forward with them. */
-  #probing: Entry[] = [];
-  /** Callers waiting for a HEAD slot ({@linkcode RecallManager.headSlot}), in order. */
-  #headQueue: ({ resolve: () => void } | undefined)[] = [];
-  #headHead = 0;
-  #sizeHeads = 0;
-
   #outstanding = 0;
-  #waiting = 0;
   #waiters = 0;
   #shared = 0;
   #heads = 0;
@@ -401,25 +322,26 @@ export class RecallManager implements AsyncDisposable {
     this.#clock = options.clock ?? SYSTEM_CLOCK;
     this.#max = Math.floor(positive("maxOutstanding", o.maxOutstanding));
     this.#postsInFlight = Math.floor(positive("postsInFlight", o.postsInFlight));
-    this.#initial = positive("pollInitialMs", o.pollInitialMs);
-    this.#pollMax = Math.max(this.#initial, positive("pollMaxMs", o.pollMaxMs));
+    const initialMs = positive("pollInitialMs", o.pollInitialMs);
+    const maxMs = Math.max(initialMs, positive("pollMaxMs", o.pollMaxMs));
     if (!(o.pollFactor >= 1 && o.pollFactor <= 1.5)) {
       throw new RangeError(`recalls: pollFactor must be between 1 and 1.5, got ${o.pollFactor}`);
     }
-    this.#factor = o.pollFactor;
-    this.#restage = positive("restageEveryMs", o.restageEveryMs);
+    const restageEveryMs = positive("restageEveryMs", o.restageEveryMs);
     this.#timeout = positive("stageTimeoutMs", o.stageTimeoutMs);
+    this.#schedule = new PollSchedule({
+      initialMs,
+      maxMs,
+      factor: o.pollFactor,
+      restageEveryMs,
+      timeoutMs: this.#timeout,
+    });
     this.#missing = Math.max(0, o.missingAfterMs);
-    this.#queuedPerCart = Math.floor(positive("queuedPerCart", o.queuedPerCart));
-    const rate = positive("headsPerSecond", o.headsPerSecond);
-    // A bucket of capacity c refilled at r' per second lets c − 1 + r' HEADs start in any
-    // one-second window; with r' = r − (c − 1) that is exactly r. c holds 100 ms of HEADs: a
-    // burst of a new cart's size HEADs goes out at once (a tape library then sees its stage
-    // requests together), and a fast ceiling needs no timer per HEAD.
-    this.#capacity = Math.max(1, Math.floor(rate / 10));
-    this.#refillPerMs = (rate - (this.#capacity - 1)) / 1000;
-    this.#tokens = this.#capacity;
-    this.#refilledAt = this.#clock.now();
+    this.#queue = new RecallQueue(Math.floor(positive("queuedPerCart", o.queuedPerCart)));
+    this.#ceiling = new HeadCeiling(
+      positive("headsPerSecond", o.headsPerSecond),
+      this.#clock.now(),
+    );
     this.#unlisten = client.health.onUp(() => this.archiveBack());
   }
 
@@ -444,13 +366,8 @@ export class RecallManager implements AsyncDisposable {
     for (const entry of this.#byId.values()) {
       if (entry.state !== POLLING) continue;
       entry.postedAt = NaN;
-      entry.delay = this.#initial;
       entry.failure = undefined;
-      if (entry.heapIndex >= 0) {
-        this.#heapRemove(entry);
-        entry.dueAt = now;
-        this.#heapPush(entry);
-      }
+      this.#schedule.restart(entry, now);
     }
     this.#arm(now);
   }
@@ -498,7 +415,7 @@ export class RecallManager implements AsyncDisposable {
       waiter.entry = known;
       known.waiters = waiter;
       this.#unearly(known);
-      if (known.state === POLLING) this.#scheduleFirst(known, this.#clock.now());
+      if (known.state === POLLING) this.#pollFirst(known, this.#clock.now());
     } else if (known) {
       waiter.entry = known;
       if (Array.isArray(known.waiters)) known.waiters.push(waiter);
@@ -508,8 +425,8 @@ export class RecallManager implements AsyncDisposable {
       const entry = new Entry(archiveId, waiter);
       waiter.entry = entry;
       this.#byId.set(archiveId, entry);
-      if (this.#outstanding < this.#max && this.#queues.size === 0) this.#admit(entry);
-      else this.#enqueue(entry, request.cart);
+      if (this.#outstanding < this.#max && this.#queue.empty) this.#admit(entry);
+      else this.#queue.add(entry, request.cart);
     }
     if (signal) this.#watch(signal, waiter);
     return promise;
@@ -540,7 +457,7 @@ export class RecallManager implements AsyncDisposable {
    */
   stageEarly(archiveId: string, cart: string): boolean {
     if (this.#byId.has(archiveId)) return true;
-    if (this.#closed || this.#outstanding >= this.#max || this.#queues.size > 0) return false;
+    if (this.#closed || this.#outstanding >= this.#max || !this.#queue.empty) return false;
     const entry = new Entry(archiveId, []);
     entry.early = cart;
     let mine = this.#earlyOf.get(cart);
@@ -590,16 +507,8 @@ export class RecallManager implements AsyncDisposable {
    */
   queueRoom(cart: string, signal?: AbortSignal): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const q = this.#queues.get(cart);
-    if (this.#closed || !q || q.live < this.#queuedPerCart) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = () => reject(signal!.reason);
-      signal?.addEventListener("abort", onAbort, { once: true });
-      (q.room ??= []).push(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      });
-    });
+    if (this.#closed) return Promise.resolve();
+    return this.#queue.room(cart, signal);
   }
 
   /**
@@ -618,54 +527,14 @@ export class RecallManager implements AsyncDisposable {
    * ```
    */
   headSlot(signal?: AbortSignal): Promise<void> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
     const now = this.#clock.now();
-    this.#refill(now);
     // With no recall to poll, a cart's size HEADs compete with nothing: they go at the pace of
     // their own concurrency (CARTD_FILES_IN_FLIGHT), so a cart on disk is not slowed to the
     // ceiling (10,000 files would take 20 s at 500 a second).
-    const idle = this.#byId.size === 0;
-    const free = this.#headHead === this.#headQueue.length && (this.#tokens >= 1 || idle);
-    if (this.#closed || free) {
-      if (!this.#closed && this.#tokens >= 1) this.#tokens -= 1;
-      this.#sizeHeads++;
-      return Promise.resolve();
-    }
-    return new Promise<void>((resolve, reject) => {
-      const slot = {
-        resolve: () => {
-          signal?.removeEventListener("abort", onAbort);
-          resolve();
-        },
-      };
-      const at = this.#headQueue.length;
-      const onAbort = () => {
-        if (this.#headQueue[at] === slot) this.#headQueue[at] = undefined;
-        reject(signal!.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.#headQueue.push(slot);
-      this.#arm(now);
-    });
-  }
-
-  /** Gives waiting {@linkcode headSlot} callers the tokens there are. */
-  #serveHeadSlots(): void {
-    while (this.#headHead < this.#headQueue.length && this.#tokens >= 1) {
-      const slot = this.#headQueue[this.#headHead];
-      this.#headQueue[this.#headHead++] = undefined;
-      if (!slot) continue;
-      this.#tokens -= 1;
-      this.#sizeHeads++;
-      slot.resolve();
-    }
-    if (this.#headHead === this.#headQueue.length) {
-      this.#headQueue = [];
-      this.#headHead = 0;
-    } else if (this.#headHead > 1024 && this.#headHead * 2 > this.#headQueue.length) {
-      this.#headQueue = this.#headQueue.slice(this.#headHead);
-      this.#headHead = 0;
-    }
+    const unbounded = this.#closed || this.#byId.size === 0;
+    const slot = this.#ceiling.slot(now, unbounded, signal);
+    if (this.#ceiling.waiting) this.#arm(now);
+    return slot;
   }
 
   /**
@@ -682,12 +551,12 @@ export class RecallManager implements AsyncDisposable {
   stats(): RecallStats {
     return {
       outstanding: this.#outstanding,
-      waiting: this.#waiting,
+      waiting: this.#queue.waiting,
       waiters: this.#waiters,
       shared: this.#shared,
       heads: this.#heads,
-      sizeHeads: this.#sizeHeads,
-      typicalMs: this.#typical,
+      sizeHeads: this.#ceiling.granted,
+      typicalMs: this.#schedule.typicalMs,
       posts: this.#posts,
       recalled: this.#recalled,
       early: this.#early,
@@ -715,19 +584,15 @@ export class RecallManager implements AsyncDisposable {
       this.#timer = undefined;
       this.#timerAt = Infinity;
       for (const call of this.#calls) call.abort(new Error("the recall manager was closed"));
-      for (const q of this.#queues.values()) this.#wakeRoom(q, true);
-      this.#queues.clear();
+      this.#queue.clear();
       for (const entry of [...this.#byId.values()]) {
         this.#settle(entry, undefined, "the recall manager was closed (cartd is stopping)", "io");
       }
       this.#postQueue = [];
       this.#postHead = 0;
       // Callers waiting for a HEAD slot go on (their HEADs fail or answer as cartd stops).
-      for (const slot of this.#headQueue) slot?.resolve();
-      this.#headQueue = [];
-      this.#headHead = 0;
-      this.#parked = [];
-      this.#probing = [];
+      this.#ceiling.releaseAll();
+      this.#schedule.clear();
       this.#earlyOf.clear();
     }
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
@@ -738,73 +603,20 @@ export class RecallManager implements AsyncDisposable {
     return this.close();
   }
 
-  // --- the cap and its round-robin queue -------------------------------------------------
-
-  #enqueue(entry: Entry, cart: string): void {
-    let q = this.#queues.get(cart);
-    if (!q) this.#queues.set(cart, q = { items: [], head: 0, live: 0, room: undefined });
-    q.items.push(entry);
-    q.live++;
-    entry.queue = q;
-    this.#waiting++;
-  }
+  // --- admission -------------------------------------------------------------------------
 
   /** Admits queued recalls while the cap allows, one per cart in turn. */
   #admitNext(): void {
-    while (!this.#closed && this.#outstanding < this.#max && this.#queues.size > 0) {
-      const [cart, q] = this.#queues.entries().next().value!;
-      this.#queues.delete(cart);
-      let next: Entry | undefined;
-      while (q.head < q.items.length && next === undefined) {
-        const e = q.items[q.head];
-        q.items[q.head++] = undefined;
-        if (e && e.state === QUEUED) next = e;
-      }
-      if (next) {
-        q.live--;
-        this.#waiting--;
-        next.queue = undefined;
-        this.#wakeRoom(q);
-      }
-      if (q.live > 0) {
-        if (q.head > 1024 && q.head * 2 > q.items.length) {
-          q.items = q.items.slice(q.head);
-          q.head = 0;
-        }
-        this.#queues.set(cart, q); // to the back of the round
-      }
-      if (next) this.#admit(next);
+    while (!this.#closed && this.#outstanding < this.#max) {
+      const next = this.#queue.next();
+      if (!next) return;
+      this.#admit(next);
     }
-  }
-
-  /** A QUEUED entry leaves its cart queue (it stays in `items`, skipped when its turn comes). */
-  #unqueue(entry: Entry): void {
-    this.#waiting--;
-    const q = entry.queue!;
-    entry.queue = undefined;
-    this.#wakeRoom(q, --q.live === 0);
-    if (q.live === 0) {
-      for (const [cart, each] of this.#queues) {
-        if (each === q) {
-          this.#queues.delete(cart);
-          break;
-        }
-      }
-    }
-  }
-
-  /** Wakes the callers of `queueRoom` waiting on `q` once it has room (or `all`). */
-  #wakeRoom(q: CartQueue, all = false): void {
-    if (!q.room || (!all && q.live >= this.#queuedPerCart)) return;
-    const room = q.room;
-    q.room = undefined;
-    for (const wake of room) wake();
   }
 
   #admit(entry: Entry): void {
     entry.state = POSTING;
     entry.startedAt = this.#clock.now();
-    entry.delay = this.#initial;
     this.#outstanding++;
     this.#postQueue.push(entry);
     this.#pumpPosts();
@@ -843,77 +655,12 @@ export class RecallManager implements AsyncDisposable {
     if (error) this.#noteFailure(entry, error, now);
     entry.state = POLLING;
     // Sent ahead of its HEAD: polled only once a HEAD said `tape` (recall() schedules it).
-    if (entry.early === undefined) this.#scheduleFirst(entry, now);
+    if (entry.early === undefined) this.#pollFirst(entry, now);
   }
 
-  /**
-   * The first poll after the first stage POST: at the typical recall time after it when one
-   * is known; else on the plain schedule for up to {@linkcode PROBES} recalls, the others
-   * parked until the probes have learned the typical time (or `pollMaxMs`).
-   */
-  #scheduleFirst(entry: Entry, now: number): void {
-    if (!Number.isNaN(this.#typical)) {
-      entry.kind = NORMAL;
-      entry.delay = Math.max(this.#initial, entry.startedAt + this.#typical - now);
-    } else if (this.#probes < PROBES) {
-      entry.kind = PROBE;
-      this.#probes++;
-      // Probe k polls at f^(k/PROBES) times the plain schedule's times: together the probes
-      // poll on a grid PROBES times finer than one, so the first to find its file on disk
-      // does so within a few per cent of the recall time, not within one gap (×1.5).
-      entry.delay = this.#initial * this.#factor ** ((this.#probesMade++ % PROBES) / PROBES);
-      if (this.#probing.length >= 4 * PROBES) {
-        this.#probing = this.#probing.filter((e) => e.kind === PROBE && e.state === POLLING);
-      }
-      this.#probing.push(entry);
-    } else {
-      entry.kind = PARKED;
-      entry.delay = this.#pollMax;
-      this.#parked.push(entry);
-    }
-    this.#schedule(entry, now);
-  }
-
-  /**
-   * A recall found on disk `now`: what it says of the typical recall time. Its recall took
-   * between its last `tape` HEAD (or POST) and now; the midpoint is the sample, and a file
-   * found on disk at its first HEAD can only lower the estimate. Once the typical time is
-   * first known, the parked recalls are brought forward to it.
-   */
-  #learn(entry: Entry, now: number): void {
-    const upper = now - entry.startedAt;
-    const first = Number.isNaN(this.#typical);
-    let sample = Number.isNaN(entry.tapeAt)
-      ? Math.min(upper, first ? upper : this.#typical)
-      : (entry.tapeAt - entry.startedAt + upper) / 2;
-    if (first && this.#probeTapeMs < upper) {
-      // The staggered probes bracket the first recall time more closely than its own HEADs:
-      // from the longest wait any probe still saw `tape` to this wait. When that is tight
-      // (a tenth of it), its upper end is the estimate, so that recalls of that length are
-      // found on disk at their first poll rather than one gap after it.
-      const lower = Math.max(this.#probeTapeMs, entry.tapeAt - entry.startedAt || 0);
-      if (upper - lower <= upper / 10) sample = upper;
-    }
-    this.#typical = first ? sample : (1 - TYPICAL_WEIGHT) * this.#typical + TYPICAL_WEIGHT * sample;
-    if (!first) return;
-    const parked = this.#parked;
-    const probing = this.#probing;
-    this.#parked = [];
-    this.#probing = [];
-    // The other probes too: each was posted about when this one was, so it is likely on disk
-    // by now as well, and its own next poll may be one growing gap (up to a half of the
-    // recall time) away; those on tape then go on with the gaps of the plain schedule.
-    for (const e of [...parked, ...probing]) {
-      if (e.state !== POLLING || e.heapIndex < 0) continue;
-      if (e.kind === PARKED) e.kind = NORMAL;
-      else if (e.kind !== PROBE) continue;
-      const at = Math.max(now, e.startedAt + this.#typical);
-      if (at < e.dueAt) {
-        this.#heapRemove(e);
-        e.dueAt = at;
-        this.#heapPush(e);
-      }
-    }
+  /** Schedules the first poll of an entry whose first stage POST went. */
+  #pollFirst(entry: Entry, now: number): void {
+    this.#schedule.first(entry, now);
     this.#arm(now);
   }
 
@@ -933,24 +680,13 @@ export class RecallManager implements AsyncDisposable {
 
   // --- the poller ------------------------------------------------------------------------
 
-  /** Puts a polling entry back in the heap for its next HEAD after `now`. */
-  #schedule(entry: Entry, now: number): void {
-    // A POST that is owed (postedAt NaN) is retried with the next HEAD.
-    let at = now + entry.delay;
-    if (!Number.isNaN(entry.postedAt)) at = Math.min(at, entry.postedAt + this.#restage);
-    at = Math.min(at, entry.startedAt + this.#timeout);
-    entry.dueAt = at;
-    this.#heapPush(entry);
-    this.#arm(now);
-  }
-
   /** Sets the one timer for the earliest due poll the bucket allows. */
   #arm(now: number): void {
-    const slots = this.#headHead < this.#headQueue.length;
-    if (this.#closed || (this.#heap.length === 0 && !slots)) return;
-    this.#refill(now);
-    let at = slots ? now : this.#heap[0].dueAt;
-    if (this.#tokens < 1) at = Math.max(at, now + (1 - this.#tokens) / this.#refillPerMs);
+    const slots = this.#ceiling.waiting;
+    if (this.#closed || (this.#schedule.nextDueAt === Infinity && !slots)) return;
+    let at = slots ? now : this.#schedule.nextDueAt;
+    const wait = this.#ceiling.tokenIn(now);
+    if (wait > 0) at = Math.max(at, now + wait);
     if (this.#timer !== undefined) {
       if (this.#timerAt <= at) return;
       this.#clock.clear(this.#timer);
@@ -964,51 +700,28 @@ export class RecallManager implements AsyncDisposable {
     this.#timerAt = Infinity;
     if (this.#closed) return;
     const now = this.#clock.now();
-    this.#refill(now);
     // Due polls and waiting size HEADs take turns: neither starves the other (size HEADs
     // lead to new stage requests, which a tape library wants all at once).
     let slotTurn = true;
-    while (this.#tokens >= 1) {
-      const pollDue = this.#heap.length > 0 && this.#heap[0].dueAt <= now;
-      const slot = this.#nextHeadSlot();
-      if (!pollDue && !slot) break;
-      if (slot && (slotTurn || !pollDue)) {
-        this.#headQueue[this.#headHead++] = undefined;
-        this.#tokens -= 1;
-        this.#sizeHeads++;
-        slot.resolve();
-      } else {
-        this.#tokens -= 1;
-        const entry = this.#heapPop();
+    for (;;) {
+      const pollDue = this.#schedule.nextDueAt <= now;
+      const slot = this.#ceiling.waiting;
+      if ((!pollDue && !slot) || !this.#ceiling.take(now)) break;
+      if (slot && (slotTurn || !pollDue)) this.#ceiling.grant();
+      else {
+        const entry = this.#schedule.takeDue(now)!;
         this.#track(entry, this.#poll(entry));
       }
       slotTurn = !slotTurn;
     }
-    this.#serveHeadSlots();
     this.#arm(now);
   };
-
-  /** The first caller still waiting for a HEAD slot (skipping those that gave up). */
-  #nextHeadSlot(): { resolve: () => void } | undefined {
-    while (this.#headHead < this.#headQueue.length) {
-      const slot = this.#headQueue[this.#headHead];
-      if (slot) return slot;
-      this.#headHead++;
-    }
-    return undefined;
-  }
-
-  #refill(now: number): void {
-    const tokens = this.#tokens + (now - this.#refilledAt) * this.#refillPerMs;
-    this.#tokens = Math.min(this.#capacity, tokens);
-    this.#refilledAt = now;
-  }
 
   /** One poll: the stage POST when one is owed, then a HEAD; then settle or reschedule. */
   async #poll(entry: Entry): Promise<void> {
     let failed: ArchiveError | undefined;
     let now = this.#clock.now();
-    if (Number.isNaN(entry.postedAt) || now - entry.postedAt >= this.#restage) {
+    if (this.#schedule.owesPost(entry, now)) {
       failed = await this.#post(entry);
       if (entry.state !== POLLING) return;
       if (failed && !failed.retryable) return this.#final(entry, failed);
@@ -1027,19 +740,13 @@ export class RecallManager implements AsyncDisposable {
     if (entry.state !== POLLING) return;
     now = this.#clock.now();
     if (st?.media === "disk") {
-      this.#learn(entry, now);
-      this.#noteArrival(entry, now);
+      this.#schedule.arrived(entry, now);
+      this.#arm(now); // parked entries may have been brought forward
       return this.#settle(entry, st);
     }
-    // A first poll timed by the typical recall time (or parked) jumps the plain schedule.
-    const jumped = Number.isNaN(entry.tapeAt) && entry.kind !== PROBE;
-    if (st?.media === "tape") {
-      entry.tapeAt = now;
-      if (entry.kind === PROBE) {
-        this.#probeTapeMs = Math.max(this.#probeTapeMs, now - entry.startedAt);
-      }
-    }
-    if (entry.kind === PARKED) entry.kind = NORMAL;
+    // What the poll said, and the gap to the next one (noted also when the file fails below:
+    // a probe that saw `tape` still bounds the typical recall time).
+    this.#schedule.heard(entry, st?.media, now);
     if (st?.media === "error") {
       return this.#fail(
         entry,
@@ -1054,8 +761,8 @@ export class RecallManager implements AsyncDisposable {
         return this.#fail(entry, reason, code);
       }
     } else entry.failure = undefined;
-    const waited = now - entry.startedAt;
-    if (waited >= this.#timeout) {
+    if (this.#schedule.expired(entry, now)) {
+      const waited = now - entry.startedAt;
       const f = entry.failure;
       return this.#fail(
         entry,
@@ -1068,21 +775,8 @@ export class RecallManager implements AsyncDisposable {
         "timeout",
       );
     }
-    // After a jump, the gap the plain schedule would have there: (f − 1)·(t − t0) + i.
-    entry.delay = Math.min(
-      this.#pollMax,
-      jumped
-        ? (this.#factor - 1) * (now - entry.startedAt) + this.#initial
-        : entry.delay * this.#factor,
-    );
-    const brisk = st?.media === "tape" && this.#arriving(entry, now) &&
-      (entry.brisk || this.#brisk < MOST_BRISK);
-    if (brisk !== entry.brisk) {
-      entry.brisk = brisk;
-      this.#brisk += brisk ? 1 : -1;
-    }
-    if (brisk) entry.delay = Math.min(entry.delay, this.#initial);
-    this.#schedule(entry, now);
+    this.#schedule.next(entry, now);
+    this.#arm(now);
   }
 
   /** Runs one archive call with a signal that close() aborts. */
@@ -1151,40 +845,11 @@ export class RecallManager implements AsyncDisposable {
   }
 
   /** Takes an entry out of every structure (its waiters are the caller's business). */
-  /** Notes that a file of `entry`'s carts reached disk `now`. */
-  #noteArrival(entry: Entry, now: number): void {
-    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
-    for (const w of waiters) {
-      this.#arrivedAt.delete(w.cart); // newest last: the oldest go first below
-      this.#arrivedAt.set(w.cart, now);
-    }
-    for (const [cart, at] of this.#arrivedAt) {
-      if (now - at < ARRIVAL_WINDOW_MS && this.#arrivedAt.size <= 1024) break;
-      this.#arrivedAt.delete(cart);
-    }
-  }
-
-  /** Whether a file of one of `entry`'s carts reached disk within the arrival window. */
-  #arriving(entry: Entry, now: number): boolean {
-    const waiters = Array.isArray(entry.waiters) ? entry.waiters : [entry.waiters];
-    return waiters.some((w) =>
-      now - (this.#arrivedAt.get(w.cart) ?? -Infinity) < ARRIVAL_WINDOW_MS
-    );
-  }
-
   #drop(entry: Entry): void {
-    if (entry.brisk) {
-      entry.brisk = false;
-      this.#brisk--;
-    }
-    if (entry.kind === PROBE && entry.state !== DONE) {
-      entry.kind = NORMAL;
-      this.#probes--;
-    }
-    if (entry.state === QUEUED) this.#unqueue(entry);
+    this.#schedule.forget(entry);
+    if (entry.state === QUEUED) this.#queue.remove(entry);
     else if (entry.state !== DONE) this.#outstanding--;
     entry.state = DONE;
-    if (entry.heapIndex >= 0) this.#heapRemove(entry);
     if (this.#byId.get(entry.id) === entry) this.#byId.delete(entry.id);
   }
 
@@ -1238,63 +903,6 @@ export class RecallManager implements AsyncDisposable {
       w.signal.removeEventListener("abort", watch.onAbort);
       this.#bySignal.delete(w.signal);
     }
-  }
-
-  // --- the min-heap by dueAt -------------------------------------------------------------
-
-  #heapPush(e: Entry): void {
-    e.heapIndex = this.#heap.length;
-    this.#heap.push(e);
-    this.#siftUp(e.heapIndex);
-  }
-
-  #heapPop(): Entry {
-    const top = this.#heap[0];
-    this.#heapRemove(top);
-    return top;
-  }
-
-  #heapRemove(e: Entry): void {
-    const h = this.#heap;
-    const i = e.heapIndex;
-    const last = h.pop()!;
-    e.heapIndex = -1;
-    if (last === e) return;
-    h[i] = last;
-    last.heapIndex = i;
-    this.#siftUp(i);
-    this.#siftDown(last.heapIndex);
-  }
-
-  #siftUp(i: number): void {
-    const h = this.#heap;
-    const e = h[i];
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (h[p].dueAt <= e.dueAt) break;
-      h[i] = h[p];
-      h[i].heapIndex = i;
-      i = p;
-    }
-    h[i] = e;
-    e.heapIndex = i;
-  }
-
-  #siftDown(i: number): void {
-    const h = this.#heap;
-    const e = h[i];
-    const n = h.length;
-    for (;;) {
-      let c = 2 * i + 1;
-      if (c >= n) break;
-      if (c + 1 < n && h[c + 1].dueAt < h[c].dueAt) c++;
-      if (h[c].dueAt >= e.dueAt) break;
-      h[i] = h[c];
-      h[i].heapIndex = i;
-      i = c;
-    }
-    h[i] = e;
-    e.heapIndex = i;
   }
 }
 
