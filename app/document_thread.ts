@@ -35,7 +35,12 @@ async function accept(message: Extract<ToDocumentThread, { type: "accept" }>): P
       message.parts,
       message.who,
     );
-    if (!(accepted instanceof Response)) return post({ type: "accepted", id, accepted });
+    if (!(accepted instanceof Response)) {
+      // The cart's rows (tens of MiB of SQLite log) are copied into the database file here,
+      // not by the main thread's next write, which would stop answering meanwhile.
+      await db!.checkpoint();
+      return post({ type: "accepted", id, accepted });
+    }
     response = accepted;
   } catch (e) {
     response = errorAnswer(e, "POST", `/${uid}`);

@@ -26,6 +26,7 @@ async function storeWith(carts: number) {
     all: (sql, params) => (reads++, db.all(sql, params)),
     run: (sql, params) => db.run(sql, params),
     transaction: (work) => db.transaction(work),
+    checkpoint: (waitMs) => db.checkpoint(waitMs),
     close: () => db.close(),
   };
   const store = new CartStore(counting);

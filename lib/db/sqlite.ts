@@ -130,6 +130,27 @@ class SqliteDb implements Db {
     }
   }
 
+  async checkpoint(waitMs = CHECKPOINT_WAIT_MS): Promise<boolean> {
+    const started = performance.now();
+    for (let n = 0;; n++) {
+      // A PASSIVE checkpoint copies the log's pages up to the oldest snapshot still read, and
+      // blocks no reader or writer; another connection checkpointing at once is "busy".
+      const [result] = await this.all<{ busy: number; log: number; checkpointed: number }>(
+        "PRAGMA wal_checkpoint(PASSIVE)",
+      );
+      if (!result || (result.busy === 0 && result.checkpointed >= result.log)) return true;
+      if (performance.now() - started >= waitMs) {
+        log.debug("the SQLite log is not wholly copied yet; a later commit will go on", {
+          logPages: result.log,
+          copiedPages: result.checkpointed,
+          waitedMs: Math.round(performance.now() - started),
+        });
+        return false;
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(2 ** n, BUSY_PAUSE_MAX_MS)));
+    }
+  }
+
   close(): Promise<void> {
     return this.#lock.run(() => {
       if (this.sqlite.isOpen) this.sqlite.close();
@@ -145,6 +166,8 @@ class SqliteDb implements Db {
 const BUSY_WAIT_MS = 10_000;
 /** The longest pause between two tries of a statement that found the database busy. */
 const BUSY_PAUSE_MAX_MS = 20;
+/** How long {@linkcode SqliteDb.checkpoint} waits for readers of older snapshots by default. */
+const CHECKPOINT_WAIT_MS = 1_000;
 
 /**
  * Whether `e` is SQLite's SQLITE_BUSY (another connection holds the write lock), as node:sqlite

@@ -54,3 +54,33 @@ Deno.test("a database busy for longer than the wait: DbUnavailableError, and not
     assert.deepEqual(await db.all("SELECT x FROM t"), []);
   });
 });
+
+Deno.test("checkpoint copies a big transaction's log into the database file once older readers finish", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cartd-sqlite-" });
+  const path = `${dir}/log.db`;
+  const db = openSqlite(path);
+  const reader = new DatabaseSync(path);
+  try {
+    await db.run("CREATE TABLE t (x TEXT)");
+    assert.equal(await db.checkpoint(), true);
+    const before = (await Deno.stat(path)).size;
+    // A reader in an older snapshot: no page written after it began may be copied yet.
+    reader.exec("BEGIN");
+    reader.prepare("SELECT count(*) FROM t").get();
+    const row = "x".repeat(1000);
+    await db.transaction(async (tx) => {
+      for (let i = 0; i < 3000; i++) await tx.run("INSERT INTO t VALUES (?)", [row]);
+    });
+    // The commit's own automatic checkpoint could not copy them, nor can this one.
+    assert.equal(await db.checkpoint(20), false);
+    assert.equal((await Deno.stat(path)).size, before);
+    reader.exec("COMMIT");
+    assert.equal(await db.checkpoint(), true);
+    const after = (await Deno.stat(path)).size;
+    assert.ok(after - before > 3000 * 1000, `the file grew by ${after - before} bytes`);
+  } finally {
+    reader.close();
+    await db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
