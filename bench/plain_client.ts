@@ -62,7 +62,10 @@ let next = 0;
 let bytes = 0;
 await Promise.all(
   Array.from({ length: Number(concurrency) }, async () => {
-    while (next < ids.length) bytes += await one(ids[next++]);
+    while (next < ids.length) {
+      const written = await one(ids[next++]);
+      bytes += written; // not `bytes += await …`, which adds to the total read before the wait
+    }
   }),
 );
 const seconds = (performance.now() - t0) / 1000;
