@@ -72,6 +72,9 @@ self.onmessage = (event: MessageEvent<ToDocumentThread>) => {
   } else if (message.type === "accept") {
     void accept(message);
   } else if (message.type === "stop") {
-    void db?.close().catch(() => {}).finally(() => self.close());
+    void db?.close().catch(() => {}).finally(() => {
+      post({ type: "closed" });
+      self.close();
+    });
   }
 };
