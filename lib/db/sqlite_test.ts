@@ -5,7 +5,7 @@ import { DbUnavailableError } from "./db.ts";
 
 /** Runs `fn` with cartd's connection to a new database and a second, plain one to it. */
 async function withTwoConnections(
-  fn: (db: ReturnType<typeof openSqlite>, other: DatabaseSync) => Promise<void>,
+  fn: (db: ReturnType<typeof openSqlite>, other: DatabaseSync, path: string) => Promise<void>,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "cartd-sqlite-" });
   const path = `${dir}/busy.db`;
@@ -13,7 +13,7 @@ async function withTwoConnections(
   const other = new DatabaseSync(path);
   try {
     await db.run("CREATE TABLE t (x INTEGER)");
-    await fn(db, other);
+    await fn(db, other, path);
   } finally {
     other.close();
     await db.close();
@@ -56,12 +56,7 @@ Deno.test("a database busy for longer than the wait: DbUnavailableError, and not
 });
 
 Deno.test("checkpoint copies a big transaction's log into the database file once older readers finish", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "cartd-sqlite-" });
-  const path = `${dir}/log.db`;
-  const db = openSqlite(path);
-  const reader = new DatabaseSync(path);
-  try {
-    await db.run("CREATE TABLE t (x TEXT)");
+  await withTwoConnections(async (db, reader, path) => {
     assert.equal(await db.checkpoint(), true);
     const before = (await Deno.stat(path)).size;
     // A reader in an older snapshot: no page written after it began may be copied yet.
@@ -78,9 +73,5 @@ Deno.test("checkpoint copies a big transaction's log into the database file once
     assert.equal(await db.checkpoint(), true);
     const after = (await Deno.stat(path)).size;
     assert.ok(after - before > 3000 * 1000, `the file grew by ${after - before} bytes`);
-  } finally {
-    reader.close();
-    await db.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
