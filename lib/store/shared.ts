@@ -176,20 +176,24 @@ export async function countLinked(
  * was removed): each key it counted that another cart's staged row still holds is handed to
  * one such row (a live cart's first), whose cart's reservation grows by the file's size; the
  * cart's own rows count nothing any more. Returns the bytes handed over (still on the volume,
- * held by other carts) and the bytes that went with the cart.
+ * held by other carts) and the bytes that went with the cart. With `range`, only the files of
+ * that range are handed over (a cart forgotten a batch at a time).
  */
 export async function handOver(
   tx: Db,
   cartId: string,
+  range?: IdxRange,
 ): Promise<{ handedBytes: number; handedFiles: number }> {
   await lockSpace(tx);
+  const within = range ? " AND idx >= ? AND idx < ?" : ""; // the outer table's idx
+  const bounds = range ? [range.from, range.to] : [];
   const shared = await tx.all(
     `SELECT f.idx, f.content_key, f.size FROM cart_files f
       WHERE f.cart_id = ? AND f.counted = 1 AND f.status = 'staged'
-        AND f.content_key IS NOT NULL
+        AND f.content_key IS NOT NULL${within}
         AND EXISTS (SELECT 1 FROM cart_files g WHERE g.content_key = f.content_key
           AND g.cart_id <> f.cart_id AND g.status = 'staged')`,
-    [cartId],
+    [cartId, ...bounds],
   );
   let handedBytes = 0;
   let handedFiles = 0;
@@ -216,8 +220,17 @@ export async function handOver(
       String(heir.cart_id),
     ]);
   }
-  await tx.run("UPDATE cart_files SET counted = 0 WHERE cart_id = ? AND counted = 1", [cartId]);
+  await tx.run(
+    `UPDATE cart_files SET counted = 0 WHERE cart_id = ? AND counted = 1${within}`,
+    [cartId, ...bounds],
+  );
   return { handedBytes, handedFiles };
+}
+
+/** The files of a cart whose `idx` is at least `from` and below `to`. */
+export interface IdxRange {
+  from: number;
+  to: number;
 }
 
 /** The bytes of `cartId`'s staged files that it counts (not those it links to). */

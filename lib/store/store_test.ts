@@ -19,6 +19,7 @@ import {
   type Admission,
   type Cart,
   CartStore,
+  FORGET_BATCH,
   powerOfTwoBatches,
   USE_RESOLUTION_MS,
 } from "./store.ts";
@@ -758,6 +759,44 @@ function storeContract(name: string, factory: StoreFactory, services: Service[] 
         await store.forget(cart.id); // twice is fine
         assert.equal((await store.files(next.cart.id)).length, 1);
       });
+
+      await t.step(
+        "forget goes a batch at a time: every row goes, shared counts pass on",
+        async () => {
+          const n = FORGET_BATCH + 10;
+          const a = (await create(uid("forget-a"), doc(n, "fa"), "h-fa")).cart;
+          const b = (await create(uid("forget-b"), doc(2, "fb"), "h-fb")).cart;
+          const facts = { size: 7, mtime: 0, sha256: "0".repeat(64), crc32: 0 };
+          // Two files' bytes in both (a content key each): counted by a, one in its first batch
+          // and one in its last, and linked by b.
+          const keys = [`k-${crypto.randomUUID()}`, `k-${crypto.randomUUID()}`];
+          await store.filesStaged(a.id, [
+            { idx: 5, facts, key: keys[0] },
+            { idx: n - 3, facts, key: keys[1] },
+          ]);
+          await store.filesStaged(b.id, [
+            { idx: 0, facts, key: keys[0], linked: true },
+            { idx: 1, facts, key: keys[1], linked: true },
+          ]);
+          const bBefore = (await store.cart(b.id))!.reservedBytes;
+          assert.equal(await store.unlive(a.id), true);
+          let ticks = 0;
+          const timer = setInterval(() => ticks++, 0);
+          const handed = await store.forget(a.id);
+          clearInterval(timer);
+          assert.deepEqual(handed, { handedBytes: 14, handedFiles: 2 });
+          assert.equal(
+            (await store.cart(b.id))!.reservedBytes,
+            bBefore + 14,
+            "b counts the bytes now",
+          );
+          assert.equal(await store.cart(a.id), null);
+          assert.deepEqual(await store.files(a.id), []);
+          // Between two batches the thread went on with other work (timers here).
+          assert.ok(ticks > 0, "no timer ran while the cart was forgotten");
+          assert.deepEqual(await store.forget(a.id), { handedBytes: 0, handedFiles: 0 });
+        },
+      );
 
       await t.step("uids are exact: case, 255 bytes of UTF-8", async () => {
         const base = uid("Case");
