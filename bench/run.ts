@@ -30,6 +30,9 @@
  * - `small100k` (only when named; long): POST → ready of 100,000 × 1 KiB beside 10,000 × 1 KiB
  *   in the same run, for the time per file.
  *
+ * - `forget` (only when named; bench/forget.ts): how long removing the rows of a cart of
+ *   10,000 and of 100,000 files holds the thread (the longest gap between event-loop turns).
+ *
  * - `access` (only when named; bench/access.ts): the cost of access control (issue 17) on
  *   HEAD and on a 1 GiB download, beside access off, in one run.
  *
@@ -87,6 +90,7 @@ if (Deno.args[0] === "webhooks") Deno.exit(await (await import("./webhooks.ts"))
 if (Deno.args[0] === "events") Deno.exit(await (await import("./events.ts")).main());
 if (Deno.args[0] === "concurrent") Deno.exit(await (await import("./concurrent.ts")).main());
 if (Deno.args[0] === "bigfiles") Deno.exit(await (await import("./bigfiles.ts")).main());
+if (Deno.args[0] === "forget") Deno.exit(await (await import("./forget.ts")).main());
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
