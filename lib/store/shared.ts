@@ -229,7 +229,9 @@ export async function handOver(
 
 /** The files of a cart whose `idx` is at least `from` and below `to`. */
 export interface IdxRange {
+  /** The first `idx` of the range. */
   from: number;
+  /** The `idx` after the range's last. */
   to: number;
 }
 
