@@ -194,12 +194,14 @@ Deno.test("a body sent at a trickle, or stopped mid-body, is cut after CARTD_BOD
       for (const uid of ["stalled0", "stalled1", "trickle", "chunks"]) {
         assert.equal((await cartStatus(cartd.url, uid))[0], 404, `${uid}: nothing stored`);
       }
-      // The 48 MiB that the two stalled bodies had sent is not kept.
+      // The 48 MiB that the two stalled bodies had sent is not kept: keeping it would leave RSS
+      // 48 MiB or more over `before`. What stays is the allocator's freed heap (up to its 16 MiB
+      // trim threshold) and the process's own growth: +22 to +31 MiB in CI runs.
       let peak = 0;
       await eventually("cartd lets the cut bodies' memory go", () => {
         const now = rss(cartd.process.pid);
         peak = Math.max(peak, now);
-        return now - before < 30 * MiB;
+        return now - before < 40 * MiB;
       }).catch((e) => {
         throw new Error(
           `${e.message}: RSS ${before / MiB | 0} MiB → ${rss(cartd.process.pid) / MiB | 0} MiB`,
