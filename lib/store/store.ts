@@ -281,8 +281,9 @@ const SELECTIONS: Record<FileSelection, string> = {
 
 const INSERT_BATCH = 512;
 /**
- * Rows of a cart's files that {@linkcode CartStore.forget} deletes in one transaction: about
- * 12 ms of the thread for SQLite, where one statement for 100,000 files took 600 ms.
+ * Rows of a cart's files that {@linkcode CartStore.forget} deletes in one transaction: on SQLite
+ * the longest stop of the thread was 22–32 ms (`deno task bench forget`), where one statement
+ * for 100,000 files took 637 ms.
  */
 export const FORGET_BATCH = 2048;
 const UPDATE_BATCH = 256;
