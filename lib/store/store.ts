@@ -1128,7 +1128,8 @@ export class CartStore {
     const top = last?.top === null || last?.top === undefined ? -1 : Number(last.top);
     let handedBytes = 0;
     let handedFiles = 0;
-    const forgetRows = async (range?: shared.IdxRange, andCart = false) => {
+    /** The rows of `range` (the cart's every row left, and the cart itself, without one). */
+    const forgetRows = async (range?: shared.IdxRange) => {
       const handed = await this.db.transaction(async (tx) => {
         const handed = await shared.handOver(tx, cartId, range);
         if (range) {
@@ -1140,7 +1141,7 @@ export class CartStore {
         } else {
           await tx.run("DELETE FROM cart_files WHERE cart_id = ?", [cartId]);
         }
-        if (andCart) await tx.run("DELETE FROM carts WHERE id = ?", [cartId]);
+        if (!range) await tx.run("DELETE FROM carts WHERE id = ?", [cartId]);
         return handed;
       });
       handedBytes += handed.handedBytes;
@@ -1150,7 +1151,7 @@ export class CartStore {
       await forgetRows({ from, to: from + FORGET_BATCH });
       await new Promise((resolve) => setTimeout(resolve, 0)); // other work runs in between
     }
-    await forgetRows(undefined, true); // the last batch, and the cart
+    await forgetRows(); // the last batch, and the cart
     return { handedBytes, handedFiles };
   }
 
