@@ -87,10 +87,11 @@ export async function serveDownload(
           const files = await StagedFiles.load(store, cart, volume);
           // Fewer rows: removed (DELETE, replace, purge) between the status read and now.
           if (files.length !== cart.fileCount) return null;
-          // A manifest the cart did not ask for: staging measured no SHA-256s for it.
-          if (cartBundleOptions(cart, asked).manifest && files.unmeasured) {
-            await files.measureSha256(store);
-          }
+          // A manifest the cart did not ask for: staging measured no SHA-256s for it; a zip
+          // asked for before the pass after ready ended: CRC-32s of big files are left.
+          const sha256 = cartBundleOptions(cart, asked).manifest && files.unmeasured > 0;
+          const crc32 = asked.format === "zip" && files.unmeasuredCrc32 > 0;
+          if (sha256 || crc32) await files.measure(store, { sha256, crc32 });
           return files;
         }),
     );

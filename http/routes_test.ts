@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { crc32 } from "node:zlib";
 import { planCartBundle } from "../lib/bundle/cart_bundle.ts";
 import { StagedFiles } from "../lib/bundle/staged_files.ts";
 import { loadConfig } from "../lib/config/config.ts";
@@ -16,8 +17,11 @@ import { CartStore } from "../lib/store/store.ts";
 import { Volume } from "../lib/volume/volume.ts";
 import { type CartApp, cartRoutes } from "./routes.ts";
 
-/** A store holding the ready cart `uid` of one file, and `apps` apps on it. */
-async function readyCart(uid: string, apps: number) {
+/**
+ * A store holding the ready cart `uid` of one file, and `apps` apps on it; `crc32` is what
+ * staging recorded of the file (null: not measured, as for a big file piped to disk).
+ */
+async function readyCart(uid: string, apps: number, crc32: number | null = 0) {
   const dir = await Deno.makeTempDir({ prefix: "routes_test_" });
   const db = openSqlite(join(dir, "cartd.sqlite3"));
   await syncSchema(db);
@@ -28,7 +32,7 @@ async function readyCart(uid: string, apps: number) {
   await volume.prepare(cart.id);
   const bytes = new Uint8Array(256 * 1024).fill(97);
   await Deno.writeFile(volume.filePath(cart.id, 0), bytes);
-  const facts = { size: bytes.length, mtime: 0, sha256: "0".repeat(64), crc32: 0 };
+  const facts = { size: bytes.length, mtime: 0, sha256: "0".repeat(64), crc32 };
   await store.fileStaged(cart.id, 0, facts);
   assert.ok(await store.startStaging(cart.id, null), "the cart moves to staging");
   assert.ok(await store.startBundling(cart.id, null), "the cart moves to bundling");
@@ -45,10 +49,14 @@ async function readyCart(uid: string, apps: number) {
   }
   return {
     cartId: cart.id,
+    store,
+    bytes,
     apps: made,
     cancellations,
-    get: (app: CartApp, headers: Record<string, string> = {}) =>
-      app.fetch(new Request(`http://cartd/${uid}`, { headers: { host: "cartd", ...headers } })),
+    get: (app: CartApp, headers: Record<string, string> = {}, query = "") =>
+      app.fetch(
+        new Request(`http://cartd/${uid}${query}`, { headers: { host: "cartd", ...headers } }),
+      ),
     async [Symbol.asyncDispose]() {
       await queue.close();
       await db.close();
@@ -82,6 +90,34 @@ Deno.test("GET with If-None-Match naming the bundle's ETag answers 304 without a
   const other = await w.get(app, { "If-None-Match": '"stale"' });
   assert.equal(other.status, 200, "another tag: the whole bundle");
   assert.equal((await other.arrayBuffer()).byteLength, Number(full.headers.get("content-length")));
+});
+
+Deno.test("a zip of files staged without a CRC-32 measures them first, and the tar's ETag stays", async () => {
+  await using w = await readyCart("zc", 1, null);
+  const [app] = w.apps;
+  const tar = await w.get(app);
+  assert.equal(tar.status, 200, "a tar needs no CRC-32");
+  const etag = tar.headers.get("etag");
+  assert.equal((await tar.arrayBuffer()).byteLength, Number(tar.headers.get("content-length")));
+  const zip = await w.get(app, {}, "?format=zip");
+  assert.equal(zip.status, 200);
+  const path = await Deno.makeTempFile({ suffix: ".zip" });
+  try {
+    await Deno.writeFile(path, new Uint8Array(await zip.arrayBuffer()));
+    // Python's zipfile checks the member's CRC-32 against its bytes.
+    const check = await new Deno.Command("python3", {
+      args: ["-c", "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).testzip())", path],
+    }).output();
+    assert.equal(new TextDecoder().decode(check.stdout).trim(), "None");
+  } finally {
+    await Deno.remove(path);
+  }
+  const rows = [];
+  for await (const f of w.store.eachFile(w.cartId)) rows.push(f.crc32);
+  assert.deepEqual(rows, [crc32(w.bytes) >>> 0], "recorded, so the next zip reads nothing");
+  const after = await w.get(app);
+  assert.equal(after.headers.get("etag"), etag);
+  await after.body?.cancel();
 });
 
 Deno.test("two app instances in one process do not share their downloads in flight", async () => {

@@ -34,7 +34,7 @@ export async function bundleCart(run: CartRun): Promise<void> {
   const { cart, signal, owner, deps: { store, volume, pool, space } } = run;
   const files = await checkedFiles(run);
   // Files linked from another cart's copies (worker/shares.ts) may come without a SHA-256.
-  if (cart.manifest && files.unmeasured) await files.measureSha256(store, signal);
+  if (cart.manifest && files.unmeasured) await files.measure(store, { sha256: true }, signal);
   const readyAt = Date.now();
   // The plan's folder times come from readyAt: the cart is planned as it will be when ready.
   const ready = { ...cart, readyAt };
@@ -54,6 +54,37 @@ export async function bundleCart(run: CartRun): Promise<void> {
   await space.settle(cart.id, held).catch((e) =>
     log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
   );
+  await measureCrc32(run, files);
+}
+
+/**
+ * The CRC-32s that staging did not measure (big files piped to disk, which it does not read
+ * back only for them), measured once the cart is ready: a zip needs them, and the first zip
+ * asked for then starts at once, as the cart's tar does. The cart is downloadable meanwhile
+ * (a zip asked for before this ends measures what is left itself); a failure here only
+ * leaves that to the zip.
+ */
+async function measureCrc32(run: CartRun, files: StagedFiles): Promise<void> {
+  const { cart, signal, deps: { store } } = run;
+  const missing = files.unmeasuredCrc32;
+  if (!missing) return;
+  const started = performance.now();
+  try {
+    await files.measure(store, { crc32: true }, signal);
+    log.debug("measured the CRC-32s staging left for a zip", {
+      uid: cart.uid,
+      cart: cart.id,
+      files: missing,
+      ms: Math.round(performance.now() - started),
+    });
+  } catch (e) {
+    if (signal.aborted) return;
+    log.warn("could not measure the CRC-32s for a zip; the first zip will", {
+      uid: cart.uid,
+      cart: cart.id,
+      error: errorMessage(e),
+    });
+  }
 }
 
 /** The cart's staged files, each checked on disk; those missing are fetched again first. */

@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { crc32 } from "node:zlib";
 import { ArchiveClient } from "../lib/archive/client.ts";
 import type { CartDocument } from "../lib/cart/document.ts";
 import type { CartStatus } from "../lib/cart/state.ts";
@@ -176,6 +177,34 @@ Deno.test("a cart goes waiting → staging → bundling → ready, its files and
   const tar = await Deno.stat(r.volume.bundlePath(cart.id));
   assert.ok(tar.size > 11, `the tar holds the files (${tar.size} bytes)`);
   assert.equal(ready.reservedBytes, 11 + tar.size, "the reservation is what the cart holds");
+});
+
+Deno.test("a big file piped without a hash gets its CRC-32 after ready, in the same work", async () => {
+  await using r = await rig();
+  const queue = new MemoryQueue();
+  const worker = r.worker(queue);
+  await worker.start();
+  r.archive.put("big", { size: (1 << 20) + 123 }); // over the one-write size: piped to disk
+  r.archive.put("small", "small one");
+  const cart = await r.post("crc-1", ["big", "small"], false);
+  const moves = recordMoves(r.store, cart.id);
+  const ready = Promise.withResolvers<number | null>();
+  // What the big file's row holds at the moment the cart is made ready.
+  const { markReady } = r.store;
+  r.store.markReady = async (id, ...rest) => {
+    for await (const f of r.store.eachFile(id)) if (f.idx === 0) ready.resolve(f.crc32);
+    return await markReady.call(r.store, id, ...rest);
+  };
+  const ended = workEnded(worker, cart.id);
+  await queue.publish(cart.id);
+  await ended;
+  assert.deepEqual(moves, ["staging", "bundling", "ready"]);
+  assert.equal(await ready.promise, null, "staging did not read the big file back");
+  const rows = [];
+  for await (const f of r.store.eachFile(cart.id)) rows.push(f);
+  const bytes = [await r.archive.bytes("big"), await r.archive.bytes("small")];
+  assert.deepEqual(rows.map((f) => f.crc32), bytes.map((b) => crc32(b) >>> 0));
+  assert.deepEqual(rows.map((f) => f.sha256), [null, null], "no manifest: no SHA-256 measured");
 });
 
 Deno.test("a stopped worker hands its carts back, and another worker finishes them", async () => {

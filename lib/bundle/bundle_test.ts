@@ -429,20 +429,24 @@ Deno.test("bundle: the ETag depends on everything that determines the bytes", ()
   const base = planBundle([file], options()).etag;
   assert.match(base, /^"[0-9a-f]{40}"$/);
   assert.equal(planBundle([{ ...file, source: "/elsewhere" }], options()).etag, base);
-  // Without a manifest no byte depends on the SHA-256 (staging may not have measured it).
+  // Without a manifest no byte depends on the SHA-256, and no tar byte on the CRC-32 (staging
+  // may not have measured them, and measuring them later must not change the tar's ETag).
   assert.equal(planBundle([{ ...file, sha256: "0".repeat(64) }], options()).etag, base);
+  assert.equal(planBundle([{ ...file, crc32: 1 }], options()).etag, base);
+  const zip = planBundle([file], options({ format: "zip" })).etag;
   const variants = [
     planBundle([{ ...file, path: "a/c.txt" }], options()),
     planBundle([{ ...file, size: 7 }], options()),
     planBundle([{ ...file, mtime: MTIME + 1 }], options()),
     planBundle([{ ...file, sha256: "0".repeat(64) }], options({ manifest: true })),
-    planBundle([{ ...file, crc32: 1 }], options()),
+    planBundle([{ ...file, crc32: 1 }], options({ format: "zip" })),
     planBundle([file], options({ format: "zip" })),
     planBundle([file], options({ top: "other" })),
     planBundle([file], options({ manifest: true })),
     planBundle([file], options({ mtime: MTIME + 1 })),
   ].map((b) => b.etag);
   assert.equal(new Set([base, ...variants]).size, variants.length + 1);
+  assert.ok(variants.includes(zip));
 });
 
 Deno.test("bundle: invalid plans are refused with a message naming the problem", () => {
@@ -629,7 +633,7 @@ Deno.test("bundle: a cart's files in columns (StagedFiles) give the same bytes a
       idx,
       sizes: Float64Array.from(listed.map((f) => f.size)),
       mtimes: Float64Array.from(listed.map((f) => f.mtime)),
-      crc32: Uint32Array.from(listed.map((f) => f.crc32)),
+      crc32: Float64Array.from(listed.map((f) => f.crc32)),
     };
     const table = new StagedFiles(structuredClone(columns)); // as a thread receives it
     assert.equal(table.length, listed.length);

@@ -60,7 +60,10 @@ export interface BundleFile {
   source: string;
   /** Lowercase hex SHA-256 of the file; read only for a bundle with a manifest. */
   sha256: string;
-  /** Unsigned CRC-32 of the file, computed at staging. */
+  /**
+   * Unsigned CRC-32 of the file; read only for a zip (staging measures it for the files it
+   * reads anyway, a zip asked for later measures the rest).
+   */
   crc32: number;
 }
 
@@ -197,7 +200,7 @@ class FileEntry implements Entry {
   }
 }
 
-function checkFile(file: BundleFile, index: number, manifest: boolean): void {
+function checkFile(file: BundleFile, index: number, options: BundleOptions): void {
   const where = `Bundle file ${index} ("${file.path}")`;
   const p = file.path;
   if (typeof p !== "string" || p.length === 0 || p.startsWith("/") || p.endsWith("/")) {
@@ -212,11 +215,13 @@ function checkFile(file: BundleFile, index: number, manifest: boolean): void {
   if (!Number.isFinite(file.mtime)) {
     throw new RangeError(`${where}: mtime ${file.mtime} is not finite`);
   }
-  // Only a manifest reads the SHA-256 (a file staged without one may have none).
-  if (manifest && !SHA256_HEX.test(file.sha256)) {
+  // Only a manifest reads the SHA-256, and only a zip the CRC-32 (a file staged without
+  // them may have none).
+  if (options.manifest && !SHA256_HEX.test(file.sha256)) {
     throw new TypeError(`${where}: sha256 "${file.sha256}" is not 64 lowercase hex digits`);
   }
-  if (!Number.isInteger(file.crc32) || file.crc32 < 0 || file.crc32 > 0xffffffff) {
+  const zip = options.format === "zip";
+  if (zip && (!Number.isInteger(file.crc32) || file.crc32 < 0 || file.crc32 > 0xffffffff)) {
     throw new RangeError(`${where}: crc32 ${file.crc32} is not an unsigned 32-bit integer`);
   }
   if (typeof file.source !== "string" || file.source.length === 0) {
@@ -290,7 +295,7 @@ function buildEntries(files: FileList, options: BundleOptions): Entry[] {
   const dirs = new Set<string>();
   const paths = new Set<string>();
   eachOf(files, (file, index) => {
-    checkFile(file, index, options.manifest);
+    checkFile(file, index, options);
     if (paths.has(file.path) || dirs.has(file.path)) {
       throw new TypeError(`Bundle file ${index} ("${file.path}") collides with an earlier entry`);
     }
@@ -314,10 +319,18 @@ function computeEtag(files: FileList, options: BundleOptions): string {
   hash.update(
     JSON.stringify([LAYOUT_VERSION, options.format, options.top, options.manifest, options.mtime]),
   );
-  // What the bytes are made of: the SHA-256s only when a manifest carries them (a file staged
-  // without one has none until a manifest asks for it, and the tar's ETag must not change then).
+  // What the bytes are made of: the SHA-256s only when a manifest carries them, the CRC-32s
+  // only in a zip (a file staged without them has none until a bundle asks for them, and the
+  // tar's ETag must not change then).
+  const zip = options.format === "zip";
   eachOf(files, (f) => {
-    const facts = [f.path, f.size, f.mtime, ...(options.manifest ? [f.sha256] : []), f.crc32];
+    const facts = [
+      f.path,
+      f.size,
+      f.mtime,
+      ...(options.manifest ? [f.sha256] : []),
+      ...(zip ? [f.crc32] : []),
+    ];
     hash.update("\n" + JSON.stringify(facts));
   });
   return `"${hash.digest("hex").slice(0, 40)}"`;

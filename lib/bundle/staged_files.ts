@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
+import { crc32 } from "node:zlib";
 import type { BundleFile, FileList } from "./plan.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import { Volume } from "../volume/volume.ts";
@@ -27,7 +28,7 @@ export interface StagedColumns {
   paths: string[];
   /**
    * Lowercase hex SHA-256s; null for a staged file whose SHA-256 staging did not measure
-   * (see {@linkcode StagedFiles.measureSha256}).
+   * (see {@linkcode StagedFiles.measure}).
    */
   sha256: (string | null)[];
   /** Document positions (`fileids` indexes), which name the staged files. */
@@ -36,8 +37,8 @@ export interface StagedColumns {
   sizes: Float64Array;
   /** Modification times, seconds since the epoch. */
   mtimes: Float64Array;
-  /** CRC-32s. */
-  crc32: Uint32Array;
+  /** CRC-32s; {@linkcode UNMEASURED} for a staged file whose CRC-32 staging did not measure. */
+  crc32: Float64Array;
 }
 
 /**
@@ -85,11 +86,12 @@ export class StagedFiles implements FileList {
       idx: new Uint32Array(n),
       sizes: new Float64Array(n),
       mtimes: new Float64Array(n),
-      crc32: new Uint32Array(n),
+      crc32: new Float64Array(n),
     };
     for await (const f of store.eachFile(cart.id)) {
       // The SHA-256 may be missing: staging measures it only for a manifest.
-      const staged = f.status === "staged" && f.size !== null && f.crc32 !== null;
+      // …and so may the CRC-32: a big file piped to disk is not read back only for it.
+      const staged = f.status === "staged" && f.size !== null;
       if (!staged && !sizesOnly) {
         throw new Error(`fileids[${f.idx}] (id ${f.archiveId}) is not staged`);
       }
@@ -101,7 +103,7 @@ export class StagedFiles implements FileList {
       c.idx[i] = f.idx;
       c.sizes[i] = f.size ?? 0;
       c.mtimes[i] = f.mtime ?? 0;
-      c.crc32[i] = f.crc32 ?? 0;
+      c.crc32[i] = staged ? f.crc32 ?? UNMEASURED : 0;
     }
     return new StagedFiles(c);
   }
@@ -142,27 +144,57 @@ export class StagedFiles implements FileList {
     return n;
   }
 
+  /** How many staged files have no CRC-32 yet (a zip needs them). */
+  get unmeasuredCrc32(): number {
+    let n = 0;
+    for (let i = 0; i < this.columns.length; i++) if (this.columns.crc32[i] === UNMEASURED) n++;
+    return n;
+  }
+
   /**
-   * Measures the SHA-256 of every staged file that has none (staging measures it only for a
-   * cart that asked for a manifest), reading the staged bytes once each, and records them in
-   * `store`: what a manifest asked for at download time needs before it is planned. A file
-   * measured once is not read again by later downloads.
+   * Measures what `need` names and staging did not (it measures a SHA-256 only for a cart
+   * that asked for a manifest, and no CRC-32 for a big file it piped to disk), reading each
+   * such staged file once, and records the sums in `store`: what a bundle with a manifest, or
+   * a zip, needs before it is planned. A file measured once is not read again.
+   *
+   * @example
+   * ```ts ignore
+   * const files = await StagedFiles.load(store, cart, volume);
+   * if (files.unmeasuredCrc32) await files.measure(store, { crc32: true });
+   * ```
    */
-  async measureSha256(store: CartStore, signal?: AbortSignal): Promise<void> {
-    const measured: { idx: number; sha256: string }[] = [];
+  async measure(
+    store: CartStore,
+    need: { sha256?: boolean; crc32?: boolean },
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const c = this.columns;
+    const shas: { idx: number; sha256: string }[] = [];
+    const crcs: { idx: number; crc32: number }[] = [];
+    const record = async (least: number) => {
+      if (shas.length >= least) await store.setSha256(c.cartId, shas.splice(0));
+      if (crcs.length >= least) await store.setCrc32(c.cartId, crcs.splice(0));
+    };
     const buf = new Uint8Array(1 << 20);
-    for (let i = 0; i < this.columns.length; i++) {
-      if (this.columns.sha256[i] !== null) continue;
+    for (let i = 0; i < c.length; i++) {
+      const hash: Hash | undefined = need.sha256 && c.sha256[i] === null
+        ? createHash("sha256")
+        : undefined;
+      const sumCrc = need.crc32 === true && c.crc32[i] === UNMEASURED;
+      if (!hash && !sumCrc) continue;
       signal?.throwIfAborted();
-      const hash = createHash("sha256");
+      let crc = 0;
       using file = await Deno.open(this.source(i), { read: true });
-      for (let n; (n = await file.read(buf)) !== null;) hash.update(buf.subarray(0, n));
-      const sha256 = hash.digest("hex");
-      this.columns.sha256[i] = sha256;
-      measured.push({ idx: this.columns.idx[i], sha256 });
-      if (measured.length >= 256) await store.setSha256(this.columns.cartId, measured.splice(0));
+      for (let n; (n = await file.read(buf)) !== null;) {
+        const bytes = buf.subarray(0, n);
+        hash?.update(bytes);
+        if (sumCrc) crc = crc32(bytes, crc);
+      }
+      if (hash) shas.push({ idx: c.idx[i], sha256: c.sha256[i] = hash.digest("hex") });
+      if (sumCrc) crcs.push({ idx: c.idx[i], crc32: c.crc32[i] = crc >>> 0 });
+      await record(256);
     }
-    await store.setSha256(this.columns.cartId, measured);
+    await record(1);
   }
 
   /** The sum of the files' sizes. */
@@ -174,6 +206,9 @@ export class StagedFiles implements FileList {
 }
 
 const ZERO_SHA256 = "0".repeat(64);
+
+/** The CRC-32 column's mark of a CRC-32 not measured (no CRC-32 is negative). */
+export const UNMEASURED: number = -1;
 
 /** One row of {@linkcode StagedFiles}; `source` is worked out when it is read. */
 class StagedFileView implements BundleFile {
@@ -192,13 +227,20 @@ class StagedFileView implements BundleFile {
     if (sha256 === null) {
       throw new Error(
         `fileids[${this.files.idx(this.i)}]: its SHA-256 was not measured at staging; ` +
-          "StagedFiles.measureSha256 measures it before a bundle with a manifest is planned",
+          "StagedFiles.measure measures it before a bundle with a manifest is planned",
       );
     }
     return sha256;
   }
   get crc32(): number {
-    return this.files.columns.crc32[this.i];
+    const crc32 = this.files.columns.crc32[this.i];
+    if (crc32 === UNMEASURED) {
+      throw new Error(
+        `fileids[${this.files.idx(this.i)}]: its CRC-32 was not measured at staging; ` +
+          "StagedFiles.measure measures it before a zip is planned",
+      );
+    }
+    return crc32;
   }
   get source(): string {
     return this.files.source(this.i);

@@ -20,11 +20,15 @@ export interface StagedFacts {
   /**
    * Lowercase hex SHA-256 of the bytes; null when staging did not measure it (it does only
    * for a cart that asked for a manifest, or that checks a sha256 of its own): a manifest
-   * asked for later measures it then (`StagedFiles.measureSha256`, lib/bundle/staged_files.ts).
+   * asked for later measures it then (`StagedFiles.measure`, lib/bundle/staged_files.ts).
    */
   sha256: string | null;
-  /** Unsigned CRC-32 of the bytes (as zlib and tar tools compute it). */
-  crc32: number;
+  /**
+   * Unsigned CRC-32 of the bytes (as zlib and zip tools compute it); null when staging did not
+   * measure it (a big file piped to disk is not read back only for it): a zip measures it
+   * then, or the pass after the cart is ready (`StagedFiles.measure`).
+   */
+  crc32: number | null;
 }
 
 /**

@@ -4,9 +4,10 @@
  * HEAD ({@linkcode headFile}: a 5xx is asked again for a while before the file counts as
  * missing) → while on tape: stage POST, poll HEAD with a growing delay, re-POST now and then,
  * give up after a limit → GET written to `dest.part` (a file that fits one write as it
- * arrives; a bigger one piped to disk by the runtime and read from the page cache behind the
- * pipe, ./tail_sums.ts) with crc32, the requested hash, and sha256 when `measureSha256` asks
- * for it computed in the same thread, size checked against `X-Content-Length`, retried with a
+ * arrives, with its crc32; a bigger one piped to disk by the runtime, and read from the page
+ * cache behind the pipe, ./tail_sums.ts, only when a hash is wanted: its crc32 is then summed
+ * too, else left null for a zip to measure) with the requested hash, and sha256 when
+ * `measureSha256` asks for it, computed in the same thread, size checked against `X-Content-Length`, retried with a
  * growing delay when short / corrupt / failed → mtime from `Last-Modified` → rename to `dest`.
  *
  * The worker does not wait for tape here: it recalls files with the process's one
@@ -428,6 +429,10 @@ async function download(
       ? createHash(job.hashtype)
       : undefined;
     const whole = expected <= WRITE_CHUNK;
+    // A piped file is read back for a hash, but not for its CRC-32 alone: that pass cost 10 %
+    // of the time of 16 × 64 MiB (it holds the thread the other pipes need, bench/bigfiles.ts),
+    // and only a zip needs the CRC-32 (measured once the cart is ready, worker/bundle_cart.ts).
+    const readBack = sha256 !== undefined || wanted !== undefined;
     if (!whole) {
       try {
         file = await createPart(part);
@@ -453,7 +458,7 @@ async function download(
             lastByte = performance.now();
           }
         }, () => {});
-        tail.catchUp(TAIL_BUDGET_MS);
+        if (readBack) tail.catchUp(TAIL_BUDGET_MS);
       }
       if (performance.now() - lastByte >= idleMs) {
         ctl.abort(
@@ -465,7 +470,7 @@ async function download(
       }
     }, whole ? watchMs : Math.min(watchMs, TAIL_TICK_MS));
 
-    let crc = 0;
+    let crc: number | null = 0;
     if (tail) {
       written = await pipeToPart(job, part, body, file!, expected, signal, fetchSignal, ctl.signal);
       file = undefined; // the pipe closed it
@@ -473,20 +478,7 @@ async function download(
       // 2 cores: 1.3–1.8 s of CPU per GiB with the sums, against 2.2–2.7 s reading the chunks
       // here; bench/bigfiles.ts); the sums read behind it, so only the last tick's bytes are
       // left to read now.
-      try {
-        await tail.finish(signal);
-      } catch (err) {
-        if (signal?.aborted) throw signal.reason;
-        throw fsError(job, err, "could not read back");
-      }
-      if (tail.bytes !== written) {
-        throw fsError(
-          job,
-          new Error(`read back ${tail.bytes} of the ${written} bytes written`),
-          "could not read back",
-        );
-      }
-      crc = tail.crc32;
+      crc = readBack ? await finishSums(job, tail, written, signal) : null;
     }
     // No bigger than the file: a 1 KiB file must not cost a 1 MiB buffer (they add up fast
     // between garbage collections when a cart has thousands of small files).
@@ -503,7 +495,7 @@ async function download(
       writing.catch(() => {}); // handled below; avoids an unhandled rejection if hashing throws
       sha256?.update(data);
       wanted?.update(data);
-      crc = crc32(data, crc);
+      crc = crc32(data, crc ?? 0);
       try {
         await writing;
       } catch (err) {
@@ -598,7 +590,7 @@ async function download(
       size: written,
       mtime: status.mtime,
       sha256: sha256Hex,
-      crc32: crc >>> 0,
+      crc32: crc === null ? null : crc >>> 0,
       key: info && contentKey(info),
     };
   } finally {
@@ -622,6 +614,33 @@ async function download(
       });
     }
   }
+}
+
+/**
+ * Reads and sums what `tail` has left of a piped file of `written` bytes; returns its CRC-32.
+ *
+ * @throws {StageError} when the file could not be read back whole.
+ */
+async function finishSums(
+  job: StageJob,
+  tail: TailSums,
+  written: number,
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  try {
+    await tail.finish(signal);
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    throw fsError(job, err, "could not read back");
+  }
+  if (tail.bytes !== written) {
+    throw fsError(
+      job,
+      new Error(`read back ${tail.bytes} of the ${written} bytes written`),
+      "could not read back",
+    );
+  }
+  return tail.crc32;
 }
 
 /**

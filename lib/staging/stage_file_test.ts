@@ -86,21 +86,24 @@ Deno.test("a file on disk is staged with size, sha256, crc32 and mtime", async (
   assert.deepEqual(t.fake.counts("1234"), { head: 1, post: 0, get: 1 });
 });
 
-Deno.test("measureSha256 false: no SHA-256 (null), the CRC-32 and a requested hash still checked", async () => {
+Deno.test("measureSha256 false: no SHA-256 (null); a big file's CRC-32 only with a hash to read it back for", async () => {
   await using t = await setup();
   t.fake.put("big", { size: 3_000_001 });
   const bytes = await t.fake.bytes("big");
   const sha256 = createHash("sha256").update(bytes).digest("hex");
   const plain = await stageFile(t.job("big", { measureSha256: false }), FAST);
+  // Piped and not read back: no sums at all (a zip measures the CRC-32 later).
   assert.equal(plain.sha256, null);
-  assert.equal(plain.crc32, crc32(bytes) >>> 0);
+  assert.equal(plain.crc32, null);
   assert.equal(plain.size, bytes.byteLength);
-  // A sha256 to check is measured anyway, and is the file's SHA-256.
+  await assertStaged(t.fake, "big", t.job("big").dest);
+  // A sha256 to check is measured anyway, and is the file's SHA-256; the CRC-32 comes along.
   const checked = await stageFile(
     t.job("big", { measureSha256: false, hashtype: "sha256", hashsum: sha256 }),
     FAST,
   );
   assert.equal(checked.sha256, sha256);
+  assert.equal(checked.crc32, crc32(bytes) >>> 0);
   // Another hash type is checked without a SHA-256: a wrong one still fails.
   const md5 = createHash("md5").update(bytes).digest("hex");
   const other = await stageFile(
@@ -108,6 +111,11 @@ Deno.test("measureSha256 false: no SHA-256 (null), the CRC-32 and a requested ha
     FAST,
   );
   assert.equal(other.sha256, null);
+  assert.equal(other.crc32, crc32(bytes) >>> 0);
+  // A small file, written in one call, has its CRC-32 at no cost.
+  t.fake.put("small", { size: 1000 });
+  const small = await stageFile(t.job("small", { measureSha256: false }), FAST);
+  assert.equal(small.crc32, crc32(await t.fake.bytes("small")) >>> 0);
   await assert.rejects(
     stageFile(t.job("big", { measureSha256: false, hashtype: "md5", hashsum: "0".repeat(32) }), {
       ...FAST,

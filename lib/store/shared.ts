@@ -41,8 +41,8 @@ export interface StoredCopy {
   hashsum: string | null;
   /** The SHA-256 staging measured, or null when it measured none (no manifest asked for it). */
   sha256: string | null;
-  /** The CRC-32 staging measured. */
-  crc32: number;
+  /** The CRC-32 staging measured, or null when it measured none (a big file piped to disk). */
+  crc32: number | null;
   /** The content key of its bytes (null for a row staged before schema 7). */
   contentKey: string | null;
 }
@@ -56,10 +56,11 @@ async function lockSpace(tx: Db): Promise<void> {
 
 /**
  * Which rows of `cart_files f` (joined to `carts c`) another cart may link to: staged, of a
- * live cart, with its CRC-32 measured. One condition for {@linkcode copiesOf} and
+ * live cart (its sums may be still unmeasured: the linking cart measures what it needs, as the
+ * holder would). One condition for {@linkcode copiesOf} and
  * {@linkcode stagedElsewhere}, so the hint never disagrees with the look-up.
  */
-const REUSABLE = "f.status = 'staged' AND c.live_uid IS NOT NULL AND f.crc32 IS NOT NULL";
+const REUSABLE = "f.status = 'staged' AND c.live_uid IS NOT NULL";
 
 /**
  * `f.archive_id` as its bytes: MySQL's collations hold `X` and `x` (and `x` and `x `) equal,
@@ -97,7 +98,7 @@ export async function copiesOf(
     hashtype: r.hashtype === null ? null : String(r.hashtype),
     hashsum: r.hashsum === null ? null : String(r.hashsum),
     sha256: r.sha256 === null ? null : String(r.sha256),
-    crc32: Number(r.crc32 ?? 0),
+    crc32: r.crc32 === null ? null : Number(r.crc32),
     contentKey: r.content_key === null ? null : String(r.content_key),
   }));
 }

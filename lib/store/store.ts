@@ -756,6 +756,14 @@ export class CartStore {
     await this.#updateFiles(cartId, files, { sha256: (f) => f.sha256 });
   }
 
+  /** Records CRC-32s measured after staging (for a zip, or by the pass after ready). */
+  async setCrc32(
+    cartId: string,
+    files: readonly { idx: number; crc32: number }[],
+  ): Promise<void> {
+    await this.#updateFiles(cartId, files, { crc32: (f) => f.crc32 });
+  }
+
   /** Records the cart's total size once every file's size is known. */
   async setTotalBytes(cartId: string, total: number): Promise<void> {
     await this.db.run("UPDATE carts SET total_bytes = ?, updated_at = ? WHERE id = ?", [
