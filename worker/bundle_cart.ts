@@ -27,10 +27,11 @@ const CHECKS_IN_FLIGHT = 32;
  * has the tar of a `"bundle": true` cart written in a thread, and moves the cart to `ready`
  * with the size and ETag of its default download (the written tar, or for another cart the
  * tar it would get, planned here). Either way the plan is made once, by `planCartBundle`.
- * Throws {@linkcode Stopped} when the cart cannot be moved (deleted, replaced, or its claim
- * lost), or what fetching and writing threw.
+ * Returns the files it checked (for {@linkcode measureCrc32}). Throws {@linkcode Stopped} when
+ * the cart cannot be moved (deleted, replaced, or its claim lost), or what fetching and writing
+ * threw.
  */
-export async function bundleCart(run: CartRun): Promise<void> {
+export async function bundleCart(run: CartRun): Promise<StagedFiles> {
   const { cart, signal, owner, deps: { store, volume, pool, space } } = run;
   const files = await checkedFiles(run);
   // Files linked from another cart's copies (worker/shares.ts) may come without a SHA-256.
@@ -54,7 +55,7 @@ export async function bundleCart(run: CartRun): Promise<void> {
   await space.settle(cart.id, held).catch((e) =>
     log.warn("could not settle the reservation", { cart: cart.id, error: errorMessage(e) })
   );
-  await measureCrc32(run, files);
+  return files;
 }
 
 /**
@@ -64,7 +65,7 @@ export async function bundleCart(run: CartRun): Promise<void> {
  * (a zip asked for before this ends measures what is left itself); a failure here only
  * leaves that to the zip.
  */
-async function measureCrc32(run: CartRun, files: StagedFiles): Promise<void> {
+export async function measureCrc32(run: CartRun, files: StagedFiles): Promise<void> {
   const { cart, signal, deps: { store } } = run;
   const missing = files.unmeasuredCrc32;
   if (!missing) return;

@@ -6,6 +6,7 @@
  * claim → waiting → staging   (./stage_cart.ts: sizes, space, files fetched in threads)
  *                 → bundling  (./bundle_cart.ts: files checked, tar planned and written)
  *                 → ready     (or error: ./errors.ts classifies what went wrong)
+ *                 → the CRC-32s staging left, measured for a zip (./bundle_cart.ts)
  * ```
  *
  * The database is the truth: the dispatcher claims a cart for a while and renews the claim
@@ -27,7 +28,7 @@ import { hostname } from "node:os";
 import type { Cart } from "../lib/store/store.ts";
 import { sleep } from "../lib/util/backoff.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
-import { bundleCart } from "./bundle_cart.ts";
+import { bundleCart, measureCrc32 } from "./bundle_cart.ts";
 import type { CartRun, WorkerDeps } from "./context.ts";
 import { CartFailure, type Classified, classify, Stopped } from "./errors.ts";
 import { stageCart } from "./stage_cart.ts";
@@ -228,8 +229,9 @@ export class CartWorker {
       await stageCart(run);
       if (!(await store.startBundling(cart.id, this.owner))) throw new Stopped("gone");
     }
-    await bundleCart(run);
+    const files = await bundleCart(run);
     log.info("cart ready", { uid: cart.uid, cart: cart.id, ms: Date.now() - started });
+    await measureCrc32(run, files);
   }
 
   /**

@@ -10,7 +10,7 @@
 import type { Db } from "../db/db.ts";
 
 /** The schema version this build of cartd writes and reads. */
-export const SCHEMA_VERSION = 7;
+export const SCHEMA_VERSION = 8;
 
 /** The version that gives carts an owner, and makes uids unique per owner (issue 17). */
 export const OWNER_VERSION = 5;
@@ -107,6 +107,13 @@ function tables(dialect: Db["dialect"], found: number): string[] {
  *   process is recalling or fetching (by the SHA-256 of its id), so that two workers never
  *   work on one file at once. Indexes on `cart_files.archive_id` (to find a stored copy) and
  *   `content_key` (to hand a shared file's count over when a cart goes).
+ * - 8: no table changes; a staged file's `crc32` may be NULL (a big file piped to disk without
+ *   a hash: its CRC-32 is measured once the cart is ready, or by the first zip). A cartd of
+ *   version 7 would take such a file for one not staged, so it must not run on this database
+ *   (it refuses a newer schema at start). The tar's ETag no longer names the CRC-32s, so the
+ *   ETag of a cart made ready before is new once (a download resumed across the upgrade
+ *   starts again from its first byte; its `download_etag` in `GET /{uid}/status` stays the
+ *   old one).
  */
 const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>> = {
   2: (dialect) => {
@@ -189,6 +196,7 @@ const MIGRATIONS: Readonly<Record<number, (dialect: Db["dialect"]) => string[]>>
       "CREATE INDEX file_claims_owner ON file_claims (owner)",
     ];
   },
+  8: () => [],
 };
 
 /** Errors of DDL whose work is already done: an index or a column that exists, or a dropped one. */
