@@ -5,11 +5,12 @@
  *
  * @module
  */
-import { createHash, type Hash } from "node:crypto";
+import { createHash } from "node:crypto";
 import { crc32 } from "node:zlib";
 import type { BundleFile, FileList } from "./plan.ts";
 import type { Cart, CartStore } from "../store/store.ts";
 import { Volume } from "../volume/volume.ts";
+import { forEachLimited } from "../util/limit.ts";
 
 /**
  * The columns of {@linkcode StagedFiles}: plain data, so that it crosses to a thread
@@ -154,8 +155,11 @@ export class StagedFiles implements FileList {
   /**
    * Measures what `need` names and staging did not (it measures a SHA-256 only for a cart
    * that asked for a manifest, and no CRC-32 for a big file it piped to disk), reading each
-   * such staged file once, and records the sums in `store`: what a bundle with a manifest, or
-   * a zip, needs before it is planned. A file measured once is not read again.
+   * such staged file once, {@linkcode MEASURE_IN_FLIGHT} files at a time, and records the sums
+   * in `store`: what a bundle with a manifest, or a zip, needs before it is planned. A file
+   * measured once is not read again. In one process, a second call for the same cart while
+   * one runs waits for it (the pass after ready and a zip asked meanwhile read the files once),
+   * then measures whatever is still missing.
    *
    * @example
    * ```ts ignore
@@ -169,31 +173,83 @@ export class StagedFiles implements FileList {
     signal?: AbortSignal,
   ): Promise<void> {
     const c = this.columns;
+    for (let running; (running = measuring.get(c.cartId));) {
+      await running.then(() => {}, () => {});
+      signal?.throwIfAborted();
+      // What the other call recorded: read back, so that it is not measured twice.
+      await this.#adoptRecorded(store);
+    }
+    const pass = this.#measure(store, need, signal);
+    measuring.set(c.cartId, pass);
+    try {
+      await pass;
+    } finally {
+      if (measuring.get(c.cartId) === pass) measuring.delete(c.cartId);
+    }
+  }
+
+  /** Takes the sums `store` has for the files that have none here. */
+  async #adoptRecorded(store: CartStore): Promise<void> {
+    const c = this.columns;
+    const row = new Map<number, number>();
+    for (let i = 0; i < c.length; i++) {
+      if (c.sha256[i] === null || c.crc32[i] === UNMEASURED) row.set(c.idx[i], i);
+    }
+    if (!row.size) return;
+    for await (const f of store.eachFile(c.cartId)) {
+      const i = row.get(f.idx);
+      if (i === undefined) continue;
+      if (c.sha256[i] === null) c.sha256[i] = f.sha256;
+      if (c.crc32[i] === UNMEASURED && f.crc32 !== null) c.crc32[i] = f.crc32;
+    }
+  }
+
+  async #measure(
+    store: CartStore,
+    need: { sha256?: boolean; crc32?: boolean },
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const c = this.columns;
     const shas: { idx: number; sha256: string }[] = [];
     const crcs: { idx: number; crc32: number }[] = [];
-    const record = async (least: number) => {
-      if (shas.length >= least) await store.setSha256(c.cartId, shas.splice(0));
-      if (crcs.length >= least) await store.setCrc32(c.cartId, crcs.splice(0));
+    // Records are written one batch at a time, whichever lane fills it.
+    let recording: Promise<void> = Promise.resolve();
+    const record = (least: number) => {
+      const sha = shas.length >= least ? shas.splice(0) : [];
+      const crc = crcs.length >= least ? crcs.splice(0) : [];
+      recording = recording.then(async () => {
+        if (sha.length) await store.setSha256(c.cartId, sha);
+        if (crc.length) await store.setCrc32(c.cartId, crc);
+      });
+      return recording;
     };
-    const buf = new Uint8Array(1 << 20);
-    for (let i = 0; i < c.length; i++) {
-      const hash: Hash | undefined = need.sha256 && c.sha256[i] === null
-        ? createHash("sha256")
-        : undefined;
-      const sumCrc = need.crc32 === true && c.crc32[i] === UNMEASURED;
-      if (!hash && !sumCrc) continue;
-      signal?.throwIfAborted();
-      let crc = 0;
-      using file = await Deno.open(this.source(i), { read: true });
-      for (let n; (n = await file.read(buf)) !== null;) {
-        const bytes = buf.subarray(0, n);
-        hash?.update(bytes);
-        if (sumCrc) crc = crc32(bytes, crc);
+    const wanted = function* () {
+      for (let i = 0; i < c.length; i++) {
+        const sha256 = need.sha256 === true && c.sha256[i] === null;
+        const crc = need.crc32 === true && c.crc32[i] === UNMEASURED;
+        if (sha256 || crc) yield { i, sha256, crc };
       }
-      if (hash) shas.push({ idx: c.idx[i], sha256: c.sha256[i] = hash.digest("hex") });
-      if (sumCrc) crcs.push({ idx: c.idx[i], crc32: c.crc32[i] = crc >>> 0 });
-      await record(256);
-    }
+    };
+    const buffers: Uint8Array[] = [];
+    await forEachLimited(wanted(), MEASURE_IN_FLIGHT, async ({ i, sha256, crc }, lane) => {
+      const buf = buffers.pop() ?? new Uint8Array(1 << 20);
+      try {
+        const hash = sha256 ? createHash("sha256") : undefined;
+        let sum = 0;
+        using file = await Deno.open(this.source(i), { read: true });
+        for (let n; (n = await file.read(buf)) !== null;) {
+          lane.throwIfAborted();
+          const bytes = buf.subarray(0, n);
+          hash?.update(bytes);
+          if (crc) sum = crc32(bytes, sum);
+        }
+        if (hash) shas.push({ idx: c.idx[i], sha256: c.sha256[i] = hash.digest("hex") });
+        if (crc) crcs.push({ idx: c.idx[i], crc32: c.crc32[i] = sum >>> 0 });
+        await record(256);
+      } finally {
+        buffers.push(buf);
+      }
+    }, signal);
     await record(1);
   }
 
@@ -206,6 +262,12 @@ export class StagedFiles implements FileList {
 }
 
 const ZERO_SHA256 = "0".repeat(64);
+
+/** How many files {@linkcode StagedFiles.measure} reads at once. */
+export const MEASURE_IN_FLIGHT = 4;
+
+/** The measuring under way in this process, by cart id. */
+const measuring = new Map<string, Promise<void>>();
 
 /** The CRC-32 column's mark of a CRC-32 not measured (no CRC-32 is negative). */
 export const UNMEASURED: number = -1;

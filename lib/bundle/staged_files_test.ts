@@ -103,3 +103,26 @@ Deno.test("StagedFiles.measure reads only the files that lack what is asked, eac
   await Deno.remove(t.volume.filePath(t.cart.id, 0));
   await again.measure(t.store, { sha256: true, crc32: true });
 });
+
+Deno.test("StagedFiles.measure: a second call for the cart while one runs waits for it and reads nothing again", async () => {
+  await using t = await setup();
+  const first = await StagedFiles.load(t.store, t.cart, t.volume);
+  const second = await StagedFiles.load(t.store, t.cart, t.volume);
+  const opened: string[] = [];
+  const open = Deno.open;
+  Deno.open = (path, options) => (opened.push(String(path)), open(path, options));
+  try {
+    await Promise.all([
+      first.measure(t.store, { crc32: true }),
+      second.measure(t.store, { crc32: true }),
+    ]);
+  } finally {
+    Deno.open = open;
+  }
+  // The two files without a CRC-32, each read once.
+  assert.deepEqual(opened.sort(), [0, 1].map((idx) => t.volume.filePath(t.cart.id, idx)));
+  for (const files of [first, second]) {
+    assert.equal(files.unmeasuredCrc32, 0);
+    for (const [i, b] of t.bytes.entries()) assert.equal(files.at(i)!.crc32, crc32(b) >>> 0);
+  }
+});
