@@ -3,7 +3,9 @@
  * so that they are done (but for the last moment's bytes) when the last byte is written.
  *
  * Staging pipes a big file's body to disk in the runtime, which is the cheapest way to write
- * it, and needs its CRC-32 (and a hash when one is asked for) of the same bytes. Reading the
+ * it, and, when a hash is asked for, needs that hash (and then the CRC-32 too, at no extra read)
+ * of the same bytes; for a CRC-32 alone it reads nothing back (the worker measures it after the
+ * cart is ready, lib/bundle/staged_files.ts). Reading the
  * file back after the pipe cost a pass that nothing overlapped (8 × 1 GiB: 3.3 s after the
  * last byte came), with an asynchronous read per MiB (each a trip to an I/O thread, which cost
  * three times the copy itself). {@linkcode TailSums} instead reads what was written since its
