@@ -123,6 +123,9 @@ export async function retry<T>(
 ): Promise<T> {
   const attempts = o.attempts === undefined ? Infinity : Math.max(1, o.attempts);
   let firstFailure: number | undefined;
+  // Set once a delay has been cut to end at the deadline: the call after it is the last.
+  // Timers may fire a fraction of a millisecond early, so the time left is not trusted.
+  let atDeadline = false;
   for (let attempt = 1;; attempt++) {
     try {
       return await call(attempt);
@@ -132,11 +135,14 @@ export async function retry<T>(
       firstFailure ??= now;
       const elapsedMs = now - firstFailure;
       const remaining = (o.deadlineMs ?? Infinity) - elapsedMs;
-      const retrying = (o.isRetryable?.(error) ?? true) && attempt < attempts && remaining > 0;
+      const retrying = (o.isRetryable?.(error) ?? true) && attempt < attempts &&
+        remaining > 0 && !atDeadline;
       o.onFailure?.(error, { attempt, elapsedMs, retrying });
       if (!retrying) throw error;
       const next = o.delays.next();
-      await sleep(Math.min(next.done ? 0 : next.value, remaining), o.signal);
+      const delay = next.done ? 0 : next.value;
+      atDeadline = delay >= remaining;
+      await sleep(Math.min(delay, remaining), o.signal);
     }
   }
 }

@@ -122,6 +122,25 @@ Deno.test("retry waits the delays it is given, and ends at the deadline", async 
   assert.ok(took >= 95 && took < 1000, `took ${took}`);
 });
 
+Deno.test("retry makes no call after the one at the deadline, even if the timer fired early", async () => {
+  // The clock says what each call saw: the timer of the cut delay fired 0.1 ms early.
+  const seen = [0, 40, 80, 99.9, 100.5];
+  let calls = 0;
+  const realNow = performance.now;
+  performance.now = () => seen[Math.min(calls, seen.length) - 1];
+  try {
+    await assert.rejects(
+      retry(() => Promise.reject(new Error(`failure ${++calls}`)), {
+        deadlineMs: 100,
+        delays: backoffDelays({ initialMs: 40, maxMs: 40, jitter: 0 }),
+      }),
+      { message: "failure 4" },
+    );
+  } finally {
+    performance.now = realNow;
+  }
+});
+
 Deno.test("retry rejects with the abort reason, also during a delay", async () => {
   const ac = new AbortController();
   const reason = new Error("stop");
