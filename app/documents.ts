@@ -14,7 +14,7 @@ import type { Config } from "../lib/config/config.ts";
 import type { Created } from "../lib/store/store.ts";
 import { errorMessage, log } from "../lib/util/log.ts";
 import { TimedBodyReader } from "../http/body.ts";
-import { droppedBuffer, spentBuffers } from "../lib/util/memory.ts";
+import { droppedBuffer, holdBuffers, spentBuffers } from "../lib/util/memory.ts";
 import { ByteBudget } from "../lib/util/byte_budget.ts";
 import { acceptCart, acceptDocument, type AcceptedCart, type Submitter } from "../http/routes.ts";
 import type { CartStore } from "../lib/store/store.ts";
@@ -103,12 +103,14 @@ export class Documents {
     // Room for its bytes first (of unknown length: room for the longest allowed); a declared
     // length over the limit reads nothing and needs none.
     const giveBack = declared > limit ? () => {} : await this.#room.take(declared || limit);
+    // Its parts, live until they are handed over: not garbage for the heap's pacing.
+    const held = new HeldParts();
     try {
       // Read first, then wait for the turn: a client that sends slowly holds up no other
       // (besides those waiting for room).
       const parts = declared > limit
         ? null
-        : await readParts(request, limit, this.config.api.bodyTimeoutMs);
+        : await readParts(request, limit, this.config.api.bodyTimeoutMs, held);
       if (parts === null) {
         // Over CARTD_MAX_BODY: the same 413 as ever (a declared length over it reads nothing).
         const over = new Request("http://cartd/", {
@@ -132,6 +134,7 @@ export class Documents {
         done.resolve();
       }
     } finally {
+      held.letGo();
       giveBack();
       if (--this.#busy === 0) {
         this.#idle = setTimeout(() => this.close(), IDLE_MS);
@@ -220,14 +223,28 @@ export class Documents {
 /** The size of the parts a big body is read into: above the allocator's mmap threshold. */
 const PART_BYTES = 4 << 20;
 
+/** The parts of one body being read, held on purpose ({@linkcode holdBuffers}). */
+class HeldParts {
+  #letGo: (() => void)[] = [];
+  /** One more part of `bytes`. */
+  add(bytes: number): void {
+    this.#letGo.push(holdBuffers(bytes));
+  }
+  /** The parts were handed over or dropped. */
+  letGo(): void {
+    for (const letGo of this.#letGo.splice(0)) letGo();
+  }
+}
+
 /**
  * The body of `request` in parts of {@linkcode PART_BYTES} (each its own whole buffer, so that
- * it can be handed to another thread); null when it is longer than `limit`.
+ * it can be handed to another thread, and told to `held`); null when it is longer than `limit`.
  */
 async function readParts(
   request: Request,
   limit: number,
   timeoutMs: number,
+  held: HeldParts,
 ): Promise<Uint8Array<ArrayBuffer>[] | null> {
   if (!request.body) return [];
   const parts: Uint8Array<ArrayBuffer>[] = [];
@@ -246,6 +263,7 @@ async function readParts(
       // Cut off (too slow, too large, broken): what it had sent is garbage now; collect it.
       parts.length = 0;
       current = null;
+      held.letGo();
       droppedBuffer(size);
     }
   }
@@ -263,7 +281,10 @@ async function readParts(
       // big enough to be mapped on its own, so that a body cut off gives its memory back to the
       // system (small chunks would stay in the allocator's heap). The chunk is garbage now.
       for (let at = 0; at < value.length;) {
-        if (!current) current = new Uint8Array(PART_BYTES);
+        if (!current) {
+          current = new Uint8Array(PART_BYTES);
+          held.add(PART_BYTES);
+        }
         const n = Math.min(value.length - at, PART_BYTES - used);
         current.set(value.subarray(at, at + n), used);
         at += n;

@@ -87,6 +87,7 @@ export function paceHeap(options: PaceOptions): Pacing {
     return { active: false, collections: 0, looks: 0, stop() {} };
   }
   let base = Deno.memoryUsage();
+  let baseHeld = held;
   let last = base;
   let delay = busyMs;
   let stopped = false;
@@ -98,20 +99,26 @@ export function paceHeap(options: PaceOptions): Pacing {
     const moved = Math.abs(now.heapUsed - last.heapUsed) + Math.abs(now.external - last.external);
     last = now;
     const heapGrowth = now.heapUsed - base.heapUsed;
-    const bufferGrowth = now.external - base.external;
+    // Buffers held on purpose (a document being read) are not garbage: collecting for them
+    // would free nothing, so they do not count as growth.
+    const bufferGrowth = now.external - held - (base.external - baseHeld);
     if (heapGrowth > slack) {
       gc({ type: "major" });
     } else if (bufferGrowth > slack) {
       // Spent buffers are mostly young: a young-generation collection frees them for less.
       // Those that lived through two of them sit in the old generation: then a full one.
       gc({ type: "minor" });
-      if (Deno.memoryUsage().external - base.external > slack) gc({ type: "major" });
+      if (Deno.memoryUsage().external - held - (base.external - baseHeld) > slack) {
+        gc({ type: "major" });
+      }
     } else if (heapGrowth < 0 || bufferGrowth < 0) {
       base = now; // V8 collected by itself
+      baseHeld = held;
     }
     if (heapGrowth > slack || bufferGrowth > slack) {
       collections++;
       base = last = Deno.memoryUsage();
+      baseHeld = held;
     }
     if (!timed) return;
     delay = moved >= slack / 64 ? busyMs : Math.min(quietMs, delay * 2);
@@ -141,6 +148,36 @@ export function paceHeap(options: PaceOptions): Pacing {
 }
 
 let checkpoint: (() => void) | undefined;
+
+/** Bytes of buffers this isolate holds on purpose, as {@linkcode holdBuffers} was told. */
+let held = 0;
+
+/**
+ * Tells this isolate's {@linkcode paceHeap} that `bytes` more of buffers are live on purpose
+ * (a big request body read into parts, to be handed to another thread), so that they are
+ * not taken for garbage: while four 64 MiB documents were read, that growth made the main
+ * thread run a full collection every 50 ms, each freeing nothing. Returns the function that
+ * lets go of them; call it once they are handed over (then they leave this isolate's
+ * buffers) or dropped (then they are garbage, and pacing collects them as any other).
+ *
+ * @example
+ * ```ts
+ * import { holdBuffers } from "./memory.ts";
+ * const part = new Uint8Array(4 << 20);
+ * const letGo = holdBuffers(part.byteLength);
+ * // … fill it, hand it to a Worker …
+ * letGo();
+ * ```
+ */
+export function holdBuffers(bytes: number): () => void {
+  held += bytes;
+  let once = true;
+  return () => {
+    if (!once) return;
+    once = false;
+    held -= bytes;
+  };
+}
 
 /**
  * Lets this isolate's {@linkcode paceHeap} look at the heap now, between its timer's looks:

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   canCollect,
   heapCheckpoint,
+  holdBuffers,
   paceHeap,
   SPENT_BUFFER_SLACK,
   spentBuffers,
@@ -137,4 +138,40 @@ Deno.test("a heap checkpoint collects at once when the slack is used up, not bef
   }
   heapCheckpoint(); // stopped: nothing happens
   assert.equal(pacing.collections, 1);
+});
+
+Deno.test("buffers held on purpose are not taken for garbage; let go, they count again", () => {
+  const calls: unknown[] = [];
+  const global = globalThis as { gc?: unknown };
+  global.gc = (options: unknown) => calls.push(options);
+  // Timers far apart: only checkpoints look.
+  const pacing = paceHeap({ slackBytes: 4 << 20, intervalMs: 60_000, quietIntervalMs: 60_000 });
+  const parts: Uint8Array[] = [];
+  const letGo: (() => void)[] = [];
+  try {
+    // 32 MiB of live parts, eight times the slack, each told as it is made.
+    for (let i = 0; i < 8; i++) {
+      parts.push(new Uint8Array(4 << 20).fill(i + 1));
+      letGo.push(holdBuffers(4 << 20));
+      heapCheckpoint();
+    }
+    assert.deepEqual(calls, [], "held parts asked for no collection");
+    // Let go of (dropped, not handed over: still in this isolate): garbage, collected.
+    for (const f of letGo) f();
+    letGo[0](); // a second call changes nothing
+    heapCheckpoint();
+    assert.deepEqual(calls, [{ type: "minor" }, { type: "major" }]);
+    assert.equal(pacing.collections, 1);
+    // The same growth, not told: collected as garbage at the first checkpoint past the slack.
+    calls.length = 0;
+    parts.length = 0;
+    for (let i = 0; i < 16 && calls.length === 0; i++) {
+      parts.push(new Uint8Array(4 << 20).fill(9));
+      heapCheckpoint();
+    }
+    assert.deepEqual(calls, [{ type: "minor" }, { type: "major" }]);
+  } finally {
+    pacing.stop();
+    delete global.gc;
+  }
 });
