@@ -3,8 +3,9 @@
  * Worker thread (`--include threads/thread.ts`), and the narrowest permissions cartd works
  * with, baked in:
  *
- * - `--allow-net`, `--allow-env`, `--allow-sys=hostname,statfs` (the worker's owner id, and
- *   the free space of the volume);
+ * - `--allow-net`, `--allow-env`, `--allow-sys=hostname,statfs,getPriority,setPriority` (the
+ *   worker's owner id, the free space of the volume, and the document thread's lower
+ *   priority);
  * - `--allow-read` and `--allow-write` of the volume folder (`--volume`, default
  *   `/srv/cartd`), which holds the carts and the SQLite database, and of the folder of a
  *   SQLite file kept elsewhere (`--database FILE`: SQLite writes `-wal` and `-shm` files
@@ -99,7 +100,7 @@ export function permissionFlags(options: CompileOptions): string[] {
   return [
     "--allow-net",
     "--allow-env",
-    "--allow-sys=hostname,statfs",
+    "--allow-sys=hostname,statfs,getPriority,setPriority",
     `--allow-read=${readable.join(",")}`,
     `--allow-write=${writable.join(",")}`,
   ];

@@ -153,7 +153,7 @@ Deno.test("the binary gets the permissions the end-to-end tests run cartd with",
   assert.deepEqual(permissionFlags({ volume, database: "/srv/db/cartd.sqlite3" }), [
     "--allow-net",
     "--allow-env",
-    "--allow-sys=hostname,statfs",
+    "--allow-sys=hostname,statfs,getPriority,setPriority",
     "--allow-read=/srv/cartd-volume,/srv/db",
     "--allow-write=/srv/cartd-volume,/srv/db",
   ]);

@@ -26,7 +26,7 @@ export function permissions(volume: string): string[] {
   return [
     "--allow-net",
     "--allow-env",
-    "--allow-sys=hostname,statfs",
+    "--allow-sys=hostname,statfs,getPriority,setPriority",
     `--allow-read=${volume},${ROOT}`,
     `--allow-write=${volume}`,
   ];
