@@ -103,7 +103,7 @@ export class Documents {
     // Room for its bytes first (of unknown length: room for the longest allowed); a declared
     // length over the limit reads nothing and needs none.
     const giveBack = declared > limit ? () => {} : await this.#room.take(declared || limit);
-    // Its parts, live until they are handed over: not garbage for the heap's pacing.
+    // Its parts, live until they are handed over (or dropped): not garbage for the heap's pacing.
     const held = new HeldParts();
     try {
       // Read first, then wait for the turn: a client that sends slowly holds up no other
@@ -129,7 +129,7 @@ export class Documents {
       this.#turn = done.promise;
       try {
         await previous;
-        return await this.#send(uid, who, parts);
+        return await this.#send(uid, who, parts, held);
       } finally {
         done.resolve();
       }
@@ -147,6 +147,7 @@ export class Documents {
     uid: string,
     who: Submitter,
     parts: Uint8Array<ArrayBuffer>[],
+    held: HeldParts,
   ): Promise<Response | AcceptedCart> {
     const worker = await this.#start();
     const id = this.#nextId++;
@@ -154,6 +155,8 @@ export class Documents {
     // Handed over, not copied: the document's bytes are in memory once.
     const buffers = parts.map((p) => p.buffer);
     worker.postMessage({ type: "accept", id, uid, who, parts } as ToDocumentThread, buffers);
+    // Gone from this thread's buffers: told now, or pacing would see them come back as growth.
+    held.letGo();
     const message = await answer;
     if (message.type === "accepted") return message.accepted;
     if (message.type === "refused") {

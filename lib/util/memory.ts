@@ -156,9 +156,10 @@ let held = 0;
  * Tells this isolate's {@linkcode paceHeap} that `bytes` more of buffers are live on purpose
  * (a big request body read into parts, to be handed to another thread), so that they are
  * not taken for garbage: while four 64 MiB documents were read, that growth made the main
- * thread run a full collection every 50 ms, each freeing nothing. Returns the function that
- * lets go of them; call it once they are handed over (then they leave this isolate's
- * buffers) or dropped (then they are garbage, and pacing collects them as any other).
+ * thread run a full collection every 70 ms or so, each freeing nothing. Returns the function that
+ * lets go of them (once; later calls do nothing): call it as soon as they are handed over
+ * (then they have left this isolate's buffers) or dropped (then they are garbage, and pacing
+ * collects them as any other).
  *
  * @example
  * ```ts
