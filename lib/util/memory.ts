@@ -87,7 +87,7 @@ export function paceHeap(options: PaceOptions): Pacing {
     return { active: false, collections: 0, looks: 0, stop() {} };
   }
   let base = Deno.memoryUsage();
-  let baseHeld = held;
+  let baseUnheld = unheld(base);
   let last = base;
   let delay = busyMs;
   let stopped = false;
@@ -101,24 +101,22 @@ export function paceHeap(options: PaceOptions): Pacing {
     const heapGrowth = now.heapUsed - base.heapUsed;
     // Buffers held on purpose (a document being read) are not garbage: collecting for them
     // would free nothing, so they do not count as growth.
-    const bufferGrowth = now.external - held - (base.external - baseHeld);
+    const bufferGrowth = unheld(now) - baseUnheld;
     if (heapGrowth > slack) {
       gc({ type: "major" });
     } else if (bufferGrowth > slack) {
       // Spent buffers are mostly young: a young-generation collection frees them for less.
       // Those that lived through two of them sit in the old generation: then a full one.
       gc({ type: "minor" });
-      if (Deno.memoryUsage().external - held - (base.external - baseHeld) > slack) {
-        gc({ type: "major" });
-      }
+      if (unheld(Deno.memoryUsage()) - baseUnheld > slack) gc({ type: "major" });
     } else if (heapGrowth < 0 || bufferGrowth < 0) {
       base = now; // V8 collected by itself
-      baseHeld = held;
+      baseUnheld = unheld(now);
     }
     if (heapGrowth > slack || bufferGrowth > slack) {
       collections++;
       base = last = Deno.memoryUsage();
-      baseHeld = held;
+      baseUnheld = unheld(base);
     }
     if (!timed) return;
     delay = moved >= slack / 64 ? busyMs : Math.min(quietMs, delay * 2);
@@ -151,6 +149,9 @@ let checkpoint: (() => void) | undefined;
 
 /** Bytes of buffers this isolate holds on purpose, as {@linkcode holdBuffers} was told. */
 let held = 0;
+
+/** The bytes of this isolate's buffers in `usage` that are not held on purpose. */
+const unheld = (usage: Deno.MemoryUsage) => usage.external - held;
 
 /**
  * Tells this isolate's {@linkcode paceHeap} that `bytes` more of buffers are live on purpose
