@@ -4,7 +4,9 @@
  *
  * - 10 concurrent GETs of a ready 1 GiB cart (16 × 64 MiB) against one GET, and against ten
  *   concurrent `tar cf - … | cat` over the same staged files; the slowest of the ten against
- *   the fastest; one GET against one GNU tar;
+ *   the fastest; one GET against one GNU tar; and the same one and ten GETs of the same files
+ *   from a server that costs nothing (bench/sendfile_server.py, sendfile(2)): what the cores
+ *   allow, against which the ten-to-one ratio can be read;
  * - 100 concurrent GETs of a 16 MiB cart (4 × 4 MiB): failures and aggregate rate;
  * - 4 full-speed GETs of the 1 GiB cart alone, then beside 20 slow readers (1 KiB/s);
  * - peak RSS: idle, one download, 10, 100, 20 slow readers, and the cost per download;
@@ -21,6 +23,7 @@ import { parseArgs } from "node:util";
 import { SETTINGS } from "../lib/config/config.ts";
 import { cartStatus, postCart, startCartd } from "../tests/support/harness.ts";
 import {
+  BENCH_DIR,
   benchIds,
   cartDoc,
   type Cpu,
@@ -82,6 +85,38 @@ async function together(url: string, n: number) {
   const failed = runs.filter((r) => r.code !== 0 || r.status !== 200).length;
   const rates = runs.map((r) => r.bytes / r.seconds);
   return { wall, bytes, aggregate: bytes / wall, rates, failed };
+}
+
+/**
+ * Starts bench/sendfile_server.py over `names` in `dir`: every GET of it is those files, one
+ * after the other, sent by the kernel (sendfile). The machine's ceiling for HTTP downloads.
+ */
+async function startSendfileServer(
+  dir: string,
+  names: string[],
+): Promise<{ url: string; stop(): Promise<void> }> {
+  const child = new Deno.Command("python3", {
+    args: [`${BENCH_DIR}sendfile_server.py`, dir, ...names],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("bench/sendfile_server.py ended before printing its port");
+    text += value;
+  }
+  reader.releaseLock();
+  child.stdout.cancel().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${Number(text.trim())}/`,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
 }
 
 /** Adds one run's CPU by kind of thread to `sums`, with the bytes it served. */
@@ -173,11 +208,13 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
         const n = [...Deno.readDirSync(`${volume}/carts/${id}/files`)].length;
         if (n === 16) bigDir = `${volume}/carts/${id}/files`;
       }
-      const names = Array.from({ length: 16 }, (_, i) => String(i)).join(" ");
-      const tar = `tar cf - -C ${bigDir} ${names} | cat >/dev/null`;
+      const fileNames = Array.from({ length: 16 }, (_, i) => String(i));
+      const tar = `tar cf - -C ${bigDir} ${fileNames.join(" ")} | cat >/dev/null`;
+      const zeroCopy = await startSendfileServer(bigDir, fileNames);
       const big = `${cartd.url}big`;
       const mid = `${cartd.url}mid`;
       await curl(big).done; // warm-up
+      await curl(zeroCopy.url).done;
       const idleAfter = rssNow(pid);
 
       // ---- 1 GiB: one, ten, ten tars
@@ -186,12 +223,16 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
       const ten: number[] = [];
       const tar10: number[] = [];
       const spread: number[] = [];
+      const zero1: number[] = [];
+      const zero10: number[] = [];
       const cpuOne: Record<string, Cpu & { bytes: number }> = {};
       const cpuTen: Record<string, Cpu & { bytes: number }> = {};
       let rssOne = 0;
       let rssTen = 0;
       for (let r = 1; r <= rounds; r++) {
-        progress(`1 GiB round ${r}/${rounds}: tar, one GET, ten tars, ten GETs`);
+        progress(
+          `1 GiB round ${r}/${rounds}: tar, one GET, ten tars, ten GETs, one and ten zero-copy`,
+        );
         tar1.push(GiB / await timeShell(tar));
         let peak = new PeakRss(pid);
         let cpu0 = threadCpu(pid);
@@ -210,7 +251,10 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
         if (many.failed) throw new Error(`${many.failed} of 10 GETs failed`);
         ten.push(many.aggregate);
         spread.push(Math.min(...many.rates) / Math.max(...many.rates));
+        zero1.push((await together(zeroCopy.url, 1)).aggregate);
+        zero10.push((await together(zeroCopy.url, 10)).aggregate);
       }
+      await zeroCopy.stop();
       const byThread = (sums: Record<string, Cpu & { bytes: number }>) =>
         Object.entries(sums).filter(([, c]) => c.user + c.sys >= 0.02 * c.bytes / GiB).map((
           [kind, c],
@@ -224,6 +268,9 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
       const ratioOne = ten.map((t, i) => t / one[i]);
       const ratioTar = ten.map((t, i) => t / tar10[i]);
       const single = one.map((o, i) => o / tar1[i]);
+      const zeroRatio = zero10.map((z, i) => z / zero1[i]);
+      const tenZero = ten.map((t, i) => t / zero10[i]);
+      const oneZero = one.map((o, i) => o / zero1[i]);
       rows.push(
         {
           figure: "10 GETs of 1 GiB at once, aggregate (median)",
@@ -254,6 +301,24 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
           ratio: `${f2(median(single))}× (rounds ${single.map(f2).join(", ")})`,
           target: "≥ 0.8×",
           ok: median(single) >= 0.8,
+        },
+        {
+          figure: "zero-copy server: 10 GETs ÷ one GET (what the cores allow; no target)",
+          cartd: "–",
+          baseline: `one ${rate(median(zero1))}, ten ${rate(median(zero10))}`,
+          ratio: `${f2(median(zeroRatio))}× (rounds ${zeroRatio.map(f2).join(", ")})`,
+        },
+        {
+          figure: "10 GETs of 1 GiB vs 10 GETs of the zero-copy server",
+          cartd: rate(median(ten)),
+          baseline: `zero-copy ${rate(median(zero10))}`,
+          ratio: `${f2(median(tenZero))}× (rounds ${tenZero.map(f2).join(", ")})`,
+        },
+        {
+          figure: "one GET of 1 GiB vs one GET of the zero-copy server",
+          cartd: rate(median(one)),
+          baseline: `zero-copy ${rate(median(zero1))}`,
+          ratio: `${f2(median(oneZero))}× (rounds ${oneZero.map(f2).join(", ")})`,
         },
       );
 
