@@ -17,30 +17,73 @@ import { log } from "../lib/util/log.ts";
 import { heapCheckpoint, paceHeap } from "../lib/util/memory.ts";
 import { lowerThisThread } from "../lib/util/thread_priority.ts";
 import { acceptDocument, errorAnswer } from "../http/routes.ts";
-import type { FromDocumentThread, ToDocumentThread } from "./documents.ts";
+import {
+  claimWanted,
+  type FromDocumentThread,
+  PART_BYTES,
+  type ToDocumentThread,
+} from "./documents.ts";
 
 /**
- * The nice value this thread lowers itself to (lib/util/thread_priority.ts). At 10, Linux
- * gives it about a tenth of a contended core against a thread at 0: checking and storing four
- * 64 MiB documents at once then leaves `GET /` answered within 100 ms, where at 0 the slowest
- * took up to 141 ms.
+ * The nice value this thread lowers itself to (lib/util/thread_priority.ts) when it is given
+ * its first document to check. At 10, Linux gives it about a tenth of a contended core against
+ * a thread at 0: checking and storing four 64 MiB documents at once then leaves `GET /`
+ * answered within 100 ms, where at 0 the slowest took up to 141 ms. Until then it makes the
+ * parts the first bodies are read into ({@linkcode makeParts}) at the main thread's priority:
+ * at 10 it made 2 to 5 of their 15 in time. (A thread's priority can only be lowered: it
+ * stays at 10 until the thread stops, 5 s after its last document.)
  */
 const DOCUMENT_THREAD_NICE = 10;
+let lowered = false;
 
 let store: CartStore | null = null;
 let db: Db | null = null;
 let config: Config | null = null;
+let wanted: Int32Array<SharedArrayBuffer> | null = null;
+let making = false;
 
 const post = (message: FromDocumentThread, transfer: Transferable[] = []) =>
   self.postMessage(message, transfer);
 
+/** A part parsed: handed back, not copied, for the main thread to read a later body into. */
+function handBack(part: Uint8Array): void {
+  const buffer = part.buffer as ArrayBuffer;
+  if (part.byteOffset === 0) post({ type: "spare", buffer }, [buffer]);
+}
+
+/**
+ * Makes the parts the main thread asked for, and hands them over: each page written once, so
+ * that the kernel maps it here, at this thread's priority, and not while the main thread
+ * copies a body into it. One part a turn, so that a document to check is not held up.
+ */
+async function makeParts(): Promise<void> {
+  if (making || !wanted) return;
+  making = true;
+  try {
+    while (claimWanted(wanted)) {
+      const part = new Uint8Array(PART_BYTES);
+      for (let page = 0; page < part.length; page += 4096) part[page] = 0;
+      post({ type: "spare", buffer: part.buffer }, [part.buffer]);
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+  } finally {
+    making = false;
+  }
+}
+
 async function accept(message: Extract<ToDocumentThread, { type: "accept" }>): Promise<void> {
   const { id, uid } = message;
+  if (!lowered) {
+    lowered = true;
+    // Bulk work: the main thread, which answers requests, goes first when the cores are busy.
+    const nice = lowerThisThread(DOCUMENT_THREAD_NICE);
+    log.debug("the document thread checks its first document", { nice });
+  }
   let response: Response;
   try {
     // Parsed a piece at a time, each part let go once read: the text is never made whole.
     const accepted = await acceptDocument(
-      { store: store!, config: config! },
+      { store: store!, config: config!, partRead: handBack },
       uid,
       message.parts,
       message.who,
@@ -71,17 +114,18 @@ self.onmessage = (event: MessageEvent<ToDocumentThread>) => {
   const message = event.data;
   if (message.type === "start") {
     config = message.config;
+    wanted = message.wanted;
     log.setLevel(config.logLevel);
     log.setFormat(config.logFormat);
     paceHeap({ slackBytes: config.limits.gcSlackBytes });
-    // Bulk work: the main thread, which answers requests, goes first when the cores are busy.
-    const nice = lowerThisThread(DOCUMENT_THREAD_NICE);
-    log.debug("the document thread started", { nice });
+    log.debug("the document thread started");
     openDb(config.database).then((opened) => {
       db = opened;
       store = new CartStore(db);
       post({ type: "ready" });
     }, (e) => post({ type: "failed", message: errorMessage(e) }));
+  } else if (message.type === "make") {
+    void makeParts();
   } else if (message.type === "accept") {
     void accept(message);
   } else if (message.type === "stop") {

@@ -523,6 +523,11 @@ export interface AcceptDeps {
    * document with a webhook is refused: no webhooks are sent where none are checked.
    */
   webhookProblem?: (url: string) => Promise<string | null>;
+  /**
+   * Given each part of a document read in parts once it is parsed: the document thread hands
+   * them back to the main thread, to read the next big body into (app/documents.ts).
+   */
+  partRead?: (part: Uint8Array) => void;
 }
 
 /** Big documents read and checked at once by one app (the rest wait): each costs memory. */
@@ -587,7 +592,7 @@ export async function acceptDocument(
     const limits = { maxFiles: deps.config.limits.maxFiles };
     if (typeof body === "string") doc = parseCartDocument(body, limits);
     else if (!isUtf8Parts(body)) decodeParts(body); // throws, naming the first bad byte
-    else doc = parseCartDocumentParts(body, limits);
+    else doc = parseCartDocumentParts(body, limits, deps.partRead);
   } catch (e) {
     if (e instanceof CartDocumentError) return json({ message: e.message }, 400);
     throw e;

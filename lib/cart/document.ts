@@ -275,16 +275,18 @@ export function parseCartDocument(
  * As {@linkcode parseCartDocument}, from a body read in `parts` whose bytes are UTF-8 (the
  * caller checks them): the document is parsed a piece at a time (lib/util/json_parts.ts), so
  * that its whole text never exists, and `parts` is emptied as it is read (each part can be
- * collected once parsed). A 64 MiB document of 100,000 files costs about its size once parsed.
+ * collected once parsed, or is given to `read` as soon as it is: see `parseJsonParts`). A 64
+ * MiB document of 100,000 files costs about its size once parsed.
  */
 export function parseCartDocumentParts(
   parts: Uint8Array[],
   limits: CartDocumentLimits = { maxFiles: 100_000 },
+  read?: (part: Uint8Array) => void,
 ): CartDocument {
   let json: unknown;
   try {
     // Not an object (null): not a cart document, but refused as the whole text would be.
-    json = parseJsonParts(parts) ?? JSON.parse(decodeWhole(parts.splice(0)));
+    json = parseJsonParts(parts, undefined, read) ?? JSON.parse(decodeWhole(parts.splice(0)));
   } catch (e) {
     if (!(e instanceof SyntaxError)) throw e;
     throw new CartDocumentError(NOT_JSON);

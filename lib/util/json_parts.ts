@@ -70,10 +70,30 @@ const syntax = (what: string) => new SyntaxError(`JSON: ${what}`);
  * Otherwise `parts` is emptied as it is read, so that each part can be collected once its
  * bytes are parsed. Throws a `SyntaxError` where `JSON.parse` of the whole would. Arrays are
  * parsed in batches of about `batchBytes`.
+ *
+ * `read`, when given, is given each part, in order, as soon as nothing that is still to be
+ * parsed refers to its bytes: the part is the caller's again (to read more bytes into, to hand
+ * to another thread). A part is given once at most; parts not yet given when it throws are
+ * not given.
+ *
+ * @example Parts handed back to be filled again
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { parseJsonParts } from "./json_parts.ts";
+ * const utf8 = new TextEncoder();
+ * const parts = [utf8.encode('{"a": "bc'), utf8.encode('d", "e": 1}')];
+ * const back: Uint8Array[] = [];
+ * assert.deepEqual(parseJsonParts(parts, undefined, (part) => back.push(part)), {
+ *   a: "bcd",
+ *   e: 1,
+ * });
+ * assert.equal(back.length, 2);
+ * ```
  */
 export function parseJsonParts(
   parts: Uint8Array[],
   batchBytes: number = BATCH_BYTES,
+  read?: (part: Uint8Array) => void,
 ): Record<string, unknown> | null {
   const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
   const result: Record<string, unknown> = {};
@@ -135,6 +155,8 @@ export function parseJsonParts(
   return readAll();
 
   function readAll(): Record<string, unknown> {
+    // Parts read whose bytes the piece being read may still refer to (it began in the first).
+    let kept: Uint8Array[] = [];
     while (parts.length) {
       const part = parts.shift()!;
       if (pieceStart === -1 && (at === At.InKey || at === At.InValue || at === At.InArray)) {
@@ -147,9 +169,19 @@ export function parseJsonParts(
         pieceBytes += rest.length;
         pieceStart = -1;
       }
+      if (read) {
+        kept.push(part);
+        if (!piece.length) kept = giveBack(kept); // no piece open: none refers to them
+      }
     }
     if (at !== At.End) throw syntax("the text ends before its value does");
+    giveBack(kept);
     return result;
+  }
+
+  function giveBack(done: Uint8Array[]): Uint8Array[] {
+    for (const part of done) read!(part);
+    return [];
   }
 
   function readPart(part: Uint8Array): void {

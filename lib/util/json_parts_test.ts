@@ -99,6 +99,37 @@ Deno.test("parts read as JSON.parse reads the whole text, cut anywhere, in any b
   }
 });
 
+Deno.test("each part is handed back once, in order, and never read after", () => {
+  const next = random(23);
+  for (const text of [...GOOD, ...BAD]) {
+    const expected = whole(text);
+    for (let round = 0; round < 40; round++) {
+      const batch = 1 + Math.floor(next() * 20);
+      const parts = cut(utf8.encode(text), next);
+      const all = [...parts];
+      const back: Uint8Array[] = [];
+      let got: unknown;
+      try {
+        got = parseJsonParts(parts, batch, (part) => {
+          back.push(part);
+          // The caller's again: overwritten (a part read again would now read "x") and then
+          // taken away (a part read again would now be empty).
+          part.fill(0x78);
+          (part.buffer as ArrayBuffer).transfer();
+        });
+        if (got === null) continue; // left whole, nothing taken
+      } catch (e) {
+        assert.ok(e instanceof SyntaxError, String(e));
+        got = "SyntaxError";
+      }
+      const where = `${JSON.stringify(text)} in batches of ${batch}`;
+      assert.deepEqual(got, expected, where);
+      assert.deepEqual(back, all.slice(0, back.length), `${where}: in order, once each`);
+      if (got !== "SyntaxError") assert.equal(back.length, all.length, `${where}: every part`);
+    }
+  }
+});
+
 Deno.test("a big array is read in batches to the same elements", () => {
   const files = Array.from({ length: 5000 }, (_, i) => ({ id: i, path: `d${i % 7}/f-${i},]"x` }));
   const text = JSON.stringify({ fileids: files, bundle: false });
