@@ -74,24 +74,12 @@ export interface ArchiveProcess {
 
 /** Starts bench/archive_server.ts as a child process. */
 export async function startArchiveProcess(): Promise<ArchiveProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-read", `${BENCH_DIR}archive_server.ts`],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  while (!text.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`the archive process exited early: ${text}`);
-    text += value;
-  }
-  const { archive, control } = JSON.parse(text.split("\n")[0]);
-  // Keep draining stdout so the child never blocks on it.
-  (async () => {
-    while (!(await reader.read()).done) { /* discard */ }
-  })().catch(() => {});
+  const { child, line } = await spawnAnnouncing(
+    "the archive process",
+    Deno.execPath(),
+    ["run", "--allow-net", "--allow-read", `${BENCH_DIR}archive_server.ts`],
+  );
+  const { archive, control } = JSON.parse(line);
   const call = async (path: string, init?: RequestInit) => {
     const res = await fetch(control + path, init);
     const body = await res.json();
@@ -113,6 +101,34 @@ export async function startArchiveProcess(): Promise<ArchiveProcess> {
       await child.status;
     },
   };
+}
+
+/**
+ * Starts a helper process that prints where it listens as its first line: the process and that
+ * line. The rest of its output is read and dropped, so that it never blocks on a full pipe.
+ */
+export async function spawnAnnouncing(
+  what: string,
+  command: string,
+  args: string[],
+): Promise<{ child: Deno.ChildProcess; line: string }> {
+  const child = new Deno.Command(command, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${what} exited before it printed where it listens: ${text}`);
+    text += value;
+  }
+  (async () => {
+    while (!(await reader.read()).done) { /* dropped */ }
+  })().catch(() => {});
+  return { child, line: text.split("\n")[0] };
 }
 
 /** Runs a command to its end; returns exit code and output. */

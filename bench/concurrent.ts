@@ -34,6 +34,7 @@ import {
   PeakRss,
   type Row,
   rssNow,
+  spawnAnnouncing,
   startArchiveProcess,
   threadCpu,
   timeShell,
@@ -95,23 +96,13 @@ async function startSendfileServer(
   dir: string,
   names: string[],
 ): Promise<{ url: string; stop(): Promise<void> }> {
-  const child = new Deno.Command("python3", {
-    args: [`${BENCH_DIR}sendfile_server.py`, dir, ...names],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  while (!text.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error("bench/sendfile_server.py ended before printing its port");
-    text += value;
-  }
-  reader.releaseLock();
-  child.stdout.cancel().catch(() => {});
+  const { child, line } = await spawnAnnouncing("bench/sendfile_server.py", "python3", [
+    `${BENCH_DIR}sendfile_server.py`,
+    dir,
+    ...names,
+  ]);
   return {
-    url: `http://127.0.0.1:${Number(text.trim())}/`,
+    url: `http://127.0.0.1:${Number(line.trim())}/`,
     stop: async () => {
       child.kill("SIGTERM");
       await child.status;
