@@ -1,9 +1,10 @@
 /**
- * `deno task bench bigfiles [--rounds N] [--only 64M|1G] [--before PATH] [--threads N]`: issue 15's staging
- * figures for big files. Carts of 16 × 64 MiB and of 8 × 1 GiB, POST → ready, with and without
- * `sha256` hashes in the document, each beside the plain client (bench/plain_client.ts) that
- * fetches the same files from the same fake archive to disk at the same concurrency
- * (`CARTD_FILES_PER_CART`), and hashes them with node:crypto when the document has hashes.
+ * `deno task bench bigfiles [--rounds N] [--only 64M|1G] [--before PATH] [--threads N] [--cold]`:
+ * issue 15's staging figures for big files. Carts of 16 × 64 MiB and of 8 × 1 GiB, POST → ready,
+ * with and without `sha256` hashes in the document, each beside the plain client
+ * (bench/plain_client.ts) that fetches the same files from the same fake archive to disk at the
+ * same concurrency (`CARTD_FILES_PER_CART`), and hashes them with node:crypto when the document
+ * has hashes.
  *
  * Rounds are paired: in each round every case runs cartd and the plain client one after the
  * other, so the machine's slow spells weigh on both; the ratio is the median of the rounds'
@@ -160,6 +161,7 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
       only: { type: "string" },
       before: { type: "string" },
       threads: { type: "string" },
+      cold: { type: "boolean", default: false },
     },
   });
   const rounds = Math.max(1, Number(values.rounds) || 2);
@@ -195,7 +197,8 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
   console.log(
     `cartd bench bigfiles — ${new Date().toISOString()}, Deno ${Deno.version.deno}, ` +
       `${navigator.hardwareConcurrency} cores, load ${load()}, rounds ${rounds}, ` +
-      `${concurrency} files at once${values.before ? `, before: ${values.before}` : ""}`,
+      `${concurrency} files at once${values.cold ? ", no warm-up" : ""}` +
+      `${values.before ? `, before: ${values.before}` : ""}`,
   );
   const archive = await startArchiveProcess();
   const sums = new Map<number, string>();
@@ -204,6 +207,12 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
       if (!sums.has(c.size)) {
         await archive.put({ prefix: c.prefix, count: c.count, size: c.size, kind: "pattern" });
         sums.set(c.size, patternSha256(c.size));
+      }
+    }
+    if (!values.cold) {
+      for (const c of cases.filter((c) => !c.hashed)) {
+        progress(`${c.name}: warm-up, the plain client once (not timed)`);
+        await plainSide(archive.url, c, concurrency, sums.get(c.size)!);
       }
     }
     const results = new Map<

@@ -26,7 +26,8 @@
  *
  * - `bigfiles` (only when named; bench/bigfiles.ts): issue 15's staging of 16 × 64 MiB and
  *   8 × 1 GiB, with and without hashes in the document, beside a plain client that fetches
- *   (and hashes) the same files at the same concurrency; `--before PATH` adds an older cartd.
+ *   (and hashes) the same files at the same concurrency; `--before PATH` adds an older cartd,
+ *   `--cold` skips the untimed warm-up pass before the first round.
  * - `small100k` (only when named; long): POST → ready of 100,000 × 1 KiB beside 10,000 × 1 KiB
  *   in the same run, for the time per file.
  *
