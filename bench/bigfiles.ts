@@ -6,15 +6,23 @@
  * same concurrency (`CARTD_FILES_PER_CART`), and hashes them with node:crypto when the document
  * has hashes.
  *
- * Rounds are paired: in each round every case runs cartd and the plain client one after the
- * other, so the machine's slow spells weigh on both; the ratio is the median of the rounds'
- * ratios. The order alternates (cartd first in odd rounds, the plain client first in even
- * ones). With cartd always first, the first round of 8 × 1 GiB gave 1.52–1.89× where the
- * second gave 1.20–1.52× (three quiet runs, 2 December 2026): whatever the first side pays
- * for, a fixed order counted it against cartd alone. With
- * `--before PATH` (a `main.ts` of another commit, which must lie under the repository, e.g. a
- * `git archive` of it unpacked in `var/`), that cartd runs too, before today's, in every round;
- * with `--threads N`, today's cartd runs once more with `CARTD_THREADS=N`.
+ * Rounds are paired: in each round cartd and the plain client run one after the other, so the
+ * machine's slow spells weigh on both; the ratio is the median of the rounds' ratios. The order
+ * alternates (cartd first in odd rounds, the plain client first in even ones). With cartd always
+ * first, the first round of 8 × 1 GiB gave 1.52–1.89× where the second gave 1.20–1.52× (three
+ * quiet runs, 2 December 2026): whatever the first side pays for, a fixed order counted it
+ * against cartd alone. With `--before PATH` (a `main.ts` of another commit, which must lie under
+ * the repository, e.g. a `git archive` of it unpacked in `var/`), that cartd runs too, before
+ * today's, in every round; with `--threads N`, today's cartd runs once more with
+ * `CARTD_THREADS=N`.
+ *
+ * Each case runs all its rounds back to back, after one untimed pass of the plain client (`--cold`
+ * skips it). On a virtual machine whose host takes back the guest's free memory within seconds
+ * (virtio-balloon free page reporting, as on ours), the first side to fill the page cache after a
+ * pause or after a smaller case pays for the host backing those pages again: here, 4 GiB written
+ * after 150 s idle took 4.7 s, against 0.6–1.6 s just after another 4 GiB. With the cases taken
+ * in turn in each round, that side was cartd in odd rounds and the plain client in even ones,
+ * and the rounds of 8 × 1 GiB swung between 0.6× and 1.9×.
  *
  * cartd runs with its shipped defaults (its own thread count). What each side writes is removed
  * right after it, which also drops its dirty pages, so the next side does not pay for their
@@ -64,6 +72,9 @@ interface Side {
   /** cartd's CPU seconds over the stage (all threads). */
   cpu?: number;
 }
+
+/** Every side's measurements of one case, round by round. */
+type Sides = Record<"before" | "cartd" | "threads" | "plain", Side[]>;
 
 /** The sha256 of a fake archive file of `size` bytes of the default pattern. */
 function patternSha256(size: number): string {
@@ -209,22 +220,17 @@ export async function main(args: string[] = Deno.args.slice(1)): Promise<number>
         sums.set(c.size, patternSha256(c.size));
       }
     }
-    if (!values.cold) {
-      for (const c of cases.filter((c) => !c.hashed)) {
-        progress(`${c.name}: warm-up, the plain client once (not timed)`);
-        await plainSide(archive.url, c, concurrency, sums.get(c.size)!);
+    const results = new Map<string, Sides>();
+    for (const c of cases) {
+      const sha256 = sums.get(c.size)!;
+      const doc = caseDoc(c, sha256);
+      const r: Sides = { before: [], cartd: [], threads: [], plain: [] };
+      results.set(c.name, r);
+      if (!values.cold) {
+        progress(`${c.name}: warm-up, the plain client once without hashes (not timed)`);
+        await plainSide(archive.url, { ...c, hashed: false }, concurrency, sha256);
       }
-    }
-    const results = new Map<
-      string,
-      { before: Side[]; cartd: Side[]; threads: Side[]; plain: Side[] }
-    >();
-    for (let round = 1; round <= rounds; round++) {
-      for (const c of cases) {
-        const sha256 = sums.get(c.size)!;
-        const doc = caseDoc(c, sha256);
-        const r = results.get(c.name) ?? { before: [], cartd: [], threads: [], plain: [] };
-        results.set(c.name, r);
+      for (let round = 1; round <= rounds; round++) {
         if (values.before) {
           progress(`${c.name}, round ${round}/${rounds}: cartd before`);
           r.before.push(await cartdSide(archive.url, env, c, doc, values.before));
