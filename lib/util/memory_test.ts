@@ -3,6 +3,8 @@ import {
   canCollect,
   heapCheckpoint,
   holdBuffers,
+  LENT_SETTLE_MS,
+  lentBuffersDropped,
   paceHeap,
   SPENT_BUFFER_SLACK,
   spentBuffers,
@@ -24,6 +26,31 @@ Deno.test("spent buffers ask for a young-generation collection every SPENT_BUFFE
     const chunks = Math.floor(2.5 * SPENT_BUFFER_SLACK / (1 << 20));
     for (let i = 0; i < chunks; i++) spentBuffers(1 << 20);
     assert.deepEqual(calls, [{ type: "minor" }, { type: "minor" }]);
+  } finally {
+    delete global.gc;
+  }
+});
+
+Deno.test("lent buffers: a full collection every SPENT_BUFFER_SLACK, and one more once streams stop ending", async () => {
+  lentBuffersDropped(SPENT_BUFFER_SLACK * 2); // no gc to call: nothing happens, no timer is left
+  const calls: { at: number; options: unknown }[] = [];
+  const global = globalThis as { gc?: unknown };
+  const t0 = performance.now();
+  global.gc = (options: unknown) => calls.push({ at: performance.now() - t0, options });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const full = { type: "major", execution: "async" };
+  try {
+    // Ten streams of 2 MiB ending together: 20 MiB, two slacks' worth.
+    for (let i = 0; i < 10; i++) lentBuffersDropped(2 << 20);
+    const last = performance.now() - t0;
+    assert.deepEqual(calls.map((c) => c.options), [full, full], "one per SPENT_BUFFER_SLACK");
+    await sleep(LENT_SETTLE_MS + 100); // a later deadline: this timer fires after the settle's
+    assert.deepEqual(calls.map((c) => c.options), [full, full, full], "and one once they stopped");
+    assert.ok(calls[2].at - last >= LENT_SETTLE_MS - 5, `${calls[2].at - last} ms after the last`);
+    // One stream of a few KiB, alone: collected too, once.
+    lentBuffersDropped(64 << 10);
+    await sleep(LENT_SETTLE_MS + 100);
+    assert.equal(calls.length, 4);
   } finally {
     delete global.gc;
   }
