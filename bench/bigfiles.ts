@@ -10,10 +10,10 @@
  * machine's slow spells weigh on both; the ratio is the median of the rounds' ratios. The order
  * alternates (cartd first in odd rounds, the plain client first in even ones). With cartd always
  * first, the first round of 8 × 1 GiB gave 1.52–1.89× where the second gave 1.20–1.52× (three
- * quiet runs, 2 December 2026): whatever the first side pays for, a fixed order counted it
- * against cartd alone. With `--before PATH` (a `main.ts` of another commit, which must lie under
- * the repository, e.g. a `git archive` of it unpacked in `var/`), that cartd runs too, before
- * today's, in every round; with `--threads N`, today's cartd runs once more with
+ * quiet runs, 2 December 2026): what the first side pays for (the host's memory, below), a fixed
+ * order counted against cartd alone. With `--before PATH` (a `main.ts` of another commit, which
+ * must lie under the repository, e.g. a `git archive` of it unpacked in `var/`), that cartd runs
+ * too, before today's, in every round; with `--threads N`, today's cartd runs once more with
  * `CARTD_THREADS=N`.
  *
  * Each case runs all its rounds back to back, after one untimed pass of the plain client (`--cold`
