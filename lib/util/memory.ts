@@ -248,12 +248,8 @@ export function lentBuffersDropped(bytes: number): void {
   if (!gc) return;
   lentDropped(bytes);
   clearTimeout(settle);
-  const timer = setTimeout(() => {
-    settle = undefined;
-    gc({ type: "major", execution: "async" });
-  }, LENT_SETTLE_MS);
-  Deno.unrefTimer(timer);
-  settle = timer;
+  settle = setTimeout(() => gc({ type: "major", execution: "async" }), LENT_SETTLE_MS);
+  Deno.unrefTimer(settle);
 }
 
 /** Buffers at least this large that {@linkcode droppedBuffer} is told of are collected at once. */
